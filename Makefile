@@ -1,0 +1,30 @@
+# Set-up is idempotent: `.venv` is created and the package installed (editable, with
+# the test extra) only when pyproject.toml or constraints.txt changed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/stablemotion demo --out outputs/demo
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) outputs build *.egg-info src/*.egg-info

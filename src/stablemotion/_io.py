@@ -1,0 +1,89 @@
+"""Small file helpers shared by every module: atomic writes and image reading."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+PathLike = str | os.PathLike
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    A crash or exception while writing leaves any existing ``path`` untouched and
+    removes the partial temporary file. The temporary name keeps ``path``'s suffix so
+    libraries that pick a format from the extension (PIL, OpenCV, numpy) still work.
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} already exists; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def save_image(image: np.ndarray | Image.Image, path: PathLike, overwrite: bool = True) -> Path:
+    """Write an image (PIL or uint8 array (H, W[, C])) atomically; format from the extension."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"save_image expects a uint8 array, got {image.dtype} for {path}")
+        image = Image.fromarray(image)
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fmt = Image.registered_extensions().get(path.suffix.lower())
+        if fmt is None:
+            raise ValueError(f"cannot tell the image format of {path}: use one of {IMAGE_EXTENSIONS}")
+        image.save(tmp, format=fmt)
+    return path
+
+
+def load_image(path: PathLike, mode: str = "RGB") -> np.ndarray:
+    """Read an image file as a uint8 array (H, W, C) in ``mode`` ("RGB" or "L").
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing or
+    cannot be decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.array(im.convert(mode))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"cannot decode image {path}: {exc}") from exc
+
+
+def list_images(folder: PathLike) -> dict[str, Path]:
+    """Map file stem -> path for the image files directly inside ``folder``.
+
+    Raises ``ValueError`` when two files share a stem (e.g. ``a.png`` and ``a.jpg``),
+    since matching by stem would then be ambiguous.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
+            if p.stem in found:
+                raise ValueError(f"two images share the stem {p.stem!r} in {folder}: {found[p.stem].name}, {p.name}")
+            found[p.stem] = p
+    return found

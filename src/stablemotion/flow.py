@@ -1,0 +1,577 @@
+"""Flow fields: backward warping, VAE encoding, resizing, meshes, file I/O, colours.
+
+Conventions (see METHOD.md, "Motion representation"):
+
+* A flow is a tensor ``(B, 2, H, W)`` (or ``(2, H, W)``) in **pixels**, channel 0 = ``u``
+  (x, to the right), channel 1 = ``v`` (y, downwards). It warps **backward**:
+  ``out(p) = image(p + flow(p))``.
+* Pixel ``x`` sits at ``2 * x / (W - 1) - 1`` in ``grid_sample``'s normalised coordinates
+  (``align_corners=True``), so pixel centres ``0`` and ``W - 1`` are the image edges.
+* On disk and in numpy a flow is ``(H, W, 2)`` float32, the layout of ``.flo`` / ``.npy``.
+
+This module is pure torch/numpy/OpenCV and knows nothing about models.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._io import PathLike, atomic_path
+
+__all__ = [
+    "FLOW_GAMMA",
+    "FLO_MAGIC",
+    "PADDING_MODES",
+    "check_flow",
+    "warp",
+    "valid_mask",
+    "encode_flow",
+    "decode_flow",
+    "resize_flow",
+    "rigid_mesh",
+    "mesh_to_flow",
+    "read_flow",
+    "write_flow",
+    "read_flo",
+    "write_flo",
+    "read_flow_png",
+    "write_flow_png",
+    "make_colorwheel",
+    "flow_to_color",
+    "end_point_error",
+]
+
+#: Flow normalisation of the VAE encoding: channels are ``u / 50, v / 50, 1 / 50``.
+FLOW_GAMMA = 50.0
+#: Magic number at the start of a Middlebury ``.flo`` file (float32).
+FLO_MAGIC = 202021.25
+PADDING_MODES = ("border", "zeros", "reflection")
+
+_KITTI_SCALE = 64.0
+_KITTI_OFFSET = 2**15
+
+
+# --------------------------------------------------------------------------- checks
+def _as_batched_flow(flow: torch.Tensor, name: str = "flow") -> tuple[torch.Tensor, bool]:
+    if not isinstance(flow, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (B, 2, H, W) in pixels, got {type(flow).__name__}")
+    squeeze = flow.ndim == 3
+    if squeeze:
+        flow = flow.unsqueeze(0)
+    if flow.ndim != 4 or flow.shape[1] != 2:
+        raise ValueError(f"{name} must have shape (B, 2, H, W) or (2, H, W) in pixels, got {tuple(flow.shape)}")
+    if not flow.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {flow.dtype}")
+    return flow, squeeze
+
+
+def check_flow(flow: torch.Tensor | np.ndarray, name: str = "flow") -> None:
+    """Raise ``ValueError`` unless ``flow`` is a finite (B, 2, H, W) / (2, H, W) tensor or (H, W, 2) array."""
+    if isinstance(flow, np.ndarray):
+        if flow.ndim != 3 or flow.shape[2] != 2:
+            raise ValueError(f"{name} array must have shape (H, W, 2), got {flow.shape}")
+        if not np.isfinite(flow).all():
+            raise ValueError(f"{name} contains NaN or infinite values ({int((~np.isfinite(flow)).sum())} entries)")
+        return
+    flow, _ = _as_batched_flow(flow, name)
+    finite = torch.isfinite(flow)
+    if not bool(finite.all()):
+        raise ValueError(f"{name} contains NaN or infinite values ({int((~finite).sum())} entries)")
+
+
+# --------------------------------------------------------------------------- warping
+def _base_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Pixel coordinates (1, 2, H, W): channel 0 = x, channel 1 = y."""
+    ys = torch.arange(h, device=device, dtype=dtype)
+    xs = torch.arange(w, device=device, dtype=dtype)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((gx, gy), dim=0).unsqueeze(0)
+
+
+def _sample_grid(flow: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normalised sampling grid (B, H, W, 2) for ``grid_sample`` from a pixel flow.
+
+    ``dtype`` float64 makes a zero flow an exact identity; float32 is within ~1e-6.
+    """
+    b, _, h, w = flow.shape
+    coords = _base_grid(h, w, flow.device, dtype) + flow.to(dtype)
+    # A 1-pixel-wide axis has W - 1 == 0; any finite scale maps it to the single sample.
+    gx = 2.0 * coords[:, 0] / max(w - 1, 1) - 1.0
+    gy = 2.0 * coords[:, 1] / max(h - 1, 1) - 1.0
+    return torch.stack((gx, gy), dim=-1)
+
+
+def valid_mask(flow: torch.Tensor, tolerance: float = 1e-3) -> torch.Tensor:
+    """Where the backward flow samples inside the image.
+
+    Args:
+        flow: (B, 2, H, W) or (2, H, W), pixels.
+        tolerance: slack in pixels, so sampling exactly at an edge counts as inside.
+
+    Returns:
+        bool tensor (B, 1, H, W) (or (1, H, W)): ``True`` where ``p + flow(p)`` lies in
+        ``[0, W-1] x [0, H-1]``.
+    """
+    flow, squeeze = _as_batched_flow(flow)
+    _, _, h, w = flow.shape
+    coords = _base_grid(h, w, flow.device, torch.float32) + flow.float()
+    x, y = coords[:, 0:1], coords[:, 1:2]
+    mask = (x >= -tolerance) & (x <= w - 1 + tolerance) & (y >= -tolerance) & (y <= h - 1 + tolerance)
+    return mask[0] if squeeze else mask
+
+
+def warp(
+    image: torch.Tensor,
+    flow: torch.Tensor,
+    padding: str = "border",
+    mode: str = "bilinear",
+    return_mask: bool = False,
+    check_finite: bool = True,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Backward-warp ``image`` with ``flow``: ``out(p) = image(p + flow(p))``.
+
+    Args:
+        image: (B, C, H, W) or (C, H, W), any float dtype (half types are computed in
+            float32 on CPU) or an integer dtype (computed in float32, rounded back).
+            float64 inputs are warped in float64 (a zero flow is then an exact identity;
+            in float32 it is exact to ~1e-6).
+        flow: (B, 2, H, W) or (2, H, W), pixels; B may be 1 to broadcast over the images.
+        padding: ``"border"`` (SIR), ``"zeros"`` (RSC) or ``"reflection"``.
+        mode: ``"bilinear"`` (the method's choice) or ``"nearest"``.
+        return_mask: also return :func:`valid_mask` of the flow.
+        check_finite: raise ``ValueError`` if the flow holds NaN/inf (costs one sync on GPU).
+
+    Returns:
+        The warped image, same shape and dtype as ``image``; with ``return_mask``,
+        ``(warped, mask)`` where mask is bool (B, 1, H, W).
+    """
+    if padding not in PADDING_MODES:
+        raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image must be a torch.Tensor (B, C, H, W), got {type(image).__name__}")
+    flow, squeeze_flow = _as_batched_flow(flow)
+    squeeze = image.ndim == 3
+    if squeeze:
+        image = image.unsqueeze(0)
+    if image.ndim != 4:
+        raise ValueError(f"image must have shape (B, C, H, W) or (C, H, W), got {tuple(image.shape)}")
+    if image.shape[-2:] != flow.shape[-2:]:
+        raise ValueError(
+            f"image size {tuple(image.shape[-2:])} and flow size {tuple(flow.shape[-2:])} differ; "
+            "resize the flow with resize_flow() first"
+        )
+    if flow.shape[0] not in (1, image.shape[0]):
+        if image.shape[0] != 1:
+            raise ValueError(f"batch sizes differ: image {image.shape[0]}, flow {flow.shape[0]}")
+        image = image.expand(flow.shape[0], -1, -1, -1)
+    if check_finite:
+        check_flow(flow)
+    grid_dtype = torch.float64 if torch.float64 in (image.dtype, flow.dtype) else torch.float32
+    grid = _sample_grid(flow, grid_dtype)
+    if grid.shape[0] != image.shape[0]:
+        grid = grid.expand(image.shape[0], -1, -1, -1)
+
+    in_dtype = image.dtype
+    work = image
+    if not image.is_floating_point():
+        work = image.float()
+    elif image.dtype in (torch.float16, torch.bfloat16) and image.device.type == "cpu":
+        work = image.float()
+    if grid_dtype == torch.float64:
+        work = image.double()
+    out = F.grid_sample(work, grid.to(work.dtype), mode=mode, padding_mode=padding, align_corners=True)
+    if not in_dtype.is_floating_point:
+        info = torch.iinfo(in_dtype)
+        out = out.round().clamp(info.min, info.max)
+    out = out.to(in_dtype)
+    if squeeze and (squeeze_flow or out.shape[0] == 1):
+        out = out[0]
+    if return_mask:
+        mask = valid_mask(flow)
+        if mask.shape[0] != image.shape[0]:
+            mask = mask.expand(image.shape[0], -1, -1, -1)
+        if squeeze and mask.shape[0] == 1:
+            mask = mask[0]
+        return out, mask
+    return out
+
+
+# --------------------------------------------------------------------------- VAE encoding
+def encode_flow(flow: torch.Tensor, gamma: float = FLOW_GAMMA) -> torch.Tensor:
+    """Flow (B, 2, H, W) pixels -> 3-channel VAE input ``[u, v, 1] / gamma`` (B, 3, H, W)."""
+    if gamma <= 0:
+        raise ValueError(f"gamma must be positive, got {gamma}")
+    flow, squeeze = _as_batched_flow(flow)
+    ones = torch.ones_like(flow[:, :1])
+    out = torch.cat((flow, ones), dim=1) / gamma
+    return out[0] if squeeze else out
+
+
+def decode_flow(image: torch.Tensor, gamma: float = FLOW_GAMMA) -> torch.Tensor:
+    """Inverse of :func:`encode_flow`: (B, C>=2, H, W) VAE output -> flow (B, 2, H, W) pixels.
+
+    Only the first two channels are used (the constant third channel is discarded, as
+    in the released decoder).
+    """
+    if gamma <= 0:
+        raise ValueError(f"gamma must be positive, got {gamma}")
+    if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4) or image.shape[-3] < 2:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"decode_flow expects (B, 3, H, W) or (3, H, W) decoder output, got {shape}")
+    return image[..., :2, :, :] * gamma
+
+
+# --------------------------------------------------------------------------- resizing
+def resize_flow(
+    flow: torch.Tensor,
+    size: tuple[int, int],
+    mode: str = "bilinear",
+    align_corners: bool = False,
+) -> torch.Tensor:
+    """Resample a flow to ``size = (H', W')`` and rescale its magnitudes.
+
+    With ``align_corners=False`` (pixel-area convention, the released RSC code) ``u`` is
+    scaled by ``W'/W`` and ``v`` by ``H'/H``. With ``align_corners=True`` (corner pixels
+    map onto corner pixels, the convention of :func:`warp`) the factors are
+    ``(W'-1)/(W-1)`` and ``(H'-1)/(H-1)``.
+
+    Args:
+        flow: (B, 2, H, W) or (2, H, W), pixels of the source resolution.
+        size: target (H', W').
+        mode: interpolation mode of ``F.interpolate`` ("bilinear", "bicubic", "nearest").
+
+    Returns:
+        (B, 2, H', W') (or (2, H', W')), pixels of the target resolution, same dtype.
+    """
+    flow, squeeze = _as_batched_flow(flow)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size must be (H, W) with positive entries, got {size}")
+    h, w = flow.shape[-2:]
+    th, tw = int(size[0]), int(size[1])
+    if (th, tw) == (h, w):
+        return flow[0] if squeeze else flow
+    kwargs = {} if mode == "nearest" else {"align_corners": align_corners}
+    out = F.interpolate(flow, size=(th, tw), mode=mode, **kwargs)
+    if align_corners:
+        sx = (tw - 1) / (w - 1) if w > 1 else float(tw)
+        sy = (th - 1) / (h - 1) if h > 1 else float(th)
+    else:
+        sx, sy = tw / w, th / h
+    scale = torch.tensor([sx, sy], dtype=out.dtype, device=out.device).view(1, 2, 1, 1)
+    out = out * scale
+    return out[0] if squeeze else out
+
+
+# --------------------------------------------------------------------------- meshes
+def rigid_mesh(rows: int, cols: int, height: int, width: int) -> np.ndarray:
+    """The rigid rectangular mesh: (rows+1, cols+1, 2) control points (x, y) in pixels.
+
+    Vertices are evenly spaced over ``[0, W-1] x [0, H-1]`` (pixel centres, matching
+    :func:`warp`'s ``align_corners=True``).
+    """
+    if rows < 1 or cols < 1:
+        raise ValueError(f"a mesh needs at least one row and column of cells, got {rows}x{cols}")
+    xs = np.linspace(0.0, width - 1.0, cols + 1)
+    ys = np.linspace(0.0, height - 1.0, rows + 1)
+    gx, gy = np.meshgrid(xs, ys)
+    return np.stack((gx, gy), axis=-1).astype(np.float64)
+
+
+def _homographies(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Solve ``dst ~ H src`` for batches of 4-point correspondences.
+
+    src, dst: (N, 4, 2). Returns (N, 3, 3) with H[2, 2] = 1.
+    """
+    x, y = src[..., 0], src[..., 1]
+    u, v = dst[..., 0], dst[..., 1]
+    zeros, ones = torch.zeros_like(x), torch.ones_like(x)
+    rows_u = torch.stack((x, y, ones, zeros, zeros, zeros, -u * x, -u * y), dim=-1)
+    rows_v = torch.stack((zeros, zeros, zeros, x, y, ones, -v * x, -v * y), dim=-1)
+    a = torch.cat((rows_u, rows_v), dim=1)  # (N, 8, 8)
+    b = torch.cat((u, v), dim=1).unsqueeze(-1)  # (N, 8, 1)
+    sol, info = torch.linalg.solve_ex(a, b)
+    if bool((info != 0).any()) or not bool(torch.isfinite(sol).all()):
+        raise ValueError("degenerate mesh cell: its four control points do not define a homography")
+    h = torch.cat((sol.squeeze(-1), torch.ones_like(sol[:, :1, 0])), dim=1)
+    return h.view(-1, 3, 3)
+
+
+def mesh_to_flow(mesh: np.ndarray | torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Dense backward flow from a mesh of control points (mesh-based rectangling convention).
+
+    The output image is covered by the rigid mesh (:func:`rigid_mesh`) of
+    ``rows x cols`` cells; ``mesh`` gives where each vertex lies in the **input** image.
+    Every cell's homography (output quad -> input quad) back-projects the cell's output
+    pixels into the input, and the flow is that position minus the pixel's own.
+
+    Args:
+        mesh: (rows+1, cols+1, 2) or (B, rows+1, cols+1, 2), (x, y) in input pixels;
+            e.g. (7, 9, 2) for a 6 x 8 mesh.
+        height, width: output size in pixels.
+
+    Returns:
+        flow (2, H, W) or (B, 2, H, W), float32, pixels, for :func:`warp`.
+    """
+    mesh_t = torch.as_tensor(mesh, dtype=torch.float64)
+    squeeze = mesh_t.ndim == 3
+    if squeeze:
+        mesh_t = mesh_t.unsqueeze(0)
+    if mesh_t.ndim != 4 or mesh_t.shape[-1] != 2 or min(mesh_t.shape[1:3]) < 2:
+        raise ValueError(f"mesh must have shape (rows+1, cols+1, 2) or (B, rows+1, cols+1, 2), got {tuple(mesh_t.shape)}")
+    if not bool(torch.isfinite(mesh_t).all()):
+        raise ValueError("mesh contains NaN or infinite control points")
+    b, rp1, cp1, _ = mesh_t.shape
+    rows, cols = rp1 - 1, cp1 - 1
+    rigid = torch.from_numpy(rigid_mesh(rows, cols, height, width))
+
+    def corners(m: torch.Tensor) -> torch.Tensor:  # (..., rows+1, cols+1, 2) -> (..., rows*cols, 4, 2)
+        quad = torch.stack((m[..., :-1, :-1, :], m[..., :-1, 1:, :], m[..., 1:, 1:, :], m[..., 1:, :-1, :]), dim=-2)
+        return quad.reshape(*m.shape[:-3], rows * cols, 4, 2)
+
+    src = corners(rigid).unsqueeze(0).expand(b, -1, -1, -1).reshape(-1, 4, 2)
+    dst = corners(mesh_t).reshape(-1, 4, 2)
+    hom = _homographies(src, dst).view(b, rows * cols, 3, 3)
+
+    ys = torch.arange(height, dtype=torch.float64)
+    xs = torch.arange(width, dtype=torch.float64)
+    # Cell index of every output pixel; the last vertex row/column belongs to the last cell.
+    cy = torch.clamp(torch.searchsorted(rigid[1:, 0, 1].contiguous(), ys, right=False), max=rows - 1)
+    cx = torch.clamp(torch.searchsorted(rigid[0, 1:, 0].contiguous(), xs, right=False), max=cols - 1)
+    cell = (cy.view(-1, 1) * cols + cx.view(1, -1)).reshape(-1)  # (H*W,)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    pts = torch.stack((gx.reshape(-1), gy.reshape(-1), torch.ones(height * width, dtype=torch.float64)), dim=-1)
+    h_pix = hom[:, cell]  # (B, H*W, 3, 3)
+    mapped = torch.einsum("bnij,nj->bni", h_pix, pts)
+    mapped = mapped[..., :2] / mapped[..., 2:3]
+    flow = (mapped - pts[:, :2]).view(b, height, width, 2).permute(0, 3, 1, 2)
+    flow = flow.float().contiguous()
+    return flow[0] if squeeze else flow
+
+
+# --------------------------------------------------------------------------- file I/O
+def _as_hw2(flow: np.ndarray | torch.Tensor, path: PathLike) -> np.ndarray:
+    if isinstance(flow, torch.Tensor):
+        flow = flow.detach().cpu().float().numpy()
+        if flow.ndim == 4 and flow.shape[0] == 1:
+            flow = flow[0]
+        if flow.ndim == 3 and flow.shape[0] == 2:
+            flow = flow.transpose(1, 2, 0)
+    flow = np.asarray(flow)
+    if flow.ndim != 3 or flow.shape[2] != 2:
+        raise ValueError(f"cannot write {path}: flow must be (H, W, 2) array or (2, H, W) tensor, got {flow.shape}")
+    if not np.isfinite(flow).all():
+        raise ValueError(f"cannot write {path}: flow contains NaN or infinite values")
+    return np.ascontiguousarray(flow, dtype=np.float32)
+
+
+def write_flo(path: PathLike, flow: np.ndarray | torch.Tensor) -> Path:
+    """Write a Middlebury ``.flo`` file atomically (magic 202021.25, width, height, float32 u/v)."""
+    arr = _as_hw2(flow, path)
+    h, w, _ = arr.shape
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<fii", FLO_MAGIC, w, h))
+        f.write(arr.astype("<f4").tobytes())
+    return Path(path)
+
+
+def read_flo(path: PathLike) -> np.ndarray:
+    """Read a Middlebury ``.flo`` file -> (H, W, 2) float32, pixels."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"flow file not found: {path}")
+    data = path.read_bytes()
+    if len(data) < 12:
+        raise ValueError(f"{path} is too short to be a .flo file ({len(data)} bytes)")
+    magic, w, h = struct.unpack("<fii", data[:12])
+    if magic != FLO_MAGIC:
+        raise ValueError(f"{path} is not a .flo file: magic number {magic!r}, expected {FLO_MAGIC}")
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{path} has an invalid size {w}x{h}")
+    expected = 12 + 8 * w * h
+    if len(data) != expected:
+        raise ValueError(f"{path} is truncated or padded: {len(data)} bytes, expected {expected} for {w}x{h}")
+    return np.frombuffer(data, dtype="<f4", offset=12).reshape(h, w, 2).astype(np.float32)
+
+
+def write_flow_png(path: PathLike, flow: np.ndarray | torch.Tensor, valid: np.ndarray | None = None) -> Path:
+    """Write a 16-bit KITTI-style flow PNG: R,G = flow * 64 + 2**15, B = validity.
+
+    Values must lie within +-511.98 px (the format's range); ``valid`` defaults to all ones.
+    """
+    arr = _as_hw2(flow, path)
+    limit = (2**16 - 1 - _KITTI_OFFSET) / _KITTI_SCALE
+    if np.abs(arr).max(initial=0.0) > limit:
+        raise ValueError(f"cannot write {path}: |flow| up to {np.abs(arr).max():.1f} px exceeds the 16-bit PNG range {limit:.2f}")
+    enc = np.round(arr * _KITTI_SCALE + _KITTI_OFFSET).astype(np.uint16)
+    v = np.ones(arr.shape[:2], np.uint16) if valid is None else (np.asarray(valid) > 0).astype(np.uint16)
+    if v.shape != arr.shape[:2]:
+        raise ValueError(f"cannot write {path}: valid mask shape {v.shape} != flow size {arr.shape[:2]}")
+    bgr = np.stack((v, enc[..., 1], enc[..., 0]), axis=-1)  # OpenCV stores BGR
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), bgr):
+            raise OSError(f"OpenCV could not write {path}")
+    return Path(path)
+
+
+def read_flow_png(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a 16-bit KITTI-style flow PNG -> (flow (H, W, 2) float32 pixels, valid (H, W) bool)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"flow file not found: {path}")
+    bgr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if bgr is None:
+        raise ValueError(f"cannot decode {path} as a PNG")
+    if bgr.dtype != np.uint16 or bgr.ndim != 3 or bgr.shape[2] != 3:
+        raise ValueError(f"{path} is not a 16-bit 3-channel flow PNG (dtype {bgr.dtype}, shape {bgr.shape})")
+    flow = (bgr[..., [2, 1]].astype(np.float32) - _KITTI_OFFSET) / _KITTI_SCALE
+    valid = bgr[..., 0] > 0
+    flow[~valid] = 0.0
+    return flow, valid
+
+
+def read_flow(path: PathLike) -> np.ndarray:
+    """Read a flow file by extension (``.flo``, ``.npy``, ``.png``) -> (H, W, 2) float32 pixels.
+
+    ``.npy`` files may hold (H, W, 2) (the DIR-D pseudo-label layout) or (2, H, W).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".flo":
+        return read_flo(path)
+    if suffix == ".png":
+        return read_flow_png(path)[0]
+    if suffix == ".npy":
+        if not path.is_file():
+            raise FileNotFoundError(f"flow file not found: {path}")
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"cannot read {path} as a .npy array: {exc}") from exc
+        if arr.ndim == 3 and arr.shape[0] == 2 and arr.shape[2] != 2:
+            arr = arr.transpose(1, 2, 0)
+        if arr.ndim != 3 or arr.shape[2] != 2:
+            raise ValueError(f"{path} holds an array of shape {arr.shape}, expected (H, W, 2) flow in pixels")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    raise ValueError(f"unknown flow file type {path.suffix!r} for {path}: use .flo, .npy or .png")
+
+
+def write_flow(path: PathLike, flow: np.ndarray | torch.Tensor) -> Path:
+    """Write a flow by extension (``.flo``, ``.npy`` (H, W, 2) float32, ``.png`` 16-bit), atomically."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".flo":
+        return write_flo(path, flow)
+    if suffix == ".png":
+        return write_flow_png(path, flow)
+    if suffix == ".npy":
+        arr = _as_hw2(flow, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, arr)
+        return Path(path)
+    raise ValueError(f"unknown flow file type {suffix!r} for {path}: use .flo, .npy or .png")
+
+
+# --------------------------------------------------------------------------- colours
+def make_colorwheel() -> np.ndarray:
+    """The Middlebury / Baker et al. colour wheel (55, 3) in [0, 255].
+
+    Segments red->yellow (15), yellow->green (6), green->cyan (4), cyan->blue (11),
+    blue->magenta (13), magenta->red (6), the convention of the ``flow_vis`` package.
+    """
+    segments = ((15, (255, 0, 0), (255, 255, 0)), (6, (255, 255, 0), (0, 255, 0)), (4, (0, 255, 0), (0, 255, 255)),
+                (11, (0, 255, 255), (0, 0, 255)), (13, (0, 0, 255), (255, 0, 255)), (6, (255, 0, 255), (255, 0, 0)))
+    wheel = []
+    for n, start, end in segments:
+        i = np.arange(n)
+        seg = np.empty((n, 3))
+        for c in range(3):
+            if start[c] == end[c]:
+                seg[:, c] = start[c]
+            elif end[c] > start[c]:
+                seg[:, c] = np.floor(255 * i / n)
+            else:
+                seg[:, c] = 255 - np.floor(255 * i / n)
+        wheel.append(seg)
+    return np.concatenate(wheel, axis=0)
+
+
+_WHEEL = make_colorwheel()
+
+
+def flow_to_color(
+    flow: np.ndarray | torch.Tensor,
+    max_radius: float | None = None,
+    bgr: bool = False,
+) -> np.ndarray:
+    """Colour-code a flow with the Middlebury wheel (hue = direction, saturation = magnitude).
+
+    Args:
+        flow: (H, W, 2) array or (2, H, W) tensor, pixels.
+        max_radius: magnitude drawn at full saturation; ``None`` uses the flow's own maximum
+            (as ``flow_vis``). A fixed value makes pictures of different flows comparable;
+            longer vectors are drawn darker (x0.75).
+        bgr: return BGR (for OpenCV) instead of RGB.
+
+    Returns:
+        uint8 image (H, W, 3).
+    """
+    if isinstance(flow, torch.Tensor):
+        flow = flow.detach().cpu().float().numpy()
+        if flow.ndim == 4 and flow.shape[0] == 1:
+            flow = flow[0]
+        if flow.ndim == 3 and flow.shape[0] == 2:
+            flow = flow.transpose(1, 2, 0)
+    flow = np.asarray(flow, dtype=np.float64)
+    check_flow(flow)
+    u, v = flow[..., 0], flow[..., 1]
+    rad = np.sqrt(u * u + v * v)
+    if max_radius is None:
+        max_radius = float(rad.max(initial=0.0))
+    elif max_radius <= 0:
+        raise ValueError(f"max_radius must be positive, got {max_radius}")
+    eps = 1e-5
+    u, v = u / (max_radius + eps), v / (max_radius + eps)
+    rad = np.sqrt(u * u + v * v)
+    ncols = _WHEEL.shape[0]
+    angle = np.arctan2(-v, -u) / math.pi
+    fk = (angle + 1) / 2 * (ncols - 1)
+    k0 = np.floor(fk).astype(np.int64)
+    k1 = k0 + 1
+    k1[k1 == ncols] = 0
+    f = fk - k0
+    out = np.zeros((*u.shape, 3), np.uint8)
+    inside = rad <= 1
+    for c in range(3):
+        col = (1 - f) * _WHEEL[k0, c] / 255.0 + f * _WHEEL[k1, c] / 255.0
+        col = np.where(inside, 1 - rad * (1 - col), col * 0.75)
+        out[..., 2 - c if bgr else c] = np.floor(255 * col).astype(np.uint8)
+    return out
+
+
+def end_point_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean end-point error per sample, in pixels.
+
+    Args:
+        pred, target: (B, 2, H, W) pixels.
+        mask: optional (B, 1, H, W) bool/float weights; pixels with 0 are ignored.
+
+    Returns:
+        (B,) float32.
+    """
+    pred, _ = _as_batched_flow(pred, "pred")
+    target, _ = _as_batched_flow(target, "target")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    epe = torch.linalg.vector_norm((pred - target).float(), dim=1, keepdim=True)
+    if mask is None:
+        return epe.flatten(1).mean(1)
+    m = mask.float().expand_as(epe)
+    return (epe * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
