@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -87,3 +88,18 @@ def list_images(folder: PathLike) -> dict[str, Path]:
                 raise ValueError(f"two images share the stem {p.stem!r} in {folder}: {found[p.stem].name}, {p.name}")
             found[p.stem] = p
     return found
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, C) -> float32 (C, H, W) in [-1, 1]."""
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise ValueError(f"expected a uint8 (H, W, C) image, got {image.dtype} {image.shape}")
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def tensor_to_image(tensor: torch.Tensor) -> np.ndarray:
+    """float (C, H, W) in [-1, 1] -> uint8 (H, W, C) (rounded, clipped)."""
+    if tensor.ndim != 3:
+        raise ValueError(f"expected a (C, H, W) tensor, got {tuple(tensor.shape)}")
+    arr = ((tensor.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return arr.permute(1, 2, 0).numpy()

@@ -1,7 +1,8 @@
 """``stablemotion`` command line: one sub-module per command group.
 
-Each module in ``_COMMAND_MODULES`` defines ``register(subparsers)`` which adds its
-sub-commands and sets ``func`` on them. Library errors a user can fix (bad paths,
+Every public module of this package defines ``register(subparsers)`` which adds its
+sub-commands and sets ``func`` on them; modules are discovered, so adding a command
+group means adding a module. Library errors a user can fix (bad paths,
 shapes, configs) are printed as one ``error:`` line and exit status 2; ``--debug``
 shows the traceback instead.
 """
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 from collections.abc import Sequence
 
 from .. import __version__
 
-_COMMAND_MODULES = ("flowtools", "demo")
+
+def _command_modules() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, TypeError)
 
@@ -28,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"stablemotion {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
+    for name in _command_modules():
         importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 

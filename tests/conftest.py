@@ -1,0 +1,26 @@
+"""Shared test fixtures. Tests never download anything (HF_HUB_OFFLINE=1 in CI)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def photo() -> np.ndarray:
+    """A real photo (scikit-image ships it; no download), 96x128 uint8 RGB."""
+    import cv2
+    from skimage import data
+
+    return cv2.resize(data.astronaut(), (128, 96), interpolation=cv2.INTER_AREA)
