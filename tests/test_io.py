@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stablemotion._io import (
+    atomic_path,
+    image_to_tensor,
+    list_images,
+    load_image,
+    save_image,
+    tensor_to_image,
+)
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    with pytest.raises(FileExistsError, match="out.txt"), atomic_path(target, overwrite=False):
+        pass
+
+
+def test_image_round_trip_and_listing(tmp_path, photo):
+    save_image(photo, tmp_path / "a.png")
+    assert np.array_equal(load_image(tmp_path / "a.png"), photo)
+    assert load_image(tmp_path / "a.png", mode="L").shape == photo.shape[:2]
+    save_image(photo, tmp_path / "b.jpg")
+    assert set(list_images(tmp_path)) == {"a", "b"}
+    save_image(photo, tmp_path / "a.jpg")
+    with pytest.raises(ValueError, match="share the stem 'a'"):
+        list_images(tmp_path)
+    with pytest.raises(ValueError, match="uint8"):
+        save_image(photo.astype(np.float32), tmp_path / "c.png")
+
+
+def test_tensor_conversions(photo):
+    t = image_to_tensor(photo)
+    assert t.shape == (3, *photo.shape[:2]) and t.min() >= -1 and t.max() <= 1
+    assert np.array_equal(tensor_to_image(t), photo)
+    assert tensor_to_image(torch.full((1, 2, 2), 5.0)).max() == 255

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from stablemotion import metrics
+
+
+def _pair(rng, h=37, w=53):
+    a = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    noise = rng.integers(-30, 31, size=a.shape)
+    b = np.clip(a.astype(int) + noise, 0, 255).astype(np.uint8)
+    return a, b
+
+
+def test_psnr_ssim_equal_scikit_image(rng):
+    for _ in range(3):
+        gt, pred = _pair(rng)
+        assert metrics.psnr(pred, gt) == peak_signal_noise_ratio(gt, pred, data_range=255)
+        assert metrics.ssim(pred, gt) == structural_similarity(gt, pred, data_range=255, channel_axis=2)
+    assert metrics.psnr(gt, gt) == math.inf
+
+
+def test_torch_versions_match_scikit_image(rng):
+    pairs = [_pair(rng, 40, 44) for _ in range(3)]
+    gt = torch.stack([torch.from_numpy(g).permute(2, 0, 1) for g, _ in pairs]).double()
+    pred = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for _, p in pairs]).double()
+    p_t = metrics.psnr_torch(pred, gt, data_range=255)
+    s_t = metrics.ssim_torch(pred, gt, data_range=255)
+    assert p_t.shape == (3,) and s_t.shape == (3,)
+    for i, (g, p) in enumerate(pairs):
+        assert p_t[i].item() == pytest.approx(metrics.psnr(p, g), abs=1e-9)
+        assert s_t[i].item() == pytest.approx(metrics.ssim(p, g), abs=1e-9)
+    # SSIM is scale-invariant given the matching data range (not shift-invariant).
+    s_01 = metrics.ssim_torch(pred / 255, gt / 255, data_range=1.0)
+    assert torch.allclose(s_01, s_t, atol=1e-9)
+    assert torch.allclose(metrics.psnr_torch(pred / 127.5 - 1, gt / 127.5 - 1, data_range=2.0), p_t, atol=1e-9)
+
+
+def test_metric_input_validation(rng):
+    gt, pred = _pair(rng)
+    with pytest.raises(ValueError, match="uint8"):
+        metrics.psnr(pred.astype(np.float32), gt)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        metrics.ssim(pred[..., 0], gt[..., 0])
+    with pytest.raises(ValueError, match="differs"):
+        metrics.psnr(pred[:-1], gt)
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.psnr_torch(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 9))
+    with pytest.raises(ValueError, match="at least 7x7"):
+        metrics.ssim_torch(torch.zeros(1, 3, 5, 8), torch.zeros(1, 3, 5, 8))
+
+
+def _write_folder(folder, images, ext=".png"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arr in images.items():
+        Image.fromarray(arr).save(folder / f"{name}{ext}")
+
+
+def test_evaluate_folder_matches_direct_scores(tmp_path, rng):
+    gts, preds = {}, {}
+    for i in range(3):
+        gts[f"{i:05d}"], preds[f"{i:05d}"] = _pair(rng, 30, 40)
+    _write_folder(tmp_path / "gt", gts, ".png")
+    _write_folder(tmp_path / "res", preds, ".png")
+    result = metrics.evaluate_folder(tmp_path / "res", tmp_path / "gt")
+    assert [r["name"] for r in result.rows] == ["00000", "00001", "00002"]
+    for r in result.rows:
+        assert r["psnr"] == peak_signal_noise_ratio(gts[r["name"]], preds[r["name"]], data_range=255)
+    assert result.mean_psnr == pytest.approx(np.mean([r["psnr"] for r in result.rows]))
+    out = result.write_csv(tmp_path / "scores.csv")
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["name", "psnr", "ssim"] and rows[-1][0] == "mean" and len(rows) == 5
+
+
+def test_evaluate_folder_reports_missing_extra_and_size(tmp_path, rng):
+    a, b = _pair(rng, 20, 20)
+    _write_folder(tmp_path / "gt", {"x": a, "y": a})
+    _write_folder(tmp_path / "res", {"x": b, "z": b})
+    with pytest.raises(ValueError, match=r"no result .* y.*no ground truth .* z"):
+        metrics.evaluate_folder(tmp_path / "res", tmp_path / "gt")
+    result = metrics.evaluate_folder(tmp_path / "res", tmp_path / "gt", strict=False)
+    assert [r["name"] for r in result.rows] == ["x"]
+    _write_folder(tmp_path / "res2", {"x": b[:10], "y": b})
+    with pytest.raises(ValueError, match="size mismatch for 'x'"):
+        metrics.evaluate_folder(tmp_path / "res2", tmp_path / "gt")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        metrics.evaluate_folder(tmp_path / "nowhere", tmp_path / "gt")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "x.png").write_bytes(b"not a png")
+    (tmp_path / "broken" / "y.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot decode image .*x.png"):
+        metrics.evaluate_folder(tmp_path / "broken", tmp_path / "gt")
