@@ -1,0 +1,156 @@
+"""Adaptive Ensemble Strategy (AES): combining the members of a sampled ensemble.
+
+Two rules are offered (see METHOD.md, "Inference"):
+
+* ``"image"`` -- the released rule. Every member's flow warps the input; the result is the
+  per-pixel, per-channel **median** of the warped images, except inside a band along the
+  image border where the per-pixel **minimum** is used (it suppresses bright/edge leakage
+  from members that pull in content from outside the image). The band is 20 px at the
+  released 384x512 resolution and scales with the image size (per axis).
+* ``"flow"`` -- the median of the member flows (per component), then one warp.
+
+The median of an even number of members is the mean of the two middle values (the
+``numpy.median`` convention), so 2 members give their mean.
+
+This module is pure torch and knows nothing about models.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "ENSEMBLE_MODES",
+    "REFERENCE_BAND",
+    "REFERENCE_SIZE",
+    "border_band_width",
+    "border_band_mask",
+    "median",
+    "ensemble_images",
+    "ensemble_flows",
+    "flow_uncertainty",
+]
+
+ENSEMBLE_MODES = ("image", "flow")
+#: Border band width (px) of the released rule at :data:`REFERENCE_SIZE`.
+REFERENCE_BAND = 20
+#: (H, W) at which the released band width was chosen (DIR-D).
+REFERENCE_SIZE = (384, 512)
+
+
+def border_band_width(height: int, width: int, band: float | None = None) -> tuple[int, int]:
+    """Width of the minimum band ``(rows, cols)`` in pixels for an ``height x width`` image.
+
+    Args:
+        height, width: image size in pixels.
+        band: band width in pixels at the reference size 384x512; ``None`` uses the released
+            20 px. It is scaled per axis: rows ``round(band * H / 384)``, columns
+            ``round(band * W / 512)``. ``0`` disables the band (pure median).
+
+    Returns:
+        ``(band_rows, band_cols)``: how many rows at the top and bottom, and columns at
+        the left and right, use the minimum. Never more than half the size.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    band = REFERENCE_BAND if band is None else float(band)
+    if band < 0:
+        raise ValueError(f"border band must be >= 0 px, got {band}")
+    rows = int(round(band * height / REFERENCE_SIZE[0]))
+    cols = int(round(band * width / REFERENCE_SIZE[1]))
+    if band > 0:
+        rows, cols = max(rows, 1), max(cols, 1)
+    return min(rows, (height + 1) // 2), min(cols, (width + 1) // 2)
+
+
+def border_band_mask(
+    height: int, width: int, band: tuple[int, int] | float | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Bool (H, W), ``True`` inside the border band.
+
+    ``band`` is either ``(rows, cols)`` in pixels of this image, or a reference width passed
+    to :func:`border_band_width`.
+    """
+    rows, cols = band if isinstance(band, tuple) else border_band_width(height, width, band)
+    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
+    if rows > 0:
+        mask[:rows] = True
+        mask[height - rows :] = True
+    if cols > 0:
+        mask[:, :cols] = True
+        mask[:, width - cols :] = True
+    return mask
+
+
+def median(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Median along ``dim``; for an even count the mean of the two middle values."""
+    n = x.shape[dim]
+    if n == 0:
+        raise ValueError("median of an empty ensemble")
+    s = x.sort(dim=dim).values
+    lo = s.narrow(dim, (n - 1) // 2, 1)
+    hi = s.narrow(dim, n // 2, 1)
+    return ((lo + hi) / 2).squeeze(dim)
+
+
+def _check_members(x: torch.Tensor, name: str, channels: int | None = None) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 5:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be (B, E, C, H, W) (batch, ensemble members, ...), got {shape}")
+    if channels is not None and x.shape[2] != channels:
+        raise ValueError(f"{name} must have {channels} channels (B, E, {channels}, H, W), got {tuple(x.shape)}")
+    if x.shape[1] < 1:
+        raise ValueError(f"{name} has no ensemble members")
+
+
+def ensemble_images(warped: torch.Tensor, band: tuple[int, int] | float | None = None) -> torch.Tensor:
+    """The released AES rule on warped member images.
+
+    Args:
+        warped: (B, E, C, H, W), the input warped by each of the E member flows (any value
+            range; the minimum is taken per channel, so in [-1, 1] or [0, 1] it picks the
+            darkest value).
+        band: border band, ``(rows, cols)`` in pixels or a reference width (see
+            :func:`border_band_width`; ``None`` = released 20 px at 384x512).
+
+    Returns:
+        (B, C, H, W): per-pixel median, per-pixel minimum inside the border band.
+    """
+    _check_members(warped, "warped")
+    h, w = warped.shape[-2:]
+    med = median(warped, dim=1)
+    if warped.shape[1] == 1:
+        return med
+    low = warped.min(dim=1).values
+    mask = border_band_mask(h, w, band, device=warped.device)
+    return torch.where(mask, low, med)
+
+
+def ensemble_flows(flows: torch.Tensor) -> torch.Tensor:
+    """Flow-space AES: per-pixel, per-component median of the member flows.
+
+    Args:
+        flows: (B, E, 2, H, W), pixels.
+
+    Returns:
+        (B, 2, H, W), pixels.
+    """
+    _check_members(flows, "flows", channels=2)
+    return median(flows, dim=1)
+
+
+def flow_uncertainty(flows: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+    """Spread of the ensemble: mean end-point distance of the members from ``center``.
+
+    Args:
+        flows: (B, E, 2, H, W), pixels.
+        center: (B, 2, H, W) pixels; ``None`` uses :func:`ensemble_flows`.
+
+    Returns:
+        (B, 1, H, W), pixels (0 where all members agree).
+    """
+    _check_members(flows, "flows", channels=2)
+    if center is None:
+        center = ensemble_flows(flows)
+    dist = torch.linalg.vector_norm((flows - center.unsqueeze(1)).float(), dim=2)  # (B, E, H, W)
+    return dist.mean(dim=1, keepdim=False).unsqueeze(1)

@@ -1,0 +1,313 @@
+"""Image and mask handling for the pipeline: conversion, validation, resizing, masks.
+
+Kept apart from model code. Conventions:
+
+* An **image** batch is a float32 tensor ``(B, 3, H, W)`` in ``[0, 1]`` (RGB). Accepted
+  inputs: a PIL image (mode ``RGB``), a numpy array ``(H, W, 3)`` / ``(B, H, W, 3)``
+  (uint8 in [0, 255] or float in [0, 1]), a torch tensor ``(3, H, W)`` / ``(B, 3, H, W)``
+  (float in [0, 1] or uint8), or a list of those (all the same size). Grey and RGBA inputs
+  are rejected with a message saying how to convert them: silently dropping an alpha
+  channel (often the stitched image's validity mask) or inventing colour is a decision
+  for the caller.
+* A **mask** batch is a float32 tensor ``(B, 1, H, W)`` with values ``{0, 1}``, 1 = valid
+  content. Accepted inputs: PIL (any mode; colour is averaged), numpy ``(H, W)``,
+  ``(H, W, 1)``, ``(H, W, 3)`` or ``(B, H, W, 1|3)``, torch ``(H, W)``, ``(1|3, H, W)``,
+  ``(B, 1|3, H, W)``, or a list; uint8 (0..255), bool, or float in [0, 1]. Masks are thresholded at
+  half range, so JPEG-compressed masks (DIR-D's are 3-channel JPEGs) come out binary.
+* :func:`derive_mask` makes a SIR mask from a stitched image's empty border.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+__all__ = [
+    "ImageInput",
+    "to_image_batch",
+    "to_mask_batch",
+    "resize_image",
+    "resize_mask",
+    "to_vae_range",
+    "processing_size",
+    "background_color",
+    "derive_mask",
+]
+
+_Single = Image.Image | np.ndarray | torch.Tensor
+#: One image or a batch: PIL, numpy, torch, or a list of those.
+ImageInput = _Single | Sequence[_Single]
+
+
+def _describe(x: object) -> str:
+    if isinstance(x, Image.Image):
+        return f"PIL image mode {x.mode} {x.width}x{x.height}"
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        return f"{type(x).__name__} {tuple(x.shape)} {x.dtype}"
+    return type(x).__name__
+
+
+def _channel_error(name: str, channels: int, what: str) -> ValueError:
+    if channels == 1:
+        hint = "it is grey (1 channel); convert it to RGB first (PIL: image.convert('RGB'))"
+    elif channels == 4:
+        hint = (
+            "it is RGBA (4 channels); drop or use the alpha channel explicitly "
+            "(PIL: image.convert('RGB'); the alpha may serve as a SIR mask)"
+        )
+    else:
+        hint = f"it has {channels} channels"
+    return ValueError(f"{name} must be an RGB image (3 channels), but {hint}; got {what}")
+
+
+def _single_image(x: object, name: str) -> torch.Tensor:
+    """One image -> float32 (3, H, W) in [0, 1]."""
+    what = _describe(x)
+    if isinstance(x, Image.Image):
+        if x.mode != "RGB":
+            channels = {"L": 1, "1": 1, "I": 1, "F": 1, "I;16": 1, "LA": 2, "RGBA": 4, "CMYK": 4, "P": 0}
+            if x.mode == "P":
+                raise ValueError(f"{name} is a palette image; convert it first (PIL: image.convert('RGB')); got {what}")
+            raise _channel_error(name, channels.get(x.mode, len(x.getbands())), what)
+        x = np.array(x)
+    if isinstance(x, np.ndarray):
+        if x.ndim == 2:
+            raise _channel_error(name, 1, what)
+        if x.ndim != 3:
+            raise ValueError(f"{name} must be (H, W, 3) as a numpy array, got {what}")
+        if x.shape[2] != 3:
+            raise _channel_error(name, x.shape[2], what)
+        t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)
+    elif isinstance(x, torch.Tensor):
+        if x.ndim == 2:
+            raise _channel_error(name, 1, what)
+        if x.ndim != 3:
+            raise ValueError(f"{name} must be (3, H, W) as a torch tensor, got {what}")
+        if x.shape[0] != 3:
+            raise _channel_error(name, x.shape[0], what)
+        t = x.detach().cpu()
+    else:
+        raise TypeError(f"{name} must be a PIL image, numpy array or torch tensor, got {what}")
+    if t.dtype == torch.uint8:
+        return t.float() / 255.0
+    if t.dtype == torch.bool or not t.is_floating_point():
+        raise ValueError(f"{name} must be uint8 (0..255) or float (0..1), got {what}")
+    t = t.float()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(f"float {name} values must lie in [0, 1], got [{lo:.3g}, {hi:.3g}] ({what})")
+    return t.clamp(0, 1)
+
+
+def _split_batch(x: object, name: str, item_ndim: int) -> list:
+    if isinstance(x, (list, tuple)):
+        if len(x) == 0:
+            raise ValueError(f"{name} is an empty list")
+        return list(x)
+    if isinstance(x, np.ndarray) and x.ndim == item_ndim + 1:
+        return list(x)
+    if isinstance(x, torch.Tensor) and x.ndim == item_ndim + 1:
+        return list(x)
+    return [x]
+
+
+def to_image_batch(image: ImageInput, name: str = "image") -> torch.Tensor:
+    """Convert image input(s) to a float32 (B, 3, H, W) tensor in [0, 1] on the CPU.
+
+    Raises ``ValueError`` naming ``name`` for grey, RGBA, wrongly shaped, out-of-range or
+    differently sized images.
+    """
+    items = _split_batch(image, name, item_ndim=3)
+    out = [_single_image(x, f"{name}[{i}]" if len(items) > 1 else name) for i, x in enumerate(items)]
+    sizes = {tuple(t.shape[-2:]) for t in out}
+    if len(sizes) > 1:
+        raise ValueError(f"all {name}s of a batch must have the same size (H, W), got {sorted(sizes)}")
+    if min(out[0].shape[-2:]) < 2:
+        raise ValueError(f"{name} is too small: {tuple(out[0].shape[-2:])} (H, W)")
+    return torch.stack(out)
+
+
+def _single_mask(x: object, name: str) -> torch.Tensor:
+    """One mask -> float32 (1, H, W) with values {0, 1}."""
+    what = _describe(x)
+    if isinstance(x, Image.Image):
+        x = np.array(x.convert("L") if x.mode not in ("L", "1") else x)
+    if isinstance(x, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if t.ndim == 3:
+            t = t.permute(2, 0, 1)
+        elif t.ndim == 2:
+            t = t.unsqueeze(0)
+    elif isinstance(x, torch.Tensor):
+        t = x.detach().cpu()
+        if t.ndim == 2:
+            t = t.unsqueeze(0)
+    else:
+        raise TypeError(f"{name} must be a PIL image, numpy array or torch tensor, got {what}")
+    if t.ndim != 3 or t.shape[0] not in (1, 3):
+        raise ValueError(f"{name} must be (H, W), (H, W, 1|3) numpy or (1|3, H, W) torch, got {what}")
+    if t.dtype == torch.bool:
+        t = t.float()
+    elif t.dtype == torch.uint8:
+        t = t.float() / 255.0
+    elif t.is_floating_point():
+        t = t.float()
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        if float(t.min()) < -1e-3 or float(t.max()) > 1 + 1e-3:
+            raise ValueError(f"float {name} values must lie in [0, 1] (1 = valid), got {what}")
+    else:
+        raise ValueError(f"{name} must be bool, uint8 or float in [0, 1], got {what}")
+    return (t.mean(dim=0, keepdim=True) >= 0.5).float()
+
+
+def to_mask_batch(mask: ImageInput, name: str = "mask") -> torch.Tensor:
+    """Convert mask input(s) to a float32 (B, 1, H, W) tensor of {0, 1} (1 = valid)."""
+    if isinstance(mask, (np.ndarray, torch.Tensor)) and mask.ndim == 4:
+        items = list(mask)  # (B, H, W, C) numpy / (B, C, H, W) torch
+    else:
+        items = _split_batch(mask, name, item_ndim=99)
+    out = [_single_mask(x, f"{name}[{i}]" if len(items) > 1 else name) for i, x in enumerate(items)]
+    sizes = {tuple(t.shape[-2:]) for t in out}
+    if len(sizes) > 1:
+        raise ValueError(f"all {name}s of a batch must have the same size (H, W), got {sorted(sizes)}")
+    return torch.stack(out)
+
+
+def to_vae_range(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1] (the VAE's input range); a (B, 1, H, W) mask becomes 3 channels."""
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x * 2.0 - 1.0
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (antialiased when shrinking) resize of (B, C, H, W) to ``size = (H', W')``."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a {0, 1} mask (B, 1, H, W) to ``size`` and re-binarise at 0.5."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return (resize_image(mask, size) >= 0.5).float()
+
+
+def processing_size(
+    input_size: tuple[int, int], resolution: int | Sequence[int] | None, multiple: int
+) -> tuple[int, int]:
+    """Network resolution (H, W) for an input of ``input_size``.
+
+    ``resolution`` is ``(H, W)``, an int (square), or ``0`` for the input's own size rounded
+    to the nearest multiple. Explicit sizes must be multiples of ``multiple`` (the product
+    of the VAE and UNet downsampling factors).
+    """
+    if resolution is None:
+        raise ValueError("processing_resolution is None and the model config has no default")
+    if isinstance(resolution, (int, np.integer)):
+        if resolution == 0:
+            h, w = input_size
+            return max(multiple, int(round(h / multiple)) * multiple), max(multiple, int(round(w / multiple)) * multiple)
+        size = (int(resolution), int(resolution))
+    else:
+        size = tuple(int(r) for r in resolution)
+        if len(size) != 2:
+            raise ValueError(f"processing_resolution must be (H, W), an int or 0, got {resolution!r}")
+    if min(size) < multiple or size[0] % multiple or size[1] % multiple:
+        raise ValueError(f"processing_resolution {size} (H, W) must be positive multiples of {multiple} for this model")
+    return size  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- masks from the empty border
+def background_color(image: np.ndarray, tolerance: int = 24) -> tuple[str, float]:
+    """Guess the empty-border colour of a stitched image: ``"black"`` or ``"white"``.
+
+    Counts the pixels of the outermost 1-pixel frame within ``tolerance`` (max abs
+    difference over channels, uint8 units) of pure black and of pure white; returns the
+    colour with more such pixels and its fraction of the frame (0 when neither matches).
+    """
+    frame = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]], axis=0).astype(np.int16)
+    black = float((frame.max(axis=-1) <= tolerance).mean())
+    white = float((frame.min(axis=-1) >= 255 - tolerance).mean())
+    return ("white", white) if white > black else ("black", black)
+
+
+def derive_mask(
+    image: np.ndarray,
+    background: str = "auto",
+    tolerance: int = 24,
+    min_border_fraction: float = 0.02,
+    open_size: int = 3,
+) -> np.ndarray:
+    """Derive a SIR validity mask from a stitched image's empty border.
+
+    The rule (stitched panoramas fill the area outside the warped views with one colour,
+    usually black, sometimes white, then JPEG compression adds noise):
+
+    1. background colour: ``"black"``/``"white"``, or ``"auto"`` = the one more of the
+       outermost pixel frame is close to (:func:`background_color`);
+    2. a pixel is *background-coloured* when every channel is within ``tolerance``
+       (uint8 units, default 24: covers JPEG noise at quality >= ~75) of that colour;
+    3. the *empty* region is the background-coloured pixels 8-connected to the image edge:
+       dark (or bright) content inside the picture is kept, however dark;
+    4. JPEG speckles are cleaned with a morphological opening of the valid region
+       (``open_size`` px square) followed by filling valid-region holes that do not
+       touch the edge (removes isolated empty-coloured specks inside the content).
+
+    If less than ``min_border_fraction`` of the outer frame is background-coloured the
+    image has no empty border and everything is valid.
+
+    Known limit: content of the background colour that touches the image edge (a black
+    night sky at the frame) is counted as empty; check with ``rectify --save-mask``.
+
+    Args:
+        image: uint8 (H, W, 3) RGB.
+
+    Returns:
+        uint8 (H, W) mask, 255 = valid content, 0 = empty (the DIR-D convention).
+    """
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"derive_mask expects a uint8 (H, W, 3) RGB image, got {_describe(image)}")
+    if background not in ("auto", "black", "white"):
+        raise ValueError(f"background must be 'auto', 'black' or 'white', got {background!r}")
+    if not 0 <= tolerance <= 255:
+        raise ValueError(f"tolerance must be in [0, 255], got {tolerance}")
+    h, w = image.shape[:2]
+    fraction: float | None = None
+    if background == "auto":
+        background, fraction = background_color(image, tolerance)
+    img = image.astype(np.int16)
+    if background == "black":
+        similar = img.max(axis=-1) <= tolerance
+    else:
+        similar = img.min(axis=-1) >= 255 - tolerance
+    frame = np.concatenate([similar[0], similar[-1], similar[:, 0], similar[:, -1]])
+    if fraction is None:
+        fraction = float(frame.mean())
+    if fraction < min_border_fraction:
+        return np.full((h, w), 255, np.uint8)
+
+    _, labels = cv2.connectedComponents(similar.astype(np.uint8), connectivity=8)
+    edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    edge_labels = edge_labels[edge_labels > 0]
+    empty = np.isin(labels, edge_labels) & similar
+    valid = (~empty).astype(np.uint8)
+    if open_size > 1:
+        kernel = np.ones((open_size, open_size), np.uint8)
+        valid = cv2.morphologyEx(valid, cv2.MORPH_OPEN, kernel)
+    # Fill holes: empty pixels not connected to the edge through empty pixels become valid.
+    _, labels = cv2.connectedComponents((valid == 0).astype(np.uint8), connectivity=8)
+    edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    edge_labels = edge_labels[edge_labels > 0]
+    empty = np.isin(labels, edge_labels) & (valid == 0)
+    return np.where(empty, 0, 255).astype(np.uint8)

@@ -1,0 +1,447 @@
+"""Building StableMotion models from Stable Diffusion 2, tiny test models, released checkpoints.
+
+* :func:`expand_conv_in` -- the UNet's ``conv_in`` grows to ``4 * (N + 1)`` input channels
+  for N condition latents: the pretrained kernel is copied into every 4-channel slot and
+  divided by ``N + 1``, the bias copied, and the config updated with
+  ``register_to_config`` so save/load round-trips.
+* :func:`empty_text_embedding` / :class:`EmptyTextEmbedding` -- the empty prompt, tokenised
+  with ``padding="do_not_pad"`` (``(1, 2, D)``), computed once and saved as a pipeline
+  component, so inference never needs a tokenizer or text encoder.
+* :func:`build_pipeline` -- a ready :class:`~stablemotion.pipeline.StableMotionPipeline` for a
+  task from an SD2 checkpoint (hub id or local diffusers folder).
+* :func:`tiny_components` / :func:`tiny_pipeline` / :func:`save_tiny_base` -- random-weight
+  miniatures for tests and CPU experiments (no downloads).
+* :func:`import_released_checkpoint` -- the authors' released task folders
+  (``unet_ema/``, optional ``vae/``) + an SD2 base -> a pipeline folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from ._io import PathLike
+from .tasks import TaskSpec, available_tasks, get_task
+
+if TYPE_CHECKING:
+    from .pipeline import StableMotionPipeline
+
+__all__ = [
+    "DEFAULT_BASE",
+    "RELEASED_REPO",
+    "RELEASED_SUBFOLDERS",
+    "EmptyTextEmbedding",
+    "expand_conv_in",
+    "empty_text_embedding",
+    "make_scheduler",
+    "load_text_embedding",
+    "build_pipeline",
+    "tiny_components",
+    "tiny_pipeline",
+    "save_tiny_base",
+    "infer_task",
+    "import_released_checkpoint",
+]
+
+#: Default Stable Diffusion checkpoint (768-v, v-prediction).
+DEFAULT_BASE = "stabilityai/stable-diffusion-2"
+#: Hub repository of the authors' released checkpoints and its task subfolders.
+RELEASED_REPO = "ivowang/StableMotion"
+RELEASED_SUBFOLDERS = {"sir": "StableMotion_SIR", "rsc": "StableMotion_RSC"}
+
+
+class EmptyTextEmbedding(ModelMixin, ConfigMixin):
+    """The stored empty-prompt text embedding, a pipeline component.
+
+    Holds one tensor ``(1, sequence_length, embedding_dim)`` (SD2: ``(1, 2, 1024)``),
+    saved with ``save_pretrained`` like any diffusers model (``config.json`` +
+    ``diffusion_pytorch_model.safetensors``) and cast/moved with the pipeline.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, sequence_length: int = 2, embedding_dim: int = 1024) -> None:
+        super().__init__()
+        self.embedding = nn.Parameter(torch.zeros(1, sequence_length, embedding_dim), requires_grad=False)
+
+    @classmethod
+    def from_tensor(cls, embedding: torch.Tensor) -> EmptyTextEmbedding:
+        """Wrap a ``(1, L, D)`` or ``(L, D)`` tensor."""
+        if embedding.ndim == 2:
+            embedding = embedding.unsqueeze(0)
+        if embedding.ndim != 3 or embedding.shape[0] != 1:
+            raise ValueError(f"empty text embedding must be (1, L, D), got {tuple(embedding.shape)}")
+        module = cls(sequence_length=embedding.shape[1], embedding_dim=embedding.shape[2])
+        with torch.no_grad():
+            module.embedding.copy_(embedding.detach().float())
+        return module.to(embedding.dtype) if embedding.is_floating_point() else module
+
+    def forward(self, batch_size: int = 1) -> torch.Tensor:
+        """The embedding repeated for a batch: (batch_size, L, D)."""
+        return self.embedding.expand(batch_size, -1, -1)
+
+
+# --------------------------------------------------------------------------- building blocks
+def expand_conv_in(unet: UNet2DConditionModel, num_conditions: int) -> UNet2DConditionModel:
+    """Grow ``unet.conv_in`` from 4 to ``4 * (num_conditions + 1)`` input channels, in place.
+
+    Every 4-channel slot gets a copy of the pretrained kernel, the whole kernel is divided
+    by ``num_conditions + 1`` and the bias is copied, so feeding the same latent into every
+    slot reproduces the pretrained response. The config is updated with
+    ``register_to_config(in_channels=...)``. Create optimisers after calling this.
+    """
+    if num_conditions < 0:
+        raise ValueError(f"num_conditions must be >= 0, got {num_conditions}")
+    old = unet.conv_in
+    if old.in_channels != 4:
+        raise ValueError(
+            f"expand_conv_in expects a pretrained 4-channel UNet, this one has {old.in_channels} input channels"
+        )
+    slots = num_conditions + 1
+    new = nn.Conv2d(
+        4 * slots,
+        old.out_channels,
+        kernel_size=old.kernel_size,
+        stride=old.stride,
+        padding=old.padding,
+        dilation=old.dilation,
+        groups=old.groups,
+        bias=old.bias is not None,
+        padding_mode=old.padding_mode,
+        device=old.weight.device,
+        dtype=old.weight.dtype,
+    )
+    with torch.no_grad():
+        new.weight.copy_(old.weight.repeat(1, slots, 1, 1) / slots)
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=4 * slots)
+    return unet
+
+
+@torch.no_grad()
+def empty_text_embedding(text_encoder: nn.Module, tokenizer: Any) -> torch.Tensor:
+    """Encode the empty prompt once: ``padding="do_not_pad"`` -> (1, 2, D) (BOS, EOS)."""
+    ids = tokenizer(
+        "", padding="do_not_pad", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    device = next(text_encoder.parameters()).device
+    return text_encoder(ids.to(device))[0].detach().float().cpu()
+
+
+def make_scheduler(config: Mapping[str, Any] | None = None) -> DDIMScheduler:
+    """DDIM configured for StableMotion inference from a (SD2) scheduler config.
+
+    Forces ``timestep_spacing="trailing"`` (1 step = t 999, 2 = [999, 499]),
+    ``prediction_type="v_prediction"`` and no x0 clipping/thresholding (flow latents are
+    not bounded by 1).
+    """
+    cfg = {k: v for k, v in dict(config or {}).items() if not k.startswith("_")}
+    cfg.update(timestep_spacing="trailing", prediction_type="v_prediction", clip_sample=False, thresholding=False)
+    return DDIMScheduler.from_config(cfg)
+
+
+def load_text_embedding(base: PathLike, **hub_kwargs: Any) -> EmptyTextEmbedding:
+    """The empty-prompt embedding of a base checkpoint (folder or hub id).
+
+    Uses a stored ``text_embedding/`` component if present (a StableMotion pipeline
+    folder), otherwise encodes the empty prompt with its ``text_encoder/`` + ``tokenizer/``.
+    """
+    base_path = Path(base)
+    if base_path.is_dir() and (base_path / "text_embedding").is_dir():
+        return EmptyTextEmbedding.from_pretrained(base_path / "text_embedding")
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    src = str(base)
+    if base_path.is_dir() and not ((base_path / "text_encoder").is_dir() and (base_path / "tokenizer").is_dir()):
+        raise FileNotFoundError(
+            f"{base} has neither text_embedding/ nor text_encoder/ + tokenizer/: cannot compute the empty-prompt embedding"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(src, subfolder="tokenizer", **hub_kwargs)
+    text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **hub_kwargs)
+    emb = empty_text_embedding(text_encoder.eval(), tokenizer)
+    del text_encoder
+    return EmptyTextEmbedding.from_tensor(emb)
+
+
+def _hub_kwargs(local_files_only: bool | None, cache_dir: PathLike | None, revision: str | None) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    if local_files_only is not None:
+        kw["local_files_only"] = local_files_only
+    if cache_dir is not None:
+        kw["cache_dir"] = str(cache_dir)
+    if revision is not None:
+        kw["revision"] = revision
+    return kw
+
+
+def build_pipeline(
+    base: PathLike = DEFAULT_BASE,
+    task: str | TaskSpec = "sir",
+    *,
+    torch_dtype: torch.dtype | None = None,
+    local_files_only: bool | None = None,
+    cache_dir: PathLike | None = None,
+    revision: str | None = None,
+) -> StableMotionPipeline:
+    """A new (untrained) StableMotion pipeline for ``task`` from a Stable Diffusion checkpoint.
+
+    Loads the UNet, VAE and scheduler of ``base`` (hub id or local diffusers folder),
+    expands ``conv_in`` for the task's conditions and stores the empty-prompt embedding;
+    the text encoder is used once and dropped. The result is what training starts from.
+    """
+    from .pipeline import StableMotionPipeline
+
+    spec = get_task(task)
+    kw = _hub_kwargs(local_files_only, cache_dir, revision)
+    src = str(base)
+    unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kw)
+    vae = AutoencoderKL.from_pretrained(src, subfolder="vae", **kw)
+    scheduler = make_scheduler(DDIMScheduler.load_config(src, subfolder="scheduler", **kw))
+    embedding = load_text_embedding(base, **kw)
+    expand_conv_in(unet, spec.num_conditions)
+    pipe = StableMotionPipeline(unet=unet, vae=vae, scheduler=scheduler, text_embedding=embedding, task=spec.to_dict())
+    if torch_dtype is not None:
+        pipe.to(dtype=torch_dtype)
+    return pipe
+
+
+# --------------------------------------------------------------------------- tiny components
+def _tiny_unet(in_channels: int, cross_attention_dim: int) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=(2, 4),
+        norm_num_groups=32,
+    )
+
+
+def _tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=32,
+        scaling_factor=0.18215,
+    )
+
+
+def tiny_components(
+    task: str | TaskSpec | None = "sir", seed: int = 0, cross_attention_dim: int = 32
+) -> dict[str, Any]:
+    """Random-weight miniature components (a few MB, fast on CPU; nothing is downloaded).
+
+    Args:
+        task: the task whose channel count the UNet gets; ``None`` keeps a 4-channel
+            "base" UNet (to test :func:`expand_conv_in`).
+        seed: weights are drawn from this seed without touching the global RNG.
+
+    Returns:
+        ``{"unet", "vae", "scheduler", "text_embedding"}``; the VAE downsamples by 2 and
+        the UNet by 2, so image sizes must be multiples of 4. The embedding is
+        (1, 2, ``cross_attention_dim``).
+    """
+    in_channels = 4 if task is None else get_task(task).unet_in_channels
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = _tiny_unet(in_channels, cross_attention_dim)
+        vae = _tiny_vae()
+        embedding = EmptyTextEmbedding.from_tensor(torch.randn(1, 2, cross_attention_dim))
+    scheduler = make_scheduler(
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "set_alpha_to_one": False,
+         "steps_offset": 1, "num_train_timesteps": 1000}
+    )
+    return {"unet": unet.eval(), "vae": vae.eval(), "scheduler": scheduler, "text_embedding": embedding.eval()}
+
+
+def tiny_pipeline(task: str | TaskSpec = "sir", seed: int = 0, **config: Any) -> StableMotionPipeline:
+    """A :class:`~stablemotion.pipeline.StableMotionPipeline` on :func:`tiny_components`.
+
+    Its default processing resolution is 32x32 unless ``config`` says otherwise.
+    """
+    from .pipeline import StableMotionPipeline
+
+    spec = get_task(task)
+    config.setdefault("default_processing_resolution", [32, 32])
+    return StableMotionPipeline(**tiny_components(spec, seed), task=spec.to_dict(), **config)
+
+
+def save_tiny_base(folder: PathLike, seed: int = 0) -> Path:
+    """Write a tiny SD2-like base checkpoint (diffusers layout) for offline tests.
+
+    ``unet/`` (4 input channels), ``vae/``, ``scheduler/``, ``text_encoder/`` (a 2-layer
+    CLIP text model) and ``tokenizer/`` (a CLIP tokenizer on a 4-token vocabulary written
+    here), plus ``model_index.json``.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    comps = tiny_components(None, seed)
+    comps["unet"].save_pretrained(folder / "unet")
+    comps["vae"].save_pretrained(folder / "vae")
+    comps["scheduler"].save_pretrained(folder / "scheduler")
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = Path(tmp) / "vocab.json"
+        merges = Path(tmp) / "merges.txt"
+        vocab.write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "a": 3}))
+        merges.write_text("#version: 0.2\n")
+        tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
+        tokenizer.save_pretrained(folder / "tokenizer")
+    cfg = CLIPTextConfig(
+        vocab_size=4, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        max_position_embeddings=77, projection_dim=32, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        CLIPTextModel(cfg).save_pretrained(folder / "text_encoder")
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+# --------------------------------------------------------------------------- released checkpoints
+def infer_task(in_channels: int, hint: str | None = None) -> TaskSpec:
+    """The registered task whose UNet input has ``in_channels`` channels.
+
+    ``hint`` (e.g. a folder name like ``StableMotion_SIR``) disambiguates and is checked:
+    a hint naming a task with a different channel count raises ``ValueError``.
+    """
+    named = None
+    if hint:
+        for name in available_tasks():
+            if re.search(rf"(^|[^a-z0-9]){re.escape(name)}($|[^a-z0-9])", hint.lower()):
+                named = get_task(name)
+                break
+    if named is not None:
+        if named.unet_in_channels != in_channels:
+            raise ValueError(
+                f"{hint!r} names task {named.name!r} (conditions {list(named.conditions)} + flow = "
+                f"{named.unet_in_channels} channels) but its UNet has {in_channels} input channels"
+            )
+        return named
+    matches = [get_task(n) for n in available_tasks() if get_task(n).unet_in_channels == in_channels]
+    if len(matches) != 1:
+        names = ", ".join(f"{m.name} ({m.unet_in_channels})" for m in map(get_task, available_tasks()))
+        raise ValueError(
+            f"cannot tell the task of a UNet with {in_channels} input channels (tasks: {names}); pass task=..."
+        )
+    return matches[0]
+
+
+def _resolve_released(task_folder: PathLike, subfolder: str | None, **hub_kwargs: Any) -> Path:
+    path = Path(task_folder)
+    if subfolder:
+        if path.is_dir():
+            return path / subfolder
+        from huggingface_hub import snapshot_download
+
+        root = snapshot_download(str(task_folder), allow_patterns=[f"{subfolder}/*"], **hub_kwargs)
+        return Path(root) / subfolder
+    return path
+
+
+def import_released_checkpoint(
+    task_folder: PathLike,
+    output: PathLike,
+    base: PathLike = DEFAULT_BASE,
+    task: str | TaskSpec | None = None,
+    *,
+    subfolder: str | None = None,
+    overwrite: bool = False,
+    safe_serialization: bool = True,
+    local_files_only: bool | None = None,
+    cache_dir: PathLike | None = None,
+) -> Path:
+    """Turn an authors' released task folder into a StableMotion pipeline folder.
+
+    Args:
+        task_folder: folder with ``unet_ema/`` (diffusers UNet, 12 input channels for SIR,
+            8 for RSC) and optionally ``vae/`` (SIR ships a fine-tuned VAE; otherwise the
+            base VAE is used). With ``subfolder``, ``task_folder`` may be a hub id such as
+            :data:`RELEASED_REPO` (downloaded once into the hub cache).
+        output: the pipeline folder to write (``model_index.json`` layout).
+        base: SD2 checkpoint (folder or hub id) for the scheduler and the empty-prompt
+            embedding (and the VAE when the task folder has none).
+        task: the task; ``None`` infers it from the folder name and the channel count.
+            The channel count must equal ``4 * (len(task.conditions) + 1)``; the released
+            condition order is the task's declared order (SIR: mask, image; RSC: image),
+            which is written to the pipeline config.
+        overwrite: replace an existing ``output``.
+
+    Returns:
+        ``output`` as a ``Path``.
+    """
+    from .pipeline import StableMotionPipeline
+
+    kw = _hub_kwargs(local_files_only, cache_dir, None)
+    folder = _resolve_released(task_folder, subfolder, **kw)
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output} already exists and is not empty; pass overwrite=True (--force)")
+    unet_dir = folder / "unet_ema"
+    if not (unet_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a released StableMotion task folder: {unet_dir}/config.json missing")
+    in_channels = int(json.loads((unet_dir / "config.json").read_text())["in_channels"])
+    hint = subfolder or folder.name
+    if task is None:
+        spec = infer_task(in_channels, hint)
+    else:
+        spec = get_task(task)
+        if spec.unet_in_channels != in_channels:
+            raise ValueError(
+                f"task {spec.name!r} needs {spec.unet_in_channels} UNet input channels (conditions "
+                f"{list(spec.conditions)} + flow) but {unet_dir} has {in_channels}: wrong checkpoint for this task"
+            )
+    unet = UNet2DConditionModel.from_pretrained(unet_dir)
+    if (folder / "vae" / "config.json").is_file():
+        vae = AutoencoderKL.from_pretrained(folder / "vae")
+    else:
+        vae = AutoencoderKL.from_pretrained(str(base), subfolder="vae", **kw)
+    scheduler = make_scheduler(DDIMScheduler.load_config(str(base), subfolder="scheduler", **kw))
+    embedding = load_text_embedding(base, **kw)
+    if embedding.config.embedding_dim != unet.config.cross_attention_dim:
+        raise ValueError(
+            f"the base's text embedding has dim {embedding.config.embedding_dim} but the UNet expects "
+            f"cross_attention_dim {unet.config.cross_attention_dim}: wrong base checkpoint"
+        )
+    pipe = StableMotionPipeline(unet=unet, vae=vae, scheduler=scheduler, text_embedding=embedding, task=spec.to_dict())
+    tmp = output.with_name(f".{output.name}.tmp-import")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp, safe_serialization=safe_serialization)
+    if output.exists():
+        shutil.rmtree(output)
+    tmp.rename(output)
+    return output

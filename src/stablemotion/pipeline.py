@@ -1,0 +1,360 @@
+"""``StableMotionPipeline``: one-step flow estimation and rectification (a diffusers pipeline).
+
+Components: ``unet`` (conv_in expanded for the task's conditions), ``vae``, ``scheduler``
+(DDIM, trailing spacing, v-prediction) and ``text_embedding`` (the stored empty prompt,
+:class:`~stablemotion.model.EmptyTextEmbedding`). The pipeline config holds the task
+description and the recommended inference settings; ``None`` arguments fall back to them.
+
+Inference (METHOD.md, "Inference"): the input and its condition images are resized to the
+processing resolution, encoded once with the VAE mean (times ``scaling_factor``) and shared
+by the E ensemble members; each member starts from Gaussian noise at t = 999 and follows
+the scheduler (1 step by default: straight to the x0 estimate). The x0 latent is decoded to
+a flow (``vae.decode(z / scale) * gamma``, first two channels), upsampled to the input size
+with magnitude scaling, and applied with :func:`stablemotion.flow.warp`. The members are
+combined with the Adaptive Ensemble Strategy (:mod:`stablemotion.ensemble`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .ensemble import ENSEMBLE_MODES, ensemble_flows, ensemble_images, flow_uncertainty
+from .flow import flow_to_color, resize_flow, warp
+from .image_processing import (
+    ImageInput,
+    processing_size,
+    resize_image,
+    resize_mask,
+    to_image_batch,
+    to_mask_batch,
+    to_vae_range,
+)
+from .model import EmptyTextEmbedding, infer_task
+from .tasks import MASK_CONDITIONS, TaskSpec, get_task
+
+__all__ = ["StableMotionOutput", "StableMotionPipeline"]
+
+OUTPUT_TYPES = ("pt", "np", "pil")
+
+
+@dataclass
+class StableMotionOutput(BaseOutput):
+    """Output of :class:`StableMotionPipeline`.
+
+    Attributes:
+        flow: backward flow in pixels of the input resolution. ``"pt"``: float32 tensor
+            (B, 2, H, W); ``"np"``/``"pil"``: float32 array (B, H, W, 2) (the ``.flo``/``.npy``
+            layout).
+        image: the rectified input. ``"pt"``: float32 (B, 3, H, W) in [0, 1]; ``"np"``:
+            float32 (B, H, W, 3) in [0, 1]; ``"pil"``: list of RGB images.
+        flow_colored: Middlebury colour picture of ``flow``. ``"pt"``: uint8 (B, 3, H, W);
+            ``"np"``: uint8 (B, H, W, 3); ``"pil"``: list of RGB images.
+        uncertainty: ensemble spread, the mean distance of the member flows from the
+            ensemble flow, pixels; ``None`` for one member. ``"pt"``: (B, 1, H, W);
+            otherwise (B, H, W, 1).
+        members: the member flows (B, E, 2, H, W), pixels, when ``return_members=True``.
+    """
+
+    flow: torch.Tensor | np.ndarray
+    image: torch.Tensor | np.ndarray | list[Image.Image]
+    flow_colored: torch.Tensor | np.ndarray | list[Image.Image]
+    uncertainty: torch.Tensor | np.ndarray | None = None
+    members: torch.Tensor | None = None
+
+
+class StableMotionPipeline(DiffusionPipeline):
+    """Single-image motion estimation for image rectification (StableMotion).
+
+    Args:
+        unet: conditional UNet with ``4 * (len(task.conditions) + 1)`` input channels.
+        vae: ``AutoencoderKL`` (the SD2 one or a fine-tuned copy).
+        scheduler: ``DDIMScheduler``; used as given (build it with
+            :func:`stablemotion.model.make_scheduler`: trailing spacing, v-prediction).
+        text_embedding: the stored empty-prompt embedding (1, L, cross_attention_dim).
+        task: the task as a dict (:meth:`TaskSpec.to_dict`), a registered name, or ``None``
+            to infer it from the UNet's channel count.
+        default_denoising_steps: steps when ``num_inference_steps=None`` (1).
+        default_ensemble_size: members when ``ensemble_size=None`` (1).
+        default_ensemble_mode: ``"image"`` (released AES) or ``"flow"``.
+        default_processing_resolution: ``[H, W]``; ``None`` = the task's resolution.
+        default_border_band: AES border band at 384x512 in px (20), scaled with size.
+    """
+
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components: list[str] = []
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        scheduler: DDIMScheduler,
+        text_embedding: EmptyTextEmbedding,
+        task: Mapping[str, Any] | str | None = None,
+        default_denoising_steps: int = 1,
+        default_ensemble_size: int = 1,
+        default_ensemble_mode: str = "image",
+        default_processing_resolution: Sequence[int] | None = None,
+        default_border_band: float = 20.0,
+    ) -> None:
+        super().__init__()
+        in_channels = int(unet.config.in_channels)
+        spec = infer_task(in_channels) if task is None else get_task(task)
+        if spec.unet_in_channels != in_channels:
+            raise ValueError(
+                f"task {spec.name!r} needs a UNet with {spec.unet_in_channels} input channels (conditions "
+                f"{list(spec.conditions)} + flow, 4 each) but this UNet has {in_channels}: wrong checkpoint for the task"
+            )
+        if unet.config.cross_attention_dim != text_embedding.config.embedding_dim:
+            raise ValueError(
+                f"text embedding dim {text_embedding.config.embedding_dim} does not match the UNet's "
+                f"cross_attention_dim {unet.config.cross_attention_dim}"
+            )
+        if default_ensemble_mode not in ENSEMBLE_MODES:
+            raise ValueError(f"default_ensemble_mode must be one of {ENSEMBLE_MODES}, got {default_ensemble_mode!r}")
+        resolution = list(spec.resolution if default_processing_resolution is None else default_processing_resolution)
+        self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_embedding=text_embedding)
+        self.register_to_config(
+            task=spec.to_dict(),
+            default_denoising_steps=int(default_denoising_steps),
+            default_ensemble_size=int(default_ensemble_size),
+            default_ensemble_mode=default_ensemble_mode,
+            default_processing_resolution=[int(r) for r in resolution],
+            default_border_band=float(default_border_band),
+        )
+        self.task: TaskSpec = spec
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def size_multiple(self) -> int:
+        """Processing sizes must be multiples of this (VAE x UNet downsampling)."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """VAE latents (encoder mean x scaling_factor) of (B, 3, h, w) images in [-1, 1] -> (B, 4, h/f, w/f)."""
+        images = images.to(device=self._execution_device, dtype=self.vae.dtype)
+        return self.vae.encode(images).latent_dist.mean * self.latent_scale
+
+    def decode_flow(self, latents: torch.Tensor) -> torch.Tensor:
+        """Flow latents (B, 4, h/f, w/f) -> flow (B, 2, h, w) float32, pixels of the processing resolution."""
+        decoded = self.vae.decode(latents.to(self.vae.dtype) / self.latent_scale).sample
+        return decoded[:, :2].float() * self.task.flow_gamma
+
+    # ------------------------------------------------------------------ validation
+    def check_inputs(
+        self,
+        image: ImageInput,
+        conditions: Mapping[str, ImageInput],
+        num_inference_steps: int,
+        ensemble_size: int,
+        ensemble_mode: str,
+        processing_resolution: int | Sequence[int],
+        batch_size: int | None,
+        output_type: str,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[int, int]]:
+        """Validate every argument before any compute.
+
+        Returns:
+            ``(images (B, 3, H, W) in [0, 1], {condition: (B, C, H, W)}, processing size (h, w))``.
+        """
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
+        if num_inference_steps > self.scheduler.config.num_train_timesteps:
+            raise ValueError(f"num_inference_steps must be <= {self.scheduler.config.num_train_timesteps}")
+        if not isinstance(ensemble_size, int) or ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be an int >= 1, got {ensemble_size!r}")
+        if ensemble_mode not in ENSEMBLE_MODES:
+            raise ValueError(f"ensemble_mode must be one of {ENSEMBLE_MODES}, got {ensemble_mode!r}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        unknown = set(conditions) - set(self.task.conditions) - {"image"}
+        if unknown:
+            raise ValueError(
+                f"task {self.task.name!r} takes conditions {list(self.task.conditions)}, got unknown {sorted(unknown)}"
+            )
+        images = to_image_batch(image, "image")
+        n, (h, w) = images.shape[0], images.shape[-2:]
+        conds: dict[str, torch.Tensor] = {}
+        for name in self.task.conditions:
+            if name == "image":
+                continue
+            if conditions.get(name) is None:
+                hint = (
+                    " (1 = valid content; derive one from the empty border with "
+                    "stablemotion.image_processing.derive_mask, or `stablemotion rectify` does it)"
+                    if name in MASK_CONDITIONS
+                    else ""
+                )
+                raise ValueError(f"task {self.task.name!r} needs the condition {name!r}{hint}; pass {name}=...")
+            if name in MASK_CONDITIONS:
+                t = to_mask_batch(conditions[name], name)
+            else:
+                t = to_image_batch(conditions[name], name)
+            if tuple(t.shape[-2:]) != (h, w):
+                raise ValueError(
+                    f"{name} size {tuple(t.shape[-2:])} (H, W) differs from the image size {(h, w)}: "
+                    f"the {name} must be pixel-aligned with the image"
+                )
+            if t.shape[0] not in (1, n):
+                raise ValueError(f"{name} batch size {t.shape[0]} differs from the image batch size {n}")
+            conds[name] = t.expand(n, -1, -1, -1) if t.shape[0] == 1 else t
+        size = processing_size((h, w), processing_resolution, self.size_multiple)
+        if isinstance(generator, list) and len(generator) != n * ensemble_size:
+            raise ValueError(
+                f"a list of generators needs one per sample (batch {n} x ensemble {ensemble_size} = "
+                f"{n * ensemble_size}), got {len(generator)}"
+            )
+        return images, conds, size
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageInput,
+        mask: ImageInput | None = None,
+        conditions: Mapping[str, ImageInput] | None = None,
+        num_inference_steps: int | None = None,
+        ensemble_size: int | None = None,
+        ensemble_mode: str | None = None,
+        processing_resolution: int | Sequence[int] | None = None,
+        border_band: float | None = None,
+        batch_size: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pt",
+        show_progress_bar: bool = True,
+        return_members: bool = False,
+        return_dict: bool = True,
+    ) -> StableMotionOutput | tuple:
+        """Estimate the rectifying flow of ``image`` and apply it.
+
+        Args:
+            image: RGB image(s), see :mod:`stablemotion.image_processing` (PIL, numpy uint8
+                or float [0, 1], torch float [0, 1]; single or batch).
+            mask: the ``"mask"`` condition (SIR), 1 = valid content, same size as ``image``.
+            conditions: other condition images by name (for user-defined tasks).
+            num_inference_steps: DDIM steps (default from the config: 1 = t 999 -> x0).
+            ensemble_size: members E (default from the config: 1).
+            ensemble_mode: ``"image"`` (released AES: median of warped images, minimum in
+                the border band) or ``"flow"`` (median flow, one warp).
+            processing_resolution: network resolution ``(H, W)``, an int (square) or 0
+                (the input's size rounded to a valid multiple); default from the config.
+            border_band: AES border band in px at 384x512, scaled with the image size.
+            batch_size: UNet/VAE samples per forward pass (``None`` = all B x E at once).
+            generator: seeds the initial noise (one generator, or one per B x E sample).
+            output_type: ``"pt"``, ``"np"`` or ``"pil"`` (see :class:`StableMotionOutput`).
+            show_progress_bar: show a progress bar over the batches.
+            return_members: also return the member flows (B, E, 2, H, W).
+
+        Returns:
+            :class:`StableMotionOutput` (or a tuple ``(flow, image, flow_colored, uncertainty)``).
+        """
+        cfg = self.config
+        steps = cfg.default_denoising_steps if num_inference_steps is None else num_inference_steps
+        ens = cfg.default_ensemble_size if ensemble_size is None else ensemble_size
+        mode = cfg.default_ensemble_mode if ensemble_mode is None else ensemble_mode
+        res = cfg.default_processing_resolution if processing_resolution is None else processing_resolution
+        band = cfg.default_border_band if border_band is None else border_band
+        conds_in = dict(conditions or {})
+        if mask is not None:
+            if "mask" in conds_in:
+                raise ValueError("pass the mask either as mask= or in conditions, not both")
+            conds_in["mask"] = mask
+        images, conds, size = self.check_inputs(image, conds_in, steps, ens, mode, res, batch_size, output_type, generator)
+
+        device = self._execution_device
+        dtype = self.unet.dtype
+        n, (h, w) = images.shape[0], tuple(images.shape[-2:])
+
+        # 1. Condition latents in task order, encoded once (one VAE batch per chunk).
+        lowres = []
+        for name in self.task.conditions:
+            if name == "image":
+                lowres.append(to_vae_range(resize_image(images, size)))
+            else:
+                resize = resize_mask if name in MASK_CONDITIONS else resize_image
+                lowres.append(to_vae_range(resize(conds[name], size)))
+        k = len(lowres)
+        stacked = torch.stack(lowres, dim=1).flatten(0, 1)  # (B*k, 3, h, w): sample-major, task order
+        enc_bs = (batch_size or n) * k
+        cond_latents = torch.cat([self.encode(c) for c in stacked.split(enc_bs)])
+        cond_latents = cond_latents.unflatten(0, (n, k)).flatten(1, 2).to(dtype)  # (B, 4k, h/f, w/f)
+
+        # 2. Members share the condition latents; noise for all B*E samples at once (seeded).
+        lh, lw = cond_latents.shape[-2:]
+        total = n * ens
+        # Drawn in float32 so a seed gives the same noise in every dtype.
+        noise = randn_tensor((total, 4, lh, lw), generator=generator, device=device, dtype=torch.float32).to(dtype)
+        index = torch.arange(n, device=device).repeat_interleave(ens)  # sample i*E+e -> image i
+        embedding = self.text_embedding(1).to(device=device, dtype=dtype)
+
+        self.scheduler.set_timesteps(steps, device=device)
+        timesteps = self.scheduler.timesteps
+        flows = []
+        chunks = list(range(0, total, batch_size or total))
+        bar = tqdm(chunks, desc="StableMotion", leave=False, disable=not show_progress_bar)
+        for start in bar:
+            sel = index[start : start + (batch_size or total)]
+            cond = cond_latents[sel]
+            z = noise[start : start + len(sel)]
+            x0 = z
+            for i, t in enumerate(timesteps):
+                v = self.unet(
+                    torch.cat([cond, z], dim=1), t, encoder_hidden_states=embedding.expand(len(sel), -1, -1),
+                    return_dict=False,
+                )[0]
+                out = self.scheduler.step(v, t, z, return_dict=True)
+                if i == len(timesteps) - 1:
+                    x0 = out.pred_original_sample
+                else:
+                    z = out.prev_sample
+            flows.append(self.decode_flow(x0))
+        flow_lr = torch.cat(flows)  # (B*E, 2, h, w) pixels at processing resolution
+
+        # 3. Full resolution, warping, AES.
+        member_flows = resize_flow(flow_lr, (h, w), align_corners=False).unflatten(0, (n, ens))  # (B, E, 2, H, W)
+        full = to_vae_range(images.to(device))  # (B, 3, H, W) in [-1, 1], float32
+        flow = ensemble_flows(member_flows)
+        if mode == "image" and ens > 1:
+            warped = warp(full.repeat_interleave(ens, 0), member_flows.flatten(0, 1), padding=self.task.padding)
+            rect = ensemble_images(warped.unflatten(0, (n, ens)), band=band)
+        else:
+            rect = warp(full, flow, padding=self.task.padding)
+        rect = ((rect + 1.0) / 2.0).clamp(0, 1)
+        uncertainty = flow_uncertainty(member_flows, flow) if ens > 1 else None
+        self.maybe_free_model_hooks()
+
+        colored = np.stack([flow_to_color(f) for f in flow])  # (B, H, W, 3) uint8
+        out_flow: Any
+        if output_type == "pt":
+            out_flow, out_image = flow.cpu(), rect.cpu()
+            out_col: Any = torch.from_numpy(colored).permute(0, 3, 1, 2)
+            out_unc: Any = None if uncertainty is None else uncertainty.cpu()
+        else:
+            out_flow = flow.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+            out_image = rect.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+            out_col = colored
+            out_unc = None if uncertainty is None else uncertainty.permute(0, 2, 3, 1).cpu().numpy()
+            if output_type == "pil":
+                out_image = [Image.fromarray((im * 255.0).round().astype(np.uint8)) for im in out_image]
+                out_col = [Image.fromarray(c) for c in colored]
+        members = member_flows.cpu() if return_members else None
+        if not return_dict:
+            return (out_flow, out_image, out_col, out_unc)
+        return StableMotionOutput(flow=out_flow, image=out_image, flow_colored=out_col, uncertainty=out_unc, members=members)

@@ -1,0 +1,173 @@
+"""Model building: conv_in expansion, the stored empty prompt, tiny components, released import."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import AutoTokenizer, CLIPTextModel
+
+from stablemotion.model import (
+    EmptyTextEmbedding,
+    build_pipeline,
+    empty_text_embedding,
+    expand_conv_in,
+    import_released_checkpoint,
+    infer_task,
+    save_tiny_base,
+    tiny_components,
+)
+from stablemotion.pipeline import StableMotionPipeline
+from stablemotion.tasks import RSC, SIR, TaskSpec
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_base(tmp_path_factory.mktemp("sd2_tiny"))
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("num_conditions", [1, 2])
+def test_conv_in_expansion_keeps_pretrained_response(num_conditions: int) -> None:
+    base = tiny_components(None, seed=3)["unet"]
+    unet = expand_conv_in(copy.deepcopy(base), num_conditions)
+    slots = num_conditions + 1
+    assert unet.conv_in.in_channels == 4 * slots
+    assert unet.config.in_channels == 4 * slots  # config updated, not stale
+    assert torch.equal(unet.conv_in.bias, base.conv_in.bias)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    emb = torch.randn(2, 2, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(unet.conv_in(z.repeat(1, slots, 1, 1)), base.conv_in(z), atol=1e-5)
+        out = unet(z.repeat(1, slots, 1, 1), 500, encoder_hidden_states=emb).sample
+        ref = base(z, 500, encoder_hidden_states=emb).sample
+    assert torch.allclose(out, ref, atol=1e-4)
+    # different latents in the slots give a different response (the test can fail)
+    with torch.no_grad():
+        other = unet.conv_in(torch.cat([torch.zeros_like(z)] * num_conditions + [z], 1))
+    assert not torch.allclose(other, base.conv_in(z), atol=1e-3)
+
+
+def test_expanded_unet_round_trips(tmp_path: Path) -> None:
+    unet = expand_conv_in(tiny_components(None)["unet"], 2)
+    unet.save_pretrained(tmp_path / "unet")
+    assert json.loads((tmp_path / "unet" / "config.json").read_text())["in_channels"] == 12
+    loaded = UNet2DConditionModel.from_pretrained(tmp_path / "unet")
+    assert loaded.conv_in.in_channels == 12 and _same_weights(loaded, unet)
+
+
+def test_expand_refuses_an_already_expanded_unet() -> None:
+    unet = tiny_components("sir")["unet"]
+    with pytest.raises(ValueError, match="4-channel"):
+        expand_conv_in(unet, 2)
+
+
+def test_tiny_components_are_seeded_and_leave_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a, b, c = tiny_components("sir", seed=0), tiny_components("sir", seed=0), tiny_components("sir", seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert _same_weights(a["unet"], b["unet"]) and _same_weights(a["vae"], b["vae"])
+    assert not _same_weights(a["unet"], c["unet"])
+    assert a["unet"].config.in_channels == 12 and tiny_components("rsc")["unet"].config.in_channels == 8
+    sched = a["scheduler"].config
+    assert (sched.timestep_spacing, sched.prediction_type, sched.clip_sample) == ("trailing", "v_prediction", False)
+
+
+def test_empty_text_embedding_is_do_not_pad_and_round_trips(tiny_base: Path, tmp_path: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_base / "tokenizer")
+    te = CLIPTextModel.from_pretrained(tiny_base / "text_encoder")
+    emb = empty_text_embedding(te, tok)
+    assert emb.shape == (1, 2, 32)  # BOS + EOS, not padded to 77
+    with torch.no_grad():
+        ref = te(torch.tensor([[tok.bos_token_id, tok.eos_token_id]]))[0]
+    assert torch.allclose(emb, ref)
+    module = EmptyTextEmbedding.from_tensor(emb)
+    module.save_pretrained(tmp_path / "emb")
+    loaded = EmptyTextEmbedding.from_pretrained(tmp_path / "emb")
+    assert torch.equal(loaded(3), emb.expand(3, -1, -1))
+
+
+def test_build_pipeline_from_local_base(tiny_base: Path, tmp_path: Path) -> None:
+    pipe = build_pipeline(tiny_base, task="rsc")
+    base_unet = UNet2DConditionModel.from_pretrained(tiny_base / "unet")
+    assert pipe.unet.config.in_channels == 8 and pipe.task == RSC
+    w = pipe.unet.conv_in.weight
+    assert torch.allclose(w[:, :4], base_unet.conv_in.weight / 2) and torch.equal(w[:, :4], w[:, 4:])
+    tok = AutoTokenizer.from_pretrained(tiny_base / "tokenizer")
+    te = CLIPTextModel.from_pretrained(tiny_base / "text_encoder")
+    assert torch.allclose(pipe.text_embedding.embedding, empty_text_embedding(te, tok))
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+    # a saved pipeline folder holds no tokenizer / text encoder and can itself serve as a base
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert not (tmp_path / "pipe" / "text_encoder").exists() and not (tmp_path / "pipe" / "tokenizer").exists()
+    again = StableMotionPipeline.from_pretrained(tmp_path / "pipe")
+    assert torch.equal(again.text_embedding.embedding, pipe.text_embedding.embedding)
+
+
+def test_infer_task() -> None:
+    assert infer_task(12) == SIR and infer_task(8) == RSC
+    assert infer_task(12, "StableMotion_SIR") == SIR
+    with pytest.raises(ValueError, match="names task 'rsc'"):
+        infer_task(12, "StableMotion_RSC")
+    with pytest.raises(ValueError, match="cannot tell"):
+        infer_task(20)
+
+
+def _released_folder(root: Path, task: TaskSpec, seed: int, with_vae: bool) -> Path:
+    comps = tiny_components(task, seed=seed)
+    folder = root / f"StableMotion_{task.name.upper()}"
+    comps["unet"].save_pretrained(folder / "unet_ema")
+    if with_vae:
+        comps["vae"].save_pretrained(folder / "vae")
+    return folder
+
+
+def test_import_released_sir(tiny_base: Path, tmp_path: Path) -> None:
+    folder = _released_folder(tmp_path / "released", SIR, seed=7, with_vae=True)
+    out = import_released_checkpoint(folder, tmp_path / "sir_pipe", base=tiny_base)
+    pipe = StableMotionPipeline.from_pretrained(out)
+    assert pipe.task == SIR and pipe.task.conditions == ("mask", "image")
+    assert _same_weights(pipe.unet, UNet2DConditionModel.from_pretrained(folder / "unet_ema"))
+    assert _same_weights(pipe.vae, AutoencoderKL.from_pretrained(folder / "vae"))  # the task's own VAE
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+    assert pipe.config.default_processing_resolution == [384, 512]
+    with pytest.raises(FileExistsError):
+        import_released_checkpoint(folder, out, base=tiny_base)
+    import_released_checkpoint(folder, out, base=tiny_base, overwrite=True)
+
+
+def test_import_released_rsc_uses_base_vae(tiny_base: Path, tmp_path: Path) -> None:
+    root = tmp_path / "released"
+    _released_folder(root, RSC, seed=8, with_vae=False)
+    out = import_released_checkpoint(root, tmp_path / "rsc_pipe", base=tiny_base, subfolder="StableMotion_RSC")
+    pipe = StableMotionPipeline.from_pretrained(out)
+    assert pipe.task == RSC and pipe.unet.config.in_channels == 8
+    assert _same_weights(pipe.vae, AutoencoderKL.from_pretrained(tiny_base / "vae"))
+
+
+def test_import_rejects_mismatches(tiny_base: Path, tmp_path: Path) -> None:
+    folder = _released_folder(tmp_path / "released", SIR, seed=7, with_vae=False)
+    with pytest.raises(ValueError, match="wrong checkpoint"):
+        import_released_checkpoint(folder, tmp_path / "x", base=tiny_base, task="rsc")
+    renamed = folder.rename(folder.with_name("StableMotion_RSC"))
+    with pytest.raises(ValueError, match="names task 'rsc'"):
+        import_released_checkpoint(renamed, tmp_path / "y", base=tiny_base)
+    with pytest.raises(FileNotFoundError, match="unet_ema"):
+        import_released_checkpoint(tmp_path / "nothing", tmp_path / "z", base=tiny_base)
+    bare_base = tmp_path / "bare"
+    for sub in ("unet", "vae", "scheduler"):
+        (bare_base / sub).mkdir(parents=True)
+        for f in (tiny_base / sub).iterdir():
+            (bare_base / sub / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(FileNotFoundError, match="empty-prompt embedding"):
+        import_released_checkpoint(renamed, tmp_path / "w", base=bare_base, task="sir")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "w").exists()
