@@ -1,0 +1,234 @@
+"""StableMotionPipeline on tiny random components (CPU, offline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from stablemotion.ensemble import ensemble_flows, ensemble_images, flow_uncertainty
+from stablemotion.flow import resize_flow, warp
+from stablemotion.image_processing import resize_image
+from stablemotion.model import tiny_components, tiny_pipeline
+from stablemotion.pipeline import StableMotionOutput, StableMotionPipeline
+from stablemotion.tasks import TaskSpec
+
+
+@pytest.fixture(scope="module")
+def sir_pipe() -> StableMotionPipeline:
+    pipe = tiny_pipeline("sir", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def inputs() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    mask = np.full((32, 32), 255, np.uint8)
+    mask[:4, :10] = 0
+    return image, mask
+
+
+def _seed(s: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(s)
+
+
+def test_output_shapes_and_types(sir_pipe: StableMotionPipeline, inputs: tuple) -> None:
+    image, mask = inputs
+    out = sir_pipe(image, mask=mask, generator=_seed(), show_progress_bar=False)
+    assert isinstance(out, StableMotionOutput)
+    assert out.flow.shape == (1, 2, 32, 32) and out.flow.dtype == torch.float32
+    assert out.image.shape == (1, 3, 32, 32) and 0 <= float(out.image.min()) and float(out.image.max()) <= 1
+    assert out.flow_colored.shape == (1, 3, 32, 32) and out.flow_colored.dtype == torch.uint8
+    assert out.uncertainty is None
+    npo = sir_pipe(image, mask=mask, generator=_seed(), output_type="np", show_progress_bar=False)
+    assert npo.flow.shape == (1, 32, 32, 2) and npo.image.shape == (1, 32, 32, 3)
+    assert np.allclose(npo.flow, out.flow.permute(0, 2, 3, 1).numpy())
+    pil = sir_pipe(Image.fromarray(image), mask=Image.fromarray(mask), generator=_seed(), output_type="pil",
+                   show_progress_bar=False)
+    assert isinstance(pil.image[0], Image.Image) and pil.image[0].size == (32, 32)
+    assert isinstance(pil.flow_colored[0], Image.Image)
+    flow, img, col, unc = sir_pipe(image, mask=mask, generator=_seed(), return_dict=False, show_progress_bar=False)
+    assert torch.equal(flow, out.flow)
+
+
+@pytest.mark.parametrize("steps, expected", [(1, [999]), (2, [999, 499]), (4, [999, 749, 499, 249])])
+def test_trailing_timesteps_reach_the_unet(sir_pipe: StableMotionPipeline, inputs: tuple, steps: int,
+                                           expected: list[int]) -> None:
+    seen: list[int] = []
+    hook = sir_pipe.unet.register_forward_pre_hook(lambda m, args: seen.append(int(args[1])))
+    try:
+        sir_pipe(*inputs, num_inference_steps=steps, generator=_seed(), show_progress_bar=False)
+    finally:
+        hook.remove()
+    assert seen == expected
+
+
+def test_one_step_is_the_closed_form_x0(sir_pipe: StableMotionPipeline, inputs: tuple) -> None:
+    image, mask = inputs
+    out = sir_pipe(image, mask=mask, generator=_seed(5), processing_resolution=(32, 32), show_progress_bar=False)
+    # By hand: latents of [mask, image] in [-1, 1] (VAE mean x scale), noise, v, x0, decode.
+    scale = sir_pipe.vae.config.scaling_factor
+    img = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    msk = torch.from_numpy(mask >= 128).float()[None, None].expand(1, 3, -1, -1) * 2 - 1
+    with torch.no_grad():
+        cond = torch.cat([sir_pipe.vae.encode(x).latent_dist.mean * scale for x in (msk, img)], dim=1)
+        z = randn_tensor((1, 4, 16, 16), generator=_seed(5), dtype=torch.float32)
+        emb = sir_pipe.text_embedding.embedding
+        v = sir_pipe.unet(torch.cat([cond, z], 1), 999, encoder_hidden_states=emb).sample
+        a = sir_pipe.scheduler.alphas_cumprod[999]
+        x0 = a.sqrt() * z - (1 - a).sqrt() * v
+        flow = sir_pipe.vae.decode(x0 / scale).sample[:, :2] * 50.0
+    assert torch.allclose(out.flow, flow, atol=1e-4, rtol=1e-4)
+    expected_image = (warp(img, out.flow, padding="border") + 1) / 2
+    assert torch.allclose(out.image, expected_image.clamp(0, 1), atol=1e-5)
+
+
+def test_seeded_determinism(sir_pipe: StableMotionPipeline, inputs: tuple) -> None:
+    a = sir_pipe(*inputs, generator=_seed(1), ensemble_size=2, show_progress_bar=False)
+    b = sir_pipe(*inputs, generator=_seed(1), ensemble_size=2, show_progress_bar=False)
+    c = sir_pipe(*inputs, generator=_seed(2), ensemble_size=2, show_progress_bar=False)
+    assert torch.equal(a.flow, b.flow) and torch.equal(a.image, b.image)
+    assert not torch.allclose(a.flow, c.flow)
+
+
+def test_ensemble_rules_and_shared_condition_encoding(sir_pipe: StableMotionPipeline, inputs: tuple) -> None:
+    image, mask = inputs
+    calls: list[int] = []
+    hook = sir_pipe.vae.encoder.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    try:
+        out = sir_pipe(image, mask=mask, generator=_seed(3), ensemble_size=4, return_members=True,
+                       show_progress_bar=False)
+    finally:
+        hook.remove()
+    assert calls == [2]  # mask + image encoded once, in one VAE batch, for all 4 members
+    members = out.members
+    assert members.shape == (1, 4, 2, 32, 32)
+    assert not torch.allclose(members[:, 0], members[:, 1])  # members differ (different noise)
+    img = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    warped = warp(img.expand(4, -1, -1, -1), members[0], padding="border")
+    expected = (ensemble_images(warped[None], band=20.0) + 1) / 2
+    assert torch.allclose(out.image, expected.clamp(0, 1), atol=1e-5)
+    assert torch.allclose(out.flow, ensemble_flows(members))
+    assert torch.allclose(out.uncertainty, flow_uncertainty(members), atol=1e-5)
+    fl = sir_pipe(image, mask=mask, generator=_seed(3), ensemble_size=4, ensemble_mode="flow", show_progress_bar=False)
+    assert torch.allclose(fl.flow, out.flow)
+    flow_img = (warp(img, ensemble_flows(members), padding="border") + 1) / 2
+    assert torch.allclose(fl.image, flow_img.clamp(0, 1), atol=1e-5)
+    assert not torch.allclose(fl.image, out.image)
+
+
+def test_batch_size_chunks_match_one_batch(sir_pipe: StableMotionPipeline, inputs: tuple) -> None:
+    image, mask = inputs
+    imgs = np.stack([image, image[::-1]])
+    a = sir_pipe(imgs, mask=mask, generator=_seed(4), ensemble_size=3, show_progress_bar=False)
+    b = sir_pipe(imgs, mask=mask, generator=_seed(4), ensemble_size=3, batch_size=2, show_progress_bar=False)
+    assert a.flow.shape == (2, 2, 32, 32)
+    assert torch.allclose(a.flow, b.flow, atol=1e-3)
+
+
+def test_processing_resolution_upsamples_flow_with_magnitude_scaling(sir_pipe: StableMotionPipeline) -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    mask = np.full((48, 64), 255, np.uint8)
+    out = sir_pipe(image, mask=mask, processing_resolution=(32, 32), generator=_seed(), show_progress_bar=False)
+    assert out.flow.shape == (1, 2, 48, 64)
+    small = resize_image(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0, (32, 32))
+    low = sir_pipe(small, mask=np.full((32, 32), 255, np.uint8), processing_resolution=(32, 32), generator=_seed(),
+                   show_progress_bar=False)
+    assert torch.allclose(out.flow, resize_flow(low.flow, (48, 64)), atol=1e-3)
+    full = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    assert torch.allclose(out.image, ((warp(full, out.flow, padding="border") + 1) / 2).clamp(0, 1), atol=1e-5)
+    native = sir_pipe(image, mask=mask, processing_resolution=0, generator=_seed(), show_progress_bar=False)
+    assert native.flow.shape == (1, 2, 48, 64)
+
+
+def test_save_load_round_trip(sir_pipe: StableMotionPipeline, inputs: tuple, tmp_path: Path) -> None:
+    sir_pipe.save_pretrained(tmp_path / "pipe")
+    names = {p.name for p in (tmp_path / "pipe").iterdir()}
+    assert {"unet", "vae", "scheduler", "text_embedding", "model_index.json"} <= names
+    assert not {"tokenizer", "text_encoder"} & names
+    loaded = StableMotionPipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.task == sir_pipe.task
+    assert loaded.config.default_processing_resolution == [32, 32]
+    assert loaded.scheduler.config.timestep_spacing == "trailing"
+    a = sir_pipe(*inputs, generator=_seed(9), ensemble_size=2, show_progress_bar=False)
+    b = loaded(*inputs, generator=_seed(9), ensemble_size=2, show_progress_bar=False)
+    assert torch.equal(a.flow, b.flow) and torch.equal(a.image, b.image)
+
+
+def test_config_defaults_are_used(inputs: tuple) -> None:
+    pipe = tiny_pipeline("sir", default_ensemble_size=3, default_denoising_steps=2)
+    seen: list[int] = []
+    hook = pipe.unet.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    out = pipe(*inputs, generator=_seed(), show_progress_bar=False)
+    hook.remove()
+    assert seen == [3, 3] and out.uncertainty is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_on_cpu(tmp_path: Path, inputs: tuple, dtype: torch.dtype,
+                                  sir_pipe: StableMotionPipeline) -> None:
+    sir_pipe.save_pretrained(tmp_path / "pipe")
+    low = StableMotionPipeline.from_pretrained(tmp_path / "pipe", torch_dtype=dtype)
+    assert low.unet.dtype == dtype and low.text_embedding.embedding.dtype == dtype
+    ref = sir_pipe(*inputs, generator=_seed(), show_progress_bar=False)
+    out = low(*inputs, generator=_seed(), show_progress_bar=False)
+    assert out.flow.dtype == torch.float32 and torch.isfinite(out.flow).all()
+    scale = float(ref.flow.abs().max())
+    assert float((out.flow - ref.flow).abs().max()) < 0.1 * scale  # same noise, only rounding differs
+
+
+def test_user_task_round_trips_without_registration(tmp_path: Path) -> None:
+    task = TaskSpec("tilt", conditions=("image",), padding="zeros", resolution=(32, 32))
+    pipe = tiny_pipeline(task)
+    pipe.save_pretrained(tmp_path / "p")
+    loaded = StableMotionPipeline.from_pretrained(tmp_path / "p")
+    assert loaded.task == task
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    out = loaded(image, generator=_seed(), show_progress_bar=False)
+    assert out.flow.shape == (1, 2, 32, 32)
+
+
+# --------------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"image": np.zeros((32, 32), np.uint8)}, "grey"),
+        ({"image": np.zeros((32, 32, 4), np.uint8)}, "RGBA"),
+        ({"mask": np.ones((16, 32), np.uint8)}, "pixel-aligned"),
+        ({"mask": None}, "needs the condition 'mask'"),
+        ({"conditions": {"depth": np.zeros((32, 32, 3), np.uint8)}}, "unknown"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"ensemble_size": 0}, "ensemble_size"),
+        ({"ensemble_mode": "mean"}, "ensemble_mode"),
+        ({"output_type": "jpg"}, "output_type"),
+        ({"processing_resolution": (30, 32)}, "multiples of 4"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"generator": [torch.Generator()] * 3}, "one per sample"),
+    ],
+)
+def test_bad_inputs_fail_before_compute(sir_pipe: StableMotionPipeline, inputs: tuple, kwargs: dict,
+                                        match: str) -> None:
+    image, mask = inputs
+    call = {"image": image, "mask": mask, "show_progress_bar": False, **kwargs}
+    called: list[int] = []
+    hook = sir_pipe.vae.encoder.register_forward_hook(lambda *a: called.append(1))
+    try:
+        with pytest.raises(ValueError, match=match):
+            sir_pipe(**call)
+    finally:
+        hook.remove()
+    assert not called
+
+
+def test_wrong_channel_checkpoint_is_rejected() -> None:
+    comps = tiny_components("rsc")  # 8-channel UNet
+    with pytest.raises(ValueError, match="wrong checkpoint"):
+        StableMotionPipeline(**comps, task="sir")
+    assert StableMotionPipeline(**comps).task.name == "rsc"  # inferred from the channel count
