@@ -1,0 +1,73 @@
+"""Model folders on the command line: ``import-checkpoint`` and ``tiny-model``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..tasks import available_tasks
+
+# Literal copies of stablemotion.model's constants: importing the model module (and
+# diffusers) here would slow down every `stablemotion` command. tests/test_cli_rectify.py
+# checks they agree.
+DEFAULT_BASE = "stabilityai/stable-diffusion-2"
+RELEASED_REPO = "ivowang/StableMotion"
+RELEASED_SUBFOLDERS = ("StableMotion_SIR", "StableMotion_RSC")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-checkpoint",
+        help="turn the authors' released task folder (unet_ema/, optional vae/) into a pipeline folder",
+        description=(
+            "Import a released StableMotion task folder (unet_ema/ with 12 input channels for SIR, 8 for RSC; "
+            "SIR also ships vae/) plus a Stable Diffusion 2 base (scheduler, empty-prompt embedding, and the VAE "
+            f"when the folder has none). Online: pass {RELEASED_REPO} with --subfolder "
+            f"{'/'.join(RELEASED_SUBFOLDERS)} to download (cached) and import."
+        ),
+    )
+    p.add_argument("source", help=f"released task folder, a folder holding it (with --subfolder), or a hub id ({RELEASED_REPO})")
+    p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
+    p.add_argument("--base", default=DEFAULT_BASE, help=f"SD2 folder or hub id (default {DEFAULT_BASE})")
+    p.add_argument("--task", choices=available_tasks(), default=None, help="default: from the folder name and channel count")
+    p.add_argument("--subfolder", default=None, help="task subfolder inside SOURCE, e.g. StableMotion_SIR")
+    p.add_argument("--offline", action="store_true", help="never download; use local files / the hub cache only")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser("tiny-model", help="write a tiny random-weight pipeline folder (tests, CPU experiments)")
+    p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
+    p.add_argument("--task", choices=available_tasks(), default="sir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=int, nargs=2, default=(32, 32), metavar=("H", "W"),
+                   help="default processing resolution stored in the config (multiples of 4)")
+    p.add_argument("--force", action="store_true", help="write into an existing non-empty folder")
+    p.set_defaults(func=_tiny)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from ..model import import_released_checkpoint
+
+    out = import_released_checkpoint(
+        args.source,
+        args.out,
+        base=args.base,
+        task=args.task,
+        subfolder=args.subfolder,
+        overwrite=args.force,
+        local_files_only=True if args.offline else None,
+    )
+    print(f"wrote pipeline folder {out}")
+    return 0
+
+
+def _tiny(args: argparse.Namespace) -> int:
+    from ..model import tiny_pipeline
+
+    out: Path = args.out
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise FileExistsError(f"{out} already exists and is not empty; pass --force")
+    pipe = tiny_pipeline(args.task, seed=args.seed, default_processing_resolution=list(args.resolution))
+    pipe.save_pretrained(out)
+    print(f"wrote tiny {args.task} pipeline folder {out} (random weights)")
+    return 0
