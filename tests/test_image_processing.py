@@ -128,6 +128,21 @@ def test_dark_content_inside_stays_valid(photo: np.ndarray) -> None:
     assert (mask != truth).mean() < 0.01
 
 
+def test_textured_dark_content_at_the_frame_stays_valid(photo: np.ndarray) -> None:
+    img = np.clip(photo, 40, 215).astype(np.uint8)
+    truth = np.full(img.shape[:2], 255, np.uint8)
+    truth[-15:] = 0
+    img[-15:] = 0  # empty band at the bottom
+    rng = np.random.default_rng(0)
+    img[0:30, 0:25] = rng.integers(4, 25, (30, 25, 1), dtype=np.uint8)  # dark texture at the top-left frame
+    mask = derive_mask(img)
+    assert (mask[0:30, 0:25] == 255).all()
+    assert (mask != truth).mean() < 0.01
+    flat = img.copy()
+    flat[0:30, 0:25] = 2  # the same region, but flat black: indistinguishable from a border
+    assert (derive_mask(flat)[2:28, 2:23] == 0).all()
+
+
 def test_no_border_means_all_valid(photo: np.ndarray) -> None:
     img = np.clip(photo, 40, 215).astype(np.uint8)
     assert (derive_mask(img) == 255).all()

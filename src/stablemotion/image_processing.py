@@ -259,7 +259,10 @@ def derive_mask(
     2. a pixel is *background-coloured* when every channel is within ``tolerance``
        (uint8 units, default 24: covers JPEG noise at quality >= ~75) of that colour;
     3. the *empty* region is the background-coloured pixels 8-connected to the image edge:
-       dark (or bright) content inside the picture is kept, however dark;
+       dark (or bright) content inside the picture is kept, however dark. A connected
+       region counts only if it is flat -- its median distance from the colour is at most
+       ``tolerance / 3`` -- as a padded border is (the fill colour up to JPEG noise), and
+       textured dark content at the frame (hair, foliage, shadow) is not;
     4. JPEG speckles are cleaned with a morphological opening of the valid region
        (``open_size`` px square) followed by filling valid-region holes that do not
        touch the edge (removes isolated empty-coloured specks inside the content).
@@ -267,8 +270,9 @@ def derive_mask(
     If less than ``min_border_fraction`` of the outer frame is background-coloured the
     image has no empty border and everything is valid.
 
-    Known limit: content of the background colour that touches the image edge (a black
-    night sky at the frame) is counted as empty; check with ``rectify --save-mask``.
+    Known limits: flat content of the background colour at the image edge (a saturated
+    black sky or shadow), or dark texture touching the empty border itself, is counted
+    as empty; check with ``rectify --save-mask`` and pass an edited mask with ``--mask``.
 
     Args:
         image: uint8 (H, W, 3) RGB.
@@ -300,7 +304,10 @@ def derive_mask(
     _, labels = cv2.connectedComponents(similar.astype(np.uint8), connectivity=8)
     edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     edge_labels = edge_labels[edge_labels > 0]
-    empty = np.isin(labels, edge_labels) & similar
+    # A padded border is flat: most of it is exactly the fill colour (JPEG noise aside).
+    distance = img.max(axis=-1) if background == "black" else 255 - img.min(axis=-1)
+    flat = [lab for lab in edge_labels if np.median(distance[labels == lab]) <= tolerance / 3]
+    empty = np.isin(labels, flat) & similar
     valid = (~empty).astype(np.uint8)
     if open_size > 1:
         kernel = np.ones((open_size, open_size), np.uint8)

@@ -56,7 +56,9 @@ class StableMotionOutput(BaseOutput):
             (B, 2, H, W); ``"np"``/``"pil"``: float32 array (B, H, W, 2) (the ``.flo``/``.npy``
             layout).
         image: the rectified input. ``"pt"``: float32 (B, 3, H, W) in [0, 1]; ``"np"``:
-            float32 (B, H, W, 3) in [0, 1]; ``"pil"``: list of RGB images.
+            float32 (B, H, W, 3) in [0, 1]; ``"pil"``: list of RGB images. With the released
+            AES (``ensemble_mode="image"``, E > 1) it combines the E member warps, so it is
+            not exactly ``warp(input, flow)``; ``flow`` is then the member median.
         flow_colored: Middlebury colour picture of ``flow``. ``"pt"``: uint8 (B, 3, H, W);
             ``"np"``: uint8 (B, H, W, 3); ``"pil"``: list of RGB images.
         uncertainty: ensemble spread, the mean distance of the member flows from the
