@@ -184,7 +184,9 @@ class PerceptualLoss(torch.nn.Module):
 
         # VGG16 ("D") up to relu2_2: the same modules and indices as vgg16().features[:9],
         # without building the 120M-parameter classifier.
-        net = make_layers([64, 64, "M", 128, 128])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random weights (tests) are the same in every run
+            net = make_layers([64, 64, "M", 128, 128])
         if weights is not None:
             net.load_state_dict(self._load_state(weights, net))
         net.eval().requires_grad_(False)
