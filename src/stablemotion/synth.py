@@ -1,0 +1,689 @@
+"""Synthetic task generators: ordinary photos -> training/evaluation samples with exact flow.
+
+Two generators turn any photo into a sample of a rectification task whose ground-truth
+flow is known exactly (up to interpolation), deterministically given a seed:
+
+* **Stitched-image rectangling (SIR)** -- :func:`make_rectangling_sample`. The photo is the
+  rectangular ground truth ``gt``. A random smooth mesh (:func:`random_rectangling_mesh`)
+  says where every vertex of the rigid output grid lies in the *input*; its boundary is
+  pulled inwards irregularly, so the photo content fills an irregular region of a black
+  canvas, as stitched panoramas look. The label is the backward flow
+  ``f = mesh_to_flow(mesh)`` with ``gt(p) = input(p + f(p))``; the input is rendered with
+  the inverse map (:func:`invert_flow`): ``input(q) = gt(q + g(q))`` where ``g`` inverts ``f``.
+* **Rolling-shutter correction (RSC)** -- :func:`make_rolling_shutter_sample`. The photo is
+  the global-shutter (GS) image. Row ``r`` of the rolling-shutter (RS) image is exposed at
+  readout time ``t = r / (H - 1)`` (in units of the readout time) while the camera moves
+  (translation ``tx(t), ty(t)`` and in-plane rotation ``theta(t)`` about the image centre,
+  smooth random polynomials), so ``RS(q) = GS(A_t(q))``. The label is the correcting flow
+  ``f`` with ``GS(p) = RS(p + f(p))`` (zeros padding; :func:`stablemotion.flow.valid_mask`
+  of ``f`` is where the GS pixel was seen by the RS camera).
+
+Both flows follow the project convention (``stablemotion.flow``): backward, pixels,
+``(H, W, 2)`` float32 in numpy / on disk. Photos are lightly low-pass filtered
+(``prefilter_sigma``) so that the bilinear re-warp reproduces the target to > 35 dB.
+
+Writers put samples on disk in the layouts the datasets of :mod:`stablemotion.data` read:
+DIR-D (``SPLIT/{input,mask,gt}/NNNNN.jpg`` + ``SPLIT/flow/NNNNN.npy``) and RS-Real
+(``SPLIT/npz/NNNNN.npz`` with ``condition``, ``out_flow``, ``gs``; the test split also gets
+``jpg/`` and ``jpg_gt/``). Photos come from a folder or, by default, from the natural
+photos bundled inside scikit-image (:func:`bundled_photo_paths`): nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import multiprocessing as mp
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ._io import PathLike, atomic_path, list_images, load_image, save_image
+from .flow import mesh_to_flow, resize_flow, rigid_mesh, warp, write_flow
+
+__all__ = [
+    "BUNDLED_PHOTOS",
+    "bundled_photo_paths",
+    "list_photos",
+    "random_photo_crop",
+    "invert_flow",
+    "random_rectangling_mesh",
+    "RectanglingSample",
+    "RollingShutterSample",
+    "make_rectangling_sample",
+    "make_rolling_shutter_sample",
+    "rolling_shutter_margin",
+    "sample_rng",
+    "write_rectangling_dataset",
+    "write_rolling_shutter_dataset",
+]
+
+#: Natural photos shipped inside scikit-image's package data (``skimage/data``); no download.
+BUNDLED_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "camera.png",
+)
+
+_TASK_IDS = {"rectangling": 1, "rolling_shutter": 2}
+
+
+# --------------------------------------------------------------------------- photos
+def bundled_photo_paths() -> list[Path]:
+    """Paths of the natural photos bundled with scikit-image (offline; see :data:`BUNDLED_PHOTOS`)."""
+    import skimage
+
+    folder = Path(skimage.__file__).parent / "data"
+    paths = [folder / name for name in BUNDLED_PHOTOS if (folder / name).is_file()]
+    if not paths:
+        raise FileNotFoundError(f"no bundled photos found in {folder}; pass a photo folder instead")
+    return paths
+
+
+def list_photos(folder: PathLike | None = None) -> list[Path]:
+    """Photo files of ``folder`` sorted by name, or the bundled photos when ``folder`` is None."""
+    if folder is None:
+        return bundled_photo_paths()
+    paths = sorted(list_images(folder).values())
+    if not paths:
+        raise ValueError(f"no images (.png, .jpg, ...) found in photo folder {folder}")
+    return paths
+
+
+@functools.lru_cache(maxsize=16)
+def _load_photo(path: str) -> np.ndarray:
+    return load_image(path, mode="RGB")
+
+
+def random_photo_crop(
+    photo: np.ndarray,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    min_scale: float = 0.5,
+    flip: bool = True,
+    prefilter_sigma: float = 0.0,
+) -> np.ndarray:
+    """A random crop of ``photo`` with the aspect ratio of ``size``, resized to ``size``.
+
+    Args:
+        photo: uint8 (H0, W0, 3).
+        size: output (H, W) in pixels.
+        rng: random generator (all randomness comes from it).
+        min_scale: smallest crop, as a fraction of the largest crop of that aspect ratio.
+        flip: flip horizontally with probability 1/2.
+        prefilter_sigma: Gaussian low-pass (pixels of the output) applied after resizing.
+
+    Returns:
+        uint8 (H, W, 3).
+    """
+    h, w = int(size[0]), int(size[1])
+    if h < 2 or w < 2:
+        raise ValueError(f"size must be at least 2x2, got {size}")
+    ph, pw = photo.shape[:2]
+    full = min(ph / h, pw / w)  # the largest crop of aspect w/h has size (h*full, w*full)
+    scale = full * rng.uniform(min(max(min_scale, 0.05), 1.0), 1.0)
+    ch, cw = max(2, int(round(h * scale))), max(2, int(round(w * scale)))
+    ch, cw = min(ch, ph), min(cw, pw)
+    y0 = int(rng.integers(0, ph - ch + 1))
+    x0 = int(rng.integers(0, pw - cw + 1))
+    crop = photo[y0 : y0 + ch, x0 : x0 + cw]
+    if flip and rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    interp = cv2.INTER_AREA if ch >= h else cv2.INTER_CUBIC
+    out = cv2.resize(np.ascontiguousarray(crop), (w, h), interpolation=interp)
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=2)
+    if prefilter_sigma > 0:
+        out = cv2.GaussianBlur(out, (0, 0), prefilter_sigma)
+    return out
+
+
+# --------------------------------------------------------------------------- flow inversion
+def invert_flow(
+    flow: torch.Tensor,
+    iterations: int = 200,
+    tolerance: float = 1e-4,
+    damping: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Invert a smooth backward flow by damped fixed-point iteration.
+
+    ``flow`` maps output pixels to input pixels, ``p -> p + f(p)``. The inverse ``g``
+    maps input pixels back, ``q -> q + g(q)``, so that ``g(q) = -f(q + g(q))``; it
+    exists where the map is one-to-one (``|grad f| < 1`` guarantees convergence).
+    Outside the image ``f`` is extended with border values.
+
+    Args:
+        flow: (2, H, W) or (B, 2, H, W), pixels; computed in float64.
+        iterations: maximum number of iterations.
+        tolerance: stop when no pixel moves more than this (pixels).
+        damping: step size in (0, 1]; 1 is the plain fixed point, smaller is more robust.
+
+    Returns:
+        ``(g, residual)``: g like ``flow`` (float64), pixels; residual (..., 1, H, W) =
+        ``|g(q) + f(q + g(q))|`` in pixels (near 0 where the inverse is exact).
+    """
+    if not 0 < damping <= 1:
+        raise ValueError(f"damping must be in (0, 1], got {damping}")
+    f = flow.double()
+    g = -f.clone()
+    for _ in range(iterations):
+        target = -warp(f, g, padding="border")
+        step = target - g
+        g = g + damping * step
+        if float(step.abs().max()) * damping < tolerance:
+            break
+    residual = (g + warp(f, g, padding="border")).norm(dim=-3, keepdim=True)
+    return g, residual
+
+
+# --------------------------------------------------------------------------- rectangling
+def _smooth_profile(rng: np.random.Generator, n: int, knots: int, low: float, high: float) -> np.ndarray:
+    """Piecewise-linear random profile at ``n`` evenly spaced points, values in [low, high]."""
+    xs = np.linspace(0.0, 1.0, knots)
+    vals = rng.uniform(low, high, size=knots)
+    return np.interp(np.linspace(0.0, 1.0, n), xs, vals)
+
+
+def random_rectangling_mesh(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    rows: int = 6,
+    cols: int = 8,
+    max_inset: float = 0.12,
+    touch: float = 0.35,
+    jitter: float = 0.01,
+) -> np.ndarray:
+    """A random smooth mesh that maps the rectangle into an irregular region of the canvas.
+
+    Every edge of the rectangle is pulled inwards by a random piecewise-linear profile
+    (between 0 -- touching the canvas edge -- and ``max_inset`` of the image size); the
+    interior follows by Coons (transfinite) interpolation of the boundary, plus a small
+    smooth jitter. All vertices stay inside ``[0, W-1] x [0, H-1]``.
+
+    Args:
+        rng: random generator.
+        height, width: image size (H, W), pixels.
+        rows, cols: mesh cells.
+        max_inset: largest inset, as a fraction of the image height (top/bottom edges)
+            or width (left/right edges).
+        touch: probability mass of an inset of exactly 0 (profiles are drawn from
+            ``[-touch/(1-touch) * max, max]`` and clipped at 0).
+        jitter: standard deviation of the interior vertex noise, fraction of the cell size.
+
+    Returns:
+        mesh (rows+1, cols+1, 2) float64, (x, y) input pixels for :func:`stablemotion.flow.mesh_to_flow`.
+    """
+    mesh = rigid_mesh(rows, cols, height, width)
+    low = -touch / max(1e-6, 1.0 - touch)
+
+    def inset(n: int, extent: float) -> np.ndarray:
+        knots = int(rng.integers(2, 5))
+        return np.clip(_smooth_profile(rng, n, knots, low * max_inset, max_inset), 0.0, None) * extent
+
+    top = inset(cols + 1, height - 1)  # + y
+    bottom = -inset(cols + 1, height - 1)  # - y
+    left = inset(rows + 1, width - 1)  # + x
+    right = -inset(rows + 1, width - 1)  # - x
+    u = np.linspace(0.0, 1.0, cols + 1)[None, :]
+    v = np.linspace(0.0, 1.0, rows + 1)[:, None]
+    dy = (1 - v) * top[None, :] + v * bottom[None, :]
+    dx = (1 - u) * left[:, None] + u * right[:, None]
+    # Tangential slide along the edges: small, smooth, zero at the corners.
+    slide = 0.25 * max_inset
+    sx = _smooth_profile(rng, cols + 1, 3, -slide, slide) * (width - 1) * np.sin(np.pi * u[0])
+    sy = _smooth_profile(rng, rows + 1, 3, -slide, slide) * (height - 1) * np.sin(np.pi * v[:, 0])
+    dx = dx + 0.5 * sx[None, :]
+    dy = dy + 0.5 * sy[:, None]
+    mesh[..., 0] += dx
+    mesh[..., 1] += dy
+    if jitter > 0 and rows > 1 and cols > 1:
+        cell = np.array([(width - 1) / cols, (height - 1) / rows])
+        noise = rng.normal(0.0, jitter, size=(rows - 1, cols - 1, 2)) * cell
+        mesh[1:-1, 1:-1] += noise
+    mesh[..., 0] = np.clip(mesh[..., 0], 0.0, width - 1.0)
+    mesh[..., 1] = np.clip(mesh[..., 1], 0.0, height - 1.0)
+    return mesh
+
+
+@dataclass
+class RectanglingSample:
+    """One synthetic SIR sample (numpy, as written to disk).
+
+    Attributes:
+        input: uint8 (H, W, 3), the stitched-looking image; black outside the content.
+        mask: uint8 (H, W), 255 where ``input`` has content, else 0.
+        gt: uint8 (H, W, 3), the rectangular image.
+        flow: float32 (H, W, 2), pixels, backward: ``gt(p) = input(p + flow(p))`` (border padding).
+        mesh: float64 (rows+1, cols+1, 2), the input-pixel positions of the rigid gt mesh.
+    """
+
+    input: np.ndarray
+    mask: np.ndarray
+    gt: np.ndarray
+    flow: np.ndarray
+    mesh: np.ndarray
+
+
+def _remap(image: np.ndarray, coords: np.ndarray, border: int) -> np.ndarray:
+    """Sample ``image`` (uint8 (H, W, C)) at ``coords`` (H', W', 2) pixels, bicubic, float32 out."""
+    mx = np.ascontiguousarray(coords[..., 0], dtype=np.float32)
+    my = np.ascontiguousarray(coords[..., 1], dtype=np.float32)
+    out = cv2.remap(image.astype(np.float32), mx, my, interpolation=cv2.INTER_CUBIC, borderMode=border)
+    return out.reshape(*coords.shape[:2], -1)
+
+
+def _pixel_grid(height: int, width: int) -> np.ndarray:
+    gx, gy = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    return np.stack((gx, gy), axis=-1)
+
+
+def make_rectangling_sample(
+    photo: np.ndarray,
+    rng: np.random.Generator,
+    rows: int = 6,
+    cols: int = 8,
+    max_inset: float = 0.12,
+    margin: float = 1.0,
+) -> RectanglingSample:
+    """Make a synthetic rectangling sample whose gt is ``photo``.
+
+    Args:
+        photo: uint8 (H, W, 3), the rectangular ground truth (already cropped/filtered).
+        rng: random generator for the mesh.
+        rows, cols, max_inset: see :func:`random_rectangling_mesh`.
+        margin: the content region extends this many pixels (of gt coordinates) beyond
+            the photo, filled with its edge pixels, so that bilinear re-warping at the
+            region's edge never reads black.
+
+    Returns:
+        :class:`RectanglingSample` with ``warp(input, flow, "border") ~= gt``.
+    """
+    if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[2] != 3:
+        raise ValueError(f"photo must be uint8 (H, W, 3), got {photo.dtype} {photo.shape}")
+    h, w = photo.shape[:2]
+    mesh = random_rectangling_mesh(rng, h, w, rows=rows, cols=cols, max_inset=max_inset)
+    flow = mesh_to_flow(mesh, h, w)  # (2, H, W) float32: gt pixel -> input pixel
+    inv, residual = invert_flow(flow)
+    src = _pixel_grid(h, w) + inv.permute(1, 2, 0).numpy()  # input pixel -> gt pixel
+    inside = (
+        (src[..., 0] >= -margin) & (src[..., 0] <= w - 1 + margin)
+        & (src[..., 1] >= -margin) & (src[..., 1] <= h - 1 + margin)
+        & (residual[0].numpy() < 0.05)
+    )
+    rendered = _remap(photo, src, cv2.BORDER_REPLICATE)
+    mask = inside.astype(np.uint8) * 255
+    image = np.where(inside[..., None], np.clip(np.round(rendered), 0, 255), 0).astype(np.uint8)
+    flow_hw2 = flow.permute(1, 2, 0).numpy().astype(np.float32)
+    return RectanglingSample(input=image, mask=mask, gt=photo.copy(), flow=flow_hw2, mesh=mesh)
+
+
+# --------------------------------------------------------------------------- rolling shutter
+@dataclass
+class RollingShutterSample:
+    """One synthetic RSC sample (numpy, as written to disk).
+
+    Attributes:
+        rs: uint8 (H, W, 3), the rolling-shutter image.
+        gs: uint8 (H, W, 3), the global-shutter image (the photo).
+        flow: float32 (H, W, 2), pixels, backward correcting flow:
+            ``gs(p) = rs(p + flow(p))`` where ``valid`` (zeros padding).
+        valid: bool (H, W), where the GS pixel was seen by the rolling-shutter camera.
+        motion: (H, 3) float64, per RS row: ``tx, ty`` (pixels) and ``theta`` (radians)
+            relative to the reference (GS) time.
+    """
+
+    rs: np.ndarray
+    gs: np.ndarray
+    flow: np.ndarray
+    valid: np.ndarray
+    motion: np.ndarray
+
+
+def _random_motion(rng: np.random.Generator, t: np.ndarray, amplitude: float) -> np.ndarray:
+    """Smooth random motion ``a1 t + a2 t^2 + a3 t^3``, at most ``amplitude`` over t in [0, 1]."""
+    coeffs = rng.normal(0.0, 1.0, size=3) * np.array([1.0, 0.5, 0.25])
+    curve = coeffs[0] * t + coeffs[1] * t**2 + coeffs[2] * t**3
+    peak = np.abs(curve - curve[0]).max()
+    if peak > 0:
+        curve = curve * (rng.uniform(0.3, 1.0) * amplitude / peak)
+    return curve
+
+
+def rolling_shutter_margin(size: tuple[int, int], max_translation: float = 0.08, max_rotation: float = 3.0) -> tuple[int, int]:
+    """Scene margin (pixels, (y, x)) around a GS frame of ``size`` that a motion of these
+    amplitudes can bring into the rolling-shutter frame."""
+    h, w = int(size[0]), int(size[1])
+    rot = math.sin(math.radians(max_rotation)) * math.hypot(h, w) / 2.0
+    return int(math.ceil(max_translation * h + rot)) + 2, int(math.ceil(max_translation * w + rot)) + 2
+
+
+def make_rolling_shutter_sample(
+    scene: np.ndarray,
+    rng: np.random.Generator,
+    size: tuple[int, int] | None = None,
+    max_translation: float = 0.08,
+    max_rotation: float = 3.0,
+    reference_time: float = 0.5,
+) -> RollingShutterSample:
+    """Make a synthetic rolling-shutter sample from a photo of the scene.
+
+    The global-shutter (GS) image is the central ``size`` crop of ``scene``; the
+    rolling-shutter (RS) camera may see beyond it (the rest of ``scene``, edge pixels
+    replicated past that), as a real camera would. Row ``r`` is read out at
+    ``t = r / (H - 1)``. The camera pose at ``t`` relative to ``reference_time`` (the GS
+    instant; 0.5 = the middle row is unchanged) is a rotation ``theta(t)`` about the
+    image centre plus a translation ``(tx(t), ty(t))``; the RS pixel ``q`` of row ``r``
+    sees the GS point ``A_t(q) = c + R(theta) (q - c) + (tx, ty)``.
+
+    Args:
+        scene: uint8 (Hs, Ws, 3); use :func:`rolling_shutter_margin` to size it.
+        rng: random generator for the motion.
+        size: GS / RS size (H, W); None uses the whole scene (RS content beyond it is
+            then edge-replicated).
+        max_translation: largest translation over the readout, fraction of the image size
+            (``W`` for x, ``H`` for y).
+        max_rotation: largest in-plane rotation over the readout, degrees.
+        reference_time: readout time of the GS image in [0, 1].
+
+    Returns:
+        :class:`RollingShutterSample` with ``warp(rs, flow, "zeros") ~= gs`` on ``valid``.
+    """
+    if scene.dtype != np.uint8 or scene.ndim != 3 or scene.shape[2] != 3:
+        raise ValueError(f"scene must be uint8 (H, W, 3), got {scene.dtype} {scene.shape}")
+    if not 0.0 <= reference_time <= 1.0:
+        raise ValueError(f"reference_time must be in [0, 1], got {reference_time}")
+    sh, sw = scene.shape[:2]
+    h, w = (sh, sw) if size is None else (int(size[0]), int(size[1]))
+    if h > sh or w > sw or min(h, w) < 2:
+        raise ValueError(f"size {size} must be at least 2x2 and fit in the scene {sh}x{sw}")
+    oy, ox = (sh - h) // 2, (sw - w) // 2
+    gs = np.ascontiguousarray(scene[oy : oy + h, ox : ox + w])
+    t = np.linspace(0.0, 1.0, h)
+    motion = np.stack(
+        (
+            _random_motion(rng, t, max_translation * w),
+            _random_motion(rng, t, max_translation * h),
+            _random_motion(rng, t, math.radians(max_rotation)),
+        ),
+        axis=1,
+    )
+    ref = np.array([np.interp(reference_time * (h - 1), np.arange(h), motion[:, k]) for k in range(3)])
+    motion = motion - ref[None, :]
+    tx, ty, th = (motion[:, k][:, None] for k in range(3))
+    grid = _pixel_grid(h, w)
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    x, y = grid[..., 0] - cx, grid[..., 1] - cy
+    cos, sin = np.cos(th), np.sin(th)
+    src = np.stack((cx + cos * x - sin * y + tx, cy + sin * x + cos * y + ty), axis=-1)  # RS pixel -> GS pixel
+    rendered = _remap(scene, src + np.array([ox, oy]), cv2.BORDER_REPLICATE)
+    rs = np.clip(np.round(rendered), 0, 255).astype(np.uint8)
+    to_gs = torch.from_numpy(src - grid).permute(2, 0, 1)
+    flow, residual = invert_flow(to_gs)  # GS pixel -> RS pixel
+    flow_hw2 = flow.permute(1, 2, 0).numpy()
+    dst = grid + flow_hw2
+    valid = (
+        (dst[..., 0] >= 0) & (dst[..., 0] <= w - 1) & (dst[..., 1] >= 0) & (dst[..., 1] <= h - 1)
+        & (residual[0].numpy() < 0.05)
+    )
+    return RollingShutterSample(rs=rs, gs=gs, flow=flow_hw2.astype(np.float32), valid=valid, motion=motion)
+
+
+# --------------------------------------------------------------------------- datasets on disk
+def sample_rng(seed: int, index: int, task: str) -> np.random.Generator:
+    """The generator of sample ``index``: independent of order, workers and resumption."""
+    return np.random.default_rng([int(seed), int(index), _TASK_IDS[task]])
+
+
+@dataclass(frozen=True)
+class _Job:
+    task: str
+    index: int
+    seed: int
+    size: tuple[int, int]
+    photos: tuple[str, ...]
+    out: str
+    split: str
+    ext: str
+    quality: int
+    prefilter_sigma: float
+    options: tuple[tuple[str, float], ...]
+    npz_size: tuple[int, int] | None
+    full_res_jpg: bool
+
+
+def _photo_for(job: _Job, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    path = job.photos[int(rng.integers(len(job.photos)))]
+    return random_photo_crop(_load_photo(path), size, rng, prefilter_sigma=job.prefilter_sigma)
+
+
+def _save(image: np.ndarray, path: Path, quality: int) -> None:
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        with atomic_path(path) as tmp:
+            bgr = image[..., ::-1] if image.ndim == 3 else image
+            if not cv2.imwrite(str(tmp), np.ascontiguousarray(bgr), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
+                raise OSError(f"OpenCV could not write {path}")
+    else:
+        save_image(image, path)
+
+
+def _run_job(job: _Job) -> str:
+    cv2.setNumThreads(1)
+    rng = sample_rng(job.seed, job.index, job.task)
+    name = f"{job.index:05d}"
+    root = Path(job.out) / job.split
+    opts = dict(job.options)
+    if job.task == "rectangling":
+        photo = _photo_for(job, rng, job.size)
+        s = make_rectangling_sample(photo, rng, **opts)  # type: ignore[arg-type]
+        _save(s.input, root / "input" / f"{name}.{job.ext}", job.quality)
+        _save(np.repeat(s.mask[..., None], 3, axis=2), root / "mask" / f"{name}.{job.ext}", job.quality)
+        _save(s.gt, root / "gt" / f"{name}.{job.ext}", job.quality)
+        write_flow(root / "flow" / f"{name}.npy", s.flow)
+        return name
+    my, mx = rolling_shutter_margin(job.size, opts["max_translation"], opts["max_rotation"])
+    scene = _photo_for(job, rng, (job.size[0] + 2 * my, job.size[1] + 2 * mx))
+    r = make_rolling_shutter_sample(scene, rng, size=job.size, **opts)
+    rs, gs, flow = r.rs, r.gs, r.flow
+    if job.npz_size is not None and tuple(job.npz_size) != rs.shape[:2]:
+        nh, nw = job.npz_size
+        rs_s = cv2.resize(rs, (nw, nh), interpolation=cv2.INTER_AREA)
+        gs_s = cv2.resize(gs, (nw, nh), interpolation=cv2.INTER_AREA)
+        flow_s = resize_flow(torch.from_numpy(flow).permute(2, 0, 1), (nh, nw)).permute(1, 2, 0).numpy()
+    else:
+        rs_s, gs_s, flow_s = rs, gs, flow
+    path = root / "npz" / f"{name}.npz"
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, condition=rs_s, out_flow=flow_s.astype(np.float32), gs=gs_s)
+    if job.full_res_jpg:
+        _save(rs, root / "jpg" / f"{name}.{job.ext}", job.quality)
+        _save(gs, root / "jpg_gt" / f"{name}.{job.ext}", job.quality)
+    return name
+
+
+def _run_jobs(
+    jobs: Sequence[_Job],
+    workers: int,
+    progress: Callable[[Iterable[str], int], Iterable[str]] | None,
+) -> list[str]:
+    if workers <= 1 or len(jobs) <= 1:
+        results: Iterable[str] = map(_run_job, jobs)
+        if progress is not None:
+            results = progress(results, len(jobs))
+        return list(results)
+    with pool_context().Pool(min(workers, len(jobs)), initializer=_worker_init) as pool:
+        results = pool.imap_unordered(_run_job, jobs, chunksize=1)
+        if progress is not None:
+            results = progress(results, len(jobs))
+        return sorted(results)
+
+
+def pool_context() -> mp.context.BaseContext:
+    """Process start method for worker pools: ``fork`` where available (no ``__main__``
+    guard needed, as torch's DataLoader), else ``spawn``. Workers use one thread each."""
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def _check_out(out: Path, split: str, subdirs: Sequence[str], overwrite: bool) -> None:
+    for sub in subdirs:
+        d = out / split / sub
+        if d.is_dir() and any(d.iterdir()) and not overwrite:
+            raise FileExistsError(f"{d} already holds files; pass overwrite=True (--force) to write into it")
+
+
+def _parse_ext(ext: str) -> str:
+    ext = ext.lower().lstrip(".")
+    if ext not in ("jpg", "png"):
+        raise ValueError(f"image format must be 'jpg' (as DIR-D / RS-Real) or 'png' (lossless), got {ext!r}")
+    return ext
+
+
+def write_rectangling_dataset(
+    out: PathLike,
+    num: int,
+    size: tuple[int, int] = (384, 512),
+    split: str = "training",
+    seed: int = 0,
+    photos: PathLike | Sequence[PathLike] | None = None,
+    ext: str = "jpg",
+    quality: int = 95,
+    prefilter_sigma: float = 0.7,
+    rows: int = 6,
+    cols: int = 8,
+    max_inset: float = 0.12,
+    start: int = 0,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: Callable[[Iterable[str], int], Iterable[str]] | None = None,
+) -> list[str]:
+    """Write ``num`` synthetic rectangling samples in the DIR-D layout.
+
+    Files: ``OUT/SPLIT/{input,mask,gt}/NNNNN.EXT`` (masks are 3-channel, white = content,
+    as DIR-D) and ``OUT/SPLIT/flow/NNNNN.npy`` ((H, W, 2) float32, pixels, backward:
+    ``gt(p) = input(p + flow(p))``). Sample ``i`` depends only on ``(seed, i)``.
+
+    Args:
+        out: dataset root (created).
+        num: number of samples; names are ``start .. start+num-1``, zero-padded to 5 digits.
+        size: (H, W) in pixels (DIR-D: 384 x 512).
+        photos: a folder of photos, a list of photo files, or None for the bundled photos.
+        ext: "jpg" (DIR-D's format; lossy, ``quality``) or "png" (lossless).
+        prefilter_sigma: Gaussian low-pass of the photo crops, pixels.
+        rows, cols, max_inset: mesh parameters (:func:`random_rectangling_mesh`).
+        workers: processes (spawned); 1 runs in this process.
+        overwrite: allow writing into non-empty folders.
+        progress: called as ``progress(iterator, total)`` on the finished sample names;
+            e.g. ``lambda it, n: tqdm(it, total=n)``.
+
+    Returns:
+        The sample names written, sorted.
+    """
+    out_p = Path(out)
+    ext = _parse_ext(ext)
+    _check_out(out_p, split, ("input", "mask", "gt", "flow"), overwrite)
+    jobs = _make_jobs(
+        "rectangling", out_p, num, size, split, seed, photos, ext, quality, prefilter_sigma, start,
+        {"rows": rows, "cols": cols, "max_inset": max_inset}, None, False,
+    )
+    return _run_jobs(jobs, workers, progress)
+
+
+def write_rolling_shutter_dataset(
+    out: PathLike,
+    num: int,
+    size: tuple[int, int] = (256, 256),
+    split: str = "train",
+    seed: int = 0,
+    photos: PathLike | Sequence[PathLike] | None = None,
+    npz_size: tuple[int, int] | None = None,
+    full_res_jpg: bool | None = None,
+    ext: str = "jpg",
+    quality: int = 95,
+    prefilter_sigma: float = 0.7,
+    max_translation: float = 0.08,
+    max_rotation: float = 3.0,
+    start: int = 0,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: Callable[[Iterable[str], int], Iterable[str]] | None = None,
+) -> list[str]:
+    """Write ``num`` synthetic rolling-shutter samples in the RS-Real layout.
+
+    Files: ``OUT/SPLIT/npz/NNNNN.npz`` with ``condition`` (RS image, uint8 (h, w, 3)),
+    ``gs`` (GS image, uint8 (h, w, 3)) and ``out_flow`` (float32 (h, w, 2), pixels of the
+    npz resolution, our backward convention: ``gs(p) = condition(p + out_flow(p))``, zeros
+    padding). With ``full_res_jpg`` (default: for a split named ``test``) also
+    ``OUT/SPLIT/jpg/NNNNN.EXT`` (full-resolution RS image) and ``OUT/SPLIT/jpg_gt/NNNNN.EXT``.
+
+    Args:
+        size: full-resolution (H, W) of the generated images.
+        npz_size: (h, w) of the arrays in the npz (images area-resized, flow rescaled);
+            None keeps ``size``.
+        max_translation, max_rotation: motion amplitudes (:func:`make_rolling_shutter_sample`).
+        Other arguments as :func:`write_rectangling_dataset`.
+
+    Returns:
+        The sample names written, sorted.
+    """
+    out_p = Path(out)
+    ext = _parse_ext(ext)
+    if full_res_jpg is None:
+        full_res_jpg = split == "test"
+    _check_out(out_p, split, ("npz", "jpg", "jpg_gt"), overwrite)
+    jobs = _make_jobs(
+        "rolling_shutter", out_p, num, size, split, seed, photos, ext, quality, prefilter_sigma, start,
+        {"max_translation": max_translation, "max_rotation": max_rotation},
+        None if npz_size is None else (int(npz_size[0]), int(npz_size[1])), bool(full_res_jpg),
+    )
+    return _run_jobs(jobs, workers, progress)
+
+
+def _make_jobs(
+    task: str,
+    out: Path,
+    num: int,
+    size: tuple[int, int],
+    split: str,
+    seed: int,
+    photos: PathLike | Sequence[PathLike] | None,
+    ext: str,
+    quality: int,
+    prefilter_sigma: float,
+    start: int,
+    options: dict[str, float],
+    npz_size: tuple[int, int] | None,
+    full_res_jpg: bool,
+) -> list[_Job]:
+    if num < 1:
+        raise ValueError(f"num must be at least 1, got {num}")
+    if len(size) != 2 or min(size) < 8:
+        raise ValueError(f"size must be (H, W) with both at least 8 pixels, got {size}")
+    if not split or "/" in split or "\\" in split:
+        raise ValueError(f"split must be a folder name such as 'training' or 'test', got {split!r}")
+    if photos is None or isinstance(photos, (str, Path)):
+        photo_paths = list_photos(photos)
+    else:
+        photo_paths = [Path(p) for p in photos]
+        missing = [str(p) for p in photo_paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"photo files not found: {', '.join(missing[:5])}")
+    base = {
+        "task": task, "seed": int(seed), "size": (int(size[0]), int(size[1])),
+        "photos": tuple(str(p) for p in photo_paths), "out": str(out), "split": split, "ext": ext,
+        "quality": int(quality), "prefilter_sigma": float(prefilter_sigma),
+        "options": tuple(sorted(options.items())), "npz_size": npz_size, "full_res_jpg": full_res_jpg,
+    }
+    return [_Job(index=i, **base) for i in range(start, start + num)]  # type: ignore[arg-type]

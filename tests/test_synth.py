@@ -1,0 +1,201 @@
+"""Synthetic task generators: exact flows, determinism, on-disk layouts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stablemotion._io import load_image
+from stablemotion.data import DIRDDataset, RSRealDataset
+from stablemotion.flow import mesh_to_flow, warp
+from stablemotion.synth import (
+    bundled_photo_paths,
+    invert_flow,
+    list_photos,
+    make_rectangling_sample,
+    make_rolling_shutter_sample,
+    random_photo_crop,
+    random_rectangling_mesh,
+    rolling_shutter_margin,
+    sample_rng,
+    write_rectangling_dataset,
+    write_rolling_shutter_dataset,
+)
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    diff = (a.double() - b.double()) ** 2
+    if mask is not None:
+        diff = diff[mask.expand_as(diff)]
+    return float(10 * torch.log10(255.0**2 / diff.mean()))
+
+
+def _chw(arr: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    return t.permute(2, 0, 1) if t.ndim == 3 else t[None]
+
+
+def _rect_sample(seed: int, size: tuple[int, int]):
+    rng = sample_rng(seed, 0, "rectangling")
+    photos = bundled_photo_paths()
+    photo = random_photo_crop(load_image(photos[seed % len(photos)]), size, rng, prefilter_sigma=0.7)
+    return make_rectangling_sample(photo, rng)
+
+
+def _rs_sample(seed: int, size: tuple[int, int]):
+    rng = sample_rng(seed, 0, "rolling_shutter")
+    photos = bundled_photo_paths()
+    my, mx = rolling_shutter_margin(size)
+    scene = random_photo_crop(load_image(photos[seed % len(photos)]), (size[0] + 2 * my, size[1] + 2 * mx), rng,
+                              prefilter_sigma=0.7)
+    return make_rolling_shutter_sample(scene, rng, size=size)
+
+
+def test_bundled_photos_are_offline_natural_photos():
+    paths = bundled_photo_paths()
+    assert len(paths) >= 5
+    assert list_photos(None) == paths
+    for p in paths[:3]:
+        img = load_image(p)
+        assert img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 256
+
+
+def test_list_photos_folder(tmp_path):
+    with pytest.raises(ValueError, match="no images"):
+        list_photos(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        list_photos(tmp_path / "missing")
+
+
+def test_random_photo_crop_shape_and_determinism():
+    photo = load_image(bundled_photo_paths()[0])
+    a = random_photo_crop(photo, (48, 64), np.random.default_rng(3))
+    b = random_photo_crop(photo, (48, 64), np.random.default_rng(3))
+    c = random_photo_crop(photo, (48, 64), np.random.default_rng(4))
+    assert a.shape == (48, 64, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_invert_flow_composes_to_identity():
+    mesh = random_rectangling_mesh(np.random.default_rng(0), 48, 64, rows=3, cols=4, max_inset=0.15)
+    flow = mesh_to_flow(mesh, 48, 64)
+    inv, residual = invert_flow(flow)
+    # q -> q + g(q) -> (q + g) + f(q + g) must return to q where the inverse exists.
+    back = inv + warp(flow.double(), inv, padding="border")
+    inside = residual[0] < 0.05
+    assert inside.float().mean() > 0.8
+    assert float(back.norm(dim=0)[inside].max()) < 1e-2
+    assert float(flow.norm(dim=0).mean()) > 1.0
+
+
+@pytest.mark.parametrize("size", [(48, 64), (96, 128)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rectangling_sample_satisfies_its_flow(seed, size):
+    s = _rect_sample(seed, size)
+    h, w = size
+    assert s.input.shape == (h, w, 3) and s.gt.shape == (h, w, 3) and s.mask.shape == (h, w)
+    assert s.flow.shape == (h, w, 2) and s.flow.dtype == np.float32
+    content = s.mask > 0
+    assert 0.6 < content.mean() < 0.995  # an irregular region, not the full canvas
+    assert set(np.unique(s.mask)) <= {0, 255}
+    assert (s.input[~content] == 0).all()
+    flow = _chw(s.flow)
+    rewarped = warp(_chw(s.input).double(), flow, padding="border")
+    assert _psnr(rewarped, _chw(s.gt)) > 35.0
+    assert _psnr(_chw(s.input), _chw(s.gt)) < 25.0  # the task is not trivial
+    # The gt flow only samples content: the warped mask is valid everywhere.
+    warped_mask = warp(_chw(s.mask).double() / 255.0, flow, padding="border")
+    assert float(warped_mask.min()) > 0.5
+
+
+def test_rectangling_mesh_stays_in_canvas_and_touches_edges():
+    rng = np.random.default_rng(5)
+    touches = 0
+    for _ in range(10):
+        mesh = random_rectangling_mesh(rng, 96, 128)
+        assert mesh.shape == (7, 9, 2)
+        assert mesh[..., 0].min() >= 0 and mesh[..., 0].max() <= 127
+        assert mesh[..., 1].min() >= 0 and mesh[..., 1].max() <= 95
+        touches += int(np.isclose(mesh[0, :, 1], 0).any() or np.isclose(mesh[:, 0, 0], 0).any())
+    assert touches >= 5
+
+
+@pytest.mark.parametrize("size", [(48, 64), (96, 128)])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_rolling_shutter_sample_satisfies_its_flow(seed, size):
+    s = _rs_sample(seed, size)
+    h, w = size
+    assert s.rs.shape == (h, w, 3) and s.gs.shape == (h, w, 3) and s.flow.shape == (h, w, 2)
+    assert s.motion.shape == (h, 3)
+    assert s.valid.mean() > 0.6
+    valid = torch.from_numpy(s.valid)[None]
+    rewarped = warp(_chw(s.rs).double(), _chw(s.flow), padding="zeros")
+    rewarp_psnr = _psnr(rewarped, _chw(s.gs), valid)
+    assert rewarp_psnr > 35.0
+    assert _psnr(_chw(s.rs), _chw(s.gs), valid) < rewarp_psnr - 5.0  # the flow does real work
+    assert float(np.linalg.norm(s.flow, axis=-1).mean()) > 0.3
+    # Rolling shutter: the motion differs between rows (row-dependent), not a global shift.
+    assert np.ptp(s.motion[:, :2], axis=0).max() > 0.5
+    row_means = s.flow[..., 0].mean(axis=1)
+    assert np.ptp(row_means) > 0.3
+
+
+def test_generators_are_deterministic():
+    a, b = _rect_sample(7, (48, 64)), _rect_sample(7, (48, 64))
+    c = _rect_sample(8, (48, 64))
+    assert np.array_equal(a.input, b.input) and np.array_equal(a.flow, b.flow)
+    assert not np.array_equal(a.flow, c.flow)
+    r1, r2 = _rs_sample(7, (48, 64)), _rs_sample(7, (48, 64))
+    assert np.array_equal(r1.rs, r2.rs) and np.array_equal(r1.flow, r2.flow)
+
+
+def test_sample_validation():
+    with pytest.raises(ValueError, match="uint8"):
+        make_rectangling_sample(np.zeros((8, 8, 3), np.float32), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="fit in the scene"):
+        make_rolling_shutter_sample(np.zeros((8, 8, 3), np.uint8), np.random.default_rng(0), size=(16, 16))
+
+
+def test_write_rectangling_dataset_layout_and_determinism(tmp_path):
+    names = write_rectangling_dataset(tmp_path / "a", 3, size=(48, 64), ext="png", seed=1, workers=1)
+    assert names == ["00000", "00001", "00002"]
+    root = tmp_path / "a" / "training"
+    for sub, ext in (("input", "png"), ("mask", "png"), ("gt", "png"), ("flow", "npy")):
+        assert sorted(p.name for p in (root / sub).iterdir()) == [f"{n}.{ext}" for n in names]
+    mask = load_image(root / "mask" / "00000.png")
+    assert mask.shape == (48, 64, 3)  # 3-channel, as DIR-D
+    # Same seed in two processes gives the same files as in one.
+    write_rectangling_dataset(tmp_path / "b", 3, size=(48, 64), ext="png", seed=1, workers=2)
+    for sub in ("input", "gt"):
+        for n in names:
+            assert np.array_equal(load_image(root / sub / f"{n}.png"),
+                                  load_image(tmp_path / "b" / "training" / sub / f"{n}.png"))
+    ds = DIRDDataset(tmp_path / "a", "training")
+    s = ds[1]
+    assert _psnr((warp(s["image"], s["flow"]) + 1) * 127.5, (s["gt"] + 1) * 127.5) > 35.0
+    with pytest.raises(FileExistsError, match="already holds files"):
+        write_rectangling_dataset(tmp_path / "a", 1, size=(48, 64))
+    # Extending a dataset: --start continues the numbering.
+    write_rectangling_dataset(tmp_path / "a", 1, size=(48, 64), ext="png", seed=1, start=3, overwrite=True)
+    assert len(DIRDDataset(tmp_path / "a")) == 4
+
+
+def test_write_rolling_shutter_dataset_layout(tmp_path):
+    write_rolling_shutter_dataset(tmp_path, 2, size=(48, 64), npz_size=(32, 32), split="test", seed=2)
+    root = tmp_path / "test"
+    assert sorted(p.name for p in (root / "npz").iterdir()) == ["00000.npz", "00001.npz"]
+    assert sorted(p.name for p in (root / "jpg").iterdir()) == ["00000.jpg", "00001.jpg"]
+    assert sorted(p.name for p in (root / "jpg_gt").iterdir()) == ["00000.jpg", "00001.jpg"]
+    with np.load(root / "npz" / "00000.npz") as z:
+        assert set(z.files) == {"condition", "out_flow", "gs"}
+        assert z["condition"].shape == (32, 32, 3) and z["condition"].dtype == np.uint8
+        assert z["out_flow"].shape == (32, 32, 2) and z["out_flow"].dtype == np.float32
+    ds = RSRealDataset(tmp_path, "test", full_res=True)
+    s = ds[0]
+    assert s["image"].shape == (3, 32, 32) and s["image_full"].shape == (3, 48, 64)
+    # A train split gets no full-resolution jpgs by default.
+    write_rolling_shutter_dataset(tmp_path, 1, size=(48, 64), split="train")
+    assert not (tmp_path / "train" / "jpg").exists()
+    with pytest.raises(ValueError, match="image format"):
+        write_rolling_shutter_dataset(tmp_path, 1, size=(48, 64), split="x", ext="gif")
