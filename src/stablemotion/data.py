@@ -466,7 +466,11 @@ class RSRealDataset(Dataset):
         problems = []
         for stem in self.names:
             path = self.files[stem]
-            shapes = _npz_shapes(path)
+            try:
+                shapes = _npz_shapes(path)
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
             missing = [k for k in RS_KEYS if k not in shapes]
             if missing:
                 problems.append(f"{path}: missing key(s) {', '.join(missing)} (has {', '.join(sorted(shapes)) or 'none'})")
