@@ -1,0 +1,43 @@
+"""``stablemotion train CONFIG``: fine-tune a StableMotion model (1 CPU to many GPUs).
+
+Multi-GPU: ``accelerate launch -m stablemotion train CONFIG`` (every process runs the
+same command; each takes its slice of every batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a StableMotion model from a YAML experiment config")
+    p.add_argument("config", type=Path, help="experiment YAML (see configs/)")
+    p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. -o optim.lr=5e-5 -o train.batch_size=8 (repeatable)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue from the newest complete checkpoint in the output folder, or from CHECKPOINT")
+    p.add_argument("--max-steps", type=int, default=None, help="stop at this step (checkpointing) without exporting")
+    p.add_argument("--check", action="store_true", help="validate the config and data, then exit")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..config import load_config
+
+    cfg = load_config(args.config, overrides=args.override)
+    if args.check:
+        from ..training import build_dataset
+
+        ds = build_dataset(cfg, "train")
+        print(f"config OK: task {cfg.task_spec.name}, {len(ds)} training samples, output {cfg.checkpoint.output_dir}")
+        return 0
+    from ..training import Trainer
+
+    trainer = Trainer(cfg)
+    result = trainer.train(resume=args.resume, max_steps=args.max_steps)
+    last = ", ".join(f"{k} {v:.4g}" for k, v in result.last_losses.items())
+    print(f"finished at step {result.step} ({last})")
+    if result.pipeline_dir is not None:
+        print(f"pipeline: {result.pipeline_dir}  (use: stablemotion rectify IMAGE --model {result.pipeline_dir})")
+    return 0

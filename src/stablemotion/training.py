@@ -1,0 +1,650 @@
+"""Fine-tune Stable Diffusion into StableMotion, on 1 CPU process or many GPUs (accelerate).
+
+One code path for every task: the task description says which conditions are encoded,
+which losses are on, and the warp padding. ``accelerate launch -m stablemotion.cli train
+CONFIG`` (or ``stablemotion train``) runs it data-parallel; each process takes its
+slice of every global batch.
+
+Reproducibility and safety:
+
+* batches and noise are pure functions of ``(seed, step, process)``, so a resumed run
+  sees exactly the data and noise the uninterrupted run would have seen;
+* checkpoints are written to a hidden temporary folder and renamed into place after a
+  ``COMPLETE`` marker, so an interrupted save never replaces or corrupts the previous one;
+  ``--resume`` takes the newest complete checkpoint and skips broken ones with a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from ._io import save_image
+from .config import TrainConfig
+from .data import Augment, DIRDDataset, RSRealDataset, TaskFolderDataset
+from .flow import decode_flow, encode_flow, end_point_error, flow_to_color, warp
+from .losses import (
+    LossWeights,
+    PerceptualLoss,
+    gt_valid_region,
+    mask_loss,
+    pyramid_noise_like,
+    v_target,
+    warp_loss,
+    x0_from_v,
+)
+from .metrics import psnr_torch, ssim_torch
+from .tasks import MASK_CONDITIONS, TaskSpec
+
+__all__ = ["Trainer", "TrainResult", "find_checkpoints", "latest_checkpoint", "build_dataset"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+COMPLETE_MARKER = "COMPLETE"
+_STATE_FILE = "trainer_state.json"
+_EMA_FILE = "ema_unet.pt"
+
+
+# --------------------------------------------------------------------------- data
+def build_dataset(cfg: TrainConfig, split: str = "train") -> Dataset:
+    """The configured dataset (no augmentation); ``split`` is ``"train"`` or ``"val"``."""
+    root = cfg.data.train if split == "train" else cfg.data.val
+    if not root:
+        raise ValueError(f"no data.{split} folder configured")
+    spec = cfg.task_spec
+    if cfg.data.format == "dird":
+        flows: Any = cfg.data.flows if (split == "train" and cfg.data.flows) else None
+        return DIRDDataset(root, split="", flow_dir=flows)
+    if cfg.data.format == "rsreal":
+        return RSRealDataset(root)
+    return TaskFolderDataset(root, spec)
+
+
+class _StepBatches(Sampler[list[tuple[int, int]]]):
+    """Global batch ``s`` = positions ``[s*G, (s+1)*G)`` of an endless stream of per-epoch
+    permutations; this process yields its slice of each. Keys are ``(epoch, index)``."""
+
+    def __init__(self, n: int, batch_size: int, num_processes: int, rank: int, seed: int, start_step: int, steps: int):
+        self.n, self.bs, self.world, self.rank = n, batch_size, num_processes, rank
+        self.seed, self.start, self.steps = seed, start_step, steps
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=g)}
+        return self._perms[epoch]
+
+    def batch_keys(self, step: int) -> list[tuple[int, int]]:
+        g = self.bs * self.world
+        first = step * g + self.rank * self.bs
+        keys = []
+        for pos in range(first, first + self.bs):
+            epoch, off = divmod(pos, self.n)
+            keys.append((epoch, int(self._perm(epoch)[off])))
+        return keys
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.steps):
+            yield self.batch_keys(step)
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+
+class _AugmentedView(Dataset):
+    """Applies :class:`Augment` with a generator seeded by ``(seed, epoch, index)``."""
+
+    def __init__(self, base: Dataset, size: tuple[int, int], hflip: float, vflip: float, seed: int, masks: tuple[str, ...]):
+        self.base, self.size, self.hflip, self.vflip, self.seed, self.masks = base, size, hflip, vflip, seed, masks
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 10_007 + index) % (2**63))
+        sample = self.base[index]
+        return Augment(self.size, self.hflip, self.vflip, mask_keys=self.masks, generator=g)(sample)
+
+
+def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in samples[0]:
+        vals = [s[key] for s in samples]
+        out[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return out
+
+
+class _FlowCodec(torch.nn.Module):
+    """VAE round trip of a gamma-encoded flow image (B, 3, H, W): decode(encoder mean).
+
+    A module of its own so that ``accelerate.prepare`` (DDP) sees a ``forward``."""
+
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, flow_image: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            z = self.vae.encode(flow_image.to(self.vae.dtype)).latent_dist.mean
+        return self.vae.decode(z).sample
+
+
+# --------------------------------------------------------------------------- checkpoints
+def find_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``checkpoint-N`` folder in ``output_dir``, newest first."""
+    root = Path(output_dir)
+    found = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX):
+                try:
+                    found.append((int(p.name[len(CHECKPOINT_PREFIX) :]), p))
+                except ValueError:
+                    continue
+    return sorted(found, reverse=True)
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    if not (path / COMPLETE_MARKER).is_file():
+        return "no COMPLETE marker (interrupted save)"
+    try:
+        state = json.loads((path / _STATE_FILE).read_text())
+        int(state["step"])
+    except (OSError, ValueError, KeyError) as exc:
+        return f"unreadable {_STATE_FILE} ({exc})"
+    if not any(path.glob("model*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        return "model weights missing"
+    if not any(path.glob("optimizer*.bin")):
+        return "optimizer state missing"
+    return None
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint; broken ones are skipped with a warning."""
+    for _, path in find_checkpoints(output_dir):
+        problem = _checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning("skipping checkpoint %s: %s", path, problem)
+        print(f"warning: skipping checkpoint {path}: {problem}")
+    return None
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the final step, the exported pipeline folder, the last losses."""
+
+    step: int
+    pipeline_dir: Path | None
+    last_losses: dict[str, float]
+    history: list[dict[str, float]]
+
+
+# --------------------------------------------------------------------------- trainer
+class Trainer:
+    """Trains the UNet of a StableMotion pipeline for ``config.task``.
+
+    Args:
+        config: a validated :class:`~stablemotion.config.TrainConfig`.
+        pipeline: optional pre-built pipeline (tests); default builds it from
+            ``config.model`` (``"tiny"`` = random tiny components, else an SD2 checkpoint).
+        train_dataset / val_dataset: optional datasets overriding ``config.data``.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        pipeline: Any | None = None,
+        train_dataset: Dataset | None = None,
+        val_dataset: Dataset | None = None,
+    ) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        self.cfg = config
+        self.task: TaskSpec = config.task_spec
+        self.out = Path(config.checkpoint.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        log_with = None
+        if config.logging.tensorboard:
+            try:
+                import tensorboard  # noqa: F401
+
+                log_with = "tensorboard"
+            except ImportError:
+                print("warning: tensorboard is not installed; scalars are only printed")
+        self.acc = Accelerator(
+            mixed_precision=config.train.mixed_precision,
+            gradient_accumulation_steps=config.train.grad_accum,
+            log_with=log_with,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+            cpu=config.train.device == "cpu",
+        )
+        self.weights = LossWeights.from_mapping(self.task.loss_weights, config.loss.weights)
+        self.pipe = pipeline if pipeline is not None else self._build_pipeline()
+        self.train_ds = train_dataset if train_dataset is not None else build_dataset(config, "train")
+        self.val_ds = val_dataset
+        if self.val_ds is None and config.data.val:
+            self.val_ds = build_dataset(config, "val")
+        self._check_dataset(self.train_ds, "training")
+
+        self.stage = config.train.stage
+        self.vae = self.pipe.vae.requires_grad_(False).eval()
+        self.unet = self.pipe.unet
+        if self.stage == "unet":
+            self.unet.requires_grad_(True).train()
+            if config.train.gradient_checkpointing:
+                self.unet.enable_gradient_checkpointing()
+            self.model: torch.nn.Module = self.unet
+        else:  # the VAE decoder as a flow codec; the encoder stays frozen
+            self.unet.requires_grad_(False).eval()
+            self.vae.decoder.requires_grad_(True).train()
+            self.vae.post_quant_conv.requires_grad_(True)
+            if config.train.gradient_checkpointing:
+                self.vae.enable_gradient_checkpointing()
+            self.model = _FlowCodec(self.vae)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.perceptual = PerceptualLoss(config.loss.vgg_weights) if (self.weights.vgg and self.stage == "unet") else None
+
+        self.ema = None
+        if config.train.ema:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(params, decay=config.train.ema_decay, power=config.train.ema_power)
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
+        from diffusers.optimization import get_scheduler
+
+        self.lr_scheduler = get_scheduler(
+            o.lr_schedule,
+            optimizer=self.optimizer,
+            num_warmup_steps=o.warmup_steps * self.acc.num_processes,
+            num_training_steps=config.train.max_steps * self.acc.num_processes,
+        )
+        self.model, self.optimizer, self.lr_scheduler = self.acc.prepare(self.model, self.optimizer, self.lr_scheduler)
+        if self.stage == "unet":
+            self.unet = self.model
+        self.unet.to(self.acc.device)
+        self.vae.to(self.acc.device)
+        if self.perceptual is not None:
+            self.perceptual.to(self.acc.device)
+        if self.ema is not None:
+            self.ema.to(self.acc.device)
+        self.embedding = self.pipe.text_embedding(1).detach().to(self.acc.device)
+        self.alphas_cumprod = self.pipe.scheduler.alphas_cumprod.to(self.acc.device)
+        self.num_train_timesteps = int(self.pipe.scheduler.config.num_train_timesteps)
+        self.step = 0
+
+    # ------------------------------------------------------------------ setup
+    def _build_pipeline(self) -> Any:
+        from .model import build_pipeline, tiny_pipeline
+
+        m = self.cfg.model
+        if m.base == "tiny":
+            pipe = tiny_pipeline(self.task, seed=m.seed, **m.tiny)
+        else:
+            pipe = build_pipeline(m.base, self.task, revision=m.revision, local_files_only=m.local_files_only)
+        if m.vae:
+            from diffusers import AutoencoderKL
+
+            pipe.vae = AutoencoderKL.from_pretrained(m.vae)
+        pipe.register_to_config(default_processing_resolution=list(self.cfg.resolution))
+        return pipe
+
+    def _check_dataset(self, ds: Dataset, what: str) -> None:
+        if len(ds) == 0:  # type: ignore[arg-type]
+            raise ValueError(f"the {what} dataset is empty")
+        sample = ds[0]
+        needed = set(self.task.conditions) | {"gt", "flow"}
+        missing = needed - set(sample)
+        if missing:
+            raise ValueError(
+                f"the {what} dataset gives {sorted(k for k in sample if k != 'name')} but task {self.task.name!r} "
+                f"training needs {sorted(needed)} (missing {sorted(missing)}; flows: make them with "
+                "`stablemotion label-flows`)"
+            )
+
+    def _loader(self, start_step: int) -> DataLoader:
+        c = self.cfg
+        sampler = _StepBatches(
+            len(self.train_ds), c.train.batch_size, self.acc.num_processes, self.acc.process_index,  # type: ignore[arg-type]
+            c.train.seed, start_step * c.train.grad_accum, c.train.max_steps * c.train.grad_accum,
+        )
+        masks = tuple(k for k in self.task.conditions if k in MASK_CONDITIONS)
+        view = _AugmentedView(self.train_ds, self.cfg.resolution, c.data.hflip, c.data.vflip, c.train.seed, masks)
+        return DataLoader(view, batch_sampler=sampler, num_workers=c.data.num_workers, collate_fn=_collate,
+                          persistent_workers=False)
+
+    # ------------------------------------------------------------------ one step
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean * self.vae.config.scaling_factor
+
+    def _condition_latents(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 4k, h, w): conditions in task order, encoded in one VAE batch."""
+        imgs = []
+        for name in self.task.conditions:
+            x = batch[name]
+            imgs.append(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
+        b, k = imgs[0].shape[0], len(imgs)
+        lat = self._encode(torch.stack(imgs, 1).flatten(0, 1))
+        return lat.unflatten(0, (b, k)).flatten(1, 2)
+
+    def compute_losses(self, batch: Mapping[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """All loss terms for one batch (tensors in [-1, 1], flows in pixels)."""
+        dev = self.acc.device
+        batch = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        if self.stage == "vae":
+            return self._codec_losses(batch)
+        b = batch["gt"].shape[0]
+        g = torch.Generator().manual_seed((self.cfg.train.seed * 7_919 + step * 104_729 + self.acc.process_index) % (2**63))
+        with torch.no_grad():
+            cond = self._condition_latents(batch)
+            z0 = self._encode(encode_flow(batch["flow"], self.task.flow_gamma))
+        t_min, t_max = (int(v) for v in self.cfg.loss.timesteps)
+        t = torch.randint(t_min, min(t_max, self.num_train_timesteps - 1) + 1, (b,), generator=g).to(dev)
+        if self.cfg.loss.pyramid_noise:
+            strength = self.cfg.loss.pyramid_strength * t.float().cpu() / self.num_train_timesteps
+            noise = pyramid_noise_like(z0.cpu().float(), strength, self.cfg.loss.pyramid_levels, generator=g)
+        else:
+            noise = torch.randn(z0.shape, generator=g)
+        noise = noise.to(dev, z0.dtype)
+        sa = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(z0.dtype)
+        z_t = sa.sqrt() * z0 + (1 - sa).sqrt() * noise
+        emb = self.embedding.expand(b, -1, -1)
+        with self.acc.autocast():
+            v_hat = self.unet(torch.cat([cond, z_t], 1), t, encoder_hidden_states=emb, return_dict=False)[0]
+        losses: dict[str, torch.Tensor] = {}
+        losses["v"] = F.mse_loss(v_hat.float(), v_target(z0, noise, self.alphas_cumprod, t).float())
+        w = self.weights
+        if w.warp or w.mask or w.vgg:
+            z0_hat = x0_from_v(z_t.float(), v_hat.float(), self.alphas_cumprod, t)
+            with self.acc.autocast():
+                dec = self.vae.decode(z0_hat.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+            flow = dec[:, :2].float() * self.task.flow_gamma
+            pad = self.task.padding
+            valid = gt_valid_region(batch["flow"]) if self.task.valid_region_loss else None
+            if w.warp:
+                losses["warp"] = warp_loss(batch["image"], flow, batch["gt"], padding=pad, valid=valid)
+            if w.mask:
+                losses["mask"] = mask_loss(batch["mask"], flow, padding=pad)
+            if w.vgg and self.perceptual is not None:
+                pred = warp(batch["image"], flow, padding=pad, check_finite=False)
+                target = batch["gt"]
+                if valid is not None:
+                    pred, target = pred * valid, target * valid
+                losses["vgg"] = self.perceptual(pred, target)
+        losses["total"] = sum(getattr(w, k) * v for k, v in losses.items())
+        return losses
+
+    def _codec_losses(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Flow-codec stage: MSE of the decoded flow (in gamma units) + the task's warp loss."""
+        gamma = self.task.flow_gamma
+        target = encode_flow(batch["flow"], gamma)
+        with self.acc.autocast():
+            rec = self.model(target)
+        losses = {"flow": F.mse_loss(rec[:, :2].float(), target[:, :2].float())}
+        if self.weights.warp:
+            flow = rec[:, :2].float() * gamma
+            valid = gt_valid_region(batch["flow"]) if self.task.valid_region_loss else None
+            losses["warp"] = warp_loss(batch["image"], flow, batch["gt"], padding=self.task.padding, valid=valid)
+        losses["total"] = losses["flow"] + self.weights.warp * losses.get("warp", 0.0)
+        return losses
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoint-<step>`` atomically and prune to the newest ``keep``."""
+        final = self.out / f"{CHECKPOINT_PREFIX}{self.step}"
+        tmp = self.out / f".{CHECKPOINT_PREFIX}{self.step}.partial"
+        if self.acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp), safe_serialization=True)
+        if self.acc.is_main_process:
+            if self.ema is not None:
+                torch.save(self.ema.state_dict(), tmp / _EMA_FILE)
+            state = {"step": self.step, "stage": self.stage, "task": self.task.to_dict(), "config": self.cfg.to_dict()}
+            (tmp / _STATE_FILE).write_text(json.dumps(state, indent=1))
+            (tmp / COMPLETE_MARKER).write_text(f"{self.step}\n")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for _, old in find_checkpoints(self.out)[self.cfg.checkpoint.keep :]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: str | os.PathLike) -> int:
+        """Restore model, optimizer, scheduler, RNG and EMA state; returns the step."""
+        path = Path(path)
+        problem = _checkpoint_problem(path)
+        if problem is not None:
+            raise ValueError(f"cannot resume from {path}: {problem}")
+        state = json.loads((path / _STATE_FILE).read_text())
+        if state.get("task", {}).get("conditions") != list(self.task.conditions):
+            raise ValueError(
+                f"checkpoint {path} was trained for task {state.get('task', {}).get('name')!r} "
+                f"(conditions {state.get('task', {}).get('conditions')}), this run is {self.task.name!r}"
+            )
+        if state.get("stage", "unet") != self.stage:
+            raise ValueError(f"checkpoint {path} is from a {state.get('stage')!r} stage run, this run is {self.stage!r}")
+        self.acc.load_state(str(path))
+        if self.ema is not None:
+            if not (path / _EMA_FILE).is_file():
+                raise ValueError(f"checkpoint {path} has no EMA state but this run uses EMA")
+            self.ema.load_state_dict(torch.load(path / _EMA_FILE, map_location="cpu", weights_only=False))
+            self.ema.to(self.acc.device)
+        self.step = int(state["step"])
+        return self.step
+
+    # ------------------------------------------------------------------ validation
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.acc.unwrap_model(self.model).parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """Temporarily swap the EMA weights into the trained module (eval mode)."""
+        module = self.acc.unwrap_model(self.model)
+        params = self._trainable()
+        if self.ema is not None:
+            self.ema.store(params)
+            self.ema.copy_to(params)
+        module.eval()
+        try:
+            yield
+        finally:
+            if self.ema is not None:
+                self.ema.restore(params)
+            module.train()
+            if self.stage == "vae":
+                self.vae.encoder.eval()
+
+    @torch.no_grad()
+    def validate(self, max_samples: int | None = None) -> dict[str, float]:
+        """Validation on the main process with the EMA weights.
+
+        UNet stage: one-step inference, PSNR/SSIM of the prediction and of the identity
+        (input vs gt), and an image grid (input | prediction | gt | flow colours).
+        VAE stage: end-point error of the flow round trip and PSNR of the warp with the
+        round-tripped flow vs with the exact flow.
+        """
+        if self.val_ds is None:
+            return {}
+        n = min(len(self.val_ds), max_samples or self.cfg.data.val_samples)  # type: ignore[arg-type]
+        if n == 0 or not self.acc.is_main_process:
+            return {}
+        masks = tuple(k for k in self.task.conditions if k in MASK_CONDITIONS)
+        aug = Augment(self.cfg.resolution, 0.0, 0.0, mask_keys=masks)
+        rows = []
+        grid = []
+        with self.ema_weights():
+            if self.stage == "vae":
+                codec = self.acc.unwrap_model(self.model)
+                for i in range(n):
+                    s = aug(self.val_ds[i])
+                    flow = s["flow"][None].to(self.acc.device)
+                    rec = decode_flow(codec(encode_flow(flow, self.task.flow_gamma)), self.task.flow_gamma).float()
+                    inp, gt = s["image"][None].to(self.acc.device), s["gt"][None].to(self.acc.device)
+                    pad = self.task.padding
+                    rows.append([float(end_point_error(rec, flow)[0]),
+                                 float(psnr_torch(warp(inp, rec, padding=pad), gt)),
+                                 float(psnr_torch(warp(inp, flow, padding=pad), gt))])
+                r = np.asarray(rows)
+                return {"val/codec_epe": float(r[:, 0].mean()), "val/codec_warp_psnr": float(r[:, 1].mean()),
+                        "val/exact_flow_warp_psnr": float(r[:, 2].mean())}
+            self.pipe.unet = self.acc.unwrap_model(self.model)
+            for i in range(n):
+                s = aug(self.val_ds[i])
+                conds = {k: (s[k][None] + 1) / 2 for k in self.task.conditions if k != "image"}
+                out = self.pipe(
+                    (s["image"][None] + 1) / 2, conditions=conds, num_inference_steps=self.cfg.validation.steps,
+                    generator=torch.Generator().manual_seed(i), show_progress_bar=False, output_type="pt",
+                )
+                pred = out.image.to(torch.float32) * 2 - 1
+                gt, inp = s["gt"][None], s["image"][None]
+                rows.append([
+                    float(psnr_torch(pred, gt)), float(ssim_torch(pred, gt)),
+                    float(psnr_torch(inp, gt)), float(ssim_torch(inp, gt)),
+                ])
+                if i < self.cfg.validation.grid_samples:
+                    col = torch.from_numpy(flow_to_color(out.flow[0])).permute(2, 0, 1).float() / 127.5 - 1
+                    grid.append(torch.cat([inp[0], pred[0], gt[0], col], dim=2))
+        r = np.asarray(rows)
+        metrics = {"val/psnr": r[:, 0].mean(), "val/ssim": r[:, 1].mean(),
+                   "val/psnr_identity": r[:, 2].mean(), "val/ssim_identity": r[:, 3].mean()}
+        if grid:
+            img = ((torch.cat(grid, dim=1).clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            save_image(img, self.out / "validation" / f"step-{self.step:07d}.png")
+            for tracker in self.acc.trackers:
+                if tracker.name == "tensorboard":
+                    tracker.writer.add_image("val/grid", img, self.step, dataformats="HWC")
+        return {k: float(v) for k, v in metrics.items()}
+
+    # ------------------------------------------------------------------ export
+    def export(self, folder: str | os.PathLike | None = None) -> Path:
+        """Save the EMA result atomically: a :class:`StableMotionPipeline` folder (UNet
+        stage, default ``OUT/pipeline``) or a diffusers ``AutoencoderKL`` folder (VAE stage,
+        default ``OUT/vae``; load it with ``model.vae`` or as a pipeline's ``vae``)."""
+        default = "pipeline" if self.stage == "unet" else "vae"
+        folder = Path(folder) if folder is not None else self.out / default
+        with self.ema_weights():
+            if self.acc.is_main_process:
+                tmp = folder.with_name(f".{folder.name}.partial")
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                if self.stage == "unet":
+                    self.pipe.unet = self.acc.unwrap_model(self.model)
+                    self.pipe.save_pretrained(str(tmp))
+                else:
+                    self.vae.save_pretrained(str(tmp))
+                old = folder.with_name(f".{folder.name}.old")
+                if folder.exists():
+                    os.replace(folder, old)
+                os.replace(tmp, folder)
+                if old.exists():
+                    shutil.rmtree(old)
+        self.acc.wait_for_everyone()
+        return folder
+
+    # ------------------------------------------------------------------ loop
+    def train(self, resume: bool | str | os.PathLike = False, max_steps: int | None = None,
+              show_progress: bool = True) -> TrainResult:
+        """Train until ``max_steps`` (default ``config.train.max_steps``), then export.
+
+        Args:
+            resume: ``True`` continues from the newest complete checkpoint in the output
+                folder (starting fresh if there is none), or a checkpoint path.
+            max_steps: stop early at this step (checkpointing as usual) - for tests and
+                for splitting a long run; the pipeline is exported only at the configured end.
+        """
+        c = self.cfg
+        if resume:
+            ckpt = latest_checkpoint(self.out) if resume is True else Path(resume)
+            if ckpt is not None:
+                self.load_checkpoint(ckpt)
+                self.acc.print(f"resumed from {ckpt} at step {self.step}")
+        stop = min(c.train.max_steps, max_steps or c.train.max_steps)
+        if self.acc.log_with:
+            self.acc.init_trackers("stablemotion", config=_flat(c.to_dict()))
+        if self.acc.is_main_process:
+            c.save(self.out / "config.yaml")
+        history: list[dict[str, float]] = []
+        last: dict[str, float] = {}
+        bar = tqdm(total=stop, initial=self.step, desc="train", disable=not (show_progress and self.acc.is_main_process))
+        t0, done0 = time.perf_counter(), self.step
+        micro = self.step * c.train.grad_accum
+        loader = self._loader(self.step)
+        accum: dict[str, float] = {}
+        for batch in loader:
+            if self.step >= stop:
+                break
+            with self.acc.accumulate(self.model):
+                losses = self.compute_losses(batch, micro)
+                if not torch.isfinite(losses["total"]):
+                    raise FloatingPointError(f"non-finite loss at step {self.step}: {_floats(losses)}")
+                self.acc.backward(losses["total"])
+                if self.acc.sync_gradients and c.optim.grad_clip > 0:
+                    self.acc.clip_grad_norm_(self._trainable(), c.optim.grad_clip)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            micro += 1
+            for k, v in _floats(losses).items():
+                accum[k] = accum.get(k, 0.0) + v / c.train.grad_accum
+            if not self.acc.sync_gradients:
+                continue
+            if self.ema is not None:
+                self.ema.step(self._trainable())
+            self.step += 1
+            last, accum = accum, {}
+            history.append(dict(last, step=self.step))
+            rate = (self.step - done0) / max(time.perf_counter() - t0, 1e-9)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()} | {"it/s": f"{rate:.2f}"})
+            if self.step % c.logging.every == 0 or self.step == stop:
+                self.acc.log({f"train/{k}": v for k, v in last.items()} | {"lr": self.lr_scheduler.get_last_lr()[0]},
+                             step=self.step)
+            if c.validation.every and self.step % c.validation.every == 0:
+                metrics = self.validate()
+                if metrics:
+                    self.acc.log(metrics, step=self.step)
+                    bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+            if self.step % c.checkpoint.every == 0 or self.step == stop:
+                self.save_checkpoint()
+        bar.close()
+        pipeline_dir = None
+        if self.step >= c.train.max_steps:
+            pipeline_dir = self.export()
+            self.acc.print(f"exported the trained {'pipeline' if self.stage == 'unet' else 'flow VAE'} to {pipeline_dir}")
+        self.acc.end_training()
+        return TrainResult(self.step, pipeline_dir, last, history)
+
+
+def _floats(losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out

@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from stablemotion.config import ConfigError, load_config
+from stablemotion.flow import mesh_to_flow, rigid_mesh, warp, write_flow
+from stablemotion.training import Trainer, find_checkpoints, latest_checkpoint
+
+H, W = 32, 32
+
+
+def _make_sir_folder(root: Path, photo: np.ndarray, n: int = 4, seed: int = 0) -> Path:
+    """A tiny SIR dataset in the DIR-D split layout with exact flows: gt = warp(input, flow)."""
+    rng = np.random.default_rng(seed)
+    for sub in ("input", "mask", "gt", "flow"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    import cv2
+
+    for i in range(n):
+        y, x = rng.integers(0, photo.shape[0] - H), rng.integers(0, photo.shape[1] - W)
+        img = np.ascontiguousarray(photo[y : y + H, x : x + W])
+        img = cv2.resize(photo, (W, H), interpolation=cv2.INTER_AREA) if i % 2 else img
+        mesh = rigid_mesh(2, 2, H, W)
+        mesh[1, 1] += rng.normal(0, 2.0, size=2)
+        flow = mesh_to_flow(mesh, H, W)
+        gt = warp(torch.from_numpy(img).permute(2, 0, 1), flow).permute(1, 2, 0).numpy()
+        name = f"{i:05d}"
+        Image.fromarray(img).save(root / "input" / f"{name}.png")
+        Image.fromarray(np.full((H, W, 3), 255, np.uint8)).save(root / "mask" / f"{name}.png")
+        Image.fromarray(gt).save(root / "gt" / f"{name}.png")
+        write_flow(root / "flow" / f"{name}.npy", flow)
+    return root
+
+
+def _config(tmp_path: Path, data: Path, **overrides) -> Path:
+    cfg = {
+        "task": "sir",
+        "data": {"format": "dird", "train": str(data), "val": str(data), "flows": str(data / "flow"),
+                 "resolution": [H, W], "num_workers": 0, "val_samples": 2},
+        "model": {"base": "tiny"},
+        "loss": {"vgg_weights": None, "weights": {"vgg": 0.1}},
+        "optim": {"lr": 1e-3},
+        "train": {"batch_size": 2, "max_steps": 6, "ema_decay": 0.9, "device": "cpu"},
+        "checkpoint": {"output_dir": str(tmp_path / "run"), "every": 3, "keep": 2},
+        "logging": {"every": 1, "tensorboard": False},
+        "validation": {"every": 0},
+    }
+    for key, val in overrides.items():
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = val
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def sir_data(tmp_path, photo) -> Path:
+    return _make_sir_folder(tmp_path / "data", photo)
+
+
+def _unet_state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.acc.unwrap_model(trainer.unet).state_dict().items()}
+
+
+def test_losses_are_finite_and_training_runs_and_exports(tmp_path, sir_data):
+    cfg = load_config(_config(tmp_path, sir_data))
+    trainer = Trainer(cfg)
+    batch = next(iter(trainer._loader(0)))
+    assert set(batch) >= {"image", "mask", "gt", "flow"} and batch["image"].shape == (2, 3, H, W)
+    losses = trainer.compute_losses(batch, 0)
+    assert set(losses) == {"v", "warp", "mask", "vgg", "total"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["total"].backward()
+    grads = [p.grad for p in trainer.unet.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0  # the task losses reach the UNet
+    trainer.optimizer.zero_grad()
+    result = trainer.train(show_progress=False)
+    assert result.step == 6 and result.pipeline_dir is not None
+    assert (result.pipeline_dir / "model_index.json").is_file()
+    assert [s for s, _ in find_checkpoints(tmp_path / "run")] == [6, 3]  # keep=2
+    metrics = trainer.validate()
+    assert set(metrics) == {"val/psnr", "val/ssim", "val/psnr_identity", "val/ssim_identity"}
+    assert list((tmp_path / "run" / "validation").glob("*.png"))
+
+    from stablemotion.pipeline import StableMotionPipeline
+
+    pipe = StableMotionPipeline.from_pretrained(result.pipeline_dir)
+    assert pipe.task.name == "sir" and list(pipe.config.default_processing_resolution) == [H, W]
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path, sir_data):
+    full = Trainer(load_config(_config(tmp_path / "a", sir_data, **{"checkpoint.output_dir": str(tmp_path / "a/run")})))
+    full.train(show_progress=False)
+    reference = _unet_state(full)
+
+    cfg_b = _config(tmp_path / "b", sir_data, **{"checkpoint.output_dir": str(tmp_path / "b/run")})
+    first = Trainer(load_config(cfg_b))
+    first.train(max_steps=3, show_progress=False)  # "killed" after the step-3 checkpoint
+    assert latest_checkpoint(tmp_path / "b/run").name == "checkpoint-3"
+    del first
+    second = Trainer(load_config(cfg_b))
+    result = second.train(resume=True, show_progress=False)
+    assert result.step == 6
+    resumed = _unet_state(second)
+    for k in reference:
+        assert torch.allclose(reference[k], resumed[k], atol=1e-6), k
+
+
+def test_corrupt_checkpoint_is_skipped_with_warning(tmp_path, sir_data, capsys):
+    cfg_path = _config(tmp_path, sir_data, **{"train.max_steps": 3, "checkpoint.every": 3})
+    Trainer(load_config(cfg_path)).train(show_progress=False)
+    run = tmp_path / "run"
+    good = run / "checkpoint-3"
+    broken = run / "checkpoint-9"
+    shutil.copytree(good, broken)
+    (broken / "COMPLETE").unlink()  # an interrupted save
+    partial = run / "checkpoint-12"
+    shutil.copytree(good, partial)
+    for f in partial.glob("model*.safetensors"):
+        f.unlink()
+    assert latest_checkpoint(run) == good
+    out = capsys.readouterr().out
+    assert "checkpoint-9: no COMPLETE marker" in out and "checkpoint-12: model weights missing" in out
+
+
+def test_bad_configs_fail_before_compute(tmp_path, sir_data):
+    with pytest.raises(ConfigError, match="unknown key optim.weight_decy.*did you mean optim.weight_decay"):
+        load_config(_config(tmp_path, sir_data), overrides=["optim.weight_decy=0.1"])
+    with pytest.raises(ConfigError, match="data.train folder not found: .*nowhere"):
+        load_config(_config(tmp_path, sir_data), overrides=[f"data.train={tmp_path / 'nowhere'}"])
+    with pytest.raises(ConfigError, match="unknown task 'sirr'"):
+        load_config(_config(tmp_path, sir_data), overrides=["task=sirr"])
+    with pytest.raises(ConfigError, match="train.batch_size must be int"):
+        load_config(_config(tmp_path, sir_data), overrides=["train.batch_size=two"])
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        load_config(_config(tmp_path, sir_data), overrides=["train.mixed_precision=fp8"])
+    with pytest.raises(ConfigError, match="unknown loss terms"):
+        load_config(_config(tmp_path, sir_data), overrides=["loss.weights={l1: 1}"])
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+    cfg = load_config(_config(tmp_path, sir_data), overrides=["optim.lr=3e-4", "train.batch_size=4"])
+    assert cfg.optim.lr == 3e-4 and cfg.train.batch_size == 4
+
+
+def test_vae_stage_trains_decoder_only_and_exports_a_loadable_vae(tmp_path, sir_data):
+    from diffusers import AutoencoderKL
+
+    cfg = load_config(_config(tmp_path, sir_data, **{"train.stage": "vae", "train.max_steps": 4,
+                                                     "checkpoint.every": 2, "data.val_samples": 2}))
+    trainer = Trainer(cfg)
+    enc0 = {k: v.clone() for k, v in trainer.vae.encoder.state_dict().items()}
+    dec0 = {k: v.clone() for k, v in trainer.vae.decoder.state_dict().items()}
+    unet0 = {k: v.clone() for k, v in trainer.unet.state_dict().items()}
+    before = trainer.validate()
+    result = trainer.train(show_progress=False)
+    assert set(result.last_losses) == {"flow", "warp", "total"}
+    assert all(torch.equal(enc0[k], v) for k, v in trainer.vae.encoder.state_dict().items())
+    assert all(torch.equal(unet0[k], v) for k, v in trainer.unet.state_dict().items())
+    assert any(not torch.equal(dec0[k], v) for k, v in trainer.vae.decoder.state_dict().items())
+    assert result.pipeline_dir == tmp_path / "run" / "vae"
+    vae = AutoencoderKL.from_pretrained(result.pipeline_dir)
+    assert vae.config.latent_channels == 4
+    assert set(before) == {"val/codec_epe", "val/codec_warp_psnr", "val/exact_flow_warp_psnr"}
+    # A UNet run picks the fine-tuned VAE up through model.vae; a stage mismatch on resume is refused.
+    cfg2 = load_config(_config(tmp_path / "u", sir_data, **{"model.vae": str(result.pipeline_dir),
+                                                            "checkpoint.output_dir": str(tmp_path / "run")}))
+    unet_trainer = Trainer(cfg2)
+    dec = unet_trainer.vae.decoder.state_dict()
+    assert all(torch.allclose(dec[k], v) for k, v in vae.decoder.state_dict().items())
+    with pytest.raises(ValueError, match="'vae' stage run"):
+        unet_trainer.load_checkpoint(latest_checkpoint(tmp_path / "run"))
