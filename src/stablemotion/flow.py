@@ -359,14 +359,19 @@ def mesh_to_flow(mesh: np.ndarray | torch.Tensor, height: int, width: int) -> to
 
 
 # --------------------------------------------------------------------------- file I/O
-def _as_hw2(flow: np.ndarray | torch.Tensor, path: PathLike) -> np.ndarray:
+def _tensor_to_hw2(flow: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A (2, H, W) / (1, 2, H, W) tensor -> (H, W, 2) array; arrays pass through."""
     if isinstance(flow, torch.Tensor):
         flow = flow.detach().cpu().float().numpy()
         if flow.ndim == 4 and flow.shape[0] == 1:
             flow = flow[0]
         if flow.ndim == 3 and flow.shape[0] == 2:
             flow = flow.transpose(1, 2, 0)
-    flow = np.asarray(flow)
+    return np.asarray(flow)
+
+
+def _as_hw2(flow: np.ndarray | torch.Tensor, path: PathLike) -> np.ndarray:
+    flow = _tensor_to_hw2(flow)
     if flow.ndim != 3 or flow.shape[2] != 2:
         raise ValueError(f"cannot write {path}: flow must be (H, W, 2) array or (2, H, W) tensor, got {flow.shape}")
     if not np.isfinite(flow).all():
@@ -524,13 +529,7 @@ def flow_to_color(
     Returns:
         uint8 image (H, W, 3).
     """
-    if isinstance(flow, torch.Tensor):
-        flow = flow.detach().cpu().float().numpy()
-        if flow.ndim == 4 and flow.shape[0] == 1:
-            flow = flow[0]
-        if flow.ndim == 3 and flow.shape[0] == 2:
-            flow = flow.transpose(1, 2, 0)
-    flow = np.asarray(flow, dtype=np.float64)
+    flow = _tensor_to_hw2(flow).astype(np.float64)
     check_flow(flow)
     u, v = flow[..., 0], flow[..., 1]
     rad = np.sqrt(u * u + v * v)
