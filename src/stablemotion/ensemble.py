@@ -8,6 +8,9 @@ Two rules are offered (see METHOD.md, "Inference"):
   from members that pull in content from outside the image). The band is 20 px at the
   released 384x512 resolution and scales with the image size (per axis).
 * ``"flow"`` -- the median of the member flows (per component), then one warp.
+* ``"latent"`` -- the median of the members' x0 latents (per element), decoded once and
+  applied with one warp: the fast mode (one VAE decode instead of E; no member flows, so
+  no uncertainty map). The pipeline implements it; this module only provides :func:`median`.
 
 The median of an even number of members is the mean of the two middle values (the
 ``numpy.median`` convention), so 2 members give their mean.
@@ -31,7 +34,7 @@ __all__ = [
     "flow_uncertainty",
 ]
 
-ENSEMBLE_MODES = ("image", "flow")
+ENSEMBLE_MODES = ("image", "flow", "latent")
 #: Border band width (px) of the released rule at :data:`REFERENCE_SIZE`.
 REFERENCE_BAND = 20
 #: (H, W) at which the released band width was chosen (DIR-D).

@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .ensemble import ENSEMBLE_MODES, ensemble_flows, ensemble_images, flow_uncertainty
+from .ensemble import ENSEMBLE_MODES, ensemble_flows, ensemble_images, flow_uncertainty, median
 from .flow import flow_to_color, resize_flow, warp
 from .image_processing import (
     ImageInput,
@@ -87,7 +88,7 @@ class StableMotionPipeline(DiffusionPipeline):
             to infer it from the UNet's channel count.
         default_denoising_steps: steps when ``num_inference_steps=None`` (1).
         default_ensemble_size: members when ``ensemble_size=None`` (1).
-        default_ensemble_mode: ``"image"`` (released AES) or ``"flow"``.
+        default_ensemble_mode: ``"image"`` (released AES), ``"flow"`` or ``"latent"`` (see ``__call__``).
         default_processing_resolution: ``[H, W]``; ``None`` = the task's resolution.
         default_border_band: AES border band at 384x512 in px (20), scaled with size.
     """
@@ -151,8 +152,21 @@ class StableMotionPipeline(DiffusionPipeline):
         images = images.to(device=self._execution_device, dtype=self.vae.dtype)
         return self.vae.encode(images).latent_dist.mean * self.latent_scale
 
-    def decode_flow(self, latents: torch.Tensor) -> torch.Tensor:
-        """Flow latents (B, 4, h/f, w/f) -> flow (B, 2, h, w) float32, pixels of the processing resolution."""
+    def decode_flow(self, latents: torch.Tensor, decode_scale: int = 1) -> torch.Tensor:
+        """Flow latents (B, 4, h/f, w/f) -> flow float32, pixels of the processing resolution.
+
+        With ``decode_scale = s > 1`` the latent is first resized (bilinear, antialiased) to
+        (h/(f*s), w/(f*s)) and decoded there: about ``s**2`` times fewer decoder FLOPs, for
+        smooth flows only. The result is then (B, 2, h/s, w/s) but its values stay pixels of
+        the processing resolution (h, w); upsample with magnitudes scaled by ``W/w``, ``H/h``.
+
+        Returns:
+            (B, 2, h/s, w/s) float32 (``s = decode_scale``; (B, 2, h, w) by default).
+        """
+        if decode_scale != 1:
+            lh, lw = latents.shape[-2:]
+            small = (max(1, round(lh / decode_scale)), max(1, round(lw / decode_scale)))
+            latents = F.interpolate(latents.float(), size=small, mode="bilinear", align_corners=False, antialias=True)
         decoded = self.vae.decode(latents.to(self.vae.dtype) / self.latent_scale).sample
         return decoded[:, :2].float() * self.task.flow_gamma
 
@@ -168,6 +182,7 @@ class StableMotionPipeline(DiffusionPipeline):
         batch_size: int | None,
         output_type: str,
         generator: torch.Generator | list[torch.Generator] | None,
+        decode_scale: int = 1,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[int, int]]:
         """Validate every argument before any compute.
 
@@ -182,6 +197,8 @@ class StableMotionPipeline(DiffusionPipeline):
             raise ValueError(f"ensemble_size must be an int >= 1, got {ensemble_size!r}")
         if ensemble_mode not in ENSEMBLE_MODES:
             raise ValueError(f"ensemble_mode must be one of {ENSEMBLE_MODES}, got {ensemble_mode!r}")
+        if not isinstance(decode_scale, int) or decode_scale < 1:
+            raise ValueError(f"decode_scale must be an int >= 1 (1 = full-resolution flow decode), got {decode_scale!r}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
         if output_type not in OUTPUT_TYPES:
@@ -218,6 +235,11 @@ class StableMotionPipeline(DiffusionPipeline):
                 raise ValueError(f"{name} batch size {t.shape[0]} differs from the image batch size {n}")
             conds[name] = t.expand(n, -1, -1, -1) if t.shape[0] == 1 else t
         size = processing_size((h, w), processing_resolution, self.size_multiple)
+        if decode_scale > 1 and (size[0] // self.vae_scale_factor) % decode_scale + (size[1] // self.vae_scale_factor) % decode_scale:
+            raise ValueError(
+                f"decode_scale {decode_scale} must divide the latent size {(size[0] // self.vae_scale_factor, size[1] // self.vae_scale_factor)} "
+                f"(processing resolution {size} / {self.vae_scale_factor})"
+            )
         if isinstance(generator, list) and len(generator) != n * ensemble_size:
             raise ValueError(
                 f"a list of generators needs one per sample (batch {n} x ensemble {ensemble_size} = "
@@ -243,6 +265,7 @@ class StableMotionPipeline(DiffusionPipeline):
         show_progress_bar: bool = True,
         return_members: bool = False,
         return_dict: bool = True,
+        decode_scale: int = 1,
     ) -> StableMotionOutput | tuple:
         """Estimate the rectifying flow of ``image`` and apply it.
 
@@ -254,7 +277,9 @@ class StableMotionPipeline(DiffusionPipeline):
             num_inference_steps: DDIM steps (default from the config: 1 = t 999 -> x0).
             ensemble_size: members E (default from the config: 1).
             ensemble_mode: ``"image"`` (released AES: median of warped images, minimum in
-                the border band) or ``"flow"`` (median flow, one warp).
+                the border band), ``"flow"`` (median flow, one warp) or ``"latent"``
+                (median x0 latent, one decode and one warp: the fast mode; no member flows
+                or uncertainty).
             processing_resolution: network resolution ``(H, W)``, an int (square) or 0
                 (the input's size rounded to a valid multiple); default from the config.
             border_band: AES border band in px at 384x512, scaled with the image size.
@@ -262,7 +287,11 @@ class StableMotionPipeline(DiffusionPipeline):
             generator: seeds the initial noise (one generator, or one per B x E sample).
             output_type: ``"pt"``, ``"np"`` or ``"pil"`` (see :class:`StableMotionOutput`).
             show_progress_bar: show a progress bar over the batches.
-            return_members: also return the member flows (B, E, 2, H, W).
+            return_members: also return the member flows (B, E, 2, H, W) (not in
+                ``"latent"`` mode, where members are never decoded).
+            decode_scale: decode the flow latent at 1/``decode_scale`` of the processing
+                resolution (about ``decode_scale**2`` fewer decoder FLOPs; for smooth flows)
+                and upsample the flow with magnitude scaling. 1 = full resolution (default).
 
         Returns:
             :class:`StableMotionOutput` (or a tuple ``(flow, image, flow_colored, uncertainty)``).
@@ -278,7 +307,11 @@ class StableMotionPipeline(DiffusionPipeline):
             if "mask" in conds_in:
                 raise ValueError("pass the mask either as mask= or in conditions, not both")
             conds_in["mask"] = mask
-        images, conds, size = self.check_inputs(image, conds_in, steps, ens, mode, res, batch_size, output_type, generator)
+        images, conds, size = self.check_inputs(
+            image, conds_in, steps, ens, mode, res, batch_size, output_type, generator, decode_scale
+        )
+        if return_members and mode == "latent" and ens > 1:
+            raise ValueError('return_members needs decoded members: use ensemble_mode "image" or "flow", not "latent"')
 
         device = self._execution_device
         dtype = self.unet.dtype
@@ -308,7 +341,8 @@ class StableMotionPipeline(DiffusionPipeline):
 
         self.scheduler.set_timesteps(steps, device=device)
         timesteps = self.scheduler.timesteps
-        flows = []
+        flows, x0s = [], []
+        latent_mode = mode == "latent" and ens > 1
         chunks = list(range(0, total, batch_size or total))
         bar = tqdm(chunks, desc="StableMotion", leave=False, disable=not show_progress_bar)
         for start in bar:
@@ -326,11 +360,22 @@ class StableMotionPipeline(DiffusionPipeline):
                     x0 = out.pred_original_sample
                 else:
                     z = out.prev_sample
-            flows.append(self.decode_flow(x0))
-        flow_lr = torch.cat(flows)  # (B*E, 2, h, w) pixels at processing resolution
+            if latent_mode:
+                x0s.append(x0)
+            else:
+                flows.append(self.decode_flow(x0, decode_scale))
+        if latent_mode:  # median x0 latent of the members, one decode per image
+            x0_med = median(torch.cat(x0s).float().unflatten(0, (n, ens)), dim=1).to(dtype)
+            dec_bs = batch_size or n
+            flows = [self.decode_flow(c, decode_scale) for c in x0_med.split(dec_bs)]
+        flow_lr = torch.cat(flows)  # (B*E or B, 2, h/s, w/s), pixels of the processing resolution (h, w)
+        if decode_scale != 1:  # values -> pixels of the decoded size, so resize_flow scales them right
+            fh, fw = flow_lr.shape[-2:]
+            flow_lr = flow_lr * torch.tensor([fw / size[1], fh / size[0]], device=flow_lr.device).view(1, 2, 1, 1)
 
         # 3. Full resolution, warping, AES.
-        member_flows = resize_flow(flow_lr, (h, w), align_corners=False).unflatten(0, (n, ens))  # (B, E, 2, H, W)
+        members_out = 1 if latent_mode else ens
+        member_flows = resize_flow(flow_lr, (h, w), align_corners=False).unflatten(0, (n, members_out))  # (B, E, 2, H, W)
         full = to_vae_range(images.to(device))  # (B, 3, H, W) in [-1, 1], float32
         flow = ensemble_flows(member_flows)
         if mode == "image" and ens > 1:
@@ -339,7 +384,7 @@ class StableMotionPipeline(DiffusionPipeline):
         else:
             rect = warp(full, flow, padding=self.task.padding)
         rect = ((rect + 1.0) / 2.0).clamp(0, 1)
-        uncertainty = flow_uncertainty(member_flows, flow) if ens > 1 else None
+        uncertainty = flow_uncertainty(member_flows, flow) if members_out > 1 else None
         self.maybe_free_model_hooks()
 
         colored = np.stack([flow_to_color(f) for f in flow])  # (B, H, W, 3) uint8

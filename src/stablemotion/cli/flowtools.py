@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .._io import load_image, save_image
+from .._io import atomic_path, load_image, save_image
 from ..flow import flow_to_color, read_flow, warp
 from ..metrics import evaluate_folder
 
@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("gt", type=Path)
     p.add_argument("--csv", type=Path, default=None, help="write per-image rows here")
     p.add_argument("--common-only", action="store_true", help="score names present in both folders instead of failing")
+    p.add_argument("--inputs", type=Path, default=None,
+                   help="folder of the method's inputs: also score the identity baseline (input vs gt) on the same images")
+    p.add_argument("--markdown", type=Path, default=None, help="write the summary table (paper layout) here")
     p.set_defaults(func=_score)
 
 
@@ -63,11 +66,28 @@ def _flow_vis(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    result = evaluate_folder(
-        args.results, args.gt, strict=not args.common_only, progress=lambda it: tqdm(it, desc="scoring", unit="img")
-    )
+    from ..evaluation import score_folders, summary_markdown, write_rows_csv
+
+    if args.inputs is None and args.markdown is None:
+        result = evaluate_folder(
+            args.results, args.gt, strict=not args.common_only, progress=lambda it: tqdm(it, desc="scoring", unit="img")
+        )
+        if args.csv is not None:
+            result.write_csv(args.csv)
+            print(f"wrote {args.csv}")
+        print(f"{len(result)} images  PSNR {result.mean_psnr:.4f} dB  SSIM {result.mean_ssim:.4f}")
+        return 0
+    summary = score_folders(args.results, args.gt, inputs=args.inputs, strict=not args.common_only)
+    m = summary.means
     if args.csv is not None:
-        result.write_csv(args.csv)
+        write_rows_csv(summary.rows, args.csv)
         print(f"wrote {args.csv}")
-    print(f"{len(result)} images  PSNR {result.mean_psnr:.4f} dB  SSIM {result.mean_ssim:.4f}")
+    if args.markdown is not None:
+        with atomic_path(args.markdown) as tmp:
+            tmp.write_text(summary_markdown(summary, title=f"Scores of {args.results}"))
+        print(f"wrote {args.markdown}")
+    line = f"{len(summary)} images  PSNR {m['psnr']:.4f} dB  SSIM {m['ssim']:.4f}"
+    if args.inputs is not None:
+        line += f"  (identity: PSNR {m['identity_psnr']:.4f} dB  SSIM {m['identity_ssim']:.4f})"
+    print(line)
     return 0

@@ -1,0 +1,228 @@
+"""``stablemotion evaluate``, ``stablemotion study steps|ensemble`` and ``stablemotion judge``.
+
+``evaluate`` and ``study`` run data-parallel unchanged under ``accelerate launch``: each
+process rectifies every N-th test image, the main process merges the scores. All outputs
+are resumable (finished images are skipped) and written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..tasks import available_tasks
+
+
+def _common(p: argparse.ArgumentParser, study: bool = False) -> None:
+    p.add_argument("--model", required=True, help="pipeline folder (see import-checkpoint / tiny-model)")
+    p.add_argument("--dataset", required=True, type=Path, help="DIR-D / RS-Real / task-folder test split (or its root)")
+    p.add_argument("--task", choices=available_tasks(), default=None, help="check the model is for this task")
+    p.add_argument("--split", default=None, help="split folder (default: testing for DIR-D, test for RS-Real)")
+    p.add_argument("--format", dest="kind", choices=("auto", "dird", "rsreal", "folder"), default="auto",
+                   help="dataset layout (default: detected)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (rerun with the same folder to resume)")
+    if not study:
+        p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's, 1)")
+    if not study:
+        p.add_argument("--ensemble", type=int, default=None, help="AES members (default: the model's, 1)")
+        p.add_argument("--aes-mode", choices=("image", "flow", "latent"), default=None,
+                       help="AES rule: image (released), flow (median flow) or latent (median latent, one decode)")
+    p.add_argument("--processing-resolution", type=int, nargs="+", default=None, metavar="N",
+                   help="network resolution: H W, one int (square) or 0 (input size); default: the model's")
+    p.add_argument("--decode-scale", type=int, default=1, help="decode the flow at 1/N resolution (fast; default 1)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (under accelerate: the process's device)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of every image")
+    p.add_argument("--limit", type=int, default=None, help="only the first N test images (sorted by name)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="run a model over a test split: results, per-image PSNR/SSIM CSV, markdown summary with the identity baseline",
+        description=(
+            "Writes OUT/results/NAME.png, OUT/per_image.csv, OUT/summary.md and OUT/summary.json. Finished images are "
+            "skipped on a rerun. Under `accelerate launch` every process takes its shard and the main process merges."
+        ),
+    )
+    _common(p)
+    p.add_argument("--save-flow", action="store_true", help="also write OUT/flows/NAME.npy (H, W, 2), pixels")
+    p.add_argument("--extra-metrics", nargs="+", choices=("fid", "lpips"), default=(),
+                   help="also FID / LPIPS (needs pytorch-fid / lpips and their weights in the torch hub cache)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("study", help="the paper's ablations: steps (SSD curve) or ensemble (AES size and mode)")
+    ssub = p.add_subparsers(dest="study", metavar="STUDY", required=True)
+    s = ssub.add_parser("steps", help="PSNR/SSIM versus DDIM steps -> OUT/steps.{csv,md,png}")
+    _common(s, study=True)
+    s.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 50], help="step counts (default 1 2 4 8 16 50)")
+    s.set_defaults(func=_study_steps)
+    s = ssub.add_parser("ensemble", help="PSNR/SSIM and time versus AES size per mode -> OUT/ensemble.{csv,md,png}")
+    _common(s, study=True)
+    s.add_argument("--sizes", type=int, nargs="+", default=list(range(1, 9)), help="ensemble sizes (default 1..8)")
+    s.add_argument("--modes", nargs="+", choices=("image", "flow", "latent"), default=["image", "flow", "latent"])
+    s.set_defaults(func=_study_ensemble)
+
+    p = sub.add_parser(
+        "judge",
+        help="rule-based perceptual score with a vision-language model as judge (OpenAI-Responses-compatible API)",
+        description=(
+            "Scores each (input, output) pair, matched by file stem, on the task's rubric (METHOD.md). The endpoint comes "
+            "from --provider FILE (JSON: base_url, model, api_key_env, ...) or the environment: STABLEMOTION_JUDGE_BASE_URL, "
+            "STABLEMOTION_JUDGE_MODEL and STABLEMOTION_JUDGE_API_KEY (or OPENAI_API_KEY / OPENAI_BASE_URL). The key is never "
+            "printed or written. Outputs: OUT/judgements.jsonl (one line per answer, written as it arrives), "
+            "OUT/judgements.csv, OUT/summary.md, OUT/summary.json; with --compare also the per-image win/tie/loss."
+        ),
+    )
+    p.add_argument("inputs", type=Path, help="folder of input images")
+    p.add_argument("results", type=Path, help="folder of the method's outputs (matched by file stem)")
+    p.add_argument("--task", choices=("sir", "rsc"), required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--compare", type=Path, default=None, metavar="RESULTS_B",
+                   help="a second method's outputs: each scored against the input in its own request; win/tie/loss")
+    p.add_argument("--provider", type=Path, default=None, help="provider JSON file (see above)")
+    p.add_argument("--model-name", dest="judge_model", default=None, help="override the judge model name")
+    p.add_argument("--dry-run", action="store_true", help="list the pairs and write the prompts; no requests")
+    p.add_argument("--resume", action="store_true", help="skip pairs already answered (valid) in OUT/judgements.jsonl")
+    p.add_argument("--retries", type=int, default=4, help="retries on 408/429/5xx and network errors (default 4)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    p.add_argument("--max-side", type=int, default=1024, help="downscale images so the longer side is at most N px")
+    p.add_argument("--limit", type=int, default=None, help="only the first N pairs")
+    p.set_defaults(func=_judge)
+
+
+# --------------------------------------------------------------------------- helpers
+def _resolution(res: list[int] | None) -> Any:
+    if res is None:
+        return None
+    if len(res) not in (1, 2):
+        raise ValueError(f"--processing-resolution takes H W, one int or 0, got {res}")
+    return res[0] if len(res) == 1 else tuple(res)
+
+
+class _Dist:
+    """Process rank / world / device / barrier, from accelerate when launched with it."""
+
+    def __init__(self, device_arg: str) -> None:
+        from .rectify import _device
+
+        self.rank, self.world = 0, 1
+        self._state = None
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if launched:  # accelerate launch / torchrun: one process per device (CPU processes talk over gloo)
+            import torch
+            from accelerate import PartialState
+
+            self._state = PartialState(cpu=device_arg == "cpu" or not torch.cuda.is_available())
+            self.rank, self.world = self._state.process_index, self._state.num_processes
+            self.device = self._state.device
+        else:
+            self.device = _device(device_arg)
+
+    def barrier(self) -> None:
+        if self._state is not None:
+            self._state.wait_for_everyone()
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, _Dist]:
+    from ..evaluation import EvalSettings, open_eval_set
+    from .rectify import DTYPES, _load_pipeline
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    dist = _Dist(args.device)
+    pipe = _load_pipeline(args, DTYPES[args.dtype])
+    eval_set = open_eval_set(args.dataset, pipe.task.name, split=args.split, kind=args.kind)
+    pipe.to(dist.device)
+    pipe.set_progress_bar_config(disable=True)
+    settings = EvalSettings(
+        steps=getattr(args, "steps", None) if isinstance(getattr(args, "steps", None), int) else None,
+        ensemble=getattr(args, "ensemble", None),
+        ensemble_mode=getattr(args, "aes_mode", None),
+        processing_resolution=_resolution(args.processing_resolution),
+        decode_scale=args.decode_scale,
+        seed=args.seed,
+        dtype=args.dtype,
+    )
+    return pipe, eval_set, settings, dist
+
+
+def _progress(dist: _Dist, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return lambda it: tqdm(it, desc=f"{desc} [{dist.rank}/{dist.world}]" if dist.world > 1 else desc, unit="img",
+                           disable=not dist.main)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate
+
+    pipe, eval_set, settings, dist = _setup(args)
+    summary = evaluate(pipe, eval_set, args.out, settings, model_name=str(args.model), rank=dist.rank,
+                       world=dist.world, barrier=dist.barrier, limit=args.limit, save_flow=args.save_flow,
+                       extra_metrics=args.extra_metrics, progress=_progress(dist, "evaluate"))
+    if summary is not None:
+        m = summary.means
+        print(f"{len(summary.rows)} images  PSNR {m['psnr']:.4f} dB  SSIM {m['ssim']:.4f}  "
+              f"(identity: PSNR {m['identity_psnr']:.4f} dB  SSIM {m['identity_ssim']:.4f})")
+        for name, v in summary.extra.items():
+            print(f"{name.upper()}: {v.get('note') or v}")
+        print(f"wrote {args.out / 'per_image.csv'}, {args.out / 'summary.md'}")
+    return 0
+
+
+def _study_steps(args: argparse.Namespace) -> int:
+    from ..evaluation import study_steps
+
+    if any(s < 1 for s in args.steps):
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    pipe, eval_set, settings, dist = _setup(args)
+    res = study_steps(pipe, eval_set, args.out, steps=args.steps, base=settings, model_name=str(args.model),
+                      limit=args.limit, rank=dist.rank, world=dist.world, barrier=dist.barrier,
+                      progress=_progress(dist, "study steps"))
+    if res is not None:
+        print(res.markdown.read_text())
+        print(f"wrote {res.csv}, {res.markdown}, {res.plot}")
+    return 0
+
+
+def _study_ensemble(args: argparse.Namespace) -> int:
+    from ..evaluation import study_ensemble
+
+    if any(s < 1 for s in args.sizes):
+        raise ValueError(f"--sizes must be >= 1, got {args.sizes}")
+    pipe, eval_set, settings, dist = _setup(args)
+    res = study_ensemble(pipe, eval_set, args.out, sizes=args.sizes, modes=args.modes, base=settings,
+                         model_name=str(args.model), limit=args.limit, rank=dist.rank, world=dist.world,
+                         barrier=dist.barrier, progress=_progress(dist, "study ensemble"))
+    if res is not None:
+        print(res.markdown.read_text())
+        print(f"wrote {res.csv}, {res.markdown}, {res.plot}")
+    return 0
+
+
+def _judge(args: argparse.Namespace) -> int:
+    from .. import judge as J
+
+    pairs = J.match_pairs(args.inputs, args.results, compare=args.compare, limit=args.limit)
+    rubric = J.RUBRICS[args.task]
+    if args.dry_run:
+        path = J.write_dry_run(pairs, rubric, args.out)
+        print(f"{len(pairs)} pairs ({', '.join(sorted({p.method for p in pairs}))}); prompts written to {path}")
+        for p in pairs[:10]:
+            print(f"  {p.method}: {p.name}: {p.input_path} -> {p.output_path}")
+        return 0
+    provider = J.Provider.load(args.provider, model=args.judge_model)
+    client = J.JudgeClient(provider, retries=args.retries, timeout=args.timeout)
+    print(f"judge: {provider.describe()}", file=sys.stderr)
+    report = J.judge_pairs(client, pairs, rubric, args.out, resume=args.resume, max_side=args.max_side,
+                           log=lambda msg: print(msg, file=sys.stderr))
+    print(report.markdown)
+    return 0 if not report.failures else 3

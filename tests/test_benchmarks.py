@@ -1,0 +1,46 @@
+"""The inference benchmark runs end to end in its --quick mode (tiny components; not timed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_inference_benchmark_quick_mode(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--quick", "--no-write", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    rows = doc["rows"]
+    assert set(doc["matmul_rate"]) == {"fp32", "bf16"} and all(v > 0 for v in doc["matmul_rate"].values())
+    keys = {(r["task"], r["dtype"], r["steps"], r["ensemble"], r["mode"], r["decode_scale"], r["variant"]) for r in rows}
+    for task in ("sir", "rsc"):
+        for dt in ("fp32", "bf16"):
+            assert (task, dt, 1, 1, "image", 1, "default") in keys
+            assert (task, dt, 50, 1, "image", 1, "default") in keys  # derived 50-step row
+        assert (task, "bf16", 1, 8, "latent", 1, "default") in keys
+        assert (task, "bf16", 1, 1, "image", 2, "default") in keys
+    for r in rows:
+        parts = r["encode_s"] + r["unet_s"] + r["decode_s"] + r["warp_s"] + r["other_s"]
+        assert abs(parts - r["total_s"]) < 1e-6 + 1e-3 * r["total_s"]
+        assert r["tflop"] > 0 and r["floor_s"] > 0 and r["x_floor"] > 0
+        if r["steps"] == 50:
+            assert r["derived"]  # never run end to end: measured 1-step row + 49 UNet steps
+        if r["steps"] == 1:
+            assert not r["derived"]
+    # FLOPs add up: the latent AES mode decodes once, the image mode once per member
+    one = next(r for r in rows if r["task"] == "sir" and r["dtype"] == "bf16" and r["steps"] == 1 and r["ensemble"] == 1
+               and r["decode_scale"] == 1 and r["variant"] == "default")
+    four = next(r for r in rows if r["task"] == "sir" and r["ensemble"] == 4 and r["mode"] == "image")
+    assert four["tflop"] > 2 * one["tflop"]
+    assert [q[2] for q in doc["decode_scale_quality"]][:3] == [1, 2, 4]
+    assert "Targets (SIR" in proc.stdout
