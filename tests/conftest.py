@@ -9,7 +9,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Test tensors are tiny: one thread is as fast, and it cannot oversubscribe a busy machine
+# (OpenMP spin-waiting made two-thread runs up to 40x slower when other jobs shared the cores).
+torch.set_num_threads(1)
 
 
 @pytest.fixture

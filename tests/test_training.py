@@ -194,13 +194,16 @@ def test_two_stage_tiny_training_beats_identity_on_its_training_samples(tmp_path
               "train.ema_decay": 0.95, "checkpoint.every": 10_000, "loss.weights": {"vgg": 0.0}}
     vae_cfg = _config(tmp_path / "vae", data, **common, **{
         "train.stage": "vae", "train.max_steps": 150, "checkpoint.output_dir": str(tmp_path / "vae/run")})
-    vae_dir = Trainer(load_config(vae_cfg)).train(show_progress=False).pipeline_dir
+    vae_result = Trainer(load_config(vae_cfg)).train(show_progress=False)
+    vae_dir = vae_result.pipeline_dir
+    assert _mean(vae_result.history[-20:], "flow") < _mean(vae_result.history[:20], "flow")
     unet_cfg = _config(tmp_path / "unet", data, **common, **{
         "train.max_steps": 200, "model.vae": str(vae_dir), "loss.timesteps": [999, 999],
         "checkpoint.output_dir": str(tmp_path / "unet/run")})
     trainer = Trainer(load_config(unet_cfg))
     result = trainer.train(show_progress=False)
-    assert result.history[-1]["warp"] < result.history[0]["warp"]
+    for term in ("v", "warp"):
+        assert _mean(result.history[-20:], term) < _mean(result.history[:20], term), term
 
     pipe = StableMotionPipeline.from_pretrained(result.pipeline_dir)
     ds = trainer.train_ds
@@ -212,3 +215,20 @@ def test_two_stage_tiny_training_beats_identity_on_its_training_samples(tmp_path
     model_psnr = psnr_torch(pred, gts).mean().item()
     identity_psnr = psnr_torch(images * 2 - 1, gts).mean().item()
     assert model_psnr > identity_psnr + 1.0, (model_psnr, identity_psnr)
+
+
+def _mean(rows: list[dict[str, float]], key: str) -> float:
+    return float(np.mean([r[key] for r in rows]))
+
+
+def test_mixed_precision_accumulation_checkpointing_and_tensorboard(tmp_path, sir_data):
+    cfg = load_config(_config(tmp_path, sir_data, **{
+        "train.mixed_precision": "bf16", "train.grad_accum": 2, "train.gradient_checkpointing": True,
+        "train.max_steps": 2, "logging.tensorboard": True, "validation.every": 2, "optim.lr_schedule": "cosine",
+        "optim.warmup_steps": 1}))
+    trainer = Trainer(cfg)
+    result = trainer.train(show_progress=False)
+    assert result.step == 2 and len(result.history) == 2
+    assert all(np.isfinite(v) for v in result.last_losses.values())
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))
+    assert (tmp_path / "run" / "validation" / "step-0000002.png").is_file()

@@ -230,6 +230,7 @@ class Trainer:
                 log_with = "tensorboard"
             except ImportError:
                 print("warning: tensorboard is not installed; scalars are only printed")
+        _reset_accelerator_if_changed(config.train.mixed_precision)
         self.acc = Accelerator(
             mixed_precision=config.train.mixed_precision,
             gradient_accumulation_steps=config.train.grad_accum,
@@ -634,6 +635,16 @@ class Trainer:
             self.acc.print(f"exported the trained {'pipeline' if self.stage == 'unet' else 'flow VAE'} to {pipeline_dir}")
         self.acc.end_training()
         return TrainResult(self.step, pipeline_dir, last, history)
+
+
+def _reset_accelerator_if_changed(mixed_precision: str) -> None:
+    """accelerate keeps one global state per process; a second Trainer in the same process
+    (tests, benchmarks, notebooks) with another precision would otherwise be refused."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", mixed_precision)) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _floats(losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
