@@ -29,26 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_description, markdown_table, write_section  # noqa: E402
-
-
-def sd2_unet(in_channels: int):
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(  # stabilityai/stable-diffusion-2 unet/config.json
-        sample_size=96, in_channels=in_channels, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        layers_per_block=2, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-    )
-
-
-def sd2_vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(  # stabilityai/stable-diffusion-2 vae/config.json
-        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=768,
-    )
+from _sd2 import sd2_unet, sd2_vae  # noqa: E402
 
 
 def count_sd2_step(height: int = 384, width: int = 512) -> list[list[object]]:

@@ -172,7 +172,7 @@ def test_score_folders_with_identity_baseline(tmp_path: Path, photo: np.ndarray)
     assert summ.rows[0]["identity_psnr"] == pytest.approx(_skimage_scores(inp, gt_loaded)[0], abs=1e-6)
     assert summ.rows[0]["psnr"] > summ.rows[0]["identity_psnr"]
     save_image(res, tmp_path / "res" / "b.png")
-    with pytest.raises(ValueError, match="no ground truth .* for b"):
+    with pytest.raises(ValueError, match="no ground truth .* for result b"):
         score_folders(tmp_path / "res", tmp_path / "gt")
 
 

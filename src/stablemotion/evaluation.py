@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ._io import PathLike, atomic_path, list_images, load_image, save_image, tensor_to_image
-from .metrics import psnr, ssim
+from .metrics import match_folders, psnr, ssim
 
 if TYPE_CHECKING:
     from .pipeline import StableMotionPipeline
@@ -502,18 +502,7 @@ def score_folders(results: PathLike, gt: PathLike, inputs: PathLike | None = Non
 
     With ``inputs`` the identity baseline (input vs gt) is scored on the same images.
     """
-    res, gts = list_images(results), list_images(gt)
-    missing, extra = sorted(set(gts) - set(res)), sorted(set(res) - set(gts))
-    if strict and (missing or extra):
-        parts = []
-        if missing:
-            parts.append(f"no result in {results} for {', '.join(missing[:5])}")
-        if extra:
-            parts.append(f"no ground truth in {gt} for {', '.join(extra[:5])}")
-        raise ValueError("; ".join(parts) + " (files are matched by name without extension)")
-    common = sorted(set(res) & set(gts))
-    if not common:
-        raise ValueError(f"no images with matching names in {results} and {gt}")
+    res, gts, common = match_folders(results, gt, strict=strict)
     ins = list_images(inputs) if inputs is not None else {}
     if inputs is not None:
         lacking = [n for n in common if n not in ins]

@@ -31,6 +31,7 @@ __all__ = [
     "EvaluationResult",
     "evaluate_folder",
     "evaluate_pairs",
+    "match_folders",
 ]
 
 _SSIM_WIN = 7
@@ -171,23 +172,14 @@ def evaluate_pairs(
     return result
 
 
-def evaluate_folder(
-    results_dir: PathLike,
-    gt_dir: PathLike,
-    strict: bool = True,
-    progress: Callable[[Iterable], Iterable] | None = None,
-) -> EvaluationResult:
-    """Evaluate every result image against the ground truth with the same file stem.
+def match_folders(
+    results_dir: PathLike, gt_dir: PathLike, strict: bool = True
+) -> tuple[dict[str, Path], dict[str, Path], list[str]]:
+    """Pair result images with ground truths by file stem.
 
-    Args:
-        results_dir: folder of rectified images (any common image extension).
-        gt_dir: folder of ground-truth images.
-        strict: raise ``ValueError`` when a ground truth has no result or a result has no
-            ground truth; with ``strict=False`` only the common stems are scored (at least one).
-        progress: optional wrapper such as ``tqdm`` for a progress bar.
-
-    Returns:
-        :class:`EvaluationResult` with rows sorted by name.
+    Returns ``(results, gts, common)``: stem -> path maps of both folders and the sorted
+    common stems. With ``strict`` a ground truth without result, or a result without
+    ground truth, raises ``ValueError`` naming them; there must be at least one pair.
     """
     results, gts = list_images(results_dir), list_images(gt_dir)
     missing = sorted(set(gts) - set(results))
@@ -206,4 +198,26 @@ def evaluate_folder(
     common = sorted(set(results) & set(gts))
     if not common:
         raise ValueError(f"no images with matching names in {results_dir} and {gt_dir}")
+    return results, gts, common
+
+
+def evaluate_folder(
+    results_dir: PathLike,
+    gt_dir: PathLike,
+    strict: bool = True,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> EvaluationResult:
+    """Evaluate every result image against the ground truth with the same file stem.
+
+    Args:
+        results_dir: folder of rectified images (any common image extension).
+        gt_dir: folder of ground-truth images.
+        strict: raise ``ValueError`` when a ground truth has no result or a result has no
+            ground truth; with ``strict=False`` only the common stems are scored (at least one).
+        progress: optional wrapper such as ``tqdm`` for a progress bar.
+
+    Returns:
+        :class:`EvaluationResult` with rows sorted by name.
+    """
+    results, gts, common = match_folders(results_dir, gt_dir, strict=strict)
     return evaluate_pairs(((n, results[n], gts[n]) for n in common), progress=progress)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import Dataset
 
 from .._io import image_to_tensor
 
@@ -92,3 +93,23 @@ def _flow_hw(shape: tuple[int, ...]) -> tuple[int, int] | None:
     return None
 
 
+
+
+class SampleDataset(Dataset):
+    """Base of the datasets: ``load(index)`` reads a sample dict, ``transform`` (if any) is
+    applied by ``__getitem__``, which also rejects out-of-range indices by name."""
+
+    transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, index: int) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
+        sample = self.load(index)
+        return self.transform(sample) if self.transform is not None else sample

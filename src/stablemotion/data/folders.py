@@ -6,13 +6,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
-
 from .._io import PathLike, image_to_tensor, list_images, load_image
 from ..flow import read_flow
 from ..tasks import MASK_CONDITIONS, TaskSpec, get_task
 from ._common import (
     Sample,
+    SampleDataset,
     Transform,
     _flow_hw,
     _flow_tensor,
@@ -23,7 +22,7 @@ from ._common import (
 )
 
 
-class PairedFolderDataset(Dataset):
+class PairedFolderDataset(SampleDataset):
     """Samples assembled from parallel folders whose files are matched by stem.
 
     Args:
@@ -123,9 +122,6 @@ class PairedFolderDataset(Dataset):
     def has_flow(self) -> bool:
         return self.flow_dir is not None
 
-    def __len__(self) -> int:
-        return len(self.names)
-
     def load(self, index: int) -> Sample:
         """The untransformed sample ``index``."""
         stem = self.names[index]
@@ -143,12 +139,6 @@ class PairedFolderDataset(Dataset):
                 raise ValueError(f"{stem}: {key} {path} is {hw[1]}x{hw[0]} but the sample is {size[1]}x{size[0]} (W x H)")
             size = hw
         return sample
-
-    def __getitem__(self, index: int) -> Sample:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
-        sample = self.load(index)
-        return self.transform(sample) if self.transform is not None else sample
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}={v}" for k, v in self.folders.items())

@@ -6,10 +6,18 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from .._io import PathLike, image_to_tensor, list_images, load_image
-from ._common import Sample, Transform, _flow_hw, _flow_tensor, _image_size, _listing, array_to_image_tensor
+from ._common import (
+    Sample,
+    SampleDataset,
+    Transform,
+    _flow_hw,
+    _flow_tensor,
+    _image_size,
+    _listing,
+    array_to_image_tensor,
+)
 from .folders import _split_dir
 
 RS_KEYS = ("condition", "out_flow", "gs")
@@ -47,7 +55,7 @@ def _rs_hw(key: str, shape: tuple[int, ...]) -> tuple[int, int] | None:
     return None
 
 
-class RSRealDataset(Dataset):
+class RSRealDataset(SampleDataset):
     """RS-Real rolling-shutter data: ``.npz`` files with ``condition``, ``out_flow``, ``gs``.
 
     Samples: ``image`` (3, h, w) = ``condition`` (the RS image), ``gt`` (3, h, w) = ``gs``,
@@ -127,9 +135,6 @@ class RSRealDataset(Dataset):
                     problems.append(f"{stem}: full-resolution images differ in size: {full}")
         return problems
 
-    def __len__(self) -> int:
-        return len(self.names)
-
     def load(self, index: int) -> Sample:
         stem = self.names[index]
         path = self.files[stem]
@@ -159,12 +164,6 @@ class RSRealDataset(Dataset):
             for key, p in self.full_files[stem].items():
                 sample[key] = image_to_tensor(load_image(p))
         return sample
-
-    def __getitem__(self, index: int) -> Sample:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
-        sample = self.load(index)
-        return self.transform(sample) if self.transform is not None else sample
 
     def __repr__(self) -> str:
         return f"RSRealDataset({len(self)} samples in {self.npz_dir}, full_res={self.full_res})"
