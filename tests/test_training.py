@@ -232,3 +232,13 @@ def test_mixed_precision_accumulation_checkpointing_and_tensorboard(tmp_path, si
     assert all(np.isfinite(v) for v in result.last_losses.values())
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))
     assert (tmp_path / "run" / "validation" / "step-0000002.png").is_file()
+
+
+@pytest.mark.parametrize("name", ["sir.yaml", "rsc.yaml", "tiny_sir_cpu_vae.yaml", "tiny_sir_cpu.yaml"])
+def test_shipped_configs_are_valid(name):
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name, check_paths=False)
+    if name in ("sir.yaml", "rsc.yaml"):  # the released recipes (METHOD.md, "Training")
+        assert cfg.model.base == "stabilityai/stable-diffusion-2" and cfg.optim.lr == 1e-5
+        assert cfg.optim.weight_decay == 1e-2 and cfg.optim.grad_clip == 1.0 and cfg.train.ema
+        assert cfg.loss.pyramid_noise and cfg.loss.timesteps == [0, 999]
+        assert cfg.resolution == cfg.task_spec.resolution
