@@ -242,3 +242,15 @@ def test_shipped_configs_are_valid(name):
         assert cfg.optim.weight_decay == 1e-2 and cfg.optim.grad_clip == 1.0 and cfg.train.ema
         assert cfg.loss.pyramid_noise and cfg.loss.timesteps == [0, 999]
         assert cfg.resolution == cfg.task_spec.resolution
+
+
+def test_vae_stage_can_train_the_encoder_with_image_reconstruction(tmp_path, sir_data):
+    cfg = load_config(_config(tmp_path, sir_data, **{"train.stage": "vae", "train.vae_train_encoder": True,
+                                                     "train.max_steps": 2, "train.ema": False}))
+    trainer = Trainer(cfg)
+    enc0 = {k: v.clone() for k, v in trainer.vae.encoder.state_dict().items()}
+    result = trainer.train(show_progress=False)
+    assert set(result.last_losses) == {"flow", "image", "warp", "total"}
+    assert any(not torch.equal(enc0[k], v) for k, v in trainer.vae.encoder.state_dict().items())
+    with pytest.raises(ConfigError, match="vae_train_encoder applies to train.stage 'vae' only"):
+        load_config(_config(tmp_path, sir_data), overrides=["train.vae_train_encoder=true"])

@@ -108,9 +108,12 @@ class OptimConfig:
 class TrainLoopConfig:
     """``stage``: ``"unet"`` (the motion model) or ``"vae"`` (fine-tune the VAE decoder as a
     flow codec, encoder frozen so image latents stay valid; exported as a ``vae/`` folder
-    that ``model.vae`` of a UNet run, or a pipeline, loads)."""
+    that ``model.vae`` of a UNet run, or a pipeline, loads). ``vae_train_encoder`` also
+    trains the encoder, with an image-reconstruction loss on the inputs and targets: for
+    small VAEs trained from scratch, never for the pretrained SD2 VAE."""
 
     stage: str = "unet"
+    vae_train_encoder: bool = False
     batch_size: int = 16  # per process
     grad_accum: int = 1
     max_steps: int = 70000
@@ -204,6 +207,8 @@ class TrainConfig:
             raise ConfigError(f"{src}: resolution must be multiples of 8, got {h}x{w}")
         if self.train.stage not in ("unet", "vae"):
             raise ConfigError(f"{src}: train.stage must be 'unet' or 'vae', got {self.train.stage!r}")
+        if self.train.vae_train_encoder and self.train.stage != "vae":
+            raise ConfigError(f"{src}: train.vae_train_encoder applies to train.stage 'vae' only")
         if self.train.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"{src}: train.mixed_precision must be 'no', 'bf16' or 'fp16'")
         for key, val in (("train.batch_size", self.train.batch_size), ("train.grad_accum", self.train.grad_accum),

@@ -132,17 +132,19 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class _FlowCodec(torch.nn.Module):
-    """VAE round trip of a gamma-encoded flow image (B, 3, H, W): decode(encoder mean).
+    """VAE round trip (B, 3, H, W) -> (B, 3, H, W): decode(encoder mean).
 
-    A module of its own so that ``accelerate.prepare`` (DDP) sees a ``forward``."""
+    A module of its own so that ``accelerate.prepare`` (DDP) sees a ``forward``; gradients
+    reach the encoder only when it is trained too."""
 
-    def __init__(self, vae: torch.nn.Module) -> None:
+    def __init__(self, vae: torch.nn.Module, train_encoder: bool = False) -> None:
         super().__init__()
         self.vae = vae
+        self.train_encoder = train_encoder
 
-    def forward(self, flow_image: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            z = self.vae.encode(flow_image.to(self.vae.dtype)).latent_dist.mean
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
+            z = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean
         return self.vae.decode(z).sample
 
 
@@ -254,13 +256,16 @@ class Trainer:
             if config.train.gradient_checkpointing:
                 self.unet.enable_gradient_checkpointing()
             self.model: torch.nn.Module = self.unet
-        else:  # the VAE decoder as a flow codec; the encoder stays frozen
+        else:  # the VAE as a flow codec: the decoder, and the encoder only when asked
             self.unet.requires_grad_(False).eval()
             self.vae.decoder.requires_grad_(True).train()
             self.vae.post_quant_conv.requires_grad_(True)
+            if config.train.vae_train_encoder:
+                self.vae.encoder.requires_grad_(True).train()
+                self.vae.quant_conv.requires_grad_(True)
             if config.train.gradient_checkpointing:
                 self.vae.enable_gradient_checkpointing()
-            self.model = _FlowCodec(self.vae)
+            self.model = _FlowCodec(self.vae, train_encoder=config.train.vae_train_encoder)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.perceptual = PerceptualLoss(config.loss.vgg_weights) if (self.weights.vgg and self.stage == "unet") else None
 
@@ -395,17 +400,24 @@ class Trainer:
         return losses
 
     def _codec_losses(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Flow-codec stage: MSE of the decoded flow (in gamma units) + the task's warp loss."""
+        """VAE stage: MSE of the decoded flow (in gamma units) + the task's warp loss; with a
+        trained encoder also the reconstruction MSE of the images (input and gt), so image
+        latents stay meaningful. One forward over flows and images together (DDP-safe)."""
         gamma = self.task.flow_gamma
         target = encode_flow(batch["flow"], gamma)
+        b = target.shape[0]
+        images = [batch["image"], batch["gt"]] if self.cfg.train.vae_train_encoder else []
         with self.acc.autocast():
-            rec = self.model(target)
+            out = self.model(torch.cat([target, *images]) if images else target)
+        rec = out[:b]
         losses = {"flow": F.mse_loss(rec[:, :2].float(), target[:, :2].float())}
+        if images:
+            losses["image"] = F.mse_loss(out[b:].float(), torch.cat(images).float())
         if self.weights.warp:
             flow = rec[:, :2].float() * gamma
             valid = gt_valid_region(batch["flow"]) if self.task.valid_region_loss else None
             losses["warp"] = warp_loss(batch["image"], flow, batch["gt"], padding=self.task.padding, valid=valid)
-        losses["total"] = losses["flow"] + self.weights.warp * losses.get("warp", 0.0)
+        losses["total"] = losses["flow"] + losses.get("image", 0.0) + self.weights.warp * losses.get("warp", 0.0)
         return losses
 
     # ------------------------------------------------------------------ checkpoints
@@ -473,7 +485,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.restore(params)
             module.train()
-            if self.stage == "vae":
+            if self.stage == "vae" and not self.cfg.train.vae_train_encoder:
                 self.vae.encoder.eval()
 
     @torch.no_grad()
