@@ -74,22 +74,24 @@ def round_trip(vae, samples, padding: str, device: str) -> list[float]:
     return [float(np.mean(epe)), float(np.mean(psnr)), float(np.mean(exact)), float(np.mean(ident))]
 
 
-def finetune_tiny(size: tuple[int, int], steps: int, workdir: Path) -> Path:
-    """Train the tiny VAE's decoder on synthetic SIR + RSC flows; returns the vae folder."""
+def finetune_tiny(size: tuple[int, int], steps: int, workdir: Path, train_encoder: bool = False) -> Path:
+    """Train the tiny VAE's decoder (and encoder) on synthetic SIR flows; returns the vae folder."""
     from stablemotion.config import load_config
     from stablemotion.synth import write_rectangling_dataset
     from stablemotion.training import Trainer
 
     data = workdir / "data"
-    write_rectangling_dataset(data, 64, size=size, split="training", seed=1, ext="png")
+    if not data.exists():
+        write_rectangling_dataset(data, 64, size=size, split="training", seed=1, ext="png")
     cfg = {
         "task": "sir",
         "data": {"format": "dird", "train": str(data / "training"), "resolution": list(size), "num_workers": 0},
         "model": {"base": "tiny"},
         "loss": {"vgg_weights": None},
         "optim": {"lr": 1e-3},
-        "train": {"stage": "vae", "batch_size": 8, "max_steps": steps, "device": "cpu", "ema_decay": 0.99},
-        "checkpoint": {"output_dir": str(workdir / "run"), "every": 10**9},
+        "train": {"stage": "vae", "batch_size": 8, "max_steps": steps, "device": "cpu", "ema_decay": 0.99,
+                  "vae_train_encoder": train_encoder},
+        "checkpoint": {"output_dir": str(workdir / f"run-{int(train_encoder)}"), "every": 10**9},
         "logging": {"every": 10**9, "tensorboard": False},
         "validation": {"every": 0},
     }
@@ -126,22 +128,23 @@ def main() -> None:
         label = f"{args.vae}" + (f"/{args.subfolder}" if args.subfolder else "")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
+        variants: list[tuple[str, object]] = [("stock", stock)]
         if args.finetuned:
-            tuned_dir = Path(args.finetuned)
-            train_note = f"fine-tuned: {tuned_dir}"
+            variants.append(("fine-tuned", AutoencoderKL.from_pretrained(args.finetuned)))
+            train_note = f"fine-tuned: {args.finetuned}"
         elif args.vae is None:
-            tuned_dir = finetune_tiny(size, args.train_steps, Path(tmp))
-            train_note = (f"fine-tuned here: decoder only, {args.train_steps} steps x batch 8 on 64 synthetic SIR samples "
-                          f"({time.perf_counter() - t0:.0f} s)")
+            dec = finetune_tiny(size, args.train_steps, Path(tmp))
+            both = finetune_tiny(size, args.train_steps, Path(tmp), train_encoder=True)
+            variants += [("fine-tuned decoder", AutoencoderKL.from_pretrained(dec)),
+                         ("fine-tuned encoder + decoder", AutoencoderKL.from_pretrained(both))]
+            train_note = (f"fine-tuned here: {args.train_steps} steps x batch 8 on 64 synthetic SIR samples, decoder "
+                          f"only and (train.vae_train_encoder) encoder + decoder ({time.perf_counter() - t0:.0f} s)")
         else:
-            tuned_dir, train_note = None, "no fine-tuned VAE given"
-        tuned = AutoencoderKL.from_pretrained(tuned_dir) if tuned_dir else None
+            train_note = "no fine-tuned VAE given"
         rows = []
         for task, padding in (("sir", "border"), ("rsc", "zeros")):
             samples = synthetic_set(task, args.num, size, seed=12345)
-            for name, vae in (("stock", stock), ("fine-tuned", tuned)):
-                if vae is None:
-                    continue
+            for name, vae in variants:
                 vae = vae.to(args.device).eval()
                 epe, p, exact, ident = round_trip(vae, samples, padding, args.device)
                 rows.append([task.upper(), name, epe, p, exact, ident])
