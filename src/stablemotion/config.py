@@ -67,8 +67,9 @@ class DataConfig:
 class ModelConfig:
     """Base model: a hub id / local SD2 folder, or ``"tiny"`` for random tiny components.
 
-    ``tiny`` options (``block_out_channels``, ``vae_channels``...) are passed to
-    :func:`stablemotion.model.tiny_components` when ``base == "tiny"``.
+    With ``base == "tiny"``, ``tiny`` holds extra keyword arguments of
+    :func:`stablemotion.model.tiny_pipeline` (pipeline defaults such as
+    ``default_denoising_steps``); ``seed`` seeds the tiny weights.
     """
 
     base: str = "stabilityai/stable-diffusion-2"
