@@ -10,20 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 from stablemotion._io import load_image, save_image
 from stablemotion.cli import main
 from stablemotion.synth import write_rectangling_dataset
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

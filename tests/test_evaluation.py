@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from stablemotion._io import load_image, save_image
@@ -24,15 +23,6 @@ from stablemotion.evaluation import (
 )
 from stablemotion.model import tiny_pipeline
 from stablemotion.synth import write_rectangling_dataset, write_rolling_shutter_dataset
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread (two OpenMP threads spin badly when other processes share the CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from stablemotion.model import tiny_pipeline
 
 @pytest.fixture(scope="module")
 def pipe():
-    torch.set_num_threads(1)
     p = tiny_pipeline("sir", seed=0)
     p.set_progress_bar_config(disable=True)
     return p

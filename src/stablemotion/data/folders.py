@@ -154,6 +154,17 @@ def _split_dir(root: Path, split: str | None, marker: str) -> Path:
     raise FileNotFoundError(f"split folder not found: {root / split} (and {root} has no {marker}/ folder)")
 
 
+def _resolve_flow_dir(root: Path, flow_dir: PathLike | bool | None) -> Path | None:
+    """``None``: ``ROOT/flow`` if it exists; ``False``: no flows; ``True``: ``ROOT/flow``; else the path."""
+    if flow_dir is None:
+        return root / "flow" if (root / "flow").is_dir() else None
+    if flow_dir is False:
+        return None
+    if flow_dir is True:
+        return root / "flow"
+    return Path(flow_dir)
+
+
 class DIRDDataset(PairedFolderDataset):
     """The DIR-D rectangling dataset: ``ROOT/SPLIT/{input,mask,gt}/NNNNN.jpg``.
 
@@ -179,14 +190,7 @@ class DIRDDataset(PairedFolderDataset):
         split_dir = _split_dir(Path(root), split, "input")
         self.root = split_dir
         folders = {"image": split_dir / "input", "mask": split_dir / "mask", "gt": split_dir / "gt"}
-        if flow_dir is None:
-            flows = split_dir / "flow" if (split_dir / "flow").is_dir() else None
-        elif flow_dir is False:
-            flows = None
-        elif flow_dir is True:
-            flows = split_dir / "flow"
-        else:
-            flows = Path(flow_dir)
+        flows = _resolve_flow_dir(split_dir, flow_dir)
         super().__init__(folders, flows, mask_keys=("mask",), transform=transform, check_sizes=check_sizes)
 
 
@@ -232,14 +236,7 @@ class TaskFolderDataset(PairedFolderDataset):
                 chosen[cond] = root_p / cond
         if target is not None:
             chosen["gt"] = overrides.get("gt", root_p / target)
-        if flow_dir is None:
-            flows = root_p / "flow" if (root_p / "flow").is_dir() else None
-        elif flow_dir is False:
-            flows = None
-        elif flow_dir is True:
-            flows = root_p / "flow"
-        else:
-            flows = Path(flow_dir)
+        flows = _resolve_flow_dir(root_p, flow_dir)
         masks = tuple(c for c in self.task.conditions if c in MASK_CONDITIONS)
         super().__init__(chosen, flows, mask_keys=masks, transform=transform, check_sizes=check_sizes)
 
