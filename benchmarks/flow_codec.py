@@ -27,35 +27,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_description, markdown_table, write_section  # noqa: E402
 from stablemotion.flow import decode_flow, encode_flow, end_point_error, warp  # noqa: E402
 from stablemotion.metrics import psnr_torch  # noqa: E402
-from stablemotion.synth import (  # noqa: E402
-    bundled_photo_paths,
-    make_rectangling_sample,
-    make_rolling_shutter_sample,
-    random_photo_crop,
-    rolling_shutter_margin,
-    sample_rng,
-)
+from stablemotion.synth import make_sample  # noqa: E402
 
 
 def synthetic_set(task: str, num: int, size: tuple[int, int], seed: int) -> list[dict[str, torch.Tensor]]:
     """Held-out samples as tensors: image, gt in [-1, 1] (1, 3, H, W), flow (1, 2, H, W) px."""
-    from stablemotion._io import image_to_tensor, load_image
+    from stablemotion._io import image_to_tensor
 
-    photos = [load_image(p) for p in bundled_photo_paths()]
     out = []
     for i in range(num):
-        rng = sample_rng(seed, i, "rectangling" if task == "sir" else "rolling_shutter")
-        photo = photos[i % len(photos)]
-        if task == "sir":
-            s = make_rectangling_sample(random_photo_crop(photo, size, rng), rng)
-            image, gt, flow = s.input, s.gt, s.flow
-        else:
-            mh, mw = rolling_shutter_margin(size)
-            scene = random_photo_crop(photo, (size[0] + 2 * mh, size[1] + 2 * mw), rng)
-            s = make_rolling_shutter_sample(scene, rng, size=size)
-            image, gt, flow = s.rs, s.gs, s.flow
+        s = make_sample("rectangling" if task == "sir" else "rolling_shutter", seed, i, size)
+        image, gt = (s.input, s.gt) if task == "sir" else (s.rs, s.gs)
         out.append({"image": image_to_tensor(image)[None], "gt": image_to_tensor(gt)[None],
-                    "flow": torch.from_numpy(flow).permute(2, 0, 1)[None].float()})
+                    "flow": torch.from_numpy(s.flow).permute(2, 0, 1)[None].float()})
     return out
 
 

@@ -32,17 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, write_section  # noqa: E402
-from stablemotion._io import load_image  # noqa: E402
 from stablemotion.labelling import LabelConfig, estimate_flow, warp_numpy  # noqa: E402
-from stablemotion.synth import (  # noqa: E402
-    bundled_photo_paths,
-    make_rectangling_sample,
-    make_rolling_shutter_sample,
-    pool_context,
-    random_photo_crop,
-    rolling_shutter_margin,
-    sample_rng,
-)
+from stablemotion.synth import make_sample, pool_context  # noqa: E402
 
 SEED = 2024
 # Filled before the worker pool forks, so the workers see the samples without pickling.
@@ -50,17 +41,10 @@ _SAMPLES: list[dict[str, np.ndarray | None]] = []
 
 
 def _make(task: str, index: int, size: tuple[int, int]) -> dict[str, np.ndarray | None]:
-    rng = sample_rng(SEED, index, task)
-    photos = bundled_photo_paths()
-    photo = load_image(photos[int(rng.integers(len(photos)))])
+    s = make_sample(task, SEED, index, size)
     if task == "rectangling":
-        crop = random_photo_crop(photo, size, rng, prefilter_sigma=0.7)
-        s = make_rectangling_sample(crop, rng)
         return {"input": s.input, "gt": s.gt, "mask": s.mask, "flow": s.flow, "valid": np.ones(size, bool)}
-    my, mx = rolling_shutter_margin(size)
-    scene = random_photo_crop(photo, (size[0] + 2 * my, size[1] + 2 * mx), rng, prefilter_sigma=0.7)
-    r = make_rolling_shutter_sample(scene, rng, size=size)
-    return {"input": r.rs, "gt": r.gs, "mask": None, "flow": r.flow, "valid": r.valid}
+    return {"input": s.rs, "gt": s.gs, "mask": None, "flow": s.flow, "valid": s.valid}
 
 
 def _make_job(args: tuple[str, int, tuple[int, int]]) -> dict[str, np.ndarray | None]:

@@ -58,6 +58,7 @@ __all__ = [
     "make_rolling_shutter_sample",
     "rolling_shutter_margin",
     "sample_rng",
+    "make_sample",
     "write_rectangling_dataset",
     "write_rolling_shutter_dataset",
 ]
@@ -443,6 +444,39 @@ def sample_rng(seed: int, index: int, task: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index), _TASK_IDS[task]])
 
 
+def make_sample(
+    task: str,
+    seed: int,
+    index: int,
+    size: tuple[int, int],
+    photos: Sequence[PathLike] | None = None,
+    prefilter_sigma: float = 0.7,
+    **options: float,
+) -> RectanglingSample | RollingShutterSample:
+    """Synthetic sample ``index`` of a dataset, in memory; what the dataset writers write.
+
+    Args:
+        task: ``"rectangling"`` or ``"rolling_shutter"``.
+        seed, index: the sample depends on these only (:func:`sample_rng`).
+        size: (H, W) of the sample in pixels.
+        photos: photo files to draw from (default: :func:`bundled_photo_paths`).
+        prefilter_sigma: Gaussian low-pass of the photo crop, pixels.
+        options: generator parameters (``rows``, ``cols``, ``max_inset`` for rectangling;
+            ``max_translation``, ``max_rotation`` for rolling shutter).
+    """
+    if task not in _TASK_IDS:
+        raise ValueError(f"task must be one of {sorted(_TASK_IDS)}, got {task!r}")
+    rng = sample_rng(seed, index, task)
+    paths = [str(p) for p in (photos if photos is not None else bundled_photo_paths())]
+    photo = _load_photo(paths[int(rng.integers(len(paths)))])
+    if task == "rectangling":
+        crop = random_photo_crop(photo, size, rng, prefilter_sigma=prefilter_sigma)
+        return make_rectangling_sample(crop, rng, **options)  # type: ignore[arg-type]
+    my, mx = rolling_shutter_margin(size, options.get("max_translation", 0.08), options.get("max_rotation", 3.0))
+    scene = random_photo_crop(photo, (size[0] + 2 * my, size[1] + 2 * mx), rng, prefilter_sigma=prefilter_sigma)
+    return make_rolling_shutter_sample(scene, rng, size=size, **options)
+
+
 @dataclass(frozen=True)
 class _Job:
     task: str
@@ -460,11 +494,6 @@ class _Job:
     full_res_jpg: bool
 
 
-def _photo_for(job: _Job, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
-    path = job.photos[int(rng.integers(len(job.photos)))]
-    return random_photo_crop(_load_photo(path), size, rng, prefilter_sigma=job.prefilter_sigma)
-
-
 def _save(image: np.ndarray, path: Path, quality: int) -> None:
     if path.suffix.lower() in (".jpg", ".jpeg"):
         with atomic_path(path) as tmp:
@@ -477,21 +506,16 @@ def _save(image: np.ndarray, path: Path, quality: int) -> None:
 
 def _run_job(job: _Job) -> str:
     cv2.setNumThreads(1)
-    rng = sample_rng(job.seed, job.index, job.task)
     name = f"{job.index:05d}"
     root = Path(job.out) / job.split
-    opts = dict(job.options)
-    if job.task == "rectangling":
-        photo = _photo_for(job, rng, job.size)
-        s = make_rectangling_sample(photo, rng, **opts)  # type: ignore[arg-type]
-        _save(s.input, root / "input" / f"{name}.{job.ext}", job.quality)
-        _save(np.repeat(s.mask[..., None], 3, axis=2), root / "mask" / f"{name}.{job.ext}", job.quality)
-        _save(s.gt, root / "gt" / f"{name}.{job.ext}", job.quality)
-        write_flow(root / "flow" / f"{name}.npy", s.flow)
+    sample = make_sample(job.task, job.seed, job.index, job.size, job.photos, job.prefilter_sigma, **dict(job.options))
+    if isinstance(sample, RectanglingSample):
+        _save(sample.input, root / "input" / f"{name}.{job.ext}", job.quality)
+        _save(np.repeat(sample.mask[..., None], 3, axis=2), root / "mask" / f"{name}.{job.ext}", job.quality)
+        _save(sample.gt, root / "gt" / f"{name}.{job.ext}", job.quality)
+        write_flow(root / "flow" / f"{name}.npy", sample.flow)
         return name
-    my, mx = rolling_shutter_margin(job.size, opts["max_translation"], opts["max_rotation"])
-    scene = _photo_for(job, rng, (job.size[0] + 2 * my, job.size[1] + 2 * mx))
-    r = make_rolling_shutter_sample(scene, rng, size=job.size, **opts)
+    r = sample
     rs, gs, flow = r.rs, r.gs, r.flow
     if job.npz_size is not None and tuple(job.npz_size) != rs.shape[:2]:
         nh, nw = job.npz_size
