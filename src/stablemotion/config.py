@@ -92,6 +92,9 @@ class LossConfig:
     # Training timesteps are drawn uniformly from [min, max] (the method: [0, 999]). [999, 999]
     # trains only the one-step path (t = 999 -> x0) that inference uses: faster for small budgets.
     timesteps: list[int] = field(default_factory=lambda: [0, 999])
+    # Fraction of samples trained at the largest timestep whatever ``timesteps`` says: keeps
+    # the one-step path strong while the rest of [min, max] keeps multi-step inference usable.
+    one_step_fraction: float = 0.0
 
 
 @dataclass
@@ -107,9 +110,11 @@ class OptimConfig:
 
 @dataclass
 class TrainLoopConfig:
-    """``stage``: ``"unet"`` (the motion model) or ``"vae"`` (fine-tune the VAE decoder as a
+    """``stage``: ``"unet"`` (the motion model), ``"vae"`` (fine-tune the VAE decoder as a
     flow codec, encoder frozen so image latents stay valid; exported as a ``vae/`` folder
-    that ``model.vae`` of a UNet run, or a pipeline, loads). ``vae_train_encoder`` also
+    that ``model.vae`` of a UNet run, or a pipeline, loads) or ``"regression"`` (the plain
+    baseline :class:`~stablemotion.model.FlowRegressor`, laid out by ``model.tiny``, trained
+    with the task's warp/mask losses; exported as a ``regressor/`` folder). ``vae_train_encoder`` also
     trains the encoder, with an image-reconstruction loss on the inputs and targets: for
     small VAEs trained from scratch, never for the pretrained SD2 VAE."""
 
@@ -206,8 +211,12 @@ class TrainConfig:
         h, w = self.resolution
         if h % 8 or w % 8 or min(h, w) < 8:
             raise ConfigError(f"{src}: resolution must be multiples of 8, got {h}x{w}")
-        if self.train.stage not in ("unet", "vae"):
-            raise ConfigError(f"{src}: train.stage must be 'unet' or 'vae', got {self.train.stage!r}")
+        if self.train.stage not in ("unet", "vae", "regression"):
+            raise ConfigError(f"{src}: train.stage must be 'unet', 'vae' or 'regression', got {self.train.stage!r}")
+        if self.train.stage == "regression" and self.model.base != "tiny":
+            raise ConfigError(f"{src}: train.stage 'regression' builds its network from model.tiny; set model.base: tiny")
+        if not 0.0 <= self.loss.one_step_fraction <= 1.0:
+            raise ConfigError(f"{src}: loss.one_step_fraction must be in [0, 1], got {self.loss.one_step_fraction}")
         if self.train.vae_train_encoder and self.train.stage != "vae":
             raise ConfigError(f"{src}: train.vae_train_encoder applies to train.stage 'vae' only")
         if self.train.mixed_precision not in ("no", "bf16", "fp16"):

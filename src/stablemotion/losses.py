@@ -12,6 +12,7 @@ All functions are pure torch and know nothing of the trainer.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,19 +43,26 @@ _VGG16_FILE = "vgg16-397923af.pth"  # torchvision's IMAGENET1K_V1 checkpoint nam
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms. ``0`` disables a term (and skips its compute)."""
+    """Weights of the loss terms. ``0`` disables a term (and skips its compute).
+
+    ``flow`` and ``image`` weigh the VAE (codec) stage's flow-reconstruction MSE (gamma
+    units: 1 px = 1/gamma) and image-reconstruction MSE.
+    """
 
     v: float = 1.0
     warp: float = 0.0
     mask: float = 0.0
     vgg: float = 0.0
+    flow: float = 1.0
+    image: float = 1.0
 
     @classmethod
     def from_mapping(cls, weights: Mapping[str, float], overrides: Mapping[str, float] | None = None) -> LossWeights:
         merged = {**dict(weights), **dict(overrides or {})}
-        unknown = set(merged) - {"v", "warp", "mask", "vgg"}
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(merged) - set(names)
         if unknown:
-            raise ValueError(f"unknown loss terms {sorted(unknown)}; use v, warp, mask, vgg")
+            raise ValueError(f"unknown loss terms {sorted(unknown)}; use {', '.join(names)}")
         return cls(**{k: float(v) for k, v in merged.items()})
 
 

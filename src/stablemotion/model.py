@@ -21,7 +21,7 @@ import json
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,9 +47,16 @@ __all__ = [
     "make_scheduler",
     "load_text_embedding",
     "build_pipeline",
+    "ARCH_KEYS",
     "tiny_components",
     "tiny_pipeline",
+    "FlowRegressor",
     "save_tiny_base",
+    "BUNDLED_MODELS",
+    "bundled_model_path",
+    "load_bundled_pipeline",
+    "load_pipeline",
+    "convert_pipeline",
     "infer_task",
     "import_released_checkpoint",
 ]
@@ -220,56 +227,96 @@ def build_pipeline(
 
 
 # --------------------------------------------------------------------------- tiny components
-def _tiny_unet(in_channels: int, cross_attention_dim: int) -> UNet2DConditionModel:
+#: Keyword arguments of :func:`tiny_components` that shape the architecture (the rest of
+#: :func:`tiny_pipeline`'s keywords are pipeline config).
+ARCH_KEYS = ("unet_channels", "unet_layers", "unet_attention", "vae_channels", "vae_layers", "vae_attention",
+             "cross_attention_dim")
+
+
+def _groups(channels: Sequence[int]) -> int:
+    g = 32
+    while any(c % g for c in channels):
+        g //= 2
+    return g
+
+
+def _tiny_unet(
+    in_channels: int, cross_attention_dim: int, channels: Sequence[int], layers: int, attention: Sequence[bool]
+) -> UNet2DConditionModel:
+    if len(attention) != len(channels):
+        raise ValueError(f"unet_attention needs one flag per level ({len(channels)}), got {list(attention)}")
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
     return UNet2DConditionModel(
         sample_size=16,
         in_channels=in_channels,
         out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=tuple(channels),
+        layers_per_block=layers,
         cross_attention_dim=cross_attention_dim,
-        attention_head_dim=(2, 4),
-        norm_num_groups=32,
+        attention_head_dim=tuple(max(1, c // 16) for c in channels),
+        norm_num_groups=_groups(channels),
     )
 
 
-def _tiny_vae() -> AutoencoderKL:
+def _tiny_vae(channels: Sequence[int], layers: int, attention: bool) -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 32),
-        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        block_out_channels=tuple(channels),
+        layers_per_block=layers,
         latent_channels=4,
-        norm_num_groups=32,
+        norm_num_groups=_groups(channels),
         sample_size=32,
         scaling_factor=0.18215,
+        mid_block_add_attention=attention,
     )
 
 
 def tiny_components(
-    task: str | TaskSpec | None = "sir", seed: int = 0, cross_attention_dim: int = 32
+    task: str | TaskSpec | None = "sir",
+    seed: int = 0,
+    cross_attention_dim: int = 32,
+    unet_channels: Sequence[int] = (32, 64),
+    unet_layers: int = 1,
+    unet_attention: Sequence[bool] | None = None,
+    vae_channels: Sequence[int] = (32, 32),
+    vae_layers: int = 1,
+    vae_attention: bool = True,
 ) -> dict[str, Any]:
-    """Random-weight miniature components (a few MB, fast on CPU; nothing is downloaded).
+    """Random-weight small components of the SD architecture family (nothing is downloaded).
+
+    The defaults are the few-MB test miniature; larger settings give the ``stablemotion-mini``
+    models (``configs/mini_*.yaml``).
 
     Args:
         task: the task whose channel count the UNet gets; ``None`` keeps a 4-channel
             "base" UNet (to test :func:`expand_conv_in`).
         seed: weights are drawn from this seed without touching the global RNG.
+        unet_channels / unet_layers: UNet block widths (one per level; the UNet
+            downsamples by ``2 ** (levels - 1)``) and ResNet layers per block.
+        unet_attention: per level, whether the block has (cross-)attention; default: the
+            first level only.
+        vae_channels / vae_layers: VAE block widths (downsampling ``2 ** (levels - 1)``)
+            and layers per block; always 4 latent channels. ``vae_attention=False`` drops
+            the self-attention of the VAE's middle block (quadratic in pixels; costly on CPU).
 
     Returns:
-        ``{"unet", "vae", "scheduler", "text_embedding"}``; the VAE downsamples by 2 and
-        the UNet by 2, so image sizes must be multiples of 4. The embedding is
+        ``{"unet", "vae", "scheduler", "text_embedding"}``; image sizes must be multiples
+        of the VAE x UNet downsampling (4 with the defaults). The embedding is
         (1, 2, ``cross_attention_dim``).
     """
     in_channels = 4 if task is None else get_task(task).unet_in_channels
+    if unet_attention is None:
+        unet_attention = [True] + [False] * (len(unet_channels) - 1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = _tiny_unet(in_channels, cross_attention_dim)
-        vae = _tiny_vae()
+        unet = _tiny_unet(in_channels, cross_attention_dim, unet_channels, unet_layers, unet_attention)
+        vae = _tiny_vae(vae_channels, vae_layers, vae_attention)
         embedding = EmptyTextEmbedding.from_tensor(torch.randn(1, 2, cross_attention_dim))
     scheduler = make_scheduler(
         {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "set_alpha_to_one": False,
@@ -281,13 +328,80 @@ def tiny_components(
 def tiny_pipeline(task: str | TaskSpec = "sir", seed: int = 0, **config: Any) -> StableMotionPipeline:
     """A :class:`~stablemotion.pipeline.StableMotionPipeline` on :func:`tiny_components`.
 
-    Its default processing resolution is 32x32 unless ``config`` says otherwise.
+    ``config`` holds architecture keywords (:data:`ARCH_KEYS`, passed to
+    :func:`tiny_components`) and pipeline config; the default processing resolution is
+    32x32 unless ``config`` says otherwise.
     """
     from .pipeline import StableMotionPipeline
 
     spec = get_task(task)
+    arch = {k: config.pop(k) for k in ARCH_KEYS if k in config}
     config.setdefault("default_processing_resolution", [32, 32])
-    return StableMotionPipeline(**tiny_components(spec, seed), task=spec.to_dict(), **config)
+    return StableMotionPipeline(**tiny_components(spec, seed, **arch), task=spec.to_dict(), **config)
+
+
+class FlowRegressor(ModelMixin, ConfigMixin):
+    """The plain regression baseline: one forward pass, conditions -> flow, in pixel space.
+
+    A diffusers ``UNet2DModel`` (no latent space, no noise, no VAE) with the same block
+    layout as a mini motion UNet, so parameter counts are comparable. It is the ablation
+    that says whether the diffusion framing pays off at a given scale.
+
+    Args:
+        in_channels: channels of the stacked conditions (image: 3, mask: 1).
+        flow_gamma: output scale; the network predicts ``flow / flow_gamma``.
+        block_out_channels / layers_per_block / attention: the UNet layout (``attention``:
+            per level, whether the block has self-attention).
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 4,
+        flow_gamma: float = 50.0,
+        block_out_channels: Sequence[int] = (32, 64),
+        layers_per_block: int = 1,
+        attention: Sequence[bool] | None = None,
+    ) -> None:
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        if attention is None:
+            attention = [False] * len(block_out_channels)
+        self.net = UNet2DModel(
+            in_channels=in_channels,
+            out_channels=2,
+            down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+            up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            attention_head_dim=16,
+            norm_num_groups=_groups(block_out_channels),
+        )
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sizes must be multiples of this."""
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+    def forward(self, conditions: torch.Tensor) -> torch.Tensor:
+        """conditions: (B, C, H, W) in [-1, 1] (task order) -> flow (B, 2, H, W), pixels."""
+        t = torch.zeros(conditions.shape[0], device=conditions.device)
+        return self.net(conditions, t, return_dict=False)[0].float() * self.config.flow_gamma
+
+    @classmethod
+    def for_task(cls, task: str | TaskSpec, seed: int = 0, **arch: Any) -> FlowRegressor:
+        """A random regressor for ``task``, laid out like :func:`tiny_components`' UNet
+        (``unet_channels``, ``unet_layers``, ``unet_attention``; other keys ignored)."""
+        from .tasks import MASK_CONDITIONS
+
+        spec = get_task(task)
+        channels = sum(1 if c in MASK_CONDITIONS else 3 for c in spec.conditions)
+        unet_channels = arch.get("unet_channels", (32, 64))
+        attention = arch.get("unet_attention") or [True] + [False] * (len(unet_channels) - 1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(channels, spec.flow_gamma, list(unet_channels), int(arch.get("unet_layers", 1)), list(attention))
 
 
 def save_tiny_base(folder: PathLike, seed: int = 0) -> Path:
@@ -329,6 +443,73 @@ def save_tiny_base(folder: PathLike, seed: int = 0) -> Path:
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
+
+
+# --------------------------------------------------------------------------- bundled mini models
+#: The ``stablemotion-mini`` pipelines shipped inside the package (fp16 safetensors), by task.
+#: Trained on synthetic data by the recipe in ``configs/mini_*.yaml`` (see the README).
+BUNDLED_MODELS = {"sir": "stablemotion-mini-sir", "rsc": "stablemotion-mini-rsc"}
+_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def bundled_model_path(task: str | TaskSpec = "sir") -> Path:
+    """Folder of the bundled ``stablemotion-mini`` pipeline for ``task`` (no download)."""
+    spec = get_task(task)
+    if spec.name not in BUNDLED_MODELS:
+        raise ValueError(
+            f"no bundled model for task {spec.name!r} (bundled: {', '.join(sorted(BUNDLED_MODELS))}); pass --model"
+        )
+    path = _WEIGHTS_DIR / BUNDLED_MODELS[spec.name]
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the bundled model {BUNDLED_MODELS[spec.name]} is missing from {path}; reinstall stablemotion "
+            "or rebuild it with `make mini-models` (README: Reproduce the mini models)"
+        )
+    return path
+
+
+def load_bundled_pipeline(
+    task: str | TaskSpec = "sir", torch_dtype: torch.dtype = torch.float32
+) -> StableMotionPipeline:
+    """The bundled ``stablemotion-mini`` pipeline for ``task``, cast to ``torch_dtype``
+    (weights are stored in fp16; float32 is the right choice on CPU)."""
+    return load_pipeline(bundled_model_path(task), torch_dtype)
+
+
+def load_pipeline(folder: PathLike, torch_dtype: torch.dtype | None = None) -> StableMotionPipeline:
+    """``StableMotionPipeline.from_pretrained`` without diffusers' ``torch_dtype`` rename warning
+    (we keep the old keyword: it works across the diffusers versions we support)."""
+    import warnings
+
+    from .pipeline import StableMotionPipeline
+
+    kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
+        return StableMotionPipeline.from_pretrained(str(folder), **kwargs)
+
+
+def convert_pipeline(src: PathLike, dst: PathLike, torch_dtype: torch.dtype = torch.float16,
+                     overwrite: bool = False) -> Path:
+    """Re-save the pipeline folder ``src`` with weights in ``torch_dtype`` (safetensors) at ``dst``,
+    atomically. fp16 halves the size; the bundled mini models are stored this way."""
+    dst = Path(dst)
+    if dst.exists() and any(dst.iterdir()) and not overwrite:
+        raise FileExistsError(f"{dst} already exists and is not empty; pass overwrite=True (--force)")
+    pipe = load_pipeline(src, torch_dtype)
+    tmp = dst.with_name(f".{dst.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    for cfg in tmp.rglob("*.json"):  # drop the source path diffusers records (a local path on the build machine)
+        data = json.loads(cfg.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp.rename(dst)
+    return dst
 
 
 # --------------------------------------------------------------------------- released checkpoints

@@ -47,8 +47,13 @@ from .flow import mesh_to_flow, resize_flow, rigid_mesh, warp, write_flow
 
 __all__ = [
     "BUNDLED_PHOTOS",
+    "HELD_OUT_PHOTOS",
+    "TRAINING_PHOTOS",
+    "PROCEDURAL",
     "bundled_photo_paths",
     "list_photos",
+    "resolve_photos",
+    "procedural_scene",
     "random_photo_crop",
     "invert_flow",
     "random_rectangling_mesh",
@@ -78,15 +83,38 @@ _TASK_IDS = {"rectangling": 1, "rolling_shutter": 2}
 
 
 # --------------------------------------------------------------------------- photos
-def bundled_photo_paths() -> list[Path]:
-    """Paths of the natural photos bundled with scikit-image (offline; see :data:`BUNDLED_PHOTOS`)."""
+#: Bundled photos never used to train the ``stablemotion-mini`` models: held out for their
+#: test sets and for ``stablemotion demo``.
+HELD_OUT_PHOTOS = ("chelsea.png", "coffee.png", "camera.png")
+#: Bundled images the mini models train on (photos and textures; see ``configs/mini_*.yaml``).
+TRAINING_PHOTOS = (
+    "astronaut.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png", "brick.png", "grass.png",
+    "gravel.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg",
+)
+#: The photo-source token for procedurally generated scenes (:func:`procedural_scene`).
+PROCEDURAL = "procedural"
+_PHOTO_SETS = {"bundled": BUNDLED_PHOTOS, "bundled-train": TRAINING_PHOTOS, "bundled-test": HELD_OUT_PHOTOS}
+
+
+def _skimage_data(names: Sequence[str]) -> list[Path]:
     import skimage
 
     folder = Path(skimage.__file__).parent / "data"
-    paths = [folder / name for name in BUNDLED_PHOTOS if (folder / name).is_file()]
+    paths = [folder / name for name in names if (folder / name).is_file()]
     if not paths:
         raise FileNotFoundError(f"no bundled photos found in {folder}; pass a photo folder instead")
     return paths
+
+
+def bundled_photo_paths(which: str = "bundled") -> list[Path]:
+    """Paths of images bundled with scikit-image (offline).
+
+    ``which``: ``"bundled"`` (:data:`BUNDLED_PHOTOS`), ``"bundled-train"``
+    (:data:`TRAINING_PHOTOS`) or ``"bundled-test"`` (:data:`HELD_OUT_PHOTOS`).
+    """
+    if which not in _PHOTO_SETS:
+        raise ValueError(f"unknown bundled photo set {which!r}; choose from {sorted(_PHOTO_SETS)}")
+    return _skimage_data(_PHOTO_SETS[which])
 
 
 def list_photos(folder: PathLike | None = None) -> list[Path]:
@@ -97,6 +125,78 @@ def list_photos(folder: PathLike | None = None) -> list[Path]:
     if not paths:
         raise ValueError(f"no images (.png, .jpg, ...) found in photo folder {folder}")
     return paths
+
+
+def resolve_photos(spec: PathLike | None) -> list[str]:
+    """Photo sources from a command-line spec.
+
+    ``spec`` is a photo folder, or a ``+``-joined list of named sources: ``bundled``,
+    ``bundled-train``, ``bundled-test`` (:func:`bundled_photo_paths`) and ``procedural``
+    (a new :func:`procedural_scene` per sample). A name may carry a repeat count,
+    ``procedural*10``, to weight the draw. None = ``bundled``.
+
+    Returns:
+        Photo file paths and :data:`PROCEDURAL` tokens, one entry per draw slot.
+    """
+    if spec is None:
+        return [str(p) for p in bundled_photo_paths()]
+    text = str(spec)
+    if Path(text).is_dir():
+        return [str(p) for p in list_photos(text)]
+    out: list[str] = []
+    for part in text.split("+"):
+        name, _, times = part.strip().partition("*")
+        try:
+            n = int(times) if times else 1
+        except ValueError:
+            raise ValueError(f"photo source {part!r}: the repeat count must be an integer, as 'procedural*10'") from None
+        if name == PROCEDURAL:
+            out += [PROCEDURAL] * n
+        elif name in _PHOTO_SETS:
+            out += [str(p) for p in bundled_photo_paths(name)] * n
+        else:
+            raise ValueError(
+                f"photo source {name!r} is neither a folder nor one of {sorted([*_PHOTO_SETS, PROCEDURAL])}"
+            )
+    return out
+
+
+def procedural_scene(rng: np.random.Generator, size: tuple[int, int] = (384, 512)) -> np.ndarray:
+    """A random synthetic scene: a colour gradient, blurred noise texture, and random
+    filled/outlined shapes and lines with sharp edges (structure for the flow to follow).
+
+    Returns:
+        uint8 (H, W, 3).
+    """
+    h, w = int(size[0]), int(size[1])
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * xx / w + np.sin(angle) * yy / h + 1.0) / 2.0
+    img = (c0 * (1 - ramp[..., None]) + c1 * ramp[..., None]).astype(np.float32)
+    noise = cv2.GaussianBlur(rng.normal(0, 1, (h, w, 3)).astype(np.float32), (0, 0), rng.uniform(1, 8))
+    img += noise / (noise.std() + 1e-6) * rng.uniform(5, 25)
+    for _ in range(int(rng.integers(8, 30))):
+        color = tuple(float(v) for v in rng.uniform(0, 255, 3))
+        kind = rng.integers(4)
+        thick = -1 if rng.random() < 0.6 else int(rng.integers(1, 5))
+        cx, cy = int(rng.integers(0, w)), int(rng.integers(0, h))
+        r = int(rng.integers(max(2, min(h, w) // 40), max(3, min(h, w) // 4)))
+        if kind == 0:
+            cv2.ellipse(img, (cx, cy), (r, int(rng.integers(2, r + 2))), float(rng.uniform(0, 180)), 0, 360, color, thick,
+                        cv2.LINE_AA)
+        elif kind == 1:
+            cv2.rectangle(img, (cx - r, cy - r // 2), (cx + r, cy + r // 2), color, thick, cv2.LINE_AA)
+        elif kind == 2:
+            pts = (np.array([cx, cy]) + rng.normal(0, r, (int(rng.integers(3, 7)), 2))).astype(np.int32)
+            if thick < 0:
+                cv2.fillPoly(img, [pts], color, cv2.LINE_AA)
+            else:
+                cv2.polylines(img, [pts], True, color, thick, cv2.LINE_AA)
+        else:
+            x2, y2 = int(rng.integers(0, w)), int(rng.integers(0, h))
+            cv2.line(img, (cx, cy), (x2, y2), color, int(rng.integers(1, 6)), cv2.LINE_AA)
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=16)
@@ -459,7 +559,8 @@ def make_sample(
         task: ``"rectangling"`` or ``"rolling_shutter"``.
         seed, index: the sample depends on these only (:func:`sample_rng`).
         size: (H, W) of the sample in pixels.
-        photos: photo files to draw from (default: :func:`bundled_photo_paths`).
+        photos: photo files (or :data:`PROCEDURAL` tokens) to draw from (default:
+            :func:`bundled_photo_paths`).
         prefilter_sigma: Gaussian low-pass of the photo crop, pixels.
         options: generator parameters (``rows``, ``cols``, ``max_inset`` for rectangling;
             ``max_translation``, ``max_rotation`` for rolling shutter).
@@ -468,7 +569,11 @@ def make_sample(
         raise ValueError(f"task must be one of {sorted(_TASK_IDS)}, got {task!r}")
     rng = sample_rng(seed, index, task)
     paths = [str(p) for p in (photos if photos is not None else bundled_photo_paths())]
-    photo = _load_photo(paths[int(rng.integers(len(paths)))])
+    source = paths[int(rng.integers(len(paths)))]
+    if source == PROCEDURAL:  # a scene larger than the sample, so crops vary in scale
+        photo = procedural_scene(rng, (int(size[0] * 1.5) + 16, int(size[1] * 1.5) + 16))
+    else:
+        photo = _load_photo(source)
     if task == "rectangling":
         crop = random_photo_crop(photo, size, rng, prefilter_sigma=prefilter_sigma)
         return make_rectangling_sample(crop, rng, **options)  # type: ignore[arg-type]
@@ -698,10 +803,10 @@ def _make_jobs(
     if not split or "/" in split or "\\" in split:
         raise ValueError(f"split must be a folder name such as 'training' or 'test', got {split!r}")
     if photos is None or isinstance(photos, (str, Path)):
-        photo_paths = list_photos(photos)
+        photo_paths = resolve_photos(photos)
     else:
-        photo_paths = [Path(p) for p in photos]
-        missing = [str(p) for p in photo_paths if not p.is_file()]
+        photo_paths = [str(p) for p in photos]
+        missing = [p for p in photo_paths if p != PROCEDURAL and not Path(p).is_file()]
         if missing:
             raise FileNotFoundError(f"photo files not found: {', '.join(missing[:5])}")
     base = {

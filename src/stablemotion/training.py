@@ -58,6 +58,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE_MARKER = "COMPLETE"
 _STATE_FILE = "trainer_state.json"
 _EMA_FILE = "ema_unet.pt"
+_EXPORT_FOLDERS = {"unet": "pipeline", "vae": "vae", "regression": "regressor"}
 
 
 # --------------------------------------------------------------------------- data
@@ -251,13 +252,20 @@ class Trainer:
         self.stage = config.train.stage
         self.vae = self.pipe.vae.requires_grad_(False).eval()
         self.unet = self.pipe.unet
+        self.unet.requires_grad_(self.stage == "unet")
         if self.stage == "unet":
-            self.unet.requires_grad_(True).train()
+            self.unet.train()
             if config.train.gradient_checkpointing:
                 self.unet.enable_gradient_checkpointing()
             self.model: torch.nn.Module = self.unet
+        elif self.stage == "regression":
+            from .model import FlowRegressor
+
+            self.model = FlowRegressor.for_task(self.task, seed=config.model.seed, **config.model.tiny).train()
+            if config.train.gradient_checkpointing:
+                self.model.net.enable_gradient_checkpointing()
         else:  # the VAE as a flow codec: the decoder, and the encoder only when asked
-            self.unet.requires_grad_(False).eval()
+            self.unet.eval()
             self.vae.decoder.requires_grad_(True).train()
             self.vae.post_quant_conv.requires_grad_(True)
             if config.train.vae_train_encoder:
@@ -267,7 +275,8 @@ class Trainer:
                 self.vae.enable_gradient_checkpointing()
             self.model = _FlowCodec(self.vae, train_encoder=config.train.vae_train_encoder)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.perceptual = PerceptualLoss(config.loss.vgg_weights) if (self.weights.vgg and self.stage == "unet") else None
+        self.perceptual = (PerceptualLoss(config.loss.vgg_weights)
+                           if (self.weights.vgg and self.stage in ("unet", "regression")) else None)
 
         self.ema = None
         if config.train.ema:
@@ -358,13 +367,21 @@ class Trainer:
         batch = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         if self.stage == "vae":
             return self._codec_losses(batch)
+        if self.stage == "regression":
+            with self.acc.autocast():
+                flow = self.model(self._stack_conditions(batch))
+            return self._image_losses(batch, flow.float(), {})
         b = batch["gt"].shape[0]
         g = torch.Generator().manual_seed((self.cfg.train.seed * 7_919 + step * 104_729 + self.acc.process_index) % (2**63))
         with torch.no_grad():
             cond = self._condition_latents(batch)
             z0 = self._encode(encode_flow(batch["flow"], self.task.flow_gamma))
         t_min, t_max = (int(v) for v in self.cfg.loss.timesteps)
-        t = torch.randint(t_min, min(t_max, self.num_train_timesteps - 1) + 1, (b,), generator=g).to(dev)
+        t_max = min(t_max, self.num_train_timesteps - 1)
+        t = torch.randint(t_min, t_max + 1, (b,), generator=g)
+        if self.cfg.loss.one_step_fraction > 0:
+            t = torch.where(torch.rand(b, generator=g) < self.cfg.loss.one_step_fraction, t_max, t)
+        t = t.to(dev)
         if self.cfg.loss.pyramid_noise:
             strength = self.cfg.loss.pyramid_strength * t.float().cpu() / self.num_train_timesteps
             noise = pyramid_noise_like(z0.cpu().float(), strength, self.cfg.loss.pyramid_levels, generator=g)
@@ -383,19 +400,31 @@ class Trainer:
             z0_hat = x0_from_v(z_t.float(), v_hat.float(), self.alphas_cumprod, t)
             with self.acc.autocast():
                 dec = self.vae.decode(z0_hat.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-            flow = dec[:, :2].float() * self.task.flow_gamma
-            pad = self.task.padding
-            valid = gt_valid_region(batch["flow"]) if self.task.valid_region_loss else None
-            if w.warp:
-                losses["warp"] = warp_loss(batch["image"], flow, batch["gt"], padding=pad, valid=valid)
-            if w.mask:
-                losses["mask"] = mask_loss(batch["mask"], flow, padding=pad)
-            if w.vgg and self.perceptual is not None:
-                pred = warp(batch["image"], flow, padding=pad, check_finite=False)
-                target = batch["gt"]
-                if valid is not None:
-                    pred, target = pred * valid, target * valid
-                losses["vgg"] = self.perceptual(pred, target)
+            return self._image_losses(batch, dec[:, :2].float() * self.task.flow_gamma, losses)
+        losses["total"] = w.v * losses["v"]
+        return losses
+
+    def _stack_conditions(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, C, H, W): the task's conditions in order, as the regressor takes them."""
+        return torch.cat([batch[name] for name in self.task.conditions], 1)
+
+    def _image_losses(
+        self, batch: Mapping[str, torch.Tensor], flow: torch.Tensor, losses: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Add the warp / mask / perceptual terms of a predicted flow (pixels) and the total."""
+        w = self.weights
+        pad = self.task.padding
+        valid = gt_valid_region(batch["flow"]) if self.task.valid_region_loss else None
+        if w.warp:
+            losses["warp"] = warp_loss(batch["image"], flow, batch["gt"], padding=pad, valid=valid)
+        if w.mask:
+            losses["mask"] = mask_loss(batch["mask"], flow, padding=pad)
+        if w.vgg and self.perceptual is not None:
+            pred = warp(batch["image"], flow, padding=pad, check_finite=False)
+            target = batch["gt"]
+            if valid is not None:
+                pred, target = pred * valid, target * valid
+            losses["vgg"] = self.perceptual(pred, target)
         losses["total"] = sum(getattr(w, k) * v for k, v in losses.items())
         return losses
 
@@ -417,7 +446,8 @@ class Trainer:
             flow = rec[:, :2].float() * gamma
             valid = gt_valid_region(batch["flow"]) if self.task.valid_region_loss else None
             losses["warp"] = warp_loss(batch["image"], flow, batch["gt"], padding=self.task.padding, valid=valid)
-        losses["total"] = losses["flow"] + losses.get("image", 0.0) + self.weights.warp * losses.get("warp", 0.0)
+        w = self.weights
+        losses["total"] = w.flow * losses["flow"] + w.image * losses.get("image", 0.0) + w.warp * losses.get("warp", 0.0)
         return losses
 
     # ------------------------------------------------------------------ checkpoints
@@ -521,22 +551,29 @@ class Trainer:
                 r = np.asarray(rows)
                 return {"val/codec_epe": float(r[:, 0].mean()), "val/codec_warp_psnr": float(r[:, 1].mean()),
                         "val/exact_flow_warp_psnr": float(r[:, 2].mean())}
-            self.pipe.unet = self.acc.unwrap_model(self.model)
+            if self.stage == "unet":
+                self.pipe.unet = self.acc.unwrap_model(self.model)
             for i in range(n):
                 s = aug(self.val_ds[i])
-                conds = {k: (s[k][None] + 1) / 2 for k in self.task.conditions if k != "image"}
-                out = self.pipe(
-                    (s["image"][None] + 1) / 2, conditions=conds, num_inference_steps=self.cfg.validation.steps,
-                    generator=torch.Generator().manual_seed(i), show_progress_bar=False, output_type="pt",
-                )
-                pred = out.image.to(torch.float32) * 2 - 1
                 gt, inp = s["gt"][None], s["image"][None]
+                if self.stage == "regression":
+                    cond = self._stack_conditions({k: s[k][None] for k in self.task.conditions}).to(self.acc.device)
+                    flow = self.acc.unwrap_model(self.model)(cond).float().cpu()
+                    pred = warp(inp, flow, padding=self.task.padding).clamp(-1, 1)
+                else:
+                    conds = {k: (s[k][None] + 1) / 2 for k in self.task.conditions if k != "image"}
+                    out = self.pipe(
+                        (s["image"][None] + 1) / 2, conditions=conds, num_inference_steps=self.cfg.validation.steps,
+                        generator=torch.Generator().manual_seed(i), show_progress_bar=False, output_type="pt",
+                    )
+                    pred = out.image.to(torch.float32) * 2 - 1
+                    flow = out.flow
                 rows.append([
                     float(psnr_torch(pred, gt)), float(ssim_torch(pred, gt)),
                     float(psnr_torch(inp, gt)), float(ssim_torch(inp, gt)),
                 ])
                 if i < self.cfg.validation.grid_samples:
-                    col = torch.from_numpy(flow_to_color(out.flow[0])).permute(2, 0, 1).float() / 127.5 - 1
+                    col = torch.from_numpy(flow_to_color(flow[0])).permute(2, 0, 1).float() / 127.5 - 1
                     grid.append(torch.cat([inp[0], pred[0], gt[0], col], dim=2))
         r = np.asarray(rows)
         metrics = {"val/psnr": r[:, 0].mean(), "val/ssim": r[:, 1].mean(),
@@ -552,9 +589,10 @@ class Trainer:
     # ------------------------------------------------------------------ export
     def export(self, folder: str | os.PathLike | None = None) -> Path:
         """Save the EMA result atomically: a :class:`StableMotionPipeline` folder (UNet
-        stage, default ``OUT/pipeline``) or a diffusers ``AutoencoderKL`` folder (VAE stage,
-        default ``OUT/vae``; load it with ``model.vae`` or as a pipeline's ``vae``)."""
-        default = "pipeline" if self.stage == "unet" else "vae"
+        stage, default ``OUT/pipeline``), a diffusers ``AutoencoderKL`` folder (VAE stage,
+        default ``OUT/vae``; load it with ``model.vae`` or as a pipeline's ``vae``) or a
+        :class:`~stablemotion.model.FlowRegressor` folder (regression stage, ``OUT/regressor``)."""
+        default = _EXPORT_FOLDERS[self.stage]
         folder = Path(folder) if folder is not None else self.out / default
         with self.ema_weights():
             if self.acc.is_main_process:
@@ -564,6 +602,8 @@ class Trainer:
                 if self.stage == "unet":
                     self.pipe.unet = self.acc.unwrap_model(self.model)
                     self.pipe.save_pretrained(str(tmp))
+                elif self.stage == "regression":
+                    self.acc.unwrap_model(self.model).save_pretrained(str(tmp))
                 else:
                     self.vae.save_pretrained(str(tmp))
                 old = folder.with_name(f".{folder.name}.old")
@@ -644,7 +684,8 @@ class Trainer:
         pipeline_dir = None
         if self.step >= c.train.max_steps:
             pipeline_dir = self.export()
-            self.acc.print(f"exported the trained {'pipeline' if self.stage == 'unet' else 'flow VAE'} to {pipeline_dir}")
+            what = {"unet": "pipeline", "vae": "flow VAE", "regression": "regression baseline"}[self.stage]
+            self.acc.print(f"exported the trained {what} to {pipeline_dir}")
         self.acc.end_training()
         return TrainResult(self.step, pipeline_dir, last, history)
 

@@ -56,8 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         k.add_argument("--split", default=default_split, help=f"split folder name (default {default_split})")
         k.add_argument("--seed", type=int, default=0, help="sample i depends only on (seed, i)")
         k.add_argument("--start", type=int, default=0, help="index of the first sample (to extend a dataset)")
-        k.add_argument("--photos", type=Path, default=None,
-                       help="folder of photos to use (default: the photos bundled with scikit-image)")
+        k.add_argument("--photos", default=None,
+                       help="a photo folder, or sources joined by '+': bundled, bundled-train, bundled-test, "
+                            "procedural (weight with '*N', e.g. bundled-train+procedural*10); default: bundled")
         k.add_argument("--ext", choices=("jpg", "png"), default="jpg", help="image format (jpg as the real datasets)")
         k.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
         k.add_argument("--workers", type=int, default=2, help="processes (default 2)")

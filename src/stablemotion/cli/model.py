@@ -1,4 +1,4 @@
-"""Model folders on the command line: ``import-checkpoint`` and ``tiny-model``."""
+"""Model folders on the command line: ``import-checkpoint``, ``convert`` and ``tiny-model``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_import)
 
+    p = sub.add_parser("convert", help="re-save a pipeline folder with its weights in another dtype (fp16 halves the size)")
+    p.add_argument("source", type=Path, help="pipeline folder")
+    p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
+    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=_convert)
+
     p = sub.add_parser("tiny-model", help="write a tiny random-weight pipeline folder (tests, CPU experiments)")
     p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
     p.add_argument("--task", choices=available_tasks(), default="sir")
@@ -58,6 +65,20 @@ def _import(args: argparse.Namespace) -> int:
         local_files_only=True if args.offline else None,
     )
     print(f"wrote pipeline folder {out}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..model import convert_pipeline
+
+    if not (args.source / "model_index.json").is_file():
+        raise FileNotFoundError(f"{args.source} is not a pipeline folder (no model_index.json)")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    out = convert_pipeline(args.source, args.out, dtype, overwrite=args.force)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {args.dtype} pipeline folder {out} ({size / 1e6:.1f} MB)")
     return 0
 
 

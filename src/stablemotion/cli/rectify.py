@@ -18,7 +18,6 @@ derived from the stitched image's empty border (see
 from __future__ import annotations
 
 import argparse
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,9 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files and/or folders of images")
-    p.add_argument("--model", required=True, help="pipeline folder (see import-checkpoint) or hub id")
+    p.add_argument("--model", default=None,
+                   help="pipeline folder (see import-checkpoint) or hub id; default: the bundled stablemotion-mini "
+                        "model for --task (small, trained on synthetic data)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--task", choices=available_tasks(), default=None, help="check the model is for this task")
+    p.add_argument("--task", choices=available_tasks(), default=None,
+                   help="check the model is for this task; without --model it picks the bundled model (default sir)")
     p.add_argument("--mask", type=Path, default=None, help="SIR mask file (one input) or folder (matched by stem)")
     p.add_argument("--save-mask", action="store_true", help="write the mask used (derived or given) as NAME_mask.png")
     p.add_argument("--mask-background", choices=("auto", "black", "white"), default="auto",
@@ -156,8 +158,14 @@ def _device(name: str) -> torch.device:
 
 
 def _load_pipeline(args: argparse.Namespace, dtype: torch.dtype) -> StableMotionPipeline:
-    from ..pipeline import StableMotionPipeline  # imported here: keeps `stablemotion --help` fast
+    from ..model import BUNDLED_MODELS, bundled_model_path, load_pipeline  # here: keeps `--help` fast
 
+    if args.model is None:
+        task = args.task or "sir"
+        path = bundled_model_path(task)
+        print(f"no --model given: using the bundled {BUNDLED_MODELS[task]} model ({path}); it is small and "
+              "trained on synthetic data only, see the README for full models")
+        return load_pipeline(path, dtype)
     model = Path(args.model)
     if model.is_dir() and not (model / "model_index.json").is_file():
         if (model / "unet_ema").is_dir() or any(p.name.startswith("StableMotion_") for p in model.iterdir()):
@@ -166,9 +174,7 @@ def _load_pipeline(args: argparse.Namespace, dtype: torch.dtype) -> StableMotion
                 f"`stablemotion import-checkpoint {model} --out PIPELINE_DIR`"
             )
         raise FileNotFoundError(f"{model} is not a pipeline folder (no model_index.json)")
-    with warnings.catch_warnings():  # diffusers >= 0.36 prefers `dtype=`; older versions only know torch_dtype
-        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
-        pipe = StableMotionPipeline.from_pretrained(str(args.model), torch_dtype=dtype)
+    pipe = load_pipeline(args.model, dtype)
     if args.task is not None and pipe.task.name != args.task:
         raise ValueError(f"--task {args.task} but the model {args.model} is a {pipe.task.name!r} model")
     return pipe
