@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from stablemotion.cli import main
-from stablemotion.flow import read_flow, write_flow
+from stablemotion.flow import write_flow
 
 
 def test_warp_command_translates_image(tmp_path, photo):
@@ -48,13 +48,6 @@ def test_flow_vis_and_score(tmp_path, photo, capsys):
     assert main(["score", str(tmp_path / "res"), str(tmp_path / "gt"), "--csv", str(tmp_path / "s.csv")]) == 0
     assert "1 images" in capsys.readouterr().out
     assert (tmp_path / "s.csv").read_text().startswith("name,psnr,ssim")
-
-
-def test_demo_writes_outputs(tmp_path):
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
-    for name in ("input.png", "warped.png", "flow_color.png"):
-        assert Image.open(tmp_path / "demo" / name).size == (512, 384)
-    assert read_flow(tmp_path / "demo" / "flow.flo").shape == (384, 512, 2)
 
 
 def test_console_entry_point_runs():

@@ -6,6 +6,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -171,3 +172,49 @@ def test_import_rejects_mismatches(tiny_base: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="empty-prompt embedding"):
         import_released_checkpoint(renamed, tmp_path / "w", base=bare_base, task="sir")
     assert not (tmp_path / "x").exists() and not (tmp_path / "w").exists()
+
+
+def test_tiny_components_architecture_is_configurable():
+    from stablemotion.model import tiny_pipeline
+
+    pipe = tiny_pipeline("sir", seed=0, unet_channels=(16, 32, 32), unet_attention=(False, False, True),
+                         vae_channels=(16, 32, 32), vae_attention=False, default_processing_resolution=[32, 32])
+    assert pipe.vae_scale_factor == 4 and pipe.size_multiple == 16
+    assert pipe.unet.config.down_block_types == ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D")
+    assert pipe.vae.config.mid_block_add_attention is False
+    out = pipe(np.zeros((32, 32, 3), np.uint8), mask=np.full((32, 32), 255, np.uint8), output_type="np",
+               show_progress_bar=False)
+    assert out.flow.shape == (1, 32, 32, 2) and np.isfinite(out.flow).all()
+    with pytest.raises(ValueError, match="one flag per level"):
+        tiny_pipeline("sir", unet_channels=(16, 32), unet_attention=(True,))
+
+
+def test_convert_pipeline_to_fp16_halves_the_size_and_keeps_outputs(tmp_path):
+    from stablemotion.model import convert_pipeline, load_pipeline, tiny_pipeline
+
+    tiny_pipeline("rsc", seed=1).save_pretrained(tmp_path / "fp32")
+    out = convert_pipeline(tmp_path / "fp32", tmp_path / "fp16")
+
+    def size(d):
+        return sum(f.stat().st_size for f in d.rglob("*.safetensors"))
+
+    assert size(out) < 0.6 * size(tmp_path / "fp32")
+    assert "_name_or_path" not in (out / "model_index.json").read_text()
+    a, b = load_pipeline(tmp_path / "fp32", torch.float32), load_pipeline(out, torch.float32)
+    assert b.unet.dtype == torch.float32
+    img = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    fa = a(img, generator=torch.Generator().manual_seed(0), output_type="np", show_progress_bar=False).flow
+    fb = b(img, generator=torch.Generator().manual_seed(0), output_type="np", show_progress_bar=False).flow
+    assert np.abs(fa - fb).max() < 0.05 * max(1.0, np.abs(fa).max())
+    with pytest.raises(FileExistsError):
+        convert_pipeline(tmp_path / "fp32", out)
+
+
+def test_convert_command(tmp_path, capsys):
+    from stablemotion.cli import main
+    from stablemotion.model import tiny_pipeline
+
+    tiny_pipeline("sir").save_pretrained(tmp_path / "p")
+    assert main(["convert", str(tmp_path / "p"), "--out", str(tmp_path / "q")]) == 0
+    assert "wrote fp16 pipeline folder" in capsys.readouterr().out
+    assert main(["convert", str(tmp_path), "--out", str(tmp_path / "r")]) == 2  # not a pipeline folder

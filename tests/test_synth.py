@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from stablemotion._io import load_image
 from stablemotion.data import DIRDDataset, RSRealDataset
@@ -199,3 +202,29 @@ def test_write_rolling_shutter_dataset_layout(tmp_path):
     assert not (tmp_path / "train" / "jpg").exists()
     with pytest.raises(ValueError, match="image format"):
         write_rolling_shutter_dataset(tmp_path, 1, size=(48, 64), split="x", ext="gif")
+
+
+def test_resolve_photos_named_sources_and_weights(tmp_path):
+    from stablemotion.synth import PROCEDURAL, TRAINING_PHOTOS, resolve_photos
+
+    train = resolve_photos("bundled-train")
+    assert [Path(p).name for p in train] == list(TRAINING_PHOTOS)
+    mixed = resolve_photos("bundled-train+procedural*10")
+    assert mixed.count(PROCEDURAL) == 10 and len(mixed) == len(train) + 10
+    with pytest.raises(ValueError, match="neither a folder nor one of"):
+        resolve_photos("bundled-tset")
+    with pytest.raises(ValueError, match="repeat count"):
+        resolve_photos("procedural*x")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    assert resolve_photos(tmp_path) == [str(tmp_path / "a.png")]
+
+
+def test_procedural_scenes_are_deterministic_structured_and_usable_as_photos(tmp_path):
+    from stablemotion.synth import procedural_scene, write_rectangling_dataset
+
+    a = procedural_scene(np.random.default_rng(3), (48, 64))
+    b = procedural_scene(np.random.default_rng(3), (48, 64))
+    assert a.shape == (48, 64, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert a.std() > 10  # not a flat image
+    names = write_rectangling_dataset(tmp_path, 2, size=(32, 48), photos="procedural", ext="png")
+    assert names == ["00000", "00001"] and (tmp_path / "training" / "gt" / "00001.png").is_file()

@@ -234,7 +234,7 @@ def test_mixed_precision_accumulation_checkpointing_and_tensorboard(tmp_path, si
     assert (tmp_path / "run" / "validation" / "step-0000002.png").is_file()
 
 
-@pytest.mark.parametrize("name", ["sir.yaml", "rsc.yaml", "tiny_sir_cpu_vae.yaml", "tiny_sir_cpu.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
 def test_shipped_configs_are_valid(name):
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name, check_paths=False)
     if name in ("sir.yaml", "rsc.yaml"):  # the released recipes (METHOD.md, "Training")
@@ -254,3 +254,68 @@ def test_vae_stage_can_train_the_encoder_with_image_reconstruction(tmp_path, sir
     assert any(not torch.equal(enc0[k], v) for k, v in trainer.vae.encoder.state_dict().items())
     with pytest.raises(ConfigError, match="vae_train_encoder applies to train.stage 'vae' only"):
         load_config(_config(tmp_path, sir_data), overrides=["train.vae_train_encoder=true"])
+
+
+def test_mini_configs_share_one_architecture_and_vae():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfgs = {n: load_config(root / f"mini_{n}.yaml", check_paths=False)
+            for n in ("vae", "sir", "rsc", "sir_regression", "rsc_regression")}
+    arch_keys = ("unet_channels", "unet_layers", "unet_attention", "vae_channels", "vae_layers", "vae_attention")
+    archs = {n: {k: c.model.tiny.get(k) for k in arch_keys} for n, c in cfgs.items()}
+    assert all(a == archs["vae"] for a in archs.values())
+    assert cfgs["sir"].model.vae == cfgs["rsc"].model.vae == cfgs["vae"].checkpoint.output_dir + "/vae"
+    for task in ("sir", "rsc"):  # the ablation gets the same data, batch and step budget
+        a, b = cfgs[task], cfgs[f"{task}_regression"]
+        assert b.train.stage == "regression" and a.data == b.data
+        assert (a.train.batch_size, a.train.max_steps) == (b.train.batch_size, b.train.max_steps)
+
+
+def test_regression_stage_trains_the_regressor_and_exports_it(tmp_path, sir_data):
+    from stablemotion.model import FlowRegressor
+
+    cfg = load_config(_config(tmp_path, sir_data, **{"train.stage": "regression", "train.max_steps": 3,
+                                                     "validation.every": 3}))
+    trainer = Trainer(cfg)
+    unet0 = _unet_state(trainer)
+    batch = next(iter(trainer._loader(0)))
+    losses = trainer.compute_losses(batch, 0)
+    assert set(losses) == {"warp", "mask", "vgg", "total"} and all(torch.isfinite(v) for v in losses.values())
+    result = trainer.train(show_progress=False)
+    assert result.pipeline_dir == tmp_path / "run" / "regressor"
+    net = FlowRegressor.from_pretrained(result.pipeline_dir)
+    assert net.config.in_channels == 4  # mask (1) + image (3)
+    flow = net(torch.zeros(1, 4, H, W))
+    assert flow.shape == (1, 2, H, W) and torch.isfinite(flow).all()
+    assert all(torch.equal(v, unet0[k]) for k, v in _unet_state(trainer).items())  # the motion UNet is untouched
+    assert set(trainer.validate()) == {"val/psnr", "val/ssim", "val/psnr_identity", "val/ssim_identity"}
+    with pytest.raises(ConfigError, match="builds its network from model.tiny"):
+        load_config(_config(tmp_path, sir_data, **{"train.stage": "regression"}),
+                    overrides=["model.base=stabilityai/stable-diffusion-2"], check_paths=False)
+
+
+def test_one_step_fraction_puts_that_share_of_samples_at_the_last_timestep(tmp_path, sir_data, monkeypatch):
+    cfg = load_config(_config(tmp_path, sir_data, **{"loss.one_step_fraction": 0.5, "train.batch_size": 4}))
+    trainer = Trainer(cfg)
+    seen = []
+    real = trainer.unet.forward
+
+    def spy(x, t, *a, **k):
+        seen.extend(int(v) for v in t)
+        return real(x, t, *a, **k)
+
+    monkeypatch.setattr(trainer.unet, "forward", spy)
+    for step, batch in enumerate(trainer._loader(0)):  # max_steps = 6 batches of 4
+        trainer.compute_losses(batch, step)
+    frac = np.mean([t == 999 for t in seen])
+    assert len(seen) == 24 and 0.25 < frac < 0.8  # ~0.5 (deterministic draws)
+    with pytest.raises(ConfigError, match="one_step_fraction"):
+        load_config(_config(tmp_path, sir_data), overrides=["loss.one_step_fraction=1.5"])
+
+
+def test_codec_loss_weights_scale_the_vae_stage_terms(tmp_path, sir_data):
+    cfg = load_config(_config(tmp_path, sir_data, **{"train.stage": "vae", "train.vae_train_encoder": True,
+                                                     "loss.weights": {"flow": 100.0, "image": 0.5, "vgg": 0.0}}))
+    trainer = Trainer(cfg)
+    losses = trainer.compute_losses(next(iter(trainer._loader(0))), 0)
+    expected = 100.0 * losses["flow"] + 0.5 * losses["image"] + trainer.weights.warp * losses["warp"]
+    assert torch.allclose(losses["total"], expected)

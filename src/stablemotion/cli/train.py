@@ -38,6 +38,11 @@ def _train(args: argparse.Namespace) -> int:
     result = trainer.train(resume=args.resume, max_steps=args.max_steps)
     last = ", ".join(f"{k} {v:.4g}" for k, v in result.last_losses.items())
     print(f"finished at step {result.step} ({last})")
-    if result.pipeline_dir is not None:
-        print(f"pipeline: {result.pipeline_dir}  (use: stablemotion rectify IMAGE --model {result.pipeline_dir})")
+    d = result.pipeline_dir
+    if d is not None and cfg.train.stage == "unet":
+        print(f"pipeline: {d}  (use: stablemotion rectify IMAGE --model {d})")
+    elif d is not None and cfg.train.stage == "vae":
+        print(f"flow VAE: {d}  (use: model.vae: {d} in a UNet config)")
+    elif d is not None:
+        print(f"regression baseline: {d}  (score it with benchmarks/mini_models.py --{cfg.task_spec.name}-regressor {d})")
     return 0
