@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole stablemotion-mini recipe on a CPU (`make mini-models`): data, the shared mini VAE,
+# then the SIR and RSC motion UNets side by side (one core each), then the fp16 copies that
+# the package ships. Every stage resumes from its last complete checkpoint if interrupted.
+# ABLATION=1 also trains the two regression baselines of BENCHMARKS.md afterwards.
+# Measured on a 2-core CPU: VAE ~35 min (2 threads), then both UNets ~50 min side by side.
+set -euo pipefail
+S="${STABLEMOTION:-stablemotion}"
+cd "$(dirname "$0")/.."
+STABLEMOTION="$S" bash configs/mini_data.sh
+mkdir -p runs
+OMP_NUM_THREADS=2 $S train configs/mini_vae.yaml --resume
+OMP_NUM_THREADS=1 $S train configs/mini_sir.yaml --resume > runs/mini_sir.log 2>&1 &
+sir=$!
+OMP_NUM_THREADS=1 $S train configs/mini_rsc.yaml --resume > runs/mini_rsc.log 2>&1 &
+rsc=$!
+wait $sir && wait $rsc || { echo "a UNet run failed: see runs/mini_sir.log, runs/mini_rsc.log" >&2; exit 1; }
+for t in sir rsc; do
+  $S convert runs/mini_$t/pipeline --out src/stablemotion/weights/stablemotion-mini-$t --force
+done
+if [ "${ABLATION:-0}" = 1 ]; then
+  OMP_NUM_THREADS=1 $S train configs/mini_sir_regression.yaml --resume > runs/mini_sir_regression.log 2>&1 &
+  OMP_NUM_THREADS=1 $S train configs/mini_rsc_regression.yaml --resume > runs/mini_rsc_regression.log 2>&1 &
+  wait
+fi
+echo "done: python benchmarks/mini_models.py [--sir-regressor runs/mini_sir_regression/regressor --rsc-regressor runs/mini_rsc_regression/regressor]"
