@@ -44,3 +44,17 @@ def test_tensor_conversions(photo):
     assert t.shape == (3, *photo.shape[:2]) and t.min() >= -1 and t.max() <= 1
     assert np.array_equal(tensor_to_image(t), photo)
     assert tensor_to_image(torch.full((1, 2, 2), 5.0)).max() == 255
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+
+    from stablemotion._io import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
