@@ -73,7 +73,10 @@ def _serve(args: argparse.Namespace) -> int:
         path = Path(spec)
         if path.is_dir() and not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"--model {spec} is not a pipeline folder (no model_index.json)")
-        pipe = load_pipeline(spec, dtype)
+        try:
+            pipe = load_pipeline(spec, dtype)
+        except OSError as exc:  # not a folder and not a hub id we can reach
+            raise ValueError(f"cannot load --model {spec}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)
         models[pipe.task.name] = pipe.to(device)
         print(f"{pipe.task.name}: serving {spec}")
