@@ -200,13 +200,17 @@ class _Queue:
     def state(self) -> dict[str, Any]:
         return {"busy": self.pending > 0, "pending": self.pending, "max_queue": self.max_pending}
 
-    async def run(self, fn: Callable[[], Any]) -> tuple[Any, int]:
-        """Run ``fn`` on the worker; returns its result and how many requests were ahead of it."""
+    def check(self) -> None:
+        """Raise 503 when the queue is full."""
         if self.pending >= self.max_pending:
             raise HTTPException(
                 503, f"the server is busy ({self.pending} requests queued); try again in a moment",
                 headers={"Retry-After": "5"},
             )
+
+    async def run(self, fn: Callable[[], Any]) -> tuple[Any, int]:
+        """Run ``fn`` on the worker; returns its result and how many requests were ahead of it."""
+        self.check()
         ahead = self.pending
         self.pending += 1
         try:
@@ -476,6 +480,7 @@ def create_app(
             mask_data = await _read_upload(form, "mask", "mask", limits)
         if image_data is None:
             raise _InputError("no image uploaded (form field 'image')")
+        queue.check()  # before decoding: a full queue should not cost memory
         image, mask, mask_note = await run_in_threadpool(_decode_inputs, image_data, mask_data, params.task, limits)
 
         def job() -> tuple[str, dict[str, Any]]:
