@@ -347,19 +347,20 @@ def test_slow_request_does_not_block_the_server(picture: np.ndarray, tmp_path: P
         try:
             first.start()
             assert slow.started.wait(30), "the first inference never started"
-            second.start()  # waits behind the first
-            deadline = time.monotonic() + 10
-            while http(f"{url}/api/status")[1].count(b'"pending":2') == 0:
-                assert time.monotonic() < deadline, "the second request never queued"
-                time.sleep(0.05)
-            t0 = time.monotonic()
-            status, page = http(f"{url}/", timeout=5)  # answered while the inference runs
+            # the gate stays shut: a server blocked by the inference would never answer these
+            status, page = http(f"{url}/", timeout=15)
             assert status == 200 and b"StableMotion" in page
             bad, bad_headers = multipart({"task": "sir"}, {"image": b"not an image"})
-            assert http(f"{url}/api/rectify", bad, bad_headers, timeout=5)[0] == 415
-            status, busy = http(f"{url}/api/rectify", body, headers, timeout=5)  # queue full (2)
+            status, detail = http(f"{url}/api/rectify", bad, bad_headers, timeout=15)
+            assert status == 415 and b"not an image of an accepted type" in detail
+            assert json.loads(http(f"{url}/api/status", timeout=15)[1]) == {"busy": True, "pending": 1, "max_queue": 2}
+            second.start()  # waits behind the first
+            deadline = time.monotonic() + 15
+            while json.loads(http(f"{url}/api/status")[1])["pending"] < 2:
+                assert time.monotonic() < deadline, "the second request never queued"
+                time.sleep(0.05)
+            status, busy = http(f"{url}/api/rectify", body, headers, timeout=15)  # queue full (2)
             assert status == 503 and b"busy" in busy
-            assert time.monotonic() - t0 < 5
             assert not results  # the slow requests are still waiting
         finally:
             gate.set()
@@ -466,9 +467,14 @@ def test_serve_cli_defaults_and_missing_extra(monkeypatch, capsys) -> None:
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.model) == ("127.0.0.1", 7860, [])
     assert serve_cli.missing_app_packages() == []
-    monkeypatch.setattr(serve_cli, "missing_app_packages", lambda: ["fastapi"])
+    find_spec = serve_cli.importlib.util.find_spec
+    monkeypatch.setattr(serve_cli.importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("fastapi", "multipart", "python_multipart") else find_spec(name, *a))
+    assert serve_cli.missing_app_packages() == ["fastapi", "python-multipart"]
     assert main(["serve"]) == 2
-    assert "pip install 'stablemotion[app]'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.strip() == ("error: stablemotion serve needs the web app extra (fastapi, python-multipart not "
+                           "installed): pip install 'stablemotion[app]'")
 
 
 def test_serve_cli_bad_model_fails_before_serving(tmp_path: Path, capsys) -> None:

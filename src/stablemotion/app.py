@@ -20,7 +20,7 @@ past twice that), formats PNG/JPEG/WebP/BMP/TIFF by content (not by file name), 
 library's rule: grey/RGBA are refused with a message), a SIR mask of the image's size,
 no mask for RSC (refused: the page hides the field), ``steps`` / ``ensemble`` in range.
 Errors are JSON ``{"detail": message}`` with status 400 (bad input), 413 (too large),
-415 (file type) or 503 (queue full).
+415 (file type) or 503 (queue full; checked before the upload is decoded).
 
 Inference runs on one worker thread (one model in memory, the CPU/GPU used by one request
 at a time); requests queue for it, at most ``max_queue`` waiting or running, and the event
@@ -227,6 +227,8 @@ class _Results:
     """The newest ``keep`` results, one folder each under a temporary directory."""
 
     def __init__(self, keep: int, root: PathLike | None = None) -> None:
+        if keep < 1:
+            raise ValueError(f"max_results must be >= 1, got {keep}")
         self.keep = keep
         self.root = Path(tempfile.mkdtemp(prefix="stablemotion-app-", dir=root))
         self._ids: OrderedDict[str, Path] = OrderedDict()
