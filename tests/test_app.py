@@ -501,3 +501,19 @@ def test_rectify_cli_still_reads_palette_images(tmp_path: Path, picture: np.ndar
     Image.fromarray(picture[..., 0]).save(tmp_path / "g.png")
     with pytest.raises(ValueError, match="RGB image"):
         _read_rgb(tmp_path / "g.png")
+
+
+def test_serve_cli_model_replaces_its_task(monkeypatch, capsys) -> None:
+    from stablemotion.model import bundled_model_path
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    path = str(bundled_model_path("rsc"))
+    assert main(["serve", "--model", path, "--device", "cpu", "--port", "7999", "--max-side", "512"]) == 0
+    assert (served["host"], served["port"]) == ("127.0.0.1", 7999)
+    assert "http://127.0.0.1:7999/" in capsys.readouterr().out
+    with TestClient(served["app"]) as c:
+        info = c.get("/api/info").json()
+    models = {t["name"]: t["model"] for t in info["tasks"]}
+    assert models == {"sir": "stablemotion-mini-sir (bundled)", "rsc": path}
+    assert info["limits"]["max_side"] == 512
