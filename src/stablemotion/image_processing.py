@@ -31,6 +31,7 @@ __all__ = [
     "ImageInput",
     "to_image_batch",
     "to_mask_batch",
+    "pil_to_rgb",
     "resize_image",
     "resize_mask",
     "to_vae_range",
@@ -132,6 +133,20 @@ def to_image_batch(image: ImageInput, name: str = "image") -> torch.Tensor:
     if min(out[0].shape[-2:]) < 2:
         raise ValueError(f"{name} is too small: {tuple(out[0].shape[-2:])} (H, W)")
     return torch.stack(out)
+
+
+def pil_to_rgb(image: Image.Image, name: str = "image") -> np.ndarray:
+    """A decoded PIL image -> uint8 (H, W, 3) RGB array, the way files are read everywhere.
+
+    Palette images are expanded (to RGBA when they have a transparent colour, so that
+    they are refused like RGBA); grey, RGBA, CMYK and 16-bit images raise ``ValueError``
+    with :func:`to_image_batch`'s message naming ``name``.
+    """
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode != "RGB":
+        to_image_batch(image, name=name)  # raises with a message saying how to convert
+    return np.array(image, dtype=np.uint8)
 
 
 def _single_mask(x: object, name: str) -> torch.Tensor:

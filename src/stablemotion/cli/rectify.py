@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .._io import IMAGE_EXTENSIONS, atomic_path, list_images, load_image, save_image
 from ..flow import write_flow
-from ..image_processing import background_color, derive_mask, to_image_batch
+from ..image_processing import background_color, derive_mask, pil_to_rgb
 from ..tasks import MASK_CONDITIONS, available_tasks
 
 if TYPE_CHECKING:
@@ -140,12 +140,9 @@ def _read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            batch = to_image_batch(im, name=str(path))  # rejects grey / RGBA with a clear message
+            return pil_to_rgb(im, name=str(path))  # rejects grey / RGBA with a clear message
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"cannot decode image {path}: {exc}") from exc
-    return (batch[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
 
 
 def _device(name: str) -> torch.device:

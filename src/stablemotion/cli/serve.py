@@ -1,0 +1,98 @@
+"""``stablemotion serve``: the web app (see :mod:`stablemotion.app`).
+
+Serves a page on http://HOST:PORT/ where you upload an image (and, for SIR, optionally a
+mask), pick the task, steps and ensemble size, and get the rectified image, the flow
+colours and the uncertainty map, with downloads of the image and the flow. Runs offline
+with the bundled models; binds to 127.0.0.1 (this machine only) unless --host says
+otherwise. Needs the web extra: pip install 'stablemotion[app]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+#: import name -> package to install, for the check that the extra is there.
+_APP_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart|multipart": "python-multipart"}
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="web app: upload an image, see it rectified with its flow and uncertainty (needs stablemotion[app])",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", action="append", default=[], metavar="M",
+                   help="pipeline folder or hub id; replaces the bundled model of its task (repeat for both tasks)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the app)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted file, MB (default 10)")
+    p.add_argument("--max-side", type=int, default=4096, help="largest accepted width/height, px (default 4096)")
+    p.add_argument("--max-steps", type=int, default=50, help="most denoising steps a request may ask (default 50)")
+    p.add_argument("--max-ensemble", type=int, default=8, help="largest ensemble a request may ask (default 8)")
+    p.add_argument("--max-queue", type=int, default=8,
+                   help="requests waiting or running before new ones are refused with 503 (default 8)")
+    p.set_defaults(func=_serve)
+
+
+def missing_app_packages() -> list[str]:
+    """Packages of the ``app`` extra that are not installed (pip names)."""
+    missing = []
+    for modules, package in _APP_MODULES.items():
+        if not any(importlib.util.find_spec(m) is not None for m in modules.split("|")):
+            missing.append(package)
+    return missing
+
+
+def _serve(args: argparse.Namespace) -> int:
+    missing = missing_app_packages()
+    if missing:
+        raise ValueError(
+            f"stablemotion serve needs the web app extra ({', '.join(missing)} not installed): "
+            "pip install 'stablemotion[app]'"
+        )
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_upload_mb <= 0:
+        raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    import uvicorn
+
+    from ..app import create_app
+    from ..model import BUNDLED_MODELS, load_pipeline
+    from .rectify import DTYPES, _device
+
+    device, dtype = _device(args.device), DTYPES[args.dtype]
+    models: dict[str, object] = dict.fromkeys(BUNDLED_MODELS)
+    for spec in args.model:  # loaded now, so that a bad --model fails before serving
+        path = Path(spec)
+        if path.is_dir() and not (path / "model_index.json").is_file():
+            raise FileNotFoundError(f"--model {spec} is not a pipeline folder (no model_index.json)")
+        try:
+            pipe = load_pipeline(spec, dtype)
+        except OSError as exc:  # not a folder and not a hub id we can reach
+            raise ValueError(f"cannot load --model {spec}: {exc}") from exc
+        pipe.set_progress_bar_config(disable=True)
+        models[pipe.task.name] = pipe.to(device)
+        print(f"{pipe.task.name}: serving {spec}")
+    app = create_app(
+        models,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_side=args.max_side,
+        max_steps=args.max_steps,
+        max_ensemble=args.max_ensemble,
+        max_queue=args.max_queue,
+        device=device,
+        torch_dtype=dtype,
+    )
+    if args.host not in _LOOPBACK:
+        print(f"warning: binding to {args.host}: anyone who can reach this port can use the app (no authentication)")
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"StableMotion app on http://{host}:{args.port}/  (Ctrl+C to stop)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
