@@ -95,6 +95,8 @@ def main() -> None:
     ap.add_argument("--sir-regressor", default=None, help="FlowRegressor folder of the SIR ablation")
     ap.add_argument("--rsc-regressor", default=None, help="FlowRegressor folder of the RSC ablation")
     ap.add_argument("--note", default="", help="a line added under the table (e.g. where the weights were trained)")
+    ap.add_argument("--section", default="mini_models", help="BENCHMARKS.md section to (re)write")
+    ap.add_argument("--title", default="stablemotion-mini quality (held-out synthetic test sets)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
@@ -143,7 +145,7 @@ def main() -> None:
         + (f"\n\n{args.note}" if args.note else "")
         + f"\n\nCommand: `{command_line()}`  \nMachine: {machine_description()}\n"
     )
-    write_section("mini_models", "stablemotion-mini quality (held-out synthetic test sets)", body)
+    write_section(args.section, args.title, body)
 
 
 if __name__ == "__main__":

@@ -144,8 +144,9 @@ def pil_to_rgb(image: Image.Image, name: str = "image") -> np.ndarray:
     """
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode != "RGB":
-        to_image_batch(image, name=name)  # raises with a message saying how to convert
+    if image.mode != "RGB":  # refused with a message saying how to convert, or converted as the pipeline would
+        batch = to_image_batch(image, name=name)
+        return (batch[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
     return np.array(image, dtype=np.uint8)
 
 
