@@ -9,6 +9,8 @@ memory. Rows, PSNR/SSIM of the output against the ground truth (uint8, scikit-im
 protocol, whole frame):
 
 * identity -- the input itself;
+* exact flow -- the input warped by the synthetic ground-truth flow: the most any flow can
+  reach under this protocol (RSC loses the pixels the rolling-shutter camera never saw);
 * pseudo-flow labeller -- ``stablemotion label-flows``' estimator, which *sees the ground
   truth* (an upper reference for a flow that a mesh can express, not a competitor);
 * stablemotion-mini with 1 step, 4 steps and AES-4 (4 one-step members, the released
@@ -46,9 +48,9 @@ def test_set(task: str, num: int, size: tuple[int, int], seed: int) -> list[dict
     for i in range(num):
         s = make_sample(SYNTH[task], seed, i, size, photos)
         if task == "sir":
-            out.append({"image": s.input, "mask": s.mask, "gt": s.gt})
+            out.append({"image": s.input, "mask": s.mask, "gt": s.gt, "flow": s.flow})
         else:
-            out.append({"image": s.rs, "gt": s.gs})
+            out.append({"image": s.rs, "gt": s.gs, "flow": s.flow})
     return out
 
 
@@ -95,6 +97,7 @@ def main() -> None:
     ap.add_argument("--sir-regressor", default=None, help="FlowRegressor folder of the SIR ablation")
     ap.add_argument("--rsc-regressor", default=None, help="FlowRegressor folder of the RSC ablation")
     ap.add_argument("--note", default="", help="a line added under the table (e.g. where the weights were trained)")
+    ap.add_argument("--label", default=None, help="name of the models in the table (default: bundled name / folder)")
     ap.add_argument("--section", default="mini_models", help="BENCHMARKS.md section to (re)write")
     ap.add_argument("--title", default="stablemotion-mini quality (held-out synthetic test sets)")
     ap.add_argument("--threads", type=int, default=1)
@@ -115,11 +118,13 @@ def main() -> None:
         pipe = load_pipeline(model, torch.float32)
         pipe.set_progress_bar_config(disable=True)
         results: list[tuple[str, list[np.ndarray]]] = [("identity", [s["image"] for s in samples])]
+        results.append(("exact flow (the protocol's ceiling)", [warp_numpy(s["image"], s["flow"], padding)
+                                                                for s in samples]))
         cfg = LabelConfig(padding=padding)
         labelled = [estimate_flow(s["image"], s["gt"], s.get("mask"), cfg).flow for s in samples]
         results.append(("pseudo-flow labeller (sees the gt)", [warp_numpy(s["image"], f, padding) for s, f in
                                                                zip(samples, labelled, strict=True)]))
-        name = BUNDLED_MODELS[task] if getattr(args, f"{task}_model") is None else Path(model).name
+        name = args.label or (BUNDLED_MODELS[task] if getattr(args, f"{task}_model") is None else str(model))
         for label, steps, ens in (("1 step", 1, 1), ("4 steps", 4, 1), ("AES-4", 1, 4)):
             results.append((f"{name}, {label}", run_pipeline(pipe, samples, steps, ens)))
         reg = getattr(args, f"{task}_regressor")

@@ -44,3 +44,20 @@ def test_inference_benchmark_quick_mode(tmp_path: Path) -> None:
     assert four["tflop"] > 2 * one["tflop"]
     assert [q[2] for q in doc["decode_scale_quality"]][:3] == [1, 2, 4]
     assert "Targets (SIR" in proc.stdout
+
+
+def test_mini_models_benchmark_scores_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "mini_models.py"), "--tasks", "sir", "--num", "2", "--no-write",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["method"]: r for r in json.loads(out.read_text())}
+    assert rows["identity"]["gain_db"] == 0.0
+    assert rows["exact flow (the protocol's ceiling)"]["gain_db"] > 15  # exact synthetic flows re-warp at ~40 dB
+    for steps in ("1 step", "4 steps", "AES-4"):
+        assert f"stablemotion-mini-sir, {steps}" in rows
+    assert rows["stablemotion-mini-sir, 1 step"]["gain_db"] > 3
