@@ -57,7 +57,36 @@ def test_mini_models_benchmark_scores_every_row(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["method"]: r for r in json.loads(out.read_text())}
     assert rows["identity"]["gain_db"] == 0.0
-    assert rows["exact flow (the protocol's ceiling)"]["gain_db"] > 15  # exact synthetic flows re-warp at ~40 dB
+    exact = rows["exact flow (the gt flow)"]
+    assert exact["gain_db"] > 15 and exact["epe"] == 0.0  # exact synthetic flows re-warp at ~40 dB
+    assert rows["identity"]["epe"] > 2.0  # the mean gt motion, pixels
     for steps in ("1 step", "4 steps", "AES-4"):
         assert f"stablemotion-mini-sir, {steps}" in rows
     assert rows["stablemotion-mini-sir, 1 step"]["gain_db"] > 3
+    assert rows["stablemotion-mini-sir, 1 step"]["epe"] < rows["identity"]["epe"]
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mini_models_targets_are_computed_from_the_rows() -> None:
+    targets = _load_benchmark("mini_models").targets
+
+    def row(task: str, method: str, psnr: float, ident: float) -> dict:
+        return {"task": task, "method": method, "psnr": psnr, "gain_db": psnr - ident}
+
+    rows = [row("sir", "identity", 13.0, 13.0), row("sir", "m, 1 step", 23.5, 13.0),
+            row("sir", "regression ablation (same size, data, budget)", 24.0, 13.0),
+            row("rsc", "identity", 22.0, 22.0), row("rsc", "exact flow (the gt flow)", 21.8, 22.0),
+            row("rsc", "m, 1 step", 22.1, 22.0)]
+    text = targets(rows)
+    assert "- sir: gain +10.50 dB (target >= +10: met); vs the regression ablation -0.50 dB (target >= -1: met)" in text
+    assert "- rsc: gain +0.10 dB (target >= +2: missed); the exact gt flow itself scores -0.20 dB" in text
+    rows[1] = row("sir", "m, 1 step", 22.5, 13.0)
+    assert "(target >= +10: missed); vs the regression ablation -1.50 dB (target >= -1: missed)" in targets(rows)
