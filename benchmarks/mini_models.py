@@ -148,7 +148,7 @@ def main() -> None:
         samples = test_set(task, args.num, size, args.seed)
         padding = get_task(task).padding
         model = getattr(args, f"{task}_model") or bundled_model_path(task)
-        pipe = load_pipeline(model, torch.float32)
+        pipe = load_pipeline(model, torch.float32, progress=False)
         pipe.set_progress_bar_config(disable=True)
         results: list[tuple[str, tuple[list[np.ndarray], list[np.ndarray]]]] = [
             ("identity", ([s["image"] for s in samples], [np.zeros_like(s["flow"]) for s in samples])),

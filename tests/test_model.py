@@ -210,6 +210,21 @@ def test_convert_pipeline_to_fp16_halves_the_size_and_keeps_outputs(tmp_path):
         convert_pipeline(tmp_path / "fp32", out)
 
 
+def test_load_pipeline_progress_false_hides_the_loading_bar_for_that_call_only(tmp_path, capsys):
+    from diffusers.utils import logging as diffusers_logging
+
+    from stablemotion.model import load_pipeline, tiny_pipeline
+
+    tiny_pipeline("rsc", seed=1).save_pretrained(tmp_path / "p")
+    assert diffusers_logging.is_progress_bar_enabled()
+    capsys.readouterr()
+    load_pipeline(tmp_path / "p", progress=False)
+    assert "Loading pipeline components" not in capsys.readouterr().err
+    assert diffusers_logging.is_progress_bar_enabled()  # the user's global setting is left alone
+    load_pipeline(tmp_path / "p")
+    assert "Loading pipeline components" in capsys.readouterr().err
+
+
 def test_convert_command(tmp_path, capsys):
     from stablemotion.cli import main
     from stablemotion.model import tiny_pipeline

@@ -181,7 +181,7 @@ class _Models:
             return spec  # a ready pipeline (or a test double): used as given
         path = bundled_model_path(task) if spec is None else spec
         log.info("loading the %s model from %s", task, path)
-        pipe = load_pipeline(path, self.dtype)
+        pipe = load_pipeline(path, self.dtype, progress=spec is not None)
         if pipe.task.name != task:
             raise ValueError(f"the model {path} is a {pipe.task.name!r} model, not {task!r}")
         pipe.set_progress_bar_config(disable=True)

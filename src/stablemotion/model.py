@@ -473,21 +473,34 @@ def load_bundled_pipeline(
 ) -> StableMotionPipeline:
     """The bundled ``stablemotion-mini`` pipeline for ``task``, cast to ``torch_dtype``
     (weights are stored in fp16; float32 is the right choice on CPU)."""
-    return load_pipeline(bundled_model_path(task), torch_dtype)
+    return load_pipeline(bundled_model_path(task), torch_dtype, progress=False)
 
 
-def load_pipeline(folder: PathLike, torch_dtype: torch.dtype | None = None) -> StableMotionPipeline:
+def load_pipeline(folder: PathLike, torch_dtype: torch.dtype | None = None,
+                  progress: bool = True) -> StableMotionPipeline:
     """``StableMotionPipeline.from_pretrained`` without diffusers' ``torch_dtype`` rename warning
-    (we keep the old keyword: it works across the diffusers versions we support)."""
+    (we keep the old keyword: it works across the diffusers versions we support).
+
+    ``progress=False`` hides diffusers' "Loading pipeline components" bar for this call only
+    (noise for small local folders; worth keeping for hub downloads of SD2-size models)."""
     import warnings
+
+    from diffusers.utils import logging as diffusers_logging
 
     from .pipeline import StableMotionPipeline
 
     kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
-        return StableMotionPipeline.from_pretrained(str(folder), **kwargs)
+    restore = not progress and diffusers_logging.is_progress_bar_enabled()
+    if restore:
+        diffusers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
+            return StableMotionPipeline.from_pretrained(str(folder), **kwargs)
+    finally:
+        if restore:
+            diffusers_logging.enable_progress_bar()
 
 
 def convert_pipeline(src: PathLike, dst: PathLike, torch_dtype: torch.dtype = torch.float16,
@@ -497,7 +510,7 @@ def convert_pipeline(src: PathLike, dst: PathLike, torch_dtype: torch.dtype = to
     dst = Path(dst)
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise FileExistsError(f"{dst} already exists and is not empty; pass overwrite=True (--force)")
-    pipe = load_pipeline(src, torch_dtype)
+    pipe = load_pipeline(src, torch_dtype, progress=False)
     tmp = dst.with_name(f".{dst.name}.partial")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -162,7 +162,7 @@ def _load_pipeline(args: argparse.Namespace, dtype: torch.dtype) -> StableMotion
         path = bundled_model_path(task)
         print(f"no --model given: using the bundled {BUNDLED_MODELS[task]} model ({path}); it is small and "
               "trained on synthetic data only, see the README for full models")
-        return load_pipeline(path, dtype)
+        return load_pipeline(path, dtype, progress=False)
     model = Path(args.model)
     if model.is_dir() and not (model / "model_index.json").is_file():
         if (model / "unet_ema").is_dir() or any(p.name.startswith("StableMotion_") for p in model.iterdir()):
