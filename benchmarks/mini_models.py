@@ -58,15 +58,14 @@ def test_set(task: str, num: int, size: tuple[int, int], seed: int) -> list[dict
     return out
 
 
-def score(preds: list[np.ndarray], flows: list[np.ndarray] | None,
+def score(preds: list[np.ndarray], flows: list[np.ndarray],
           samples: list[dict[str, np.ndarray]]) -> tuple[float, float, float]:
-    """Mean PSNR (dB), SSIM and flow end-point error against the synthetic gt flow (pixels; NaN
-    when the method gives no flow). Flows are (H, W, 2), pixels."""
-    pairs = list(zip(preds, samples, strict=True))
-    epe = float("nan") if flows is None else float(np.mean(
-        [np.linalg.norm(f - s["flow"], axis=-1).mean() for f, s in zip(flows, samples, strict=True)]))
-    return (float(np.mean([psnr(p, s["gt"]) for p, s in pairs])),
-            float(np.mean([ssim(p, s["gt"]) for p, s in pairs])), epe)
+    """Mean PSNR (dB), SSIM and flow end-point error against the synthetic gt flow (pixels).
+    Flows are (H, W, 2), pixels."""
+    triples = list(zip(preds, flows, samples, strict=True))
+    return (float(np.mean([psnr(p, s["gt"]) for p, _, s in triples])),
+            float(np.mean([ssim(p, s["gt"]) for p, _, s in triples])),
+            float(np.mean([np.linalg.norm(f - s["flow"], axis=-1).mean() for _, f, s in triples])))
 
 
 def run_pipeline(pipe, samples, steps: int, ensemble: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
