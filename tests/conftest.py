@@ -14,6 +14,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny SD2-like base checkpoint folder (diffusers layout, random weights, written here)."""
+    from stablemotion.model import save_tiny_base
+
+    return save_tiny_base(tmp_path_factory.mktemp("sd2_tiny"))
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

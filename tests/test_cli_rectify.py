@@ -161,10 +161,14 @@ def test_import_checkpoint_command_then_rectify(photo: np.ndarray, tmp_path: Pat
     released = tmp_path / "hub" / "StableMotion_SIR"
     comps = tiny_components("sir", seed=4)
     comps["unet"].save_pretrained(released / "unet_ema")
-    comps["vae"].save_pretrained(released / "vae")
+    from accelerate import Accelerator
+
+    Accelerator(cpu=True).save_model(comps["vae"], released / "vae")  # the authors' layout: no config.json
     code, text = _run(["import-checkpoint", str(tmp_path / "hub"), "--subfolder", "StableMotion_SIR", "--base",
                        str(base), "--out", str(tmp_path / "pipe"), "--offline"], capsys)
     assert code == 0, text
+    assert "vae: " in text and "model.safetensors (accelerate layout" in text, text
+    assert "unet: " in text and "in_channels 12" in text and "scheduler: DDIM" in text and "text embedding:" in text
     code, text = _run(["import-checkpoint", str(released), "--base", str(base), "--out", str(tmp_path / "pipe"),
                        "--task", "rsc"], capsys)
     assert code == 2 and "already exists" in text

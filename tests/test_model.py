@@ -19,16 +19,10 @@ from stablemotion.model import (
     expand_conv_in,
     import_released_checkpoint,
     infer_task,
-    save_tiny_base,
     tiny_components,
 )
 from stablemotion.pipeline import StableMotionPipeline
 from stablemotion.tasks import RSC, SIR, TaskSpec
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_base(tmp_path_factory.mktemp("sd2_tiny"))
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -124,21 +118,27 @@ def test_infer_task() -> None:
 
 
 def _released_folder(root: Path, task: TaskSpec, seed: int, with_vae: bool) -> Path:
+    """The authors' layout: ``unet_ema/`` (diffusers) and ``vae/`` as accelerate's ``save_model`` writes it."""
+    from accelerate import Accelerator
+
     comps = tiny_components(task, seed=seed)
     folder = root / f"StableMotion_{task.name.upper()}"
     comps["unet"].save_pretrained(folder / "unet_ema")
     if with_vae:
-        comps["vae"].save_pretrained(folder / "vae")
+        Accelerator(cpu=True).save_model(comps["vae"], folder / "vae")
     return folder
 
 
 def test_import_released_sir(tiny_base: Path, tmp_path: Path) -> None:
     folder = _released_folder(tmp_path / "released", SIR, seed=7, with_vae=True)
+    assert sorted(p.name for p in (folder / "vae").iterdir()) == ["model.safetensors"]  # no config.json
     out = import_released_checkpoint(folder, tmp_path / "sir_pipe", base=tiny_base)
     pipe = StableMotionPipeline.from_pretrained(out)
     assert pipe.task == SIR and pipe.task.conditions == ("mask", "image")
     assert _same_weights(pipe.unet, UNet2DConditionModel.from_pretrained(folder / "unet_ema"))
-    assert _same_weights(pipe.vae, AutoencoderKL.from_pretrained(folder / "vae"))  # the task's own VAE
+    assert _same_weights(pipe.vae, tiny_components(SIR, seed=7)["vae"])  # the task's own fine-tuned VAE
+    assert not _same_weights(pipe.vae, AutoencoderKL.from_pretrained(tiny_base / "vae"))
+    assert pipe.config.default_final_step == "prev_sample" and pipe.config.mask_encoding == "as_read"
     assert pipe.scheduler.config.timestep_spacing == "trailing"
     assert pipe.config.default_processing_resolution == [384, 512]
     with pytest.raises(FileExistsError):

@@ -15,6 +15,12 @@ Two rules are offered (see METHOD.md, "Inference"):
 The median of an even number of members is the mean of the two middle values (the
 ``numpy.median`` convention), so 2 members give their mean.
 
+Rounding: the released ``aes.py`` works on the members' saved 8-bit images and truncates
+the median to ``uint8`` (``np.median(...).astype(np.uint8)``), where this package keeps
+floats and rounds once when an image is written. ``ensemble_images(..., rounding="release")``
+reproduces the release (members rounded to 8 bits, median, truncated); the difference is
+at most 1/255 per pixel.
+
 This module is pure torch and knows nothing about models.
 """
 
@@ -24,6 +30,7 @@ import torch
 
 __all__ = [
     "ENSEMBLE_MODES",
+    "ENSEMBLE_ROUNDINGS",
     "REFERENCE_BAND",
     "REFERENCE_SIZE",
     "border_band_width",
@@ -35,6 +42,8 @@ __all__ = [
 ]
 
 ENSEMBLE_MODES = ("image", "flow", "latent")
+#: How :func:`ensemble_images` rounds: ``"none"`` (float median) or ``"release"`` (8-bit, truncated).
+ENSEMBLE_ROUNDINGS = ("none", "release")
 #: Border band width (px) of the released rule at :data:`REFERENCE_SIZE`.
 REFERENCE_BAND = 20
 #: (H, W) at which the released band width was chosen (DIR-D).
@@ -106,27 +115,37 @@ def _check_members(x: torch.Tensor, name: str, channels: int | None = None) -> N
         raise ValueError(f"{name} has no ensemble members")
 
 
-def ensemble_images(warped: torch.Tensor, band: tuple[int, int] | float | None = None) -> torch.Tensor:
+def ensemble_images(
+    warped: torch.Tensor, band: tuple[int, int] | float | None = None, rounding: str = "none"
+) -> torch.Tensor:
     """The released AES rule on warped member images.
 
     Args:
         warped: (B, E, C, H, W), the input warped by each of the E member flows (any value
             range; the minimum is taken per channel, so in [-1, 1] or [0, 1] it picks the
-            darkest value).
+            darkest value). ``rounding="release"`` needs [0, 1].
         band: border band, ``(rows, cols)`` in pixels or a reference width (see
             :func:`border_band_width`; ``None`` = released 20 px at 384x512).
+        rounding: ``"none"`` (float result) or ``"release"``: members rounded to 8 bits,
+            the median truncated to 8 bits, as the released ``aes.py`` (result still in [0, 1]).
 
     Returns:
         (B, C, H, W): per-pixel median, per-pixel minimum inside the border band.
     """
     _check_members(warped, "warped")
+    if rounding not in ENSEMBLE_ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ENSEMBLE_ROUNDINGS}, got {rounding!r}")
     h, w = warped.shape[-2:]
+    if rounding == "release":
+        warped = (warped.float().clamp(0, 1) * 255.0).round()
     med = median(warped, dim=1)
-    if warped.shape[1] == 1:
-        return med
-    low = warped.min(dim=1).values
-    mask = border_band_mask(h, w, band, device=warped.device)
-    return torch.where(mask, low, med)
+    if warped.shape[1] > 1:
+        low = warped.min(dim=1).values
+        mask = border_band_mask(h, w, band, device=warped.device)
+        med = torch.where(mask, low, med)
+    if rounding == "release":
+        med = med.floor() / 255.0
+    return med
 
 
 def ensemble_flows(flows: torch.Tensor) -> torch.Tensor:

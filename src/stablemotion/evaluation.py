@@ -74,12 +74,20 @@ _SETTINGS_FILE = "run.json"
 # --------------------------------------------------------------------------- test sets
 @dataclass
 class EvalSample:
-    """One test image: uint8 ``image`` (H, W, 3), ``mask`` (H, W) 255 = content or None, ``gt`` (H, W, 3)."""
+    """One test image, uint8 arrays.
+
+    ``image`` (H, W, 3); ``mask`` (H, W, 3) or (H, W), white = content, exactly as the
+    file reads (the pipeline applies its own mask encoding), or None; ``gt`` (H, W, 3);
+    ``network_image`` (h, w, 3): the released protocol's own network input when the dataset
+    stores one (RS-Real: the ``.npz`` ``condition`` at 256x256, while ``image`` is the
+    full-resolution ``jpg``), else None.
+    """
 
     name: str
     image: np.ndarray
     mask: np.ndarray | None
     gt: np.ndarray
+    network_image: np.ndarray | None = None
 
 
 class EvalSet:
@@ -108,14 +116,20 @@ class EvalSet:
         if name not in self._index:
             raise KeyError(f"no test image named {name!r} in {self.dataset!r}")
         s = self.dataset.load(self._index[name])
+        network_image = None
         if self.full_res:
             image, gt = tensor_to_image(s["image_full"]), tensor_to_image(s["gt_full"])
+            network_image = tensor_to_image(s["image"])  # the stored condition, as the release feeds it
         else:
             image, gt = tensor_to_image(s["image"]), tensor_to_image(s["gt"])
         mask = None
-        if "mask" in s:
+        entry = getattr(self.dataset, "files", {}).get(name)
+        mask_file = entry.get("mask") if isinstance(entry, dict) else None
+        if mask_file is not None:  # the file as read (DIR-D: 3-channel JPEG), not the training binarisation
+            mask = load_image(mask_file, mode="RGB")
+        elif "mask" in s:
             mask = np.where(s["mask"][0].numpy() > 0, 255, 0).astype(np.uint8)
-        return EvalSample(name, image, mask, gt)
+        return EvalSample(name, image, mask, gt, network_image)
 
 
 def open_eval_set(root: PathLike, task: str = "sir", split: str | None = None, kind: str = "auto") -> EvalSet:
@@ -243,7 +257,9 @@ def run_inference(
         sample = eval_set.get(name)
         if "mask" in pipe.task.conditions and sample.mask is None:
             raise ValueError(f"{name}: the {pipe.task.name} model needs a mask but the dataset has none")
-        kwargs = {"mask": sample.mask} if "mask" in pipe.task.conditions else {}
+        kwargs: dict[str, Any] = {"mask": sample.mask} if "mask" in pipe.task.conditions else {}
+        if sample.network_image is not None and settings.processing_resolution is None:
+            kwargs["processing_image"] = sample.network_image  # RS-Real: the stored 256x256 condition
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import struct
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -35,6 +36,7 @@ __all__ = [
     "encode_flow",
     "decode_flow",
     "resize_flow",
+    "RELEASED_FLOW_RESIZE",
     "rigid_mesh",
     "mesh_to_flow",
     "read_flow",
@@ -134,6 +136,7 @@ def warp(
     mode: str = "bilinear",
     return_mask: bool = False,
     check_finite: bool = True,
+    fill: float = 0.0,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Backward-warp ``image`` with ``flow``: ``out(p) = image(p + flow(p))``.
 
@@ -148,6 +151,11 @@ def warp(
         mode: ``"bilinear"`` (the method's choice) or ``"nearest"``.
         return_mask: also return :func:`valid_mask` of the flow.
         check_finite: raise ``ValueError`` if the flow holds NaN/inf (costs one sync on GPU).
+        fill: with ``"zeros"`` padding, the value of samples outside the frame (bilinearly
+            blended at the edge exactly as ``grid_sample`` blends with 0). The released code
+            warps images in [0, 1], so the empty area is black: pass ``fill=-1.0`` for an
+            image in [-1, 1] to get the same result (``warp(x, f, fill=-1) ==
+            2 * warp((x + 1) / 2, f) - 1``). Ignored by the other paddings.
 
     Returns:
         The warped image, same shape and dtype as ``image``; with ``return_mask``,
@@ -189,7 +197,12 @@ def warp(
         work = image.float()
     if grid_dtype == torch.float64:
         work = image.double()
+    shift = float(fill) if padding == "zeros" else 0.0
+    if shift:
+        work = work - shift
     out = F.grid_sample(work, grid.to(work.dtype), mode=mode, padding_mode=padding, align_corners=True)
+    if shift:
+        out = out + shift
     if not in_dtype.is_floating_point:
         info = torch.iinfo(in_dtype)
         out = out.round().clamp(info.min, info.max)
@@ -237,18 +250,29 @@ def resize_flow(
     size: tuple[int, int],
     mode: str = "bilinear",
     align_corners: bool = False,
+    magnitude: str = "auto",
 ) -> torch.Tensor:
     """Resample a flow to ``size = (H', W')`` and rescale its magnitudes.
 
-    With ``align_corners=False`` (pixel-area convention, the released RSC code) ``u`` is
-    scaled by ``W'/W`` and ``v`` by ``H'/H``. With ``align_corners=True`` (corner pixels
-    map onto corner pixels, the convention of :func:`warp`) the factors are
-    ``(W'-1)/(W-1)`` and ``(H'-1)/(H-1)``.
+    Two rules are in use:
+
+    * the pixel-area convention (``align_corners=False``, ``magnitude="auto"``): ``u`` is
+      scaled by ``W'/W`` and ``v`` by ``H'/H``;
+    * the released StableMotion rule (``upsample2d_flow_as`` of the authors' RSC code):
+      bilinear with ``align_corners=True`` and ``magnitude="size"``, i.e. the samples are
+      placed corner to corner but magnitudes are still scaled by ``W'/W`` and ``H'/H``.
+      :data:`RELEASED_FLOW_RESIZE` holds these keywords; the pipeline uses them.
+
+    ``magnitude="corners"`` (the default ``"auto"`` with ``align_corners=True``) scales by
+    ``(W'-1)/(W-1)`` and ``(H'-1)/(H-1)``, the factors consistent with :func:`warp`'s
+    corner convention.
 
     Args:
         flow: (B, 2, H, W) or (2, H, W), pixels of the source resolution.
         size: target (H', W').
         mode: interpolation mode of ``F.interpolate`` ("bilinear", "bicubic", "nearest").
+        align_corners: ``F.interpolate``'s sample placement (ignored for "nearest").
+        magnitude: ``"auto"``, ``"size"`` (``W'/W``) or ``"corners"`` (``(W'-1)/(W-1)``).
 
     Returns:
         (B, 2, H', W') (or (2, H', W')), pixels of the target resolution, same dtype.
@@ -256,13 +280,15 @@ def resize_flow(
     flow, squeeze = _as_batched_flow(flow)
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"size must be (H, W) with positive entries, got {size}")
+    if magnitude not in ("auto", "size", "corners"):
+        raise ValueError(f"magnitude must be 'auto', 'size' or 'corners', got {magnitude!r}")
     h, w = flow.shape[-2:]
     th, tw = int(size[0]), int(size[1])
     if (th, tw) == (h, w):
         return flow[0] if squeeze else flow
     kwargs = {} if mode == "nearest" else {"align_corners": align_corners}
     out = F.interpolate(flow, size=(th, tw), mode=mode, **kwargs)
-    if align_corners:
+    if magnitude == "corners" or (magnitude == "auto" and align_corners):
         sx = (tw - 1) / (w - 1) if w > 1 else float(tw)
         sy = (th - 1) / (h - 1) if h > 1 else float(th)
     else:
@@ -270,6 +296,11 @@ def resize_flow(
     scale = torch.tensor([sx, sy], dtype=out.dtype, device=out.device).view(1, 2, 1, 1)
     out = out * scale
     return out[0] if squeeze else out
+
+
+#: :func:`resize_flow` keywords of the released code's flow upsampling (bilinear,
+#: ``align_corners=True``, magnitudes scaled by ``W'/W``, ``H'/H``).
+RELEASED_FLOW_RESIZE: dict[str, Any] = {"mode": "bilinear", "align_corners": True, "magnitude": "size"}
 
 
 # --------------------------------------------------------------------------- meshes

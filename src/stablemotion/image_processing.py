@@ -31,6 +31,7 @@ __all__ = [
     "ImageInput",
     "to_image_batch",
     "to_mask_batch",
+    "MASK_ENCODINGS",
     "pil_to_rgb",
     "resize_image",
     "resize_mask",
@@ -150,11 +151,13 @@ def pil_to_rgb(image: Image.Image, name: str = "image") -> np.ndarray:
     return np.array(image, dtype=np.uint8)
 
 
-def _single_mask(x: object, name: str) -> torch.Tensor:
-    """One mask -> float32 (1, H, W) with values {0, 1}."""
+def _single_mask(x: object, name: str, binarize: bool = True) -> torch.Tensor:
+    """One mask -> float32 (1, H, W) with values {0, 1}; unbinarised: (1|3, H, W) in [0, 1]."""
     what = _describe(x)
     if isinstance(x, Image.Image):
-        x = np.array(x.convert("L") if x.mode not in ("L", "1") else x)
+        if binarize or x.mode not in ("L", "1", "RGB"):
+            x = x.convert("L") if x.mode not in ("L", "1") else x
+        x = np.array(x)
     if isinstance(x, np.ndarray):
         t = torch.from_numpy(np.ascontiguousarray(x))
         if t.ndim == 3:
@@ -181,24 +184,44 @@ def _single_mask(x: object, name: str) -> torch.Tensor:
             raise ValueError(f"float {name} values must lie in [0, 1] (1 = valid), got {what}")
     else:
         raise ValueError(f"{name} must be bool, uint8 or float in [0, 1], got {what}")
+    if not binarize:
+        return t.clamp(0, 1)
     return (t.mean(dim=0, keepdim=True) >= 0.5).float()
 
 
-def to_mask_batch(mask: ImageInput, name: str = "mask") -> torch.Tensor:
-    """Convert mask input(s) to a float32 (B, 1, H, W) tensor of {0, 1} (1 = valid)."""
+#: How a pipeline turns a given mask into its network input: ``"binary"`` (channel mean
+#: thresholded at 0.5, this package's models) or ``"as_read"`` (the values as read, per
+#: channel, no threshold: what the released models were trained and evaluated on).
+MASK_ENCODINGS = ("binary", "as_read")
+
+
+def to_mask_batch(mask: ImageInput, name: str = "mask", encoding: str = "binary") -> torch.Tensor:
+    """Convert mask input(s) to a float32 tensor (1 = valid).
+
+    ``encoding="binary"``: (B, 1, H, W) of {0, 1}. ``"as_read"``: (B, C, H, W) in [0, 1]
+    with the input's own channels (C = 1, or 3 for an RGB mask such as DIR-D's JPEGs),
+    no threshold, as the released ``ToTensor`` reads them; a batch mixing 1- and 3-channel
+    masks is expanded to 3 channels.
+    """
+    if encoding not in MASK_ENCODINGS:
+        raise ValueError(f"mask encoding must be one of {MASK_ENCODINGS}, got {encoding!r}")
+    binarize = encoding == "binary"
     if isinstance(mask, (np.ndarray, torch.Tensor)) and mask.ndim == 4:
         items = list(mask)  # (B, H, W, C) numpy / (B, C, H, W) torch
     else:
         items = _split_batch(mask, name, item_ndim=99)
-    out = [_single_mask(x, f"{name}[{i}]" if len(items) > 1 else name) for i, x in enumerate(items)]
+    out = [_single_mask(x, f"{name}[{i}]" if len(items) > 1 else name, binarize) for i, x in enumerate(items)]
     sizes = {tuple(t.shape[-2:]) for t in out}
     if len(sizes) > 1:
         raise ValueError(f"all {name}s of a batch must have the same size (H, W), got {sorted(sizes)}")
+    if len({t.shape[0] for t in out}) > 1:
+        out = [t.expand(3, -1, -1) for t in out]
     return torch.stack(out)
 
 
 def to_vae_range(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] -> [-1, 1] (the VAE's input range); a (B, 1, H, W) mask becomes 3 channels."""
+    """[0, 1] -> [-1, 1] (the VAE's input range); a (B, 1, H, W) mask becomes 3 channels
+    (a 3-channel mask keeps its channels, as the release feeds it)."""
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     return x * 2.0 - 1.0
@@ -212,11 +235,12 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=shrink)
 
 
-def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize a {0, 1} mask (B, 1, H, W) to ``size`` and re-binarise at 0.5."""
+def resize_mask(mask: torch.Tensor, size: tuple[int, int], binarize: bool = True) -> torch.Tensor:
+    """Resize a mask (B, C, H, W) in [0, 1] to ``size``; re-binarise at 0.5 unless ``binarize=False``."""
     if tuple(mask.shape[-2:]) == tuple(size):
         return mask
-    return (resize_image(mask, size) >= 0.5).float()
+    out = resize_image(mask, size)
+    return (out >= 0.5).float() if binarize else out.clamp(0, 1)
 
 
 def processing_size(

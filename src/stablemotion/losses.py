@@ -144,7 +144,7 @@ def warp_loss(
     Returns:
         scalar loss.
     """
-    pred = warp(image, flow, padding=padding, check_finite=False)
+    pred = warp(image, flow, padding=padding, check_finite=False, fill=-1.0)  # zeros padding: black, as released
     err = (pred.float() - target.float()).pow(2)
     if valid is None:
         return err.mean()
@@ -171,7 +171,7 @@ def mask_loss(mask: torch.Tensor, flow: torch.Tensor, padding: str = "border", t
         mask: (B, 1, H, W) in [-1, 1], 1 = valid content.
         flow: (B, 2, H, W), pixels.
     """
-    m = warp(mask, flow, padding=padding, check_finite=False).float()
+    m = warp(mask, flow, padding=padding, check_finite=False, fill=-1.0).float()  # outside = empty
     m = torch.where(m > threshold, torch.ones_like(m), m)
     return (1.0 - m).pow(2).mean()
 

@@ -12,16 +12,19 @@
 * :func:`tiny_components` / :func:`tiny_pipeline` / :func:`save_tiny_base` -- random-weight
   miniatures for tests and CPU experiments (no downloads).
 * :func:`import_released_checkpoint` -- the authors' released task folders
-  (``unet_ema/``, optional ``vae/``) + an SD2 base -> a pipeline folder.
+  (``unet_ema/``, optional ``vae/`` in the diffusers or accelerate layout) + an SD2 base ->
+  a pipeline folder whose config reproduces the released inference
+  (:data:`RELEASED_INFERENCE`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,13 +62,26 @@ __all__ = [
     "convert_pipeline",
     "infer_task",
     "import_released_checkpoint",
+    "load_released_vae",
+    "RELEASED_INFERENCE",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Default Stable Diffusion checkpoint (768-v, v-prediction).
 DEFAULT_BASE = "stabilityai/stable-diffusion-2"
 #: Hub repository of the authors' released checkpoints and its task subfolders.
 RELEASED_REPO = "ivowang/StableMotion"
 RELEASED_SUBFOLDERS = {"sir": "StableMotion_SIR", "rsc": "StableMotion_RSC"}
+#: Pipeline config of an imported release: the released inference path (METHOD.md,
+#: "Released checkpoint layout"): the last DDIM step's ``prev_sample``, masks fed as read,
+#: AES in 8 bits with the median truncated and a fixed 20 px band.
+RELEASED_INFERENCE: dict[str, Any] = {
+    "default_final_step": "prev_sample",
+    "mask_encoding": "as_read",
+    "ensemble_rounding": "release",
+    "scale_border_band": False,
+}
 
 
 class EmptyTextEmbedding(ModelMixin, ConfigMixin):
@@ -566,6 +582,109 @@ def _resolve_released(task_folder: PathLike, subfolder: str | None, **hub_kwargs
     return path
 
 
+#: Weight files of a model folder written by ``accelerator.save_model`` (no ``config.json``),
+#: single file or sharded with an index, in the order they are looked for.
+_ACCELERATE_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                     "pytorch_model.bin.index.json")
+_DIFFUSERS_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+                    "diffusion_pytorch_model.bin", "diffusion_pytorch_model.bin.index.json")
+
+
+def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
+    """One ``.safetensors`` or ``.bin`` state dict; a clear error names the file when it is unreadable."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors, pickle and zip errors have no common base class
+        raise ValueError(f"cannot read the weights {path}: {type(exc).__name__}: {exc} (corrupt or truncated file?)") from exc
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    return dict(state)
+
+
+def _read_state_dict(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    path = folder / name
+    if not name.endswith(".index.json"):
+        return _read_weight_file(path)
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot read the shard index {path}: {exc}") from exc
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        if not (folder / shard).is_file():
+            raise FileNotFoundError(f"{path} lists the shard {shard}, which is missing from {folder}")
+        state.update(_read_weight_file(folder / shard))
+    return state
+
+
+def load_released_vae(
+    vae_dir: PathLike, base: PathLike = DEFAULT_BASE, **hub_kwargs: Any
+) -> tuple[AutoencoderKL, str]:
+    """Load a released task folder's fine-tuned ``vae/`` in any layout the authors' code reads.
+
+    * diffusers: ``config.json`` + ``diffusion_pytorch_model.{safetensors,bin}`` (or sharded);
+    * accelerate (what the released trainer writes with ``accelerator.save_model`` and
+      ``sample.py`` reads with ``accelerate.load_checkpoint_in_model``): ``model.safetensors``,
+      ``pytorch_model.bin`` or a sharded ``*.index.json``, without ``config.json``; the
+      architecture comes from ``base``'s ``vae/`` config (or from a ``config.json`` beside them).
+
+    Every weight must match the architecture (strict): a partial load would silently mix
+    fine-tuned and random weights.
+
+    Returns:
+        ``(vae, description)``: the model and one line saying which files and layout were used.
+
+    Raises:
+        FileNotFoundError: ``vae_dir`` holds no weights of a known layout.
+        ValueError: the weights are unreadable or do not fit the architecture.
+    """
+    vae_dir = Path(vae_dir)
+    has_config = (vae_dir / "config.json").is_file()
+    diffusers_file = next((f for f in _DIFFUSERS_FILES if (vae_dir / f).is_file()), None)
+    if has_config and diffusers_file is not None:
+        try:
+            vae = AutoencoderKL.from_pretrained(vae_dir)
+        except Exception as exc:
+            raise ValueError(f"cannot load the VAE in {vae_dir} (diffusers layout): {type(exc).__name__}: {exc}") from exc
+        return vae, f"{vae_dir / diffusers_file} (diffusers layout, fine-tuned)"
+    weights = next((f for f in _ACCELERATE_FILES if (vae_dir / f).is_file()), None)
+    if weights is None:
+        present = sorted(p.name for p in vae_dir.iterdir()) if vae_dir.is_dir() else []
+        raise FileNotFoundError(
+            f"{vae_dir} exists but holds no VAE weights the released code can read: expected config.json + "
+            f"{_DIFFUSERS_FILES[0]} (diffusers) or one of {', '.join(_ACCELERATE_FILES)} (accelerate); found "
+            f"{present or 'nothing'}. Remove the folder to use the base VAE, or fix it."
+        )
+    if has_config:
+        config, origin = AutoencoderKL.load_config(vae_dir), f"{vae_dir / 'config.json'}"
+    else:
+        config, origin = AutoencoderKL.load_config(str(base), subfolder="vae", **hub_kwargs), f"{base} vae/config.json"
+    vae = AutoencoderKL.from_config(config)
+    state = _read_state_dict(vae_dir, weights)
+    if state and all(k.startswith("module.") for k in state):  # saved from a wrapped model
+        state = {k[len("module."):]: v for k, v in state.items()}
+    expected = vae.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        details = "; ".join(
+            f"{what} {len(keys)} (e.g. {keys[0]})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
+        raise ValueError(
+            f"the VAE weights {vae_dir / weights} do not fit the VAE architecture of {origin}: {details}. "
+            "Wrong --base, or not a StableMotion VAE?"
+        )
+    vae.load_state_dict(state, strict=True)
+    return vae, f"{vae_dir / weights} (accelerate layout, architecture from {origin}, fine-tuned)"
+
+
 def import_released_checkpoint(
     task_folder: PathLike,
     output: PathLike,
@@ -577,28 +696,40 @@ def import_released_checkpoint(
     safe_serialization: bool = True,
     local_files_only: bool | None = None,
     cache_dir: PathLike | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
     """Turn an authors' released task folder into a StableMotion pipeline folder.
 
+    The pipeline config reproduces the released inference (:data:`RELEASED_INFERENCE`):
+    ``prev_sample`` on the last DDIM step, masks fed as read, the released AES rounding and
+    band. Only the processing resolution stays this package's (the task's: SIR 384x512,
+    RSC 256x256; pass ``processing_resolution=0`` to run at the input's own size as the
+    released SIR code does).
+
     Args:
         task_folder: folder with ``unet_ema/`` (diffusers UNet, 12 input channels for SIR,
-            8 for RSC) and optionally ``vae/`` (SIR ships a fine-tuned VAE; otherwise the
-            base VAE is used). With ``subfolder``, ``task_folder`` may be a hub id such as
+            8 for RSC) and optionally ``vae/`` (SIR ships a fine-tuned VAE, in the
+            accelerate layout ``model.safetensors`` without ``config.json``, or the
+            diffusers layout; see :func:`load_released_vae`); without ``vae/`` the base VAE
+            is used. With ``subfolder``, ``task_folder`` may be a hub id such as
             :data:`RELEASED_REPO` (downloaded once into the hub cache).
         output: the pipeline folder to write (``model_index.json`` layout).
         base: SD2 checkpoint (folder or hub id) for the scheduler and the empty-prompt
-            embedding (and the VAE when the task folder has none).
+            embedding (and the VAE, or its config, when the task folder has none).
         task: the task; ``None`` infers it from the folder name and the channel count.
             The channel count must equal ``4 * (len(task.conditions) + 1)``; the released
             condition order is the task's declared order (SIR: mask, image; RSC: image),
             which is written to the pipeline config.
         overwrite: replace an existing ``output``.
+        log: called with one line per component saying what was found and used
+            (default: the module logger at INFO level; the CLI prints them).
 
     Returns:
         ``output`` as a ``Path``.
     """
     from .pipeline import StableMotionPipeline
 
+    say = log or logger.info
     kw = _hub_kwargs(local_files_only, cache_dir, None)
     folder = _resolve_released(task_folder, subfolder, **kw)
     output = Path(output)
@@ -607,7 +738,10 @@ def import_released_checkpoint(
     unet_dir = folder / "unet_ema"
     if not (unet_dir / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a released StableMotion task folder: {unet_dir}/config.json missing")
-    in_channels = int(json.loads((unet_dir / "config.json").read_text())["in_channels"])
+    try:
+        in_channels = int(json.loads((unet_dir / "config.json").read_text())["in_channels"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{unet_dir}/config.json is not a UNet config with in_channels: {exc}") from exc
     hint = subfolder or folder.name
     if task is None:
         spec = infer_task(in_channels, hint)
@@ -618,19 +752,31 @@ def import_released_checkpoint(
                 f"task {spec.name!r} needs {spec.unet_in_channels} UNet input channels (conditions "
                 f"{list(spec.conditions)} + flow) but {unet_dir} has {in_channels}: wrong checkpoint for this task"
             )
-    unet = UNet2DConditionModel.from_pretrained(unet_dir)
-    if (folder / "vae" / "config.json").is_file():
-        vae = AutoencoderKL.from_pretrained(folder / "vae")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(unet_dir)
+    except Exception as exc:
+        raise ValueError(f"cannot load the UNet in {unet_dir}: {type(exc).__name__}: {exc}") from exc
+    say(f"unet: {unet_dir} (in_channels {in_channels} = conditions {list(spec.conditions)} + noisy flow, "
+        f"task {spec.name})")
+    if (folder / "vae").is_dir():
+        vae, vae_note = load_released_vae(folder / "vae", base, **kw)
     else:
         vae = AutoencoderKL.from_pretrained(str(base), subfolder="vae", **kw)
+        vae_note = f"{base} vae/ (the base VAE: {folder} has no vae/ folder)"
+    say(f"vae: {vae_note}")
     scheduler = make_scheduler(DDIMScheduler.load_config(str(base), subfolder="scheduler", **kw))
+    say(f"scheduler: DDIM from {base} scheduler/ (trailing spacing, v-prediction, set_alpha_to_one="
+        f"{scheduler.config.set_alpha_to_one}; final step: prev_sample, as released)")
     embedding = load_text_embedding(base, **kw)
     if embedding.config.embedding_dim != unet.config.cross_attention_dim:
         raise ValueError(
             f"the base's text embedding has dim {embedding.config.embedding_dim} but the UNet expects "
             f"cross_attention_dim {unet.config.cross_attention_dim}: wrong base checkpoint"
         )
-    pipe = StableMotionPipeline(unet=unet, vae=vae, scheduler=scheduler, text_embedding=embedding, task=spec.to_dict())
+    source = "stored text_embedding/" if (Path(str(base)) / "text_embedding").is_dir() else "text_encoder/ + tokenizer/"
+    say(f"text embedding: empty prompt from {base} ({source}), shape {tuple(embedding.embedding.shape)}")
+    pipe = StableMotionPipeline(unet=unet, vae=vae, scheduler=scheduler, text_embedding=embedding,
+                                task=spec.to_dict(), **RELEASED_INFERENCE)
     tmp = output.with_name(f".{output.name}.tmp-import")
     if tmp.exists():
         shutil.rmtree(tmp)

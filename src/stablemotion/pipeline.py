@@ -8,10 +8,15 @@ description and the recommended inference settings; ``None`` arguments fall back
 Inference (METHOD.md, "Inference"): the input and its condition images are resized to the
 processing resolution, encoded once with the VAE mean (times ``scaling_factor``) and shared
 by the E ensemble members; each member starts from Gaussian noise at t = 999 and follows
-the scheduler (1 step by default: straight to the x0 estimate). The x0 latent is decoded to
-a flow (``vae.decode(z / scale) * gamma``, first two channels), upsampled to the input size
-with magnitude scaling, and applied with :func:`stablemotion.flow.warp`. The members are
-combined with the Adaptive Ensemble Strategy (:mod:`stablemotion.ensemble`).
+the scheduler (1 step by default). The final latent is either the last step's x0 estimate
+(``final_step="x0"``) or, as in the released code, the DDIM ``prev_sample`` of the last
+step (``"prev_sample"``: with SD2's ``set_alpha_to_one=False`` that is
+``sqrt(a_0) * x0 + sqrt(1 - a_0) * eps``, ``a_0 = alphas_cumprod[0]``); the checkpoint's
+config says which. It is decoded to a flow (``vae.decode(z / scale) * gamma``, first two
+channels), upsampled to the input size with the released rule (bilinear,
+``align_corners=True``, magnitudes scaled by ``W/w``, ``H/h``), and applied with
+:func:`stablemotion.flow.warp` to the input in [0, 1] (so zeros padding leaves black). The
+members are combined with the Adaptive Ensemble Strategy (:mod:`stablemotion.ensemble`).
 """
 
 from __future__ import annotations
@@ -29,9 +34,17 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .ensemble import ENSEMBLE_MODES, ensemble_flows, ensemble_images, flow_uncertainty, median
-from .flow import flow_to_color, resize_flow, warp
+from .ensemble import (
+    ENSEMBLE_MODES,
+    ENSEMBLE_ROUNDINGS,
+    ensemble_flows,
+    ensemble_images,
+    flow_uncertainty,
+    median,
+)
+from .flow import RELEASED_FLOW_RESIZE, flow_to_color, resize_flow, warp
 from .image_processing import (
+    MASK_ENCODINGS,
     ImageInput,
     processing_size,
     resize_image,
@@ -46,6 +59,8 @@ from .tasks import MASK_CONDITIONS, TaskSpec, get_task
 __all__ = ["StableMotionOutput", "StableMotionPipeline"]
 
 OUTPUT_TYPES = ("pt", "np", "pil")
+#: What the last denoising step returns: the x0 estimate, or DDIM's ``prev_sample`` (the release).
+FINAL_STEPS = ("x0", "prev_sample")
 
 
 @dataclass
@@ -90,7 +105,16 @@ class StableMotionPipeline(DiffusionPipeline):
         default_ensemble_size: members when ``ensemble_size=None`` (1).
         default_ensemble_mode: ``"image"`` (released AES), ``"flow"`` or ``"latent"`` (see ``__call__``).
         default_processing_resolution: ``[H, W]``; ``None`` = the task's resolution.
-        default_border_band: AES border band at 384x512 in px (20), scaled with size.
+        default_border_band: AES border band in px (20), at 384x512 and scaled with the
+            image size when ``scale_border_band`` is true, else in pixels of the image.
+        default_final_step: ``"x0"`` (the last step's x0 estimate) or ``"prev_sample"`` (the
+            DDIM step's output, the released code's path); see :data:`FINAL_STEPS`.
+        mask_encoding: how a given mask enters the network: ``"binary"`` (thresholded) or
+            ``"as_read"`` (per channel, no threshold: the released models).
+        ensemble_rounding: ``"none"`` or ``"release"`` (AES members and result in 8 bits,
+            the median truncated, as the released ``aes.py``).
+        scale_border_band: scale the AES band with the image size (``False``: the released
+            fixed width in pixels).
     """
 
     model_cpu_offload_seq = "unet->vae"
@@ -108,6 +132,10 @@ class StableMotionPipeline(DiffusionPipeline):
         default_ensemble_mode: str = "image",
         default_processing_resolution: Sequence[int] | None = None,
         default_border_band: float = 20.0,
+        default_final_step: str = "x0",
+        mask_encoding: str = "binary",
+        ensemble_rounding: str = "none",
+        scale_border_band: bool = True,
     ) -> None:
         super().__init__()
         in_channels = int(unet.config.in_channels)
@@ -124,6 +152,12 @@ class StableMotionPipeline(DiffusionPipeline):
             )
         if default_ensemble_mode not in ENSEMBLE_MODES:
             raise ValueError(f"default_ensemble_mode must be one of {ENSEMBLE_MODES}, got {default_ensemble_mode!r}")
+        if default_final_step not in FINAL_STEPS:
+            raise ValueError(f"default_final_step must be one of {FINAL_STEPS}, got {default_final_step!r}")
+        if mask_encoding not in MASK_ENCODINGS:
+            raise ValueError(f"mask_encoding must be one of {MASK_ENCODINGS}, got {mask_encoding!r}")
+        if ensemble_rounding not in ENSEMBLE_ROUNDINGS:
+            raise ValueError(f"ensemble_rounding must be one of {ENSEMBLE_ROUNDINGS}, got {ensemble_rounding!r}")
         resolution = list(spec.resolution if default_processing_resolution is None else default_processing_resolution)
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_embedding=text_embedding)
         self.register_to_config(
@@ -133,6 +167,10 @@ class StableMotionPipeline(DiffusionPipeline):
             default_ensemble_mode=default_ensemble_mode,
             default_processing_resolution=[int(r) for r in resolution],
             default_border_band=float(default_border_band),
+            default_final_step=default_final_step,
+            mask_encoding=mask_encoding,
+            ensemble_rounding=ensemble_rounding,
+            scale_border_band=bool(scale_border_band),
         )
         self.task: TaskSpec = spec
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -183,12 +221,18 @@ class StableMotionPipeline(DiffusionPipeline):
         output_type: str,
         generator: torch.Generator | list[torch.Generator] | None,
         decode_scale: int = 1,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[int, int]]:
+        final_step: str = "x0",
+        latents: torch.Tensor | None = None,
+        processing_image: ImageInput | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[int, int], torch.Tensor | None]:
         """Validate every argument before any compute.
 
         Returns:
-            ``(images (B, 3, H, W) in [0, 1], {condition: (B, C, H, W)}, processing size (h, w))``.
+            ``(images (B, 3, H, W) in [0, 1], {condition: (B, C, H, W)}, processing size (h, w),
+            processing image (B, 3, h, w) or None)``.
         """
+        if final_step not in FINAL_STEPS:
+            raise ValueError(f"final_step must be one of {FINAL_STEPS}, got {final_step!r}")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
         if num_inference_steps > self.scheduler.config.num_train_timesteps:
@@ -223,7 +267,7 @@ class StableMotionPipeline(DiffusionPipeline):
                 )
                 raise ValueError(f"task {self.task.name!r} needs the condition {name!r}{hint}; pass {name}=...")
             if name in MASK_CONDITIONS:
-                t = to_mask_batch(conditions[name], name)
+                t = to_mask_batch(conditions[name], name, encoding=self.config.mask_encoding)
             else:
                 t = to_image_batch(conditions[name], name)
             if tuple(t.shape[-2:]) != (h, w):
@@ -234,6 +278,22 @@ class StableMotionPipeline(DiffusionPipeline):
             if t.shape[0] not in (1, n):
                 raise ValueError(f"{name} batch size {t.shape[0]} differs from the image batch size {n}")
             conds[name] = t.expand(n, -1, -1, -1) if t.shape[0] == 1 else t
+        proc = None
+        if processing_image is not None:
+            if len(self.task.conditions) > 1:
+                raise ValueError(
+                    f"processing_image is for single-condition tasks (the released RS-Real protocol); task "
+                    f"{self.task.name!r} has conditions {list(self.task.conditions)}: pass processing_resolution instead"
+                )
+            proc = to_image_batch(processing_image, "processing_image")
+            if proc.shape[0] != n:
+                raise ValueError(f"processing_image batch size {proc.shape[0]} differs from the image batch size {n}")
+            processing_resolution = tuple(proc.shape[-2:])
+            ph, pw = processing_resolution
+            if ph % self.size_multiple or pw % self.size_multiple:
+                raise ValueError(
+                    f"processing_image size {(ph, pw)} (H, W) must be a multiple of {self.size_multiple} for this model"
+                )
         size = processing_size((h, w), processing_resolution, self.size_multiple)
         if decode_scale > 1 and (size[0] // self.vae_scale_factor) % decode_scale + (size[1] // self.vae_scale_factor) % decode_scale:
             raise ValueError(
@@ -245,7 +305,18 @@ class StableMotionPipeline(DiffusionPipeline):
                 f"a list of generators needs one per sample (batch {n} x ensemble {ensemble_size} = "
                 f"{n * ensemble_size}), got {len(generator)}"
             )
-        return images, conds, size
+        if latents is not None:
+            f = self.vae_scale_factor
+            want = (n * ensemble_size, int(self.unet.config.out_channels), size[0] // f, size[1] // f)
+            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != want:
+                got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+                raise ValueError(
+                    f"latents (the initial noise) must be a tensor of shape {want} (batch {n} x ensemble "
+                    f"{ensemble_size}, latent channels, processing size {size} / {f}), got {got}"
+                )
+            if not bool(torch.isfinite(latents).all()):
+                raise ValueError("latents contain NaN or infinite values")
+        return images, conds, size, proc
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -266,6 +337,9 @@ class StableMotionPipeline(DiffusionPipeline):
         return_members: bool = False,
         return_dict: bool = True,
         decode_scale: int = 1,
+        latents: torch.Tensor | None = None,
+        final_step: str | None = None,
+        processing_image: ImageInput | None = None,
     ) -> StableMotionOutput | tuple:
         """Estimate the rectifying flow of ``image`` and apply it.
 
@@ -282,7 +356,8 @@ class StableMotionPipeline(DiffusionPipeline):
                 or uncertainty).
             processing_resolution: network resolution ``(H, W)``, an int (square) or 0
                 (the input's size rounded to a valid multiple); default from the config.
-            border_band: AES border band in px at 384x512, scaled with the image size.
+            border_band: AES border band in px (at 384x512, scaled with the image size,
+                unless the config's ``scale_border_band`` is false).
             batch_size: UNet/VAE samples per forward pass (``None`` = all B x E at once).
             generator: seeds the initial noise (one generator, or one per B x E sample).
             output_type: ``"pt"``, ``"np"`` or ``"pil"`` (see :class:`StableMotionOutput`).
@@ -292,6 +367,14 @@ class StableMotionPipeline(DiffusionPipeline):
             decode_scale: decode the flow latent at 1/``decode_scale`` of the processing
                 resolution (about ``decode_scale**2`` fewer decoder FLOPs; for smooth flows)
                 and upsample the flow with magnitude scaling. 1 = full resolution (default).
+            latents: the initial noise, (B x E, 4, h/f, w/f) (sample-major: row ``i * E + e``
+                is member ``e`` of image ``i``); replaces ``generator``. For comparing runs
+                with another implementation on the same noise.
+            final_step: ``"x0"`` or ``"prev_sample"`` (see :data:`FINAL_STEPS`); default
+                from the config.
+            processing_image: the network's input image, already at the processing
+                resolution (single-condition tasks; the released RS-Real protocol feeds the
+                dataset's stored 256x256 ``condition``). The flow is still applied to ``image``.
 
         Returns:
             :class:`StableMotionOutput` (or a tuple ``(flow, image, flow_colored, uncertainty)``).
@@ -302,13 +385,15 @@ class StableMotionPipeline(DiffusionPipeline):
         mode = cfg.default_ensemble_mode if ensemble_mode is None else ensemble_mode
         res = cfg.default_processing_resolution if processing_resolution is None else processing_resolution
         band = cfg.default_border_band if border_band is None else border_band
+        last = cfg.get("default_final_step", "x0") if final_step is None else final_step
         conds_in = dict(conditions or {})
         if mask is not None:
             if "mask" in conds_in:
                 raise ValueError("pass the mask either as mask= or in conditions, not both")
             conds_in["mask"] = mask
-        images, conds, size = self.check_inputs(
-            image, conds_in, steps, ens, mode, res, batch_size, output_type, generator, decode_scale
+        images, conds, size, proc = self.check_inputs(
+            image, conds_in, steps, ens, mode, res, batch_size, output_type, generator, decode_scale,
+            last, latents, processing_image,
         )
         if return_members and mode == "latent" and ens > 1:
             raise ValueError('return_members needs decoded members: use ensemble_mode "image" or "flow", not "latent"')
@@ -321,10 +406,12 @@ class StableMotionPipeline(DiffusionPipeline):
         lowres = []
         for name in self.task.conditions:
             if name == "image":
-                lowres.append(to_vae_range(resize_image(images, size)))
+                lowres.append(to_vae_range(resize_image(images, size) if proc is None else proc))
+            elif name in MASK_CONDITIONS:
+                binary = cfg.get("mask_encoding", "binary") == "binary"
+                lowres.append(to_vae_range(resize_mask(conds[name], size, binarize=binary)))
             else:
-                resize = resize_mask if name in MASK_CONDITIONS else resize_image
-                lowres.append(to_vae_range(resize(conds[name], size)))
+                lowres.append(to_vae_range(resize_image(conds[name], size)))
         k = len(lowres)
         stacked = torch.stack(lowres, dim=1).flatten(0, 1)  # (B*k, 3, h, w): sample-major, task order
         enc_bs = (batch_size or n) * k
@@ -334,8 +421,11 @@ class StableMotionPipeline(DiffusionPipeline):
         # 2. Members share the condition latents; noise for all B*E samples at once (seeded).
         lh, lw = cond_latents.shape[-2:]
         total = n * ens
-        # Drawn in float32 so a seed gives the same noise in every dtype.
-        noise = randn_tensor((total, 4, lh, lw), generator=generator, device=device, dtype=torch.float32).to(dtype)
+        if latents is None:  # drawn in float32 so a seed gives the same noise in every dtype
+            noise = randn_tensor((total, 4, lh, lw), generator=generator, device=device, dtype=torch.float32)
+        else:
+            noise = latents.to(device=device, dtype=torch.float32)
+        noise = noise.to(dtype)
         index = torch.arange(n, device=device).repeat_interleave(ens)  # sample i*E+e -> image i
         embedding = self.text_embedding(1).to(device=device, dtype=dtype)
 
@@ -356,10 +446,10 @@ class StableMotionPipeline(DiffusionPipeline):
                     return_dict=False,
                 )[0]
                 out = self.scheduler.step(v, t, z, return_dict=True)
-                if i == len(timesteps) - 1:
+                if i == len(timesteps) - 1 and last == "x0":
                     x0 = out.pred_original_sample
                 else:
-                    z = out.prev_sample
+                    z = x0 = out.prev_sample
             if latent_mode:
                 x0s.append(x0)
             else:
@@ -375,15 +465,18 @@ class StableMotionPipeline(DiffusionPipeline):
 
         # 3. Full resolution, warping, AES.
         members_out = 1 if latent_mode else ens
-        member_flows = resize_flow(flow_lr, (h, w), align_corners=False).unflatten(0, (n, members_out))  # (B, E, 2, H, W)
-        full = to_vae_range(images.to(device))  # (B, 3, H, W) in [-1, 1], float32
+        member_flows = resize_flow(flow_lr, (h, w), **RELEASED_FLOW_RESIZE).unflatten(0, (n, members_out))  # (B, E, 2, H, W)
+        full = images.to(device)  # (B, 3, H, W) in [0, 1], float32: zeros padding leaves black, as released
         flow = ensemble_flows(member_flows)
         if mode == "image" and ens > 1:
             warped = warp(full.repeat_interleave(ens, 0), member_flows.flatten(0, 1), padding=self.task.padding)
-            rect = ensemble_images(warped.unflatten(0, (n, ens)), band=band)
+            if not cfg.get("scale_border_band", True):
+                band = (int(round(band)), int(round(band)))  # pixels of this image, as released
+            rect = ensemble_images(warped.unflatten(0, (n, ens)), band=band,
+                                   rounding=cfg.get("ensemble_rounding", "none"))
         else:
             rect = warp(full, flow, padding=self.task.padding)
-        rect = ((rect + 1.0) / 2.0).clamp(0, 1)
+        rect = rect.clamp(0, 1)
         uncertainty = flow_uncertainty(member_flows, flow) if members_out > 1 else None
         self.maybe_free_model_hooks()
 

@@ -420,7 +420,7 @@ class Trainer:
         if w.mask:
             losses["mask"] = mask_loss(batch["mask"], flow, padding=pad)
         if w.vgg and self.perceptual is not None:
-            pred = warp(batch["image"], flow, padding=pad, check_finite=False)
+            pred = warp(batch["image"], flow, padding=pad, check_finite=False, fill=-1.0)
             target = batch["gt"]
             if valid is not None:
                 pred, target = pred * valid, target * valid
@@ -546,8 +546,8 @@ class Trainer:
                     inp, gt = s["image"][None].to(self.acc.device), s["gt"][None].to(self.acc.device)
                     pad = self.task.padding
                     rows.append([float(end_point_error(rec, flow)[0]),
-                                 float(psnr_torch(warp(inp, rec, padding=pad), gt)),
-                                 float(psnr_torch(warp(inp, flow, padding=pad), gt))])
+                                 float(psnr_torch(warp(inp, rec, padding=pad, fill=-1.0), gt)),
+                                 float(psnr_torch(warp(inp, flow, padding=pad, fill=-1.0), gt))])
                 r = np.asarray(rows)
                 return {"val/codec_epe": float(r[:, 0].mean()), "val/codec_warp_psnr": float(r[:, 1].mean()),
                         "val/exact_flow_warp_psnr": float(r[:, 2].mean())}
@@ -559,7 +559,7 @@ class Trainer:
                 if self.stage == "regression":
                     cond = self._stack_conditions({k: s[k][None] for k in self.task.conditions}).to(self.acc.device)
                     flow = self.acc.unwrap_model(self.model)(cond).float().cpu()
-                    pred = warp(inp, flow, padding=self.task.padding).clamp(-1, 1)
+                    pred = warp(inp, flow, padding=self.task.padding, fill=-1.0).clamp(-1, 1)
                 else:
                     conds = {k: (s[k][None] + 1) / 2 for k in self.task.conditions if k != "image"}
                     out = self.pipe(

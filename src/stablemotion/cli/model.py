@@ -63,8 +63,10 @@ def _import(args: argparse.Namespace) -> int:
         subfolder=args.subfolder,
         overwrite=args.force,
         local_files_only=True if args.offline else None,
+        log=print,
     )
-    print(f"wrote pipeline folder {out}")
+    print(f"wrote pipeline folder {out} (inference settings of the release: final step prev_sample, masks as "
+          "read, AES rounding and band as aes.py)")
     return 0
 
 
