@@ -95,7 +95,7 @@ def run_regressor(folder: str, task: str, samples, padding: str) -> tuple[list[n
         if "mask" in s:
             parts["mask"] = mask_to_tensor(s["mask"])[None]
         flow = net(torch.cat([parts[c] for c in conditions], 1))
-        images.append(tensor_to_image(warp(image, flow, padding=padding).clamp(-1, 1)[0]))
+        images.append(tensor_to_image(warp(image, flow, padding=padding, fill=-1.0).clamp(-1, 1)[0]))  # zeros = black
         flows.append(flow[0].permute(1, 2, 0).numpy())
     return images, flows
 

@@ -140,7 +140,7 @@ def test_rectify_errors_are_one_line(case: str, sir_model: Path, photo: np.ndarr
     elif case == "mask_size":
         save_image(img, tmp_path / "x.png")
         save_image(truth[:20], tmp_path / "m.png")
-        argv, match = ["rectify", str(tmp_path / "x.png"), *args, "--mask", str(tmp_path / "m.png")], "W x H"
+        argv, match = ["rectify", str(tmp_path / "x.png"), *args, "--mask", str(tmp_path / "m.png")], "px but the image is"
     elif case == "missing":
         argv, match = ["rectify", str(tmp_path / "nope.png"), *args], "not found"
     else:

@@ -156,3 +156,23 @@ def test_explicit_background_and_errors(photo: np.ndarray) -> None:
         derive_mask(img, background="green")
     with pytest.raises(ValueError, match="uint8"):
         derive_mask(img.astype(np.float32))
+
+
+def test_prepare_mask_keeps_a_given_mask_as_read_and_refuses_bad_ones() -> None:
+    from stablemotion.image_processing import prepare_mask
+
+    image = np.full((8, 10, 3), 120, np.uint8)
+    given = np.full((8, 10, 3), 250, np.uint8)
+    given[:2] = 3  # JPEG-like grey levels: not binarised here (the pipeline's mask_encoding decides)
+    mask, note = prepare_mask(image, given, source="mask m.jpg")
+    assert mask is given and note == "mask m.jpg (25.0% empty)"
+    with pytest.raises(ValueError, match=r"mask m.jpg is 10x7 px but the image is 10x8 px"):
+        prepare_mask(image, given[:7], source="mask m.jpg")
+    with pytest.raises(ValueError, match="no valid pixel"):
+        prepare_mask(image, np.zeros((8, 10), np.uint8))
+    bordered = np.full((8, 10, 3), 120, np.uint8)
+    bordered[:, :2] = 0
+    mask, note = prepare_mask(bordered, None)
+    assert mask.shape == (8, 10) and (mask[:, :2] == 0).all() and note.startswith("derived mask from the black border")
+    mask, note = prepare_mask(image, None)
+    assert (mask == 255).all() and note.startswith("no empty border")

@@ -64,7 +64,8 @@ def save_image(image: np.ndarray | Image.Image, path: PathLike, overwrite: bool 
 
 
 def load_image(path: PathLike, mode: str = "RGB") -> np.ndarray:
-    """Read an image file as a uint8 array (H, W, C) in ``mode`` ("RGB" or "L").
+    """Read an image file as a uint8 array in ``mode``: "RGB" (H, W, 3), "L" (H, W), or
+    "mask": a mask as read -- grey files stay (H, W), others become RGB (H, W, 3).
 
     Raises ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing or
     cannot be decoded.
@@ -75,9 +76,18 @@ def load_image(path: PathLike, mode: str = "RGB") -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
+            if mode == "mask":
+                return mask_array(im)
             return np.array(im.convert(mode))
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"cannot decode image {path}: {exc}") from exc
+
+
+def mask_array(image: Image.Image) -> np.ndarray:
+    """A decoded mask image as read: grey (L, 1, 16-bit) stays uint8 (H, W), anything else uint8 RGB (H, W, 3)."""
+    if image.mode in ("L", "1", "I", "I;16", "F", "LA"):
+        return np.array(image.convert("L"))
+    return np.array(image.convert("RGB"))
 
 
 def list_images(folder: PathLike) -> dict[str, Path]:

@@ -59,9 +59,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._io import PathLike
+from ._io import PathLike, mask_array
 from .flow import write_flow
-from .image_processing import background_color, derive_mask, pil_to_rgb
+from .image_processing import pil_to_rgb, prepare_mask
 from .tasks import MASK_CONDITIONS, get_task
 
 __all__ = ["AppLimits", "ModelSpec", "create_app"]
@@ -333,30 +333,23 @@ def _open_image(data: bytes, label: str, limits: AppLimits) -> Image.Image:
 def _decode_inputs(
     image_data: bytes, mask_data: bytes | None, task: str, limits: AppLimits
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """-> image uint8 (H, W, 3), mask uint8 (H, W) 255 = valid or None, a note on the mask."""
+    """-> image uint8 (H, W, 3), mask uint8 (H, W[, 3]) white = valid (as uploaded) or None, a note on the mask."""
     try:
         image = pil_to_rgb(_open_image(image_data, "image", limits), name="the image")
     except ValueError as exc:  # grey / RGBA / CMYK: the library's message
         raise _InputError(str(exc)) from None
     needs_mask = any(c in MASK_CONDITIONS for c in get_task(task).conditions)
     h, w = image.shape[:2]
-    if mask_data is not None:
-        if not needs_mask:
-            raise _InputError(f"the {task} task takes no mask; remove the mask file")
-        mask = np.asarray(_open_image(mask_data, "mask", limits).convert("L"))
-        if mask.shape != (h, w):
-            raise _InputError(f"the mask is {mask.shape[1]}x{mask.shape[0]} px but the image is {w}x{h} px")
-        mask = np.where(mask >= 128, 255, 0).astype(np.uint8)
-        if not mask.any():
-            raise _InputError("the mask has no valid pixel (white = valid content, black = empty)")
-        return image, mask, f"uploaded mask ({(mask == 0).mean():.1%} empty)"
+    if mask_data is not None and not needs_mask:
+        raise _InputError(f"the {task} task takes no mask; remove the mask file")
     if not needs_mask:
         return image, None, ""
-    mask = derive_mask(image)
-    empty = float((mask == 0).mean())
-    if empty == 0:
-        return image, mask, "no empty border found: the whole image counts as content"
-    return image, mask, f"mask derived from the {background_color(image)[0]} border ({empty:.1%} empty)"
+    given = None if mask_data is None else mask_array(_open_image(mask_data, "mask", limits))
+    try:
+        mask, note = prepare_mask(image, given)
+    except ValueError as exc:
+        raise _InputError(str(exc)) from None
+    return image, mask, note.replace("derived mask from", "mask derived from")
 
 
 # --------------------------------------------------------------------------- inference

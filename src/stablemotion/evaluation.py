@@ -195,6 +195,7 @@ class EvalSettings:
     decode_scale: int = 1
     seed: int = 0
     dtype: str = "fp32"
+    final_step: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -270,6 +271,7 @@ def run_inference(
             ensemble_mode=settings.ensemble_mode,
             processing_resolution=settings.processing_resolution,
             decode_scale=settings.decode_scale,
+            final_step=settings.final_step,
             generator=torch.Generator().manual_seed(settings.seed),
             output_type="np",
             show_progress_bar=False,

@@ -39,6 +39,7 @@ __all__ = [
     "processing_size",
     "background_color",
     "derive_mask",
+    "prepare_mask",
 ]
 
 _Single = Image.Image | np.ndarray | torch.Tensor
@@ -358,3 +359,47 @@ def derive_mask(
     edge_labels = edge_labels[edge_labels > 0]
     empty = np.isin(labels, edge_labels) & (valid == 0)
     return np.where(empty, 0, 255).astype(np.uint8)
+
+
+def prepare_mask(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    source: str = "the mask",
+    background: str = "auto",
+    tolerance: int = 24,
+) -> tuple[np.ndarray, str]:
+    """The SIR mask for ``image``: a given one checked and kept as read, or one derived.
+
+    A given mask (uint8 (H, W) or (H, W, 3), white = valid content) is returned unchanged,
+    so the pipeline encodes it by its own ``mask_encoding`` (the released models take it as
+    read, e.g. DIR-D's JPEG grey levels); it must be pixel-aligned with the image and have
+    at least one valid pixel (>= 128). Without one, :func:`derive_mask` makes a binary mask
+    from the empty border.
+
+    Args:
+        image: uint8 (H, W, 3) RGB.
+        mask: the given mask or ``None``.
+        source: how error messages and the note name the given mask (e.g. its path).
+
+    Returns:
+        ``(mask uint8, note)``: the note is one line for the user (what was used, % empty).
+
+    Raises:
+        ValueError: a given mask of another size, or with no valid pixel.
+    """
+    h, w = image.shape[:2]
+    if mask is not None:
+        if mask.shape[:2] != (h, w):
+            raise ValueError(f"{source} is {mask.shape[1]}x{mask.shape[0]} px but the image is {w}x{h} px")
+        grey = mask.mean(axis=-1) if mask.ndim == 3 else mask
+        valid = grey >= 128
+        if not valid.any():
+            raise ValueError(f"{source} has no valid pixel (white = valid content, black = empty)")
+        name = "uploaded mask" if source == "the mask" else source
+        return mask, f"{name} ({1 - valid.mean():.1%} empty)"
+    derived = derive_mask(image, background=background, tolerance=tolerance)
+    empty = float((derived == 0).mean())
+    if empty == 0:
+        return derived, "no empty border found: the whole image counts as content"
+    colour = background if background != "auto" else background_color(image, tolerance)[0]
+    return derived, f"derived mask from the {colour} border ({empty:.1%} empty)"

@@ -33,6 +33,9 @@ def _common(p: argparse.ArgumentParser, study: bool = False) -> None:
     p.add_argument("--processing-resolution", type=int, nargs="+", default=None, metavar="N",
                    help="network resolution: H W, one int (square) or 0 (input size); default: the model's")
     p.add_argument("--decode-scale", type=int, default=1, help="decode the flow at 1/N resolution (fast; default 1)")
+    p.add_argument("--final-step", choices=("x0", "prev_sample"), default=None,
+                   help="last denoising step returns the x0 estimate or DDIM's prev_sample (the release); "
+                        "default: the model's")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (under accelerate: the process's device)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of every image")
@@ -159,6 +162,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, _Dist]:
         decode_scale=args.decode_scale,
         seed=args.seed,
         dtype=args.dtype,
+        final_step=args.final_step,
     )
     return pipe, eval_set, settings, dist
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .._io import IMAGE_EXTENSIONS, atomic_path, list_images, load_image, save_image
 from ..flow import write_flow
-from ..image_processing import background_color, derive_mask, pil_to_rgb
+from ..image_processing import pil_to_rgb, prepare_mask
 from ..tasks import MASK_CONDITIONS, available_tasks
 
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="AES rule: image (released: median of warped images, minimum at the border) or flow")
     p.add_argument("--processing-resolution", type=int, nargs="+", default=None, metavar="N",
                    help="network resolution: H W, one int (square) or 0 (input size); default: the model's")
+    p.add_argument("--final-step", choices=("x0", "prev_sample"), default=None,
+                   help="last denoising step returns the x0 estimate or DDIM's prev_sample (the release); "
+                        "default: the model's")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (each image uses the same seed)")
@@ -212,18 +215,11 @@ def _rectify(args: argparse.Namespace) -> int:
         image = _read_rgb(job.image)
         mask = None
         if needs_mask:
-            if job.mask is not None:
-                mask = load_image(job.mask, mode="L")
-                if mask.shape != image.shape[:2]:
-                    raise ValueError(
-                        f"mask {job.mask} is {mask.shape[1]}x{mask.shape[0]} but image {job.image} is "
-                        f"{image.shape[1]}x{image.shape[0]} (W x H)"
-                    )
-                mask = np.where(mask >= 128, 255, 0).astype(np.uint8)
-            else:
-                mask = derive_mask(image, background=args.mask_background, tolerance=args.mask_tolerance)
-                colour = args.mask_background if args.mask_background != "auto" else background_color(image)[0]
-                bar.write(f"{job.stem}: derived mask from the {colour} border ({(mask == 0).mean():.1%} empty)")
+            given = None if job.mask is None else load_image(job.mask, mode="mask")
+            mask, note = prepare_mask(image, given, source=f"mask {job.mask}", background=args.mask_background,
+                                      tolerance=args.mask_tolerance)
+            if job.mask is None:
+                bar.write(f"{job.stem}: {note}")
         out = pipe(
             image,
             mask=mask,
@@ -231,6 +227,7 @@ def _rectify(args: argparse.Namespace) -> int:
             ensemble_size=ensemble,
             ensemble_mode=args.ensemble_mode,
             processing_resolution=res,
+            final_step=args.final_step,
             generator=torch.Generator().manual_seed(args.seed),
             output_type="np",
             show_progress_bar=False,
