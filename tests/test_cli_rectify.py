@@ -8,10 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stablemotion import model as model_module
 from stablemotion._io import load_image, save_image
 from stablemotion.cli import main
-from stablemotion.cli import model as cli_model
 from stablemotion.flow import read_flow
 from stablemotion.image_processing import derive_mask
 from stablemotion.model import save_tiny_base, tiny_components
@@ -42,12 +40,6 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     code = main(argv)
     captured = capsys.readouterr()
     return code, captured.err + captured.out
-
-
-def test_constants_agree_with_the_model_module() -> None:
-    assert cli_model.DEFAULT_BASE == model_module.DEFAULT_BASE
-    assert cli_model.RELEASED_REPO == model_module.RELEASED_REPO
-    assert set(cli_model.RELEASED_SUBFOLDERS) == set(model_module.RELEASED_SUBFOLDERS.values())
 
 
 def test_rectify_single_file_with_derived_mask(sir_model: Path, photo: np.ndarray, tmp_path: Path,

@@ -2,7 +2,7 @@
 
 Components: ``unet`` (conv_in expanded for the task's conditions), ``vae``, ``scheduler``
 (DDIM, trailing spacing, v-prediction) and ``text_embedding`` (the stored empty prompt,
-:class:`~stablemotion.model.EmptyTextEmbedding`). The pipeline config holds the task
+:class:`~stablemotion.components.EmptyTextEmbedding`). The pipeline config holds the task
 description and the recommended inference settings; ``None`` arguments fall back to them.
 
 Inference (METHOD.md, "Inference"): the input and its condition images are resized to the
@@ -34,6 +34,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .components import EmptyTextEmbedding, decode_flow_latents, encode_latents, infer_task
 from .ensemble import (
     ENSEMBLE_MODES,
     ENSEMBLE_ROUNDINGS,
@@ -53,7 +54,6 @@ from .image_processing import (
     to_mask_batch,
     to_vae_range,
 )
-from .model import EmptyTextEmbedding, infer_task
 from .tasks import MASK_CONDITIONS, TaskSpec, get_task
 
 __all__ = ["StableMotionOutput", "StableMotionPipeline"]
@@ -97,7 +97,7 @@ class StableMotionPipeline(DiffusionPipeline):
         unet: conditional UNet with ``4 * (len(task.conditions) + 1)`` input channels.
         vae: ``AutoencoderKL`` (the SD2 one or a fine-tuned copy).
         scheduler: ``DDIMScheduler``; used as given (build it with
-            :func:`stablemotion.model.make_scheduler`: trailing spacing, v-prediction).
+            :func:`stablemotion.components.make_scheduler`: trailing spacing, v-prediction).
         text_embedding: the stored empty-prompt embedding (1, L, cross_attention_dim).
         task: the task as a dict (:meth:`TaskSpec.to_dict`), a registered name, or ``None``
             to infer it from the UNet's channel count.
@@ -187,8 +187,7 @@ class StableMotionPipeline(DiffusionPipeline):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """VAE latents (encoder mean x scaling_factor) of (B, 3, h, w) images in [-1, 1] -> (B, 4, h/f, w/f)."""
-        images = images.to(device=self._execution_device, dtype=self.vae.dtype)
-        return self.vae.encode(images).latent_dist.mean * self.latent_scale
+        return encode_latents(self.vae, images.to(device=self._execution_device))
 
     def decode_flow(self, latents: torch.Tensor, decode_scale: int = 1) -> torch.Tensor:
         """Flow latents (B, 4, h/f, w/f) -> flow float32, pixels of the processing resolution.
@@ -205,8 +204,7 @@ class StableMotionPipeline(DiffusionPipeline):
             lh, lw = latents.shape[-2:]
             small = (max(1, round(lh / decode_scale)), max(1, round(lw / decode_scale)))
             latents = F.interpolate(latents.float(), size=small, mode="bilinear", align_corners=False, antialias=True)
-        decoded = self.vae.decode(latents.to(self.vae.dtype) / self.latent_scale).sample
-        return decoded[:, :2].float() * self.task.flow_gamma
+        return decode_flow_latents(self.vae, latents, self.task.flow_gamma)
 
     # ------------------------------------------------------------------ validation
     def check_inputs(

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from ._io import save_image
+from .components import decode_flow_latents, encode_latents
 from .config import TrainConfig
 from .data import Augment, DIRDDataset, RSRealDataset, TaskFolderDataset
 from .flow import decode_flow, encode_flow, end_point_error, flow_to_color, warp
@@ -48,7 +49,10 @@ from .losses import (
     x0_from_v,
 )
 from .metrics import psnr_torch, ssim_torch
+from .model import build_pipeline
+from .regression import FlowRegressor
 from .tasks import MASK_CONDITIONS, TaskSpec
+from .tiny import tiny_pipeline
 
 __all__ = ["Trainer", "TrainResult", "find_checkpoints", "latest_checkpoint", "build_dataset"]
 
@@ -259,8 +263,6 @@ class Trainer:
                 self.unet.enable_gradient_checkpointing()
             self.model: torch.nn.Module = self.unet
         elif self.stage == "regression":
-            from .model import FlowRegressor
-
             self.model = FlowRegressor.for_task(self.task, seed=config.model.seed, **config.model.tiny).train()
             if config.train.gradient_checkpointing:
                 self.model.net.enable_gradient_checkpointing()
@@ -309,8 +311,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _build_pipeline(self) -> Any:
-        from .model import build_pipeline, tiny_pipeline
-
         m = self.cfg.model
         if m.base == "tiny":
             pipe = tiny_pipeline(self.task, seed=m.seed, **m.tiny)
@@ -349,7 +349,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean * self.vae.config.scaling_factor
+        return encode_latents(self.vae, x)
 
     def _condition_latents(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """(B, 4k, h, w): conditions in task order, encoded in one VAE batch."""
@@ -399,8 +399,8 @@ class Trainer:
         if w.warp or w.mask or w.vgg:
             z0_hat = x0_from_v(z_t.float(), v_hat.float(), self.alphas_cumprod, t)
             with self.acc.autocast():
-                dec = self.vae.decode(z0_hat.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-            return self._image_losses(batch, dec[:, :2].float() * self.task.flow_gamma, losses)
+                flow_hat = decode_flow_latents(self.vae, z0_hat, self.task.flow_gamma)
+            return self._image_losses(batch, flow_hat, losses)
         losses["total"] = w.v * losses["v"]
         return losses
 

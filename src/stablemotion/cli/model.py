@@ -5,14 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..catalog import DEFAULT_BASE, RELEASED_REPO, RELEASED_SUBFOLDERS
 from ..tasks import available_tasks
-
-# Literal copies of stablemotion.model's constants: importing the model module (and
-# diffusers) here would slow down every `stablemotion` command. tests/test_cli_rectify.py
-# checks they agree.
-DEFAULT_BASE = "stabilityai/stable-diffusion-2"
-RELEASED_REPO = "ivowang/StableMotion"
-RELEASED_SUBFOLDERS = ("StableMotion_SIR", "StableMotion_RSC")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Import a released StableMotion task folder (unet_ema/ with 12 input channels for SIR, 8 for RSC; "
             "SIR also ships vae/) plus a Stable Diffusion 2 base (scheduler, empty-prompt embedding, and the VAE "
             f"when the folder has none). Online: pass {RELEASED_REPO} with --subfolder "
-            f"{'/'.join(RELEASED_SUBFOLDERS)} to download (cached) and import."
+            f"{'/'.join(RELEASED_SUBFOLDERS.values())} to download (cached) and import."
         ),
     )
     p.add_argument("source", help=f"released task folder, a folder holding it (with --subfolder), or a hub id ({RELEASED_REPO})")
@@ -85,7 +79,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _tiny(args: argparse.Namespace) -> int:
-    from ..model import tiny_pipeline
+    from ..tiny import tiny_pipeline
 
     out: Path = args.out
     if out.exists() and any(out.iterdir()) and not args.force:

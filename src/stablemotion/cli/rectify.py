@@ -158,7 +158,8 @@ def _device(name: str) -> torch.device:
 
 
 def _load_pipeline(args: argparse.Namespace, dtype: torch.dtype) -> StableMotionPipeline:
-    from ..model import BUNDLED_MODELS, bundled_model_path, load_pipeline  # here: keeps `--help` fast
+    from ..catalog import BUNDLED_MODELS, bundled_model_path
+    from ..model import load_pipeline  # here: keeps `--help` fast
 
     if args.model is None:
         task = args.task or "sir"

@@ -1,0 +1,39 @@
+"""Names and places of the models the package knows, without importing torch or diffusers.
+
+The command line imports these constants directly (so ``stablemotion --help`` stays fast);
+:mod:`stablemotion.model` loads what they name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .tasks import TaskSpec, get_task
+
+__all__ = ["DEFAULT_BASE", "RELEASED_REPO", "RELEASED_SUBFOLDERS", "BUNDLED_MODELS", "bundled_model_path"]
+
+#: Default Stable Diffusion checkpoint (768-v, v-prediction).
+DEFAULT_BASE = "stabilityai/stable-diffusion-2"
+#: Hub repository of the authors' released checkpoints and its task subfolders.
+RELEASED_REPO = "ivowang/StableMotion"
+RELEASED_SUBFOLDERS = {"sir": "StableMotion_SIR", "rsc": "StableMotion_RSC"}
+#: The ``stablemotion-mini`` pipelines shipped inside the package (fp16 safetensors), by task.
+#: Trained on synthetic data by the recipe in ``configs/mini_*.yaml`` (see the README).
+BUNDLED_MODELS = {"sir": "stablemotion-mini-sir", "rsc": "stablemotion-mini-rsc"}
+_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def bundled_model_path(task: str | TaskSpec = "sir") -> Path:
+    """Folder of the bundled ``stablemotion-mini`` pipeline for ``task`` (no download)."""
+    spec = get_task(task)
+    if spec.name not in BUNDLED_MODELS:
+        raise ValueError(
+            f"no bundled model for task {spec.name!r} (bundled: {', '.join(sorted(BUNDLED_MODELS))}); pass --model"
+        )
+    path = _WEIGHTS_DIR / BUNDLED_MODELS[spec.name]
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the bundled model {BUNDLED_MODELS[spec.name]} is missing from {path}; reinstall stablemotion "
+            "or rebuild it with `make mini-models` (README: Reproduce the mini models)"
+        )
+    return path

@@ -1,0 +1,187 @@
+"""The pieces a StableMotion pipeline is made of, below the pipeline itself.
+
+* :class:`EmptyTextEmbedding` -- the empty prompt, tokenised with ``padding="do_not_pad"``
+  (``(1, 2, D)``), computed once (:func:`empty_text_embedding`) and saved as a pipeline
+  component, so inference never needs a tokenizer or text encoder.
+* :func:`expand_conv_in` -- the UNet's ``conv_in`` grows to ``4 * (N + 1)`` input channels
+  for N condition latents: the pretrained kernel is copied into every 4-channel slot and
+  divided by ``N + 1``, the bias copied, and the config updated with
+  ``register_to_config`` so save/load round-trips.
+* :func:`make_scheduler` -- DDIM with trailing spacing and v-prediction.
+* :func:`infer_task` -- the task of a UNet from its input channel count.
+* :func:`encode_latents` / :func:`decode_flow_latents` -- the one flow/image codec of the
+  method (VAE mean x ``scaling_factor``; ``decode(z / scale)``, channels 0-1 x gamma), used by
+  the pipeline and the trainer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from .tasks import TaskSpec, available_tasks, get_task
+
+__all__ = [
+    "EmptyTextEmbedding",
+    "expand_conv_in",
+    "empty_text_embedding",
+    "make_scheduler",
+    "infer_task",
+    "encode_latents",
+    "decode_flow_latents",
+]
+
+
+class EmptyTextEmbedding(ModelMixin, ConfigMixin):
+    """The stored empty-prompt text embedding, a pipeline component.
+
+    Holds one tensor ``(1, sequence_length, embedding_dim)`` (SD2: ``(1, 2, 1024)``),
+    saved with ``save_pretrained`` like any diffusers model (``config.json`` +
+    ``diffusion_pytorch_model.safetensors``) and cast/moved with the pipeline.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, sequence_length: int = 2, embedding_dim: int = 1024) -> None:
+        super().__init__()
+        self.embedding = nn.Parameter(torch.zeros(1, sequence_length, embedding_dim), requires_grad=False)
+
+    @classmethod
+    def from_tensor(cls, embedding: torch.Tensor) -> EmptyTextEmbedding:
+        """Wrap a ``(1, L, D)`` or ``(L, D)`` tensor."""
+        if embedding.ndim == 2:
+            embedding = embedding.unsqueeze(0)
+        if embedding.ndim != 3 or embedding.shape[0] != 1:
+            raise ValueError(f"empty text embedding must be (1, L, D), got {tuple(embedding.shape)}")
+        module = cls(sequence_length=embedding.shape[1], embedding_dim=embedding.shape[2])
+        with torch.no_grad():
+            module.embedding.copy_(embedding.detach().float())
+        return module.to(embedding.dtype) if embedding.is_floating_point() else module
+
+    def forward(self, batch_size: int = 1) -> torch.Tensor:
+        """The embedding repeated for a batch: (batch_size, L, D)."""
+        return self.embedding.expand(batch_size, -1, -1)
+
+
+def expand_conv_in(unet: UNet2DConditionModel, num_conditions: int) -> UNet2DConditionModel:
+    """Grow ``unet.conv_in`` from 4 to ``4 * (num_conditions + 1)`` input channels, in place.
+
+    Every 4-channel slot gets a copy of the pretrained kernel, the whole kernel is divided
+    by ``num_conditions + 1`` and the bias is copied, so feeding the same latent into every
+    slot reproduces the pretrained response. The config is updated with
+    ``register_to_config(in_channels=...)``. Create optimisers after calling this.
+    """
+    if num_conditions < 0:
+        raise ValueError(f"num_conditions must be >= 0, got {num_conditions}")
+    old = unet.conv_in
+    if old.in_channels != 4:
+        raise ValueError(
+            f"expand_conv_in expects a pretrained 4-channel UNet, this one has {old.in_channels} input channels"
+        )
+    slots = num_conditions + 1
+    new = nn.Conv2d(
+        4 * slots,
+        old.out_channels,
+        kernel_size=old.kernel_size,
+        stride=old.stride,
+        padding=old.padding,
+        dilation=old.dilation,
+        groups=old.groups,
+        bias=old.bias is not None,
+        padding_mode=old.padding_mode,
+        device=old.weight.device,
+        dtype=old.weight.dtype,
+    )
+    with torch.no_grad():
+        new.weight.copy_(old.weight.repeat(1, slots, 1, 1) / slots)
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=4 * slots)
+    return unet
+
+
+@torch.no_grad()
+def empty_text_embedding(text_encoder: nn.Module, tokenizer: Any) -> torch.Tensor:
+    """Encode the empty prompt once: ``padding="do_not_pad"`` -> (1, 2, D) (BOS, EOS)."""
+    ids = tokenizer(
+        "", padding="do_not_pad", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    device = next(text_encoder.parameters()).device
+    return text_encoder(ids.to(device))[0].detach().float().cpu()
+
+
+def make_scheduler(config: Mapping[str, Any] | None = None) -> DDIMScheduler:
+    """DDIM configured for StableMotion inference from a (SD2) scheduler config.
+
+    Forces ``timestep_spacing="trailing"`` (1 step = t 999, 2 = [999, 499]),
+    ``prediction_type="v_prediction"`` and no x0 clipping/thresholding (flow latents are
+    not bounded by 1).
+    """
+    cfg = {k: v for k, v in dict(config or {}).items() if not k.startswith("_")}
+    cfg.update(timestep_spacing="trailing", prediction_type="v_prediction", clip_sample=False, thresholding=False)
+    return DDIMScheduler.from_config(cfg)
+
+
+def infer_task(in_channels: int, hint: str | None = None) -> TaskSpec:
+    """The registered task whose UNet input has ``in_channels`` channels.
+
+    ``hint`` (e.g. a folder name like ``StableMotion_SIR``) disambiguates and is checked:
+    a hint naming a task with a different channel count raises ``ValueError``.
+    """
+    named = None
+    if hint:
+        for name in available_tasks():
+            if re.search(rf"(^|[^a-z0-9]){re.escape(name)}($|[^a-z0-9])", hint.lower()):
+                named = get_task(name)
+                break
+    if named is not None:
+        if named.unet_in_channels != in_channels:
+            raise ValueError(
+                f"{hint!r} names task {named.name!r} (conditions {list(named.conditions)} + flow = "
+                f"{named.unet_in_channels} channels) but its UNet has {in_channels} input channels"
+            )
+        return named
+    matches = [get_task(n) for n in available_tasks() if get_task(n).unet_in_channels == in_channels]
+    if len(matches) != 1:
+        names = ", ".join(f"{m.name} ({m.unet_in_channels})" for m in map(get_task, available_tasks()))
+        raise ValueError(
+            f"cannot tell the task of a UNet with {in_channels} input channels (tasks: {names}); pass task=..."
+        )
+    return matches[0]
+
+
+def encode_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    """VAE latents of images, masks or encoded flows: encoder mean x ``scaling_factor``.
+
+    Args:
+        vae: the (frozen) VAE.
+        images: (B, 3, H, W) in the VAE's input range ([-1, 1] for images and masks; a flow
+            as :func:`stablemotion.flow.encode_flow` makes it).
+
+    Returns:
+        (B, C_latent, H / f, W / f) in the VAE's dtype.
+    """
+    return vae.encode(images.to(dtype=vae.dtype)).latent_dist.mean * float(vae.config.scaling_factor)
+
+
+def decode_flow_latents(vae: AutoencoderKL, latents: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Flow latents -> flow: ``vae.decode(z / scaling_factor)``, channels 0-1 x ``gamma``.
+
+    Args:
+        latents: (B, C_latent, h, w).
+        gamma: the flow normalisation (50 for the method).
+
+    Returns:
+        (B, 2, h * f, w * f) float32, pixels of the decoded resolution's coordinate frame.
+    """
+    decoded = vae.decode(latents.to(vae.dtype) / float(vae.config.scaling_factor)).sample
+    return decoded[:, :2].float() * gamma
