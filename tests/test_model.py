@@ -233,3 +233,15 @@ def test_convert_command(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "p"), "--out", str(tmp_path / "q")]) == 0
     assert "wrote fp16 pipeline folder" in capsys.readouterr().out
     assert main(["convert", str(tmp_path), "--out", str(tmp_path / "r")]) == 2  # not a pipeline folder
+
+
+def test_folders_saved_with_the_old_module_layout_still_load(tmp_path: Path) -> None:
+    """Before components.py, model_index.json named stablemotion.model as the embedding's library."""
+    from stablemotion.model import tiny_pipeline
+
+    tiny_pipeline("rsc").save_pretrained(tmp_path / "p")
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    assert index["text_embedding"] == ["stablemotion.components", "EmptyTextEmbedding"]
+    index["text_embedding"] = ["stablemotion.model", "EmptyTextEmbedding"]
+    (tmp_path / "p" / "model_index.json").write_text(json.dumps(index))
+    assert StableMotionPipeline.from_pretrained(tmp_path / "p").task == RSC

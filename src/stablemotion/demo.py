@@ -95,7 +95,7 @@ def run_demo(
             image, gt = (s.input, s.gt) if task == "sir" else (s.rs, s.gs)
             mask = s.mask if task == "sir" else None
             res = pipe(image, mask=mask, generator=torch.Generator().manual_seed(0), output_type="np",
-                       show_progress_bar=False)
+                       show_progress_bar=False, output_flow_colored=True)
             pred = (res.image[0] * 255.0).round().astype(np.uint8)
             name = f"{task}_{i:02d}"
             files = {

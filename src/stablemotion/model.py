@@ -26,6 +26,10 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
+# Pipeline folders saved before components.py existed name "stablemotion.model" as the
+# text embedding's library; diffusers looks the loading base classes up in that module.
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
+
 from ._io import PathLike
 from .catalog import BUNDLED_MODELS, DEFAULT_BASE, RELEASED_REPO, RELEASED_SUBFOLDERS, bundled_model_path
 from .components import EmptyTextEmbedding, empty_text_embedding, expand_conv_in, infer_task, make_scheduler

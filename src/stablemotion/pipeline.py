@@ -32,7 +32,6 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DCon
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
-from tqdm.auto import tqdm
 
 from .components import EmptyTextEmbedding, decode_flow_latents, encode_latents, infer_task
 from .ensemble import (
@@ -75,19 +74,25 @@ class StableMotionOutput(BaseOutput):
             float32 (B, H, W, 3) in [0, 1]; ``"pil"``: list of RGB images. With the released
             AES (``ensemble_mode="image"``, E > 1) it combines the E member warps, so it is
             not exactly ``warp(input, flow)``; ``flow`` is then the member median.
-        flow_colored: Middlebury colour picture of ``flow``. ``"pt"``: uint8 (B, 3, H, W);
-            ``"np"``: uint8 (B, H, W, 3); ``"pil"``: list of RGB images.
+        flow_colored: Middlebury colour picture of ``flow`` when ``output_flow_colored=True``,
+            else ``None``. ``"pt"``: uint8 (B, 3, H, W); ``"np"``: uint8 (B, H, W, 3); ``"pil"``:
+            list of RGB images.
         uncertainty: ensemble spread, the mean distance of the member flows from the
             ensemble flow, pixels; ``None`` for one member. ``"pt"``: (B, 1, H, W);
             otherwise (B, H, W, 1).
         members: the member flows (B, E, 2, H, W), pixels, when ``return_members=True``.
+        settings: the inference settings actually used, defaults resolved
+            (``num_inference_steps``, ``ensemble_size``, ``ensemble_mode``,
+            ``processing_resolution`` [h, w], ``final_step``, ``decode_scale``,
+            ``mask_encoding``, ``border_band``, ``ensemble_rounding``).
     """
 
     flow: torch.Tensor | np.ndarray
     image: torch.Tensor | np.ndarray | list[Image.Image]
-    flow_colored: torch.Tensor | np.ndarray | list[Image.Image]
+    flow_colored: torch.Tensor | np.ndarray | list[Image.Image] | None = None
     uncertainty: torch.Tensor | np.ndarray | None = None
     members: torch.Tensor | None = None
+    settings: dict[str, Any] | None = None
 
 
 class StableMotionPipeline(DiffusionPipeline):
@@ -338,6 +343,7 @@ class StableMotionPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         final_step: str | None = None,
         processing_image: ImageInput | None = None,
+        output_flow_colored: bool = False,
     ) -> StableMotionOutput | tuple:
         """Estimate the rectifying flow of ``image`` and apply it.
 
@@ -359,7 +365,8 @@ class StableMotionPipeline(DiffusionPipeline):
             batch_size: UNet/VAE samples per forward pass (``None`` = all B x E at once).
             generator: seeds the initial noise (one generator, or one per B x E sample).
             output_type: ``"pt"``, ``"np"`` or ``"pil"`` (see :class:`StableMotionOutput`).
-            show_progress_bar: show a progress bar over the batches.
+            show_progress_bar: show a progress bar over the denoising steps (diffusers'
+                ``self.progress_bar``: ``set_progress_bar_config`` applies).
             return_members: also return the member flows (B, E, 2, H, W) (not in
                 ``"latent"`` mode, where members are never decoded).
             decode_scale: decode the flow latent at 1/``decode_scale`` of the processing
@@ -373,6 +380,8 @@ class StableMotionPipeline(DiffusionPipeline):
             processing_image: the network's input image, already at the processing
                 resolution (single-condition tasks; the released RS-Real protocol feeds the
                 dataset's stored 256x256 ``condition``). The flow is still applied to ``image``.
+            output_flow_colored: also return the flow's colour picture (``flow_colored``;
+                visualisation costs time at full resolution, so it is off by default).
 
         Returns:
             :class:`StableMotionOutput` (or a tuple ``(flow, image, flow_colored, uncertainty)``).
@@ -396,103 +405,202 @@ class StableMotionPipeline(DiffusionPipeline):
         if return_members and mode == "latent" and ens > 1:
             raise ValueError('return_members needs decoded members: use ensemble_mode "image" or "flow", not "latent"')
 
-        device = self._execution_device
-        dtype = self.unet.dtype
-        n, (h, w) = images.shape[0], tuple(images.shape[-2:])
+        n = images.shape[0]
+        settings = {
+            "num_inference_steps": steps, "ensemble_size": ens, "ensemble_mode": mode,
+            "processing_resolution": list(size), "final_step": last, "decode_scale": decode_scale,
+            "mask_encoding": cfg.get("mask_encoding", "binary"), "border_band": band,
+            "ensemble_rounding": cfg.get("ensemble_rounding", "none"),
+        }
+        cond_latents = self.prepare_condition_latents(images, conds, size, proc, batch_size)
+        noise = self.prepare_latents(n * ens, cond_latents.shape[-2:], generator, latents)
+        latent_mode = mode == "latent" and ens > 1
+        final = self.denoise(cond_latents, noise, ens, steps, last, batch_size,
+                             show_progress_bar=show_progress_bar)
+        if latent_mode:  # median final latent of the members, one decode per image
+            final = median(final.float().unflatten(0, (n, ens)), dim=1).to(final.dtype)
+        flow_lr = self.decode(final, size, decode_scale, batch_size)
+        members_out = 1 if latent_mode else ens
+        flow, rect, uncertainty, member_flows = self.ensemble(images, flow_lr.unflatten(0, (n, members_out)),
+                                                              mode, band)
+        self.maybe_free_model_hooks()
+        return self._format_output(flow, rect, uncertainty, member_flows if return_members else None, settings,
+                                   output_type, output_flow_colored, return_dict)
 
-        # 1. Condition latents in task order, encoded once (one VAE batch per chunk).
+    # ------------------------------------------------------------------ the named steps of __call__
+    def prepare_condition_latents(
+        self,
+        images: torch.Tensor,
+        conds: Mapping[str, torch.Tensor],
+        size: tuple[int, int],
+        processing_image: torch.Tensor | None = None,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """Condition latents in task order, encoded once and shared by the ensemble members.
+
+        Args:
+            images: (B, 3, H, W) in [0, 1]; conds: the other conditions (B, C, H, W) in [0, 1].
+            size: processing resolution (h, w); processing_image: (B, 3, h, w) to use instead
+                of the resized ``images``.
+
+        Returns:
+            (B, 4k, h/f, w/f) in the UNet's dtype, k = number of conditions.
+        """
+        n = images.shape[0]
+        binary = self.config.get("mask_encoding", "binary") == "binary"
         lowres = []
         for name in self.task.conditions:
             if name == "image":
-                lowres.append(to_vae_range(resize_image(images, size) if proc is None else proc))
+                lowres.append(to_vae_range(resize_image(images, size) if processing_image is None else processing_image))
             elif name in MASK_CONDITIONS:
-                binary = cfg.get("mask_encoding", "binary") == "binary"
                 lowres.append(to_vae_range(resize_mask(conds[name], size, binarize=binary)))
             else:
                 lowres.append(to_vae_range(resize_image(conds[name], size)))
         k = len(lowres)
         stacked = torch.stack(lowres, dim=1).flatten(0, 1)  # (B*k, 3, h, w): sample-major, task order
-        enc_bs = (batch_size or n) * k
-        cond_latents = torch.cat([self.encode(c) for c in stacked.split(enc_bs)])
-        cond_latents = cond_latents.unflatten(0, (n, k)).flatten(1, 2).to(dtype)  # (B, 4k, h/f, w/f)
+        latents = torch.cat([self.encode(c) for c in stacked.split((batch_size or n) * k)])
+        return latents.unflatten(0, (n, k)).flatten(1, 2).to(self.unet.dtype)
 
-        # 2. Members share the condition latents; noise for all B*E samples at once (seeded).
-        lh, lw = cond_latents.shape[-2:]
-        total = n * ens
-        if latents is None:  # drawn in float32 so a seed gives the same noise in every dtype
-            noise = randn_tensor((total, 4, lh, lw), generator=generator, device=device, dtype=torch.float32)
-        else:
-            noise = latents.to(device=device, dtype=torch.float32)
-        noise = noise.to(dtype)
-        index = torch.arange(n, device=device).repeat_interleave(ens)  # sample i*E+e -> image i
-        embedding = self.text_embedding(1).to(device=device, dtype=dtype)
+    def prepare_latents(
+        self,
+        total: int,
+        latent_size: Sequence[int],
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The initial noise of the B x E members: (total, 4, h/f, w/f) in the UNet's dtype.
 
-        self.scheduler.set_timesteps(steps, device=device)
+        Drawn in float32 (so a seed gives the same noise in every dtype) unless ``latents``
+        are given.
+        """
+        device = self._execution_device
+        if latents is None:
+            shape = (total, int(self.unet.config.out_channels), *(int(v) for v in latent_size))
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        return latents.to(device=device, dtype=torch.float32).to(self.unet.dtype)
+
+    def denoise(
+        self,
+        cond_latents: torch.Tensor,
+        noise: torch.Tensor,
+        ensemble_size: int,
+        num_inference_steps: int,
+        final_step: str = "x0",
+        batch_size: int | None = None,
+        show_progress_bar: bool = True,
+    ) -> torch.Tensor:
+        """Run the scheduler from ``noise`` for every member.
+
+        Args:
+            cond_latents: (B, 4k, h, w); member ``i * E + e`` uses row ``i``.
+            noise: (B x E, 4, h, w), sample-major.
+            final_step: ``"x0"`` (the last step's x0 estimate) or ``"prev_sample"``.
+
+        Returns:
+            (B x E, 4, h, w): the final latents.
+        """
+        device = self._execution_device
+        total = noise.shape[0]
+        index = torch.arange(cond_latents.shape[0], device=device).repeat_interleave(ensemble_size)
+        embedding = self.text_embedding(1).to(device=device, dtype=self.unet.dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        flows, x0s = [], []
-        latent_mode = mode == "latent" and ens > 1
-        chunks = list(range(0, total, batch_size or total))
-        bar = tqdm(chunks, desc="StableMotion", leave=False, disable=not show_progress_bar)
-        for start in bar:
-            sel = index[start : start + (batch_size or total)]
+        step = batch_size or total
+        finals = []
+        bar = self.progress_bar(total=len(range(0, total, step)) * len(timesteps)) if show_progress_bar else None
+        for start in range(0, total, step):
+            sel = index[start : start + step]
             cond = cond_latents[sel]
             z = noise[start : start + len(sel)]
-            x0 = z
             for i, t in enumerate(timesteps):
                 v = self.unet(
                     torch.cat([cond, z], dim=1), t, encoder_hidden_states=embedding.expand(len(sel), -1, -1),
                     return_dict=False,
                 )[0]
                 out = self.scheduler.step(v, t, z, return_dict=True)
-                if i == len(timesteps) - 1 and last == "x0":
-                    x0 = out.pred_original_sample
-                else:
-                    z = x0 = out.prev_sample
-            if latent_mode:
-                x0s.append(x0)
-            else:
-                flows.append(self.decode_flow(x0, decode_scale))
-        if latent_mode:  # median x0 latent of the members, one decode per image
-            x0_med = median(torch.cat(x0s).float().unflatten(0, (n, ens)), dim=1).to(dtype)
-            dec_bs = batch_size or n
-            flows = [self.decode_flow(c, decode_scale) for c in x0_med.split(dec_bs)]
-        flow_lr = torch.cat(flows)  # (B*E or B, 2, h/s, w/s), pixels of the processing resolution (h, w)
-        if decode_scale != 1:  # values -> pixels of the decoded size, so resize_flow scales them right
-            fh, fw = flow_lr.shape[-2:]
-            flow_lr = flow_lr * torch.tensor([fw / size[1], fh / size[0]], device=flow_lr.device).view(1, 2, 1, 1)
+                z = out.pred_original_sample if i == len(timesteps) - 1 and final_step == "x0" else out.prev_sample
+                if bar is not None:
+                    bar.update()
+            finals.append(z)
+        if bar is not None:
+            bar.close()
+        return torch.cat(finals)
 
-        # 3. Full resolution, warping, AES.
-        members_out = 1 if latent_mode else ens
-        member_flows = resize_flow(flow_lr, (h, w), **RELEASED_FLOW_RESIZE).unflatten(0, (n, members_out))  # (B, E, 2, H, W)
-        full = images.to(device)  # (B, 3, H, W) in [0, 1], float32: zeros padding leaves black, as released
+    def decode(
+        self, latents: torch.Tensor, size: tuple[int, int], decode_scale: int = 1, batch_size: int | None = None
+    ) -> torch.Tensor:
+        """Final latents (N, 4, h/f, w/f) -> flows (N, 2, h/s, w/s), pixels of the decoded size.
+
+        ``decode_scale = s`` decodes at 1/s of the processing resolution ``size`` (see
+        :meth:`decode_flow`); the values are rescaled to pixels of the decoded grid so that
+        :func:`~stablemotion.flow.resize_flow` scales them right.
+        """
+        flow = torch.cat([self.decode_flow(c, decode_scale) for c in latents.split(batch_size or latents.shape[0])])
+        if decode_scale != 1:
+            fh, fw = flow.shape[-2:]
+            flow = flow * torch.tensor([fw / size[1], fh / size[0]], device=flow.device).view(1, 2, 1, 1)
+        return flow
+
+    def ensemble(
+        self, images: torch.Tensor, member_flows_lr: torch.Tensor, mode: str, band: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Member flows at full resolution, the warp and the Adaptive Ensemble Strategy.
+
+        Args:
+            images: (B, 3, H, W) in [0, 1] (warped there: zeros padding leaves black, as released).
+            member_flows_lr: (B, E, 2, h', w'), pixels of the decoded grid.
+            mode: ``"image"``, ``"flow"`` or ``"latent"`` (E = 1 after the latent median).
+            band: AES border band (see ``border_band``).
+
+        Returns:
+            ``(flow (B, 2, H, W) px, image (B, 3, H, W) in [0, 1], uncertainty (B, 1, H, W) px or
+            None, member flows (B, E, 2, H, W) px)``.
+        """
+        cfg = self.config
+        n, ens = member_flows_lr.shape[:2]
+        h, w = images.shape[-2:]
+        member_flows = resize_flow(member_flows_lr.flatten(0, 1), (h, w), **RELEASED_FLOW_RESIZE).unflatten(0, (n, ens))
+        full = images.to(member_flows.device)
         flow = ensemble_flows(member_flows)
         if mode == "image" and ens > 1:
             warped = warp(full.repeat_interleave(ens, 0), member_flows.flatten(0, 1), padding=self.task.padding)
             if not cfg.get("scale_border_band", True):
                 band = (int(round(band)), int(round(band)))  # pixels of this image, as released
-            rect = ensemble_images(warped.unflatten(0, (n, ens)), band=band,
-                                   rounding=cfg.get("ensemble_rounding", "none"))
+            rect = ensemble_images(warped.unflatten(0, (n, ens)), band=band, rounding=cfg.get("ensemble_rounding", "none"))
         else:
             rect = warp(full, flow, padding=self.task.padding)
-        rect = rect.clamp(0, 1)
-        uncertainty = flow_uncertainty(member_flows, flow) if members_out > 1 else None
-        self.maybe_free_model_hooks()
+        uncertainty = flow_uncertainty(member_flows, flow) if ens > 1 else None
+        return flow, rect.clamp(0, 1), uncertainty, member_flows
 
-        colored = np.stack([flow_to_color(f) for f in flow])  # (B, H, W, 3) uint8
+    def _format_output(
+        self,
+        flow: torch.Tensor,
+        rect: torch.Tensor,
+        uncertainty: torch.Tensor | None,
+        members: torch.Tensor | None,
+        settings: dict[str, Any],
+        output_type: str,
+        output_flow_colored: bool,
+        return_dict: bool,
+    ) -> StableMotionOutput | tuple:
+        colored = np.stack([flow_to_color(f) for f in flow]) if output_flow_colored else None  # (B, H, W, 3) uint8
         out_flow: Any
+        out_col: Any = colored
         if output_type == "pt":
             out_flow, out_image = flow.cpu(), rect.cpu()
-            out_col: Any = torch.from_numpy(colored).permute(0, 3, 1, 2)
+            if colored is not None:
+                out_col = torch.from_numpy(colored).permute(0, 3, 1, 2)
             out_unc: Any = None if uncertainty is None else uncertainty.cpu()
         else:
             out_flow = flow.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
             out_image = rect.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
-            out_col = colored
             out_unc = None if uncertainty is None else uncertainty.permute(0, 2, 3, 1).cpu().numpy()
             if output_type == "pil":
                 out_image = [Image.fromarray((im * 255.0).round().astype(np.uint8)) for im in out_image]
-                out_col = [Image.fromarray(c) for c in colored]
-        members = member_flows.cpu() if return_members else None
+                if colored is not None:
+                    out_col = [Image.fromarray(c) for c in colored]
+        members = None if members is None else members.cpu()
         if not return_dict:
             return (out_flow, out_image, out_col, out_unc)
-        return StableMotionOutput(flow=out_flow, image=out_image, flow_colored=out_col, uncertainty=out_unc, members=members)
+        return StableMotionOutput(flow=out_flow, image=out_image, flow_colored=out_col, uncertainty=out_unc,
+                                  members=members, settings=settings)

@@ -229,6 +229,7 @@ def _rectify(args: argparse.Namespace) -> int:
             ensemble_mode=args.ensemble_mode,
             processing_resolution=res,
             final_step=args.final_step,
+            output_flow_colored=True,
             generator=torch.Generator().manual_seed(args.seed),
             output_type="np",
             show_progress_bar=False,
