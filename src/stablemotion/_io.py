@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -63,29 +63,183 @@ def save_image(image: np.ndarray | Image.Image, path: PathLike, overwrite: bool 
     return path
 
 
-def load_image(path: PathLike, mode: str = "RGB") -> np.ndarray:
-    """Read an image file as a uint8 array in ``mode``: "RGB" (H, W, 3), "L" (H, W), or
-    "mask": a mask as read -- grey files stay (H, W), others become RGB (H, W, 3).
+#: Largest image the readers decode by default, in pixels (checked from the file header
+#: before decoding; PIL's own bomb guard stops far later, after allocating).
+DEFAULT_MAX_PIXELS = 100_000_000
+GREY_POLICIES = ("refuse", "convert")
+ALPHA_POLICIES = ("refuse", "drop", "mask")
 
-    Raises ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing or
-    cannot be decoded.
+
+def open_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None) -> Image.Image:
+    """Open and decode an image file, EXIF orientation applied (as viewers show it).
+
+    The size is checked from the header before any pixel is decoded: a file declaring more
+    than ``max_pixels`` pixels (``None``: no limit) is refused, so a 69-byte PNG that
+    declares 20000x20000 costs nothing.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: undecodable, truncated or too large
+        (the message names the file).
     """
     path = Path(path)
+    label = name or str(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
-        with Image.open(path) as im:
+        with warnings_as_errors():
+            im = Image.open(path)
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:
+                im.close()
+                raise ValueError(
+                    f"{label} is {w}x{h} px ({w * h / 1e6:.0f} megapixels), more than the limit of "
+                    f"{max_pixels / 1e6:.0f} megapixels; raise it with --max-pixels if the file is genuine"
+                )
             im.load()
-            if mode == "mask":
-                return mask_array(im)
-            return np.array(im.convert(mode))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"cannot decode image {path}: {exc}") from exc
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning,
+            SyntaxError) as exc:
+        raise ValueError(f"cannot decode image {label}: {exc}") from None
+    return ImageOps.exif_transpose(im) or im
+
+
+@contextlib.contextmanager
+def warnings_as_errors() -> Iterator[None]:
+    """PIL's decompression-bomb warning becomes an error (we check sizes ourselves first)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # our own limit applies; PIL's would raise mid-decode
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Integer/float PIL data (16-bit, 32-bit int, float) -> uint8 by its bit depth, not by clipping."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.floating):
+        top = 1.0 if float(np.nanmax(arr, initial=0.0)) <= 1.0 else 255.0
+        return (np.clip(np.nan_to_num(arr), 0, top) / top * 255.0).round().astype(np.uint8)
+    top = 65535 if arr.max(initial=0) > 255 else 255
+    return (arr.astype(np.float64) / top * 255.0).round().clip(0, 255).astype(np.uint8)
+
+
+def image_to_rgb(
+    image: Image.Image, name: str = "image", grey: str = "refuse", alpha: str = "refuse"
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The one rule that turns a decoded image into the RGB array the models take.
+
+    * RGB: as is. Palette: expanded (to RGBA when it has a transparent colour). CMYK and
+      YCbCr: converted to RGB. 16-bit and float data: scaled by bit depth to 8 bits.
+    * Grey (L, I;16, 1, ...): ``grey="refuse"`` raises a ``ValueError`` saying how to convert
+      (``--grey convert`` on the command line); ``"convert"`` replicates the channel.
+    * An alpha channel that is fully opaque is dropped. A real one (some transparent pixel):
+      ``alpha="refuse"`` raises; ``"drop"`` ignores it; ``"mask"`` returns it as the mask
+      (uint8, 255 = valid content: stitched panoramas often mark their empty area this way).
+
+    Returns:
+        ``(rgb uint8 (H, W, 3), mask uint8 (H, W) or None, note)``; the note says what was
+        converted ("" when nothing was).
+    """
+    if grey not in GREY_POLICIES:
+        raise ValueError(f"grey must be one of {GREY_POLICIES}, got {grey!r}")
+    if alpha not in ALPHA_POLICIES:
+        raise ValueError(f"alpha must be one of {ALPHA_POLICIES}, got {alpha!r}")
+    notes = []
+    mode = image.mode
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    elif mode == "PA":
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    mask = None
+    a = None
+    if mode in ("RGBA", "LA", "RGBa", "La"):
+        a = _to_uint8(np.array(image.getchannel("A")))
+        image = image.convert("RGB" if mode.startswith("RGB") else "L")
+        mode = image.mode
+    if mode in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F"):
+        if grey == "refuse":
+            raise ValueError(
+                f"{name} is a grey image ({mode}); the models take RGB: pass --grey convert to replicate the "
+                "channel (Python: image.convert('RGB'))"
+            )
+        rgb = np.repeat(_to_uint8(np.array(image))[..., None], 3, axis=2)
+        notes.append(f"grey ({mode}) converted to RGB")
+    elif mode == "RGB":
+        rgb = np.array(image, dtype=np.uint8)
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        rgb = np.array(image.convert("RGB"), dtype=np.uint8)
+        notes.append(f"{mode} converted to RGB")
+    else:  # I;16 RGB variants and other rare modes: scale each band by bit depth
+        bands = [_to_uint8(np.array(image.getchannel(i))) for i in range(min(3, len(image.getbands())))]
+        if len(bands) != 3:
+            raise ValueError(f"{name} has the unsupported image mode {mode}; convert it to RGB first")
+        rgb = np.stack(bands, axis=-1)
+        notes.append(f"{mode} converted to 8-bit RGB")
+    if a is not None:
+        if (a == 255).all():
+            notes.append("fully opaque alpha channel dropped")
+        elif alpha == "mask":
+            mask = np.where(a >= 128, 255, 0).astype(np.uint8)
+            notes.append("alpha channel used as the mask")
+        elif alpha == "drop":
+            notes.append("alpha channel dropped")
+        else:
+            raise ValueError(
+                f"{name} has an alpha channel with transparent pixels; pass --mask alpha to use it as the SIR mask, "
+                "or --alpha drop to ignore it (Python: image.convert('RGB'))"
+            )
+    return rgb, mask, "; ".join(notes)
+
+
+def read_rgb(
+    path: PathLike,
+    grey: str = "refuse",
+    alpha: str = "refuse",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Read an image file for a model: :func:`open_image` then :func:`image_to_rgb`
+    (errors name the file). Returns ``(rgb uint8 (H, W, 3), alpha mask or None, note)``."""
+    with open_image(path, max_pixels=max_pixels) as im:
+        return image_to_rgb(im, name=str(path), grey=grey, alpha=alpha)
+
+
+def load_image(path: PathLike, mode: str = "RGB", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as a uint8 array in ``mode``: "RGB" (H, W, 3), "L" (H, W), or
+    "mask": a mask as read -- grey files stay (H, W), others become RGB (H, W, 3).
+
+    Lenient (datasets, ground truth, results): any mode is converted, grey replicated, alpha
+    dropped, 16-bit scaled; EXIF orientation applied. Models' inputs go through
+    :func:`read_rgb`, which refuses what it cannot convert without a decision.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing, cannot
+    be decoded or is larger than ``max_pixels``.
+    """
+    with open_image(path, max_pixels=max_pixels) as im:
+        if mode == "mask":
+            return mask_array(im)
+        if mode == "L":
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                return _to_uint8(np.array(im))
+            return np.array(im.convert("L"))
+        if mode == "RGB":
+            return image_to_rgb(im, name=str(path), grey="convert", alpha="drop")[0]
+        return np.array(im.convert(mode))
 
 
 def mask_array(image: Image.Image) -> np.ndarray:
     """A decoded mask image as read: grey (L, 1, 16-bit) stays uint8 (H, W), anything else uint8 RGB (H, W, 3)."""
-    if image.mode in ("L", "1", "I", "I;16", "F", "LA"):
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return _to_uint8(np.array(image))
+    if image.mode in ("L", "1", "LA", "La"):
         return np.array(image.convert("L"))
     return np.array(image.convert("RGB"))
 

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ._io import image_to_rgb
+
 __all__ = [
     "ImageInput",
     "to_image_batch",
@@ -137,19 +139,12 @@ def to_image_batch(image: ImageInput, name: str = "image") -> torch.Tensor:
     return torch.stack(out)
 
 
-def pil_to_rgb(image: Image.Image, name: str = "image") -> np.ndarray:
-    """A decoded PIL image -> uint8 (H, W, 3) RGB array, the way files are read everywhere.
-
-    Palette images are expanded (to RGBA when they have a transparent colour, so that
-    they are refused like RGBA); grey, RGBA, CMYK and 16-bit images raise ``ValueError``
-    with :func:`to_image_batch`'s message naming ``name``.
-    """
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode != "RGB":  # refused with a message saying how to convert, or converted as the pipeline would
-        batch = to_image_batch(image, name=name)
-        return (batch[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
-    return np.array(image, dtype=np.uint8)
+def pil_to_rgb(image: Image.Image, name: str = "image", grey: str = "refuse", alpha: str = "refuse") -> np.ndarray:
+    """A decoded PIL image -> uint8 (H, W, 3) RGB array by the one reading rule of the package
+    (:func:`stablemotion._io.image_to_rgb`: palette, CMYK and 16-bit converted, an opaque
+    alpha dropped; grey and real alpha refused with a message naming ``name`` unless
+    ``grey="convert"`` / ``alpha="drop"``)."""
+    return image_to_rgb(image, name=name, grey=grey, alpha=alpha)[0]
 
 
 def _single_mask(x: object, name: str, binarize: bool = True) -> torch.Tensor:

@@ -8,12 +8,12 @@ are resumable (finished images are skipped) and written atomically.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..tasks import available_tasks
+from ._options import Dist, add_device_options, add_inference_options, inference_kwargs
 
 
 def _common(p: argparse.ArgumentParser, study: bool = False) -> None:
@@ -24,24 +24,9 @@ def _common(p: argparse.ArgumentParser, study: bool = False) -> None:
     p.add_argument("--format", dest="kind", choices=("auto", "dird", "rsreal", "folder"), default="auto",
                    help="dataset layout (default: detected)")
     p.add_argument("--out", type=Path, required=True, help="output folder (rerun with the same folder to resume)")
-    if not study:
-        p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's, 1)")
-    if not study:
-        p.add_argument("--ensemble", type=int, default=None, help="AES members (default: the model's, 1)")
-        p.add_argument("--aes-mode", choices=("image", "flow", "latent"), default=None,
-                       help="AES rule: image (released), flow (median flow) or latent (median latent, one decode)")
-    p.add_argument("--processing-resolution", type=int, nargs="+", default=None, metavar="N",
-                   help="network resolution: H W, one int (square) or 0 (input size); default: the model's")
-    p.add_argument("--decode-scale", type=int, default=1, help="decode the flow at 1/N resolution (fast; default 1)")
-    p.add_argument("--final-step", choices=("x0", "prev_sample"), default=None,
-                   help="last denoising step returns the x0 estimate or DDIM's prev_sample (the release); "
-                        "default: the model's")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (under accelerate: the process's device)")
+    add_inference_options(p, steps=not study, ensemble=not study)
+    add_device_options(p)
     p.add_argument("--seed", type=int, default=0, help="noise seed of every image")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="keep the default memory format (channels_last is used by default: ~13%% faster bf16 "
-                        "SD2-size inference on CPU, see BENCHMARKS.md)")
     p.add_argument("--limit", type=int, default=None, help="only the first N test images (sorted by name)")
 
 
@@ -102,72 +87,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
-def _resolution(res: list[int] | None) -> Any:
-    if res is None:
-        return None
-    if len(res) not in (1, 2):
-        raise ValueError(f"--processing-resolution takes H W, one int or 0, got {res}")
-    return res[0] if len(res) == 1 else tuple(res)
-
-
-class _Dist:
-    """Process rank / world / device / barrier, from accelerate when launched with it."""
-
-    def __init__(self, device_arg: str) -> None:
-        from .rectify import _device
-
-        self.rank, self.world = 0, 1
-        self._state = None
-        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if launched:  # accelerate launch / torchrun: one process per device (CPU processes talk over gloo)
-            import torch
-            from accelerate import PartialState
-
-            self._state = PartialState(cpu=device_arg == "cpu" or not torch.cuda.is_available())
-            self.rank, self.world = self._state.process_index, self._state.num_processes
-            self.device = self._state.device
-        else:
-            self.device = _device(device_arg)
-
-    def barrier(self) -> None:
-        if self._state is not None:
-            self._state.wait_for_everyone()
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, _Dist]:
+def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Dist]:
     from ..evaluation import EvalSettings, open_eval_set
-    from .rectify import DTYPES, _load_pipeline
+    from ._options import load_model, prepare_for_inference, resolve_dtype
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    dist = _Dist(args.device)
-    pipe = _load_pipeline(args, DTYPES[args.dtype])
+    kwargs = inference_kwargs(args)
+    dist = Dist(args.device)
+    if not args.dataset.exists():
+        raise FileNotFoundError(f"--dataset {args.dataset}: no such folder")
+    pipe = load_model(args.model, args.task, resolve_dtype(args.dtype), quiet=True)
     eval_set = open_eval_set(args.dataset, pipe.task.name, split=args.split, kind=args.kind)
-    pipe.to(dist.device)
-    if args.channels_last:
-        import torch
-
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    pipe.set_progress_bar_config(disable=True)
+    prepare_for_inference(pipe, dist.device, args.channels_last)
     settings = EvalSettings(
-        steps=getattr(args, "steps", None) if isinstance(getattr(args, "steps", None), int) else None,
-        ensemble=getattr(args, "ensemble", None),
-        ensemble_mode=getattr(args, "aes_mode", None),
-        processing_resolution=_resolution(args.processing_resolution),
-        decode_scale=args.decode_scale,
+        steps=kwargs["num_inference_steps"],
+        ensemble=kwargs["ensemble_size"],
+        ensemble_mode=kwargs["ensemble_mode"],
+        processing_resolution=kwargs["processing_resolution"],
+        decode_scale=kwargs["decode_scale"],
         seed=args.seed,
         dtype=args.dtype,
-        final_step=args.final_step,
+        final_step=kwargs["final_step"],
     )
     return pipe, eval_set, settings, dist
 
 
-def _progress(dist: _Dist, desc: str) -> Any:
+def _progress(dist: Dist, desc: str) -> Any:
     from tqdm import tqdm
 
     return lambda it: tqdm(it, desc=f"{desc} [{dist.rank}/{dist.world}]" if dist.world > 1 else desc, unit="img",

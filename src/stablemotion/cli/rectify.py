@@ -1,41 +1,42 @@
 """``stablemotion rectify``: rectify image files or folders with a StableMotion pipeline.
 
-For each input ``NAME.ext`` it writes into ``--out``:
+For each input NAME.ext it writes into --out:
 
-* ``NAME.png`` -- the rectified image (input resolution; ``--image-ext`` picks the format),
-* ``NAME_flow.npy`` (or ``.flo``) -- the backward flow (H, W, 2), pixels,
-* ``NAME_flow.png`` -- its Middlebury colour picture,
-* ``NAME_mask.png`` -- with ``--save-mask`` (SIR), the mask that was used (255 = valid),
-* ``NAME_uncertainty.npy`` -- with ``--ensemble`` > 1, the ensemble spread (H, W), pixels.
+  NAME.png               the rectified image (input resolution; --image-ext picks the format)
+  NAME_flow.png          the flow's Middlebury colour picture
+  NAME_flow.npy / .flo   with --save-flow: the backward flow (H, W, 2) float32, pixels
+                         (8 bytes a pixel: 96 MB for a 12-megapixel photo, so it is opt-in)
+  NAME_mask.png          with --save-mask (SIR): the mask that was used (white = valid)
+  NAME_uncertainty.png   with --ensemble > 1: the ensemble spread as colours (and .npy, pixels)
 
-Every output is written atomically; existing outputs are an error unless ``--force``
-(checked for all inputs before any image is processed). SIR masks come from ``--mask`` (a
-file for one input, or a folder matched by file stem); without ``--mask`` they are
-derived from the stitched image's empty border (see
-:func:`stablemotion.image_processing.derive_mask`).
+Batches are safe to run overnight: cheap checks (inputs readable and not too large, masks
+of the right size, --out writable, output names free) run before the model is loaded;
+a file that fails later is reported at the end (exit status 1) while the others are
+processed; a rerun skips the images whose outputs are complete (--force redoes them) and
+refuses a folder made with other settings. Every output is written atomically.
+
+SIR masks come from --mask (a file for one input, a folder matched by file stem, or
+"alpha": the inputs' own alpha channel); without it they are derived from the stitched
+image's empty border. Under `accelerate launch` or `torchrun` every process takes a shard
+of the inputs and the main process prints one summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
+from .._io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, list_images
+from ..tasks import available_tasks
+from ._options import Dist, add_device_options, add_inference_options, inference_kwargs
 
-from .._io import IMAGE_EXTENSIONS, atomic_path, list_images, load_image, save_image
-from ..flow import write_flow
-from ..image_processing import pil_to_rgb, prepare_mask
-from ..tasks import MASK_CONDITIONS, available_tasks
-
-if TYPE_CHECKING:
-    from ..pipeline import StableMotionPipeline
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Side files rectify writes next to NAME.png (the score command ignores them).
+SIDE_SUFFIXES = ("_flow", "_mask", "_uncertainty")
+_STATE = ".stablemotion-rectify"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,30 +50,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None,
                    help="pipeline folder (see import-checkpoint) or hub id; default: the bundled stablemotion-mini "
                         "model for --task (small, trained on synthetic data)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder (not an input folder)")
     p.add_argument("--task", choices=available_tasks(), default=None,
                    help="check the model is for this task; without --model it picks the bundled model (default sir)")
-    p.add_argument("--mask", type=Path, default=None, help="SIR mask file (one input) or folder (matched by stem)")
+    p.add_argument("--mask", default=None,
+                   help="SIR mask file (one input), folder (matched by stem), or 'alpha' (each input's alpha channel)")
     p.add_argument("--save-mask", action="store_true", help="write the mask used (derived or given) as NAME_mask.png")
     p.add_argument("--mask-background", choices=("auto", "black", "white"), default="auto",
                    help="colour of the stitched image's empty border for derived masks (default: auto)")
     p.add_argument("--mask-tolerance", type=int, default=24,
                    help="max per-channel distance (0-255) from the border colour counted as empty (default 24)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, 1)")
-    p.add_argument("--ensemble", type=int, default=None, help="ensemble members (default: the model's, 1)")
-    p.add_argument("--ensemble-mode", choices=("image", "flow"), default=None,
-                   help="AES rule: image (released: median of warped images, minimum at the border) or flow")
-    p.add_argument("--processing-resolution", type=int, nargs="+", default=None, metavar="N",
-                   help="network resolution: H W, one int (square) or 0 (input size); default: the model's")
-    p.add_argument("--final-step", choices=("x0", "prev_sample"), default=None,
-                   help="last denoising step returns the x0 estimate or DDIM's prev_sample (the release); "
-                        "default: the model's")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+    add_inference_options(p)
+    add_device_options(p)
     p.add_argument("--seed", type=int, default=0, help="noise seed (each image uses the same seed)")
-    p.add_argument("--flow-format", choices=("npy", "flo"), default="npy")
+    p.add_argument("--save-flow", action="store_true", help="also write the flow NAME_flow.npy (or .flo)")
+    p.add_argument("--flow-format", choices=("npy", "flo"), default="npy", help="file format of --save-flow")
     p.add_argument("--image-ext", choices=("png", "jpg", "tif"), default="png", help="format of the rectified image")
-    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--grey", choices=("refuse", "convert"), default="refuse",
+                   help="grey inputs: refuse (default) or convert to RGB by replicating the channel")
+    p.add_argument("--alpha", choices=("refuse", "drop"), default="refuse",
+                   help="inputs with transparent pixels: refuse (default) or drop the alpha channel "
+                        "(--mask alpha uses it as the mask instead)")
+    p.add_argument("--max-pixels", type=float, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse images larger than this many pixels, checked from the file header "
+                        f"(default {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixels)")
+    p.add_argument("--force", action="store_true", help="redo images whose outputs exist (default: skip them)")
     p.set_defaults(func=_rectify)
 
 
@@ -81,8 +83,10 @@ class _Job:
     stem: str
     image: Path
     mask: Path | None
+    outputs: dict[str, Path]
 
 
+# --------------------------------------------------------------------------- planning (no model, no torch)
 def _collect_inputs(inputs: list[Path]) -> list[tuple[str, Path]]:
     found: dict[str, Path] = {}
     for item in inputs:
@@ -102,146 +106,283 @@ def _collect_inputs(inputs: list[Path]) -> list[tuple[str, Path]]:
     return list(found.items())
 
 
-def _plan(args: argparse.Namespace, items: list[tuple[str, Path]], needs_mask: bool) -> list[_Job]:
-    if args.mask is None:
-        return [_Job(stem, path, None) for stem, path in items]
+def _masks(args: argparse.Namespace, items: list[tuple[str, Path]], needs_mask: bool) -> list[Path | None]:
+    if args.mask is None or args.mask == "alpha":
+        if args.mask == "alpha" and not needs_mask:
+            raise ValueError("--mask alpha was given but this model's task takes no mask")
+        return [None] * len(items)
     if not needs_mask:
         raise ValueError("--mask was given but this model's task takes no mask")
-    if args.mask.is_dir():
-        masks = list_images(args.mask)
+    mask = Path(args.mask)
+    if mask.is_dir():
+        masks = list_images(mask)
         missing = [stem for stem, _ in items if stem not in masks]
         if missing:
             raise ValueError(
-                f"no mask in {args.mask} for {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+                f"no mask in {mask} for {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
                 "(masks are matched by file stem); drop --mask to derive masks from the empty border"
             )
-        return [_Job(stem, path, masks[stem]) for stem, path in items]
-    if not args.mask.is_file():
-        raise FileNotFoundError(f"mask not found: {args.mask}")
+        return [masks[stem] for stem, _ in items]
+    if not mask.is_file():
+        raise FileNotFoundError(f"mask not found: {mask}")
     if len(items) != 1:
         raise ValueError(f"--mask is a single file but there are {len(items)} inputs; pass a folder of masks")
-    return [_Job(items[0][0], items[0][1], args.mask)]
+    return [mask]
 
 
 def _outputs(args: argparse.Namespace, stem: str, with_mask: bool, ensemble: int) -> dict[str, Path]:
     out: Path = args.out
-    paths = {
-        "image": out / f"{stem}.{args.image_ext}",
-        "flow": out / f"{stem}_flow.{args.flow_format}",
-        "flow_color": out / f"{stem}_flow.png",
-    }
+    paths = {"image": out / f"{stem}.{args.image_ext}", "flow_color": out / f"{stem}_flow.png"}
+    if args.save_flow:
+        paths["flow"] = out / f"{stem}_flow.{args.flow_format}"
     if with_mask and args.save_mask:
         paths["mask"] = out / f"{stem}_mask.png"
     if ensemble > 1:
         paths["uncertainty"] = out / f"{stem}_uncertainty.npy"
+        paths["uncertainty_color"] = out / f"{stem}_uncertainty.png"
     return paths
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+def _check_names(args: argparse.Namespace, jobs: list[_Job]) -> None:
+    """No output may overwrite another output or an input (``a.jpg`` + ``a_flow.jpg``, --out = input folder)."""
+    out = args.out.resolve()
+    inputs = {j.image.resolve(): j for j in jobs} | {j.mask.resolve(): j for j in jobs if j.mask is not None}
+    for folder in {p.parent for p in inputs}:
+        if folder == out:
+            raise ValueError(f"--out {args.out} is an input folder: outputs would mix with (and could overwrite) "
+                             "the inputs; choose another folder")
+    owner: dict[Path, str] = {}
+    for job in jobs:
+        for path in job.outputs.values():
+            key = path.resolve()
+            if key in owner:
+                raise ValueError(f"output {path} would be written for both {owner[key]!r} and {job.stem!r}; "
+                                 "rename one input")
+            owner[key] = job.stem
+
+
+def _check_out(out: Path) -> None:
+    """--out exists or can be made, and is writable (checked before the model loads)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return pil_to_rgb(im, name=str(path))  # rejects grey / RGBA with a clear message
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"cannot decode image {path}: {exc}") from exc
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".{_STATE}.probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--out {out} is not writable: {exc.strerror or exc}") from None
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return dev
+_LITTER = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp\.[A-Za-z0-9]+$")
 
 
-def _load_pipeline(args: argparse.Namespace, dtype: torch.dtype) -> StableMotionPipeline:
-    from ..catalog import BUNDLED_MODELS, bundled_model_path
-    from ..model import load_pipeline  # here: keeps `--help` fast
+def _clean_litter(out: Path) -> int:
+    """Remove temporary files a killed run left behind (``atomic_path``'s ``.NAME.XXXXXX.tmp.EXT``)."""
+    removed = 0
+    for path in out.iterdir():
+        if path.is_file() and _LITTER.match(path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _settings_record(args: argparse.Namespace, model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {"model": model, "seed": args.seed, "mask": args.mask, **{k: v for k, v in kwargs.items()},
+            "dtype": args.dtype}
+
+
+def _check_resume(out: Path, record: dict[str, Any], finished: int, force: bool) -> None:
+    path = out / f"{_STATE}.json"
+    if path.is_file() and finished and not force:
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if old is not None and old != json.loads(json.dumps(record)):
+            diff = sorted(k for k in set(old) | set(record) if old.get(k) != json.loads(json.dumps(record)).get(k))
+            raise ValueError(f"{out} holds results made with other settings ({', '.join(diff)} differ); "
+                             "use another --out, or --force to redo every image")
+
+
+def _preflight(jobs: list[_Job], needs_mask: bool, max_pixels: int | None, grey: str = "refuse") -> dict[str, str]:
+    """Header checks of every input and mask (size, mode, decodability of the header) -> failures by stem."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .._io import warnings_as_errors
+
+    failures: dict[str, str] = {}
+    for job in jobs:
+        try:
+            with warnings_as_errors(), Image.open(job.image) as im:  # header only: our own size limit applies
+                w, h = im.size
+                mode = im.mode
+            if max_pixels is not None and w * h > max_pixels:
+                raise ValueError(f"{job.image} is {w}x{h} px ({w * h / 1e6:.0f} megapixels), more than --max-pixels "
+                                 f"{max_pixels / 1e6:.0f} megapixels")
+            if grey == "refuse" and mode in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F", "LA"):
+                raise ValueError(f"{job.image} is a grey image ({mode}); pass --grey convert to replicate the channel")
+            if needs_mask and job.mask is not None:
+                with warnings_as_errors(), Image.open(job.mask) as m:
+                    if m.size != (w, h):
+                        raise ValueError(f"mask {job.mask} is {m.size[0]}x{m.size[1]} px but the image is {w}x{h} px")
+        except (UnidentifiedImageError, OSError) as exc:
+            failures[job.stem] = f"cannot decode image: {exc}"
+        except ValueError as exc:
+            failures[job.stem] = str(exc)
+    return failures
+
+
+# --------------------------------------------------------------------------- the command
+def _rectify(args: argparse.Namespace) -> int:
+    from ._options import load_model, prepare_for_inference, resolve_dtype
+
+    kwargs = inference_kwargs(args)
+    max_pixels = None if args.max_pixels <= 0 else int(args.max_pixels)
+    dist = Dist(args.device)  # checks --device before anything else
+    items = _collect_inputs(args.inputs)
+    _check_out(args.out)
+    # The task (hence whether a mask is needed) is in the model config: read it without loading weights.
+    task = _task_of(args)
+    needs_mask = task.needs_mask
+    ensemble = kwargs["ensemble_size"] or task.ensemble
+    masks = _masks(args, items, needs_mask)
+    jobs = [_Job(stem, path, mask, _outputs(args, stem, needs_mask, ensemble))
+            for (stem, path), mask in zip(items, masks, strict=True)]
+    _check_names(args, jobs)
+    record = _settings_record(args, str(args.model) if args.model else f"bundled:{task.name}", kwargs)
+    done = [j for j in jobs if all(p.is_file() for p in j.outputs.values())]
+    _check_resume(args.out, record, len(done), args.force)
+    todo = jobs if args.force else [j for j in jobs if j not in done]
+    failures = _preflight(todo, needs_mask, max_pixels, args.grey)
+    if dist.main:
+        removed = _clean_litter(args.out)
+        if removed:
+            print(f"removed {removed} temporary file(s) left in {args.out} by an interrupted run")
+        (args.out / f"{_STATE}.json").write_text(json.dumps(record, indent=1))
+    dist.barrier()
+
+    mine = [j for j in dist.shard(todo) if j.stem not in failures]
+    processed = 0
+    if mine:
+        pipe = load_model(args.model, args.task, resolve_dtype(args.dtype), quiet=not dist.main)
+        prepare_for_inference(pipe, dist.device, args.channels_last)
+        processed, late = _run(args, pipe, mine, kwargs, dist)
+        failures.update(late)
+    return _summary(args, dist, processed, len(done) if not args.force else 0, failures)
+
+
+@dataclass
+class _TaskInfo:
+    name: str
+    needs_mask: bool
+    ensemble: int
+
+
+def _task_of(args: argparse.Namespace) -> _TaskInfo:
+    """The model's task and default ensemble size from its config file (cheap: no weights)."""
+    from ..catalog import bundled_model_path
+    from ..tasks import MASK_CONDITIONS, get_task
+    from ._options import check_model_folder
 
     if args.model is None:
-        task = args.task or "sir"
-        path = bundled_model_path(task)
-        print(f"no --model given: using the bundled {BUNDLED_MODELS[task]} model ({path}); it is small and "
-              "trained on synthetic data only, see the README for full models")
-        return load_pipeline(path, dtype, progress=False)
-    model = Path(args.model)
-    if model.is_dir() and not (model / "model_index.json").is_file():
-        if (model / "unet_ema").is_dir() or any(p.name.startswith("StableMotion_") for p in model.iterdir()):
-            raise ValueError(
-                f"{model} looks like a released checkpoint folder; convert it first with "
-                f"`stablemotion import-checkpoint {model} --out PIPELINE_DIR`"
-            )
-        raise FileNotFoundError(f"{model} is not a pipeline folder (no model_index.json)")
-    pipe = load_pipeline(args.model, dtype)
-    if args.task is not None and pipe.task.name != args.task:
-        raise ValueError(f"--task {args.task} but the model {args.model} is a {pipe.task.name!r} model")
-    return pipe
-
-
-def _rectify(args: argparse.Namespace) -> int:
-    dtype = DTYPES[args.dtype]
-    device = _device(args.device)
-    res = args.processing_resolution
-    if res is not None:
-        if len(res) not in (1, 2):
-            raise ValueError(f"--processing-resolution takes H W, one int or 0, got {res}")
-        res = res[0] if len(res) == 1 else tuple(res)
-
-    items = _collect_inputs(args.inputs)  # fail on bad paths before loading the model
-    pipe = _load_pipeline(args, dtype)
-    mask_names = [c for c in pipe.task.conditions if c in MASK_CONDITIONS]
-    extra = [c for c in pipe.task.conditions if c not in MASK_CONDITIONS and c != "image"]
+        folder = bundled_model_path(args.task or "sir")
+    else:
+        check_model_folder(args.model)
+        folder = Path(args.model)
+        if not folder.is_dir():  # a hub id: resolved when it loads
+            name = args.task or "sir"
+            spec = get_task(name)
+            return _TaskInfo(spec.name, any(c in MASK_CONDITIONS for c in spec.conditions), 1)
+    config = json.loads((folder / "model_index.json").read_text())
+    try:
+        spec = get_task(config["task"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"{folder}/model_index.json has no valid task description ({exc})") from None
+    if args.task is not None and spec.name != args.task:
+        raise ValueError(f"--task {args.task} but the model {args.model} is a {spec.name!r} model")
+    extra = [c for c in spec.conditions if c not in MASK_CONDITIONS and c != "image"]
     if extra:
         raise ValueError(f"the command line supports image and mask conditions only; task needs {extra}")
-    needs_mask = bool(mask_names)
-    jobs = _plan(args, items, needs_mask)
-    ensemble = args.ensemble if args.ensemble is not None else pipe.config.default_ensemble_size
-    if ensemble < 1:
-        raise ValueError(f"--ensemble must be >= 1, got {ensemble}")
-    plans = {job.stem: _outputs(args, job.stem, needs_mask, ensemble) for job in jobs}
-    if not args.force:
-        existing = [p for paths in plans.values() for p in paths.values() if p.exists()]
-        if existing:
-            names = ", ".join(str(p) for p in existing[:3])
-            more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
-            raise FileExistsError(f"outputs already exist: {names}{more}; pass --force to overwrite")
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
+    return _TaskInfo(spec.name, any(c in MASK_CONDITIONS for c in spec.conditions),
+                     int(config.get("default_ensemble_size", 1)))
 
-    bar = tqdm(jobs, desc="rectify", unit="img")
+
+def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str, Any],
+         dist: Dist) -> tuple[int, dict[str, str]]:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from .._io import atomic_path, load_image, read_rgb, save_image
+    from ..flow import flow_to_color, write_flow
+    from ..image_processing import prepare_mask
+    from ..visualize import scalar_to_color
+
+    failures: dict[str, str] = {}
+    processed = 0
+    needs_mask = any(c == "mask" for c in pipe.task.conditions)
+    bar = tqdm(jobs, desc="rectify" if dist.world == 1 else f"rectify [{dist.rank}/{dist.world}]", unit="img",
+               disable=not dist.main)
     for job in bar:
-        image = _read_rgb(job.image)
-        mask = None
-        if needs_mask:
-            given = None if job.mask is None else load_image(job.mask, mode="mask")
-            mask, note = prepare_mask(image, given, source=f"mask {job.mask}", background=args.mask_background,
-                                      tolerance=args.mask_tolerance)
-            if job.mask is None:
+        try:
+            image, alpha, note = read_rgb(job.image, grey=args.grey,
+                                          alpha="mask" if args.mask == "alpha" else args.alpha,
+                                          max_pixels=None if args.max_pixels <= 0 else int(args.max_pixels))
+            if note:
                 bar.write(f"{job.stem}: {note}")
-        out = pipe(
-            image,
-            mask=mask,
-            num_inference_steps=args.steps,
-            ensemble_size=ensemble,
-            ensemble_mode=args.ensemble_mode,
-            processing_resolution=res,
-            final_step=args.final_step,
-            output_flow_colored=True,
-            generator=torch.Generator().manual_seed(args.seed),
-            output_type="np",
-            show_progress_bar=False,
-        )
-        paths = plans[job.stem]
-        save_image((out.image[0] * 255.0).round().astype(np.uint8), paths["image"], overwrite=args.force)
-        write_flow(paths["flow"], out.flow[0])
-        save_image(out.flow_colored[0], paths["flow_color"], overwrite=args.force)
-        if "mask" in paths and mask is not None:
-            save_image(mask, paths["mask"], overwrite=args.force)
-        if "uncertainty" in paths and out.uncertainty is not None:
-            with atomic_path(paths["uncertainty"], overwrite=args.force) as tmp, open(tmp, "wb") as f:
-                np.save(f, out.uncertainty[0, ..., 0].astype(np.float32))
-    print(f"rectified {len(jobs)} image{'s' if len(jobs) != 1 else ''} -> {args.out}")
-    return 0
+            mask = None
+            if needs_mask:
+                given = alpha if args.mask == "alpha" else (None if job.mask is None else load_image(job.mask, "mask"))
+                if args.mask == "alpha" and alpha is None:
+                    raise ValueError(f"--mask alpha but {job.image} has no transparent pixel; pass a mask file or "
+                                     "drop --mask to derive one from the empty border")
+                source = "alpha channel" if args.mask == "alpha" else f"mask {job.mask}"
+                mask, note = prepare_mask(image, given, source=source, background=args.mask_background,
+                                          tolerance=args.mask_tolerance)
+                if job.mask is None:
+                    bar.write(f"{job.stem}: {note}")
+            out = pipe(image, mask=mask, generator=torch.Generator().manual_seed(args.seed), output_type="np",
+                       show_progress_bar=False, **kwargs)
+            if not np.isfinite(out.flow).all():
+                raise ValueError(f"{job.image}: the model produced a non-finite flow (NaN/inf); try --dtype fp32")
+            paths = job.outputs
+            save_image((out.image[0] * 255.0).round().astype(np.uint8), paths["image"])
+            save_image(flow_to_color(out.flow[0]), paths["flow_color"])
+            if "flow" in paths:
+                write_flow(paths["flow"], out.flow[0])
+            if "mask" in paths and mask is not None:
+                save_image(mask, paths["mask"])
+            if "uncertainty" in paths and out.uncertainty is not None:
+                spread = out.uncertainty[0, ..., 0].astype(np.float32)
+                with atomic_path(paths["uncertainty"]) as tmp, open(tmp, "wb") as f:
+                    np.save(f, spread)
+                save_image(scalar_to_color(spread)[0], paths["uncertainty_color"])
+            processed += 1
+        except (ValueError, OSError) as exc:
+            failures[job.stem] = str(exc).splitlines()[0]
+            bar.write(f"{job.stem}: failed: {failures[job.stem]}")
+    return processed, failures
+
+
+def _summary(args: argparse.Namespace, dist: Dist, processed: int, skipped: int, failures: dict[str, str]) -> int:
+    state = args.out / _STATE
+    if dist.world > 1:  # every process leaves its counts; the main one reports once
+        state.mkdir(exist_ok=True)
+        (state / f"rank{dist.rank}.json").write_text(json.dumps({"processed": processed, "failures": failures}))
+        dist.barrier()
+        if not dist.main:
+            return 1 if failures else 0
+        processed, failures = 0, {}
+        for path in sorted(state.glob("rank*.json")):
+            rec = json.loads(path.read_text())
+            processed += rec["processed"]
+            failures.update(rec["failures"])
+            path.unlink()
+    parts = [f"rectified {processed} image{'s' if processed != 1 else ''} -> {args.out}"]
+    if skipped:
+        parts.append(f"skipped {skipped} already done (--force redoes them)")
+    if failures:
+        parts.append(f"{len(failures)} failed")
+    print("; ".join(parts))
+    for stem, why in sorted(failures.items()):
+        print(f"  failed {stem}: {why}")
+    return 1 if failures else 0
