@@ -233,3 +233,19 @@ def test_convert_command(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "p"), "--out", str(tmp_path / "q")]) == 0
     assert "wrote fp16 pipeline folder" in capsys.readouterr().out
     assert main(["convert", str(tmp_path), "--out", str(tmp_path / "r")]) == 2  # not a pipeline folder
+
+
+def test_tiny_model_command_writes_weights_with_the_umask_mode(tmp_path):
+    import os
+
+    from stablemotion.cli import main
+
+    old = os.umask(0o022)
+    try:
+        assert main(["tiny-model", "--out", str(tmp_path / "m")]) == 0
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "m").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {"0o644"}, modes  # safetensors alone writes 0o600
