@@ -62,3 +62,49 @@ def test_usage_errors(argv):
             main(argv)
     else:
         assert main(argv) == 1
+
+
+@pytest.mark.parametrize("radius", ["nan", "0", "-2", "inf"])
+def test_flow_vis_refuses_a_bad_max_radius_in_one_line(tmp_path, capsys, radius):
+    write_flow(tmp_path / "f.npy", np.ones((8, 8, 2), np.float32))
+    assert main(["flow-vis", str(tmp_path / "f.npy"), "--out", str(tmp_path / "c.png"), "--max-radius", radius]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --max-radius must be a finite number > 0") and err.count("\n") == 1
+    assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, 1e30])
+def test_flow_vis_refuses_non_finite_and_absurd_flows_naming_the_file(tmp_path, capsys, value):
+    flow = np.random.default_rng(0).normal(size=(8, 10, 2)).astype(np.float32)
+    flow[2, 3, 0] = value
+    np.save(tmp_path / "bad.npy", flow)  # write_flow itself refuses non-finite flows
+    assert main(["flow-vis", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "bad.npy") in err and err.count("\n") == 1 and "Traceback" not in err
+    assert ("NaN or infinite" in err) if not np.isfinite(value) else ("up to 1e+30 px" in err)
+    assert not (tmp_path / "c.png").exists()
+    # A large but plausible displacement (inside 100x the flow's size) is drawn.
+    flow[2, 3, 0] = 900.0
+    np.save(tmp_path / "ok.npy", flow)
+    assert main(["flow-vis", str(tmp_path / "ok.npy"), "--out", str(tmp_path / "c.png")]) == 0
+    assert "max |flow| 900.00 px" in capsys.readouterr().out
+
+
+def test_score_works_on_rectify_output_folder(tmp_path, photo, capsys):
+    """rectify's own output folder (result + flow, mask and uncertainty side files) scores as is."""
+    model = tmp_path / "model"
+    assert main(["tiny-model", "--out", str(model)]) == 0
+    img = np.ascontiguousarray(photo[:32, :48])
+    Image.fromarray(img).save(tmp_path / "a.png")
+    Image.fromarray(np.full(img.shape[:2], 255, np.uint8)).save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    rc = main(["rectify", str(tmp_path / "a.png"), "--model", str(model), "--out", str(out), "--mask",
+               str(tmp_path / "mask.png"), "--save-mask", "--ensemble", "2", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    side = sorted(p.name for p in out.iterdir() if p.name != "a.png")
+    assert {"a_flow.png", "a_mask.png"} <= set(side) and any(n.startswith("a_uncertainty") for n in side), side
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(img).save(tmp_path / "gt" / "a.png")
+    capsys.readouterr()
+    assert main(["score", str(out), str(tmp_path / "gt")]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith("1 images")

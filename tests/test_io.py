@@ -58,3 +58,25 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_umask_modes_fixes_files_written_in_the_block_only(tmp_path):
+    import os
+
+    from stablemotion._io import umask_modes
+
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "keep.txt").write_text("mine")
+    os.chmod(folder / "keep.txt", 0o600)  # the user's own file, not touched by the block
+    old = os.umask(0o027)
+    try:
+        with umask_modes(folder):
+            for name in ("new.safetensors", "sub/w.safetensors"):  # as safetensors leaves them
+                (folder / name).write_bytes(b"x")
+                os.chmod(folder / name, 0o600)
+    finally:
+        os.umask(old)
+    assert (folder / "new.safetensors").stat().st_mode & 0o777 == 0o640
+    assert (folder / "sub" / "w.safetensors").stat().st_mode & 0o777 == 0o640
+    assert (folder / "keep.txt").stat().st_mode & 0o777 == 0o600

@@ -97,3 +97,21 @@ def test_evaluate_folder_reports_missing_extra_and_size(tmp_path, rng):
     (tmp_path / "broken" / "y.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot decode image .*x.png"):
         metrics.evaluate_folder(tmp_path / "broken", tmp_path / "gt")
+
+
+def test_match_folders_ignores_rectify_side_files_only_next_to_their_result(tmp_path, rng):
+    a, b = _pair(rng, 20, 20)
+    grey = np.zeros((20, 20, 3), np.uint8)
+    # rectify's layout: NAME.png plus NAME_flow.png, NAME_mask.png, NAME_uncertainty.png (and .npy/.flo)
+    _write_folder(tmp_path / "res", {"x": b, "x_flow": grey, "x_mask": grey, "x_uncertainty": grey,
+                                     "y": b, "y_flow": grey, "z_mask": grey, "w_flow": b})
+    np.save(tmp_path / "res" / "x_flow.npy", np.zeros((20, 20, 2), np.float32))
+    _write_folder(tmp_path / "gt", {"x": a, "y": a, "w_flow": a})
+    # z_mask has no z result: it is a result of its own (and has no ground truth).
+    with pytest.raises(ValueError, match=r"no ground truth in .* for result z_mask"):
+        metrics.match_folders(tmp_path / "res", tmp_path / "gt")
+    (tmp_path / "res" / "z_mask.png").unlink()
+    results, gts, common = metrics.match_folders(tmp_path / "res", tmp_path / "gt")
+    assert common == ["w_flow", "x", "y"]  # w_flow is a ground-truth name: kept
+    assert set(results) == {"w_flow", "x", "y"}
+    assert [r["name"] for r in metrics.evaluate_folder(tmp_path / "res", tmp_path / "gt").rows] == ["w_flow", "x", "y"]

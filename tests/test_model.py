@@ -245,3 +245,19 @@ def test_folders_saved_with_the_old_module_layout_still_load(tmp_path: Path) -> 
     index["text_embedding"] = ["stablemotion.model", "EmptyTextEmbedding"]
     (tmp_path / "p" / "model_index.json").write_text(json.dumps(index))
     assert StableMotionPipeline.from_pretrained(tmp_path / "p").task == RSC
+
+
+def test_tiny_model_command_writes_weights_with_the_umask_mode(tmp_path):
+    import os
+
+    from stablemotion.cli import main
+
+    old = os.umask(0o022)
+    try:
+        assert main(["tiny-model", "--out", str(tmp_path / "m")]) == 0
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "m").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {"0o644"}, modes  # safetensors alone writes 0o600

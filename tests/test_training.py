@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -319,3 +321,161 @@ def test_codec_loss_weights_scale_the_vae_stage_terms(tmp_path, sir_data):
     losses = trainer.compute_losses(next(iter(trainer._loader(0))), 0)
     expected = 100.0 * losses["flow"] + 0.5 * losses["image"] + trainer.weights.warp * losses["warp"]
     assert torch.allclose(losses["total"], expected)
+
+
+# --------------------------------------------------------------------------- issue 15: bad input, damaged checkpoints
+def test_unparsable_override_is_a_one_line_error_naming_it(tmp_path, sir_data, capsys):
+    from stablemotion.cli import main
+
+    cfg = _config(tmp_path, sir_data)
+    with pytest.raises(ConfigError, match=r"override 'optim.lr=\[1,'.*not valid YAML.*optim.lr expects float"):
+        load_config(cfg, overrides=["optim.lr=[1,"])
+    capsys.readouterr()
+    assert main(["train", str(cfg), "-o", "optim.lr=[1,", "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: override 'optim.lr=[1,'") and err.count("\n") == 1 and "Traceback" not in err
+    # An empty section in the file ("optim:") still takes overrides.
+    cfg.write_text(cfg.read_text().replace("optim:\n  lr: 0.001\n", "optim:\n"))
+    assert "optim:\n" in cfg.read_text()
+    assert load_config(cfg, overrides=["optim.lr=2e-3"]).optim.lr == 2e-3
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=nan", r"optim.lr must be a finite number > 0, got nan"),
+    ("optim.lr=.inf", r"optim.lr must be a finite number > 0, got inf"),
+    ("optim.lr=0", r"optim.lr must be a finite number > 0, got 0.0"),
+    ("optim.lr=-1e-4", r"optim.lr must be a finite number > 0, got -0.0001"),
+    ("optim.betas=[0.9, 1.5]", r"optim.betas\[1\] must be a finite number in \[0, 1\), got 1.5"),
+    ("optim.betas=[0.9]", r"optim.betas must be two numbers"),
+    ("optim.eps=0", r"optim.eps must be a finite number > 0"),
+    ("optim.weight_decay=-1", r"optim.weight_decay must be a finite number >= 0"),
+    ("train.batch_size=0", r"train.batch_size must be an integer >= 1, got 0"),
+    ("train.max_steps=-5", r"train.max_steps must be an integer >= 1, got -5"),
+    ("train.ema_decay=1.01", r"train.ema_decay must be a finite number in \[0, 1\], got 1.01"),
+    ("train.ema_decay=nan", r"train.ema_decay must be a finite number in \[0, 1\], got nan"),
+    ("loss.weights={warp: nan}", r"loss.weights.warp must be a finite number >= 0, got nan"),
+    ("loss.weights={vgg: -1}", r"loss.weights.vgg must be a finite number >= 0, got -1.0"),
+    ("data.hflip=2", r"data.hflip must be a finite number in \[0, 1\] \(a probability\), got 2.0"),
+    ("checkpoint.every=0", r"checkpoint.every must be an integer >= 1, got 0"),
+    ("data.resolution=[32, 32, 3]", r"data.resolution must be \[height, width\]"),
+])
+def test_config_values_are_range_checked_on_load(tmp_path, sir_data, override, message):
+    with pytest.raises(ConfigError, match=r"cfg.yaml: " + message):
+        load_config(_config(tmp_path, sir_data), overrides=[override], check_paths=False)
+
+
+def test_train_check_refuses_bad_values_in_one_line(tmp_path, sir_data, capsys):
+    from stablemotion.cli import main
+
+    cfg = _config(tmp_path, sir_data)
+    assert main(["train", str(cfg), "-o", "optim.lr=nan", "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {cfg}: optim.lr must be a finite number > 0, got nan\n"
+    assert main(["train", str(cfg), "--check"]) == 0
+    assert "config OK" in capsys.readouterr().out
+
+
+def test_trainer_validates_configs_built_in_code(tmp_path, sir_data):
+    cfg = load_config(_config(tmp_path, sir_data))
+    cfg.train.ema_decay = 2.0
+    with pytest.raises(ConfigError, match=r"train.ema_decay must be a finite number in \[0, 1\], got 2.0"):
+        Trainer(cfg)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A 6-step tiny run with checkpoints 3 and 6 and the exported pipeline, written under umask 022.
+
+    Returns ``(config path, run folder)``; tests that damage checkpoints work on a copy."""
+    import cv2
+    from skimage import data as skdata
+
+    root = tmp_path_factory.mktemp("finished")
+    photo = cv2.resize(skdata.astronaut(), (128, 96), interpolation=cv2.INTER_AREA)
+    cfg = _config(root, _make_sir_folder(root / "data", photo))
+    old = os.umask(0o022)
+    try:
+        Trainer(load_config(cfg)).train(show_progress=False)
+    finally:
+        os.umask(old)
+    return cfg, root / "run"
+
+
+def test_checkpoint_and_export_files_get_the_umask_mode(finished_run):
+    _, run = finished_run
+    files = [p for d in (run / "checkpoint-6", run / "pipeline") for p in d.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files) and any(p.name == "optimizer.bin" for p in files)
+    modes = {str(p.relative_to(run)): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {"0o644"}, modes  # safetensors alone would leave 0o600
+
+
+def _copy_run(finished_run, tmp_path) -> tuple[Trainer, Path]:
+    cfg, run = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return Trainer(load_config(cfg, overrides=[f"checkpoint.output_dir={copy}"])), copy
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("truncated_weights", r"model.safetensors is truncated \(\d+ of \d+ bytes\)"),
+    ("missing_ema", r"EMA state missing \(ema_unet.pt\) but this run uses EMA"),
+    ("corrupt_optimizer", r"cannot be read \(.*\)"),
+])
+def test_resume_falls_back_past_an_unreadable_newest_checkpoint(finished_run, tmp_path, capsys, damage, reason):
+    from safetensors.torch import load_file
+
+    trainer, run = _copy_run(finished_run, tmp_path)
+    newest = run / "checkpoint-6"
+    if damage == "truncated_weights":
+        _truncate(newest / "model.safetensors")
+    elif damage == "missing_ema":
+        (newest / "ema_unet.pt").unlink()
+    else:
+        (newest / "optimizer.bin").write_bytes(b"\x00not a torch file" * 64)
+    assert (newest / "COMPLETE").is_file()  # marked complete, but damaged afterwards
+    capsys.readouterr()
+    assert trainer.resume(True) == run / "checkpoint-3" and trainer.step == 3
+    out = capsys.readouterr().out
+    assert re.search(r"warning: skipping checkpoint .*checkpoint-6: " + reason, out), out
+    # Nothing of the damaged checkpoint stays loaded: the model is checkpoint-3's.
+    saved = load_file(run / "checkpoint-3" / "model.safetensors")
+    state = trainer.acc.unwrap_model(trainer.model).state_dict()
+    assert saved and all(torch.equal(state[k], v) for k, v in saved.items())
+
+
+def test_resume_with_no_readable_checkpoint_or_a_missing_path_says_so(finished_run, tmp_path, capsys):
+    from stablemotion.cli import main
+    from stablemotion.training import CheckpointError
+
+    trainer, run = _copy_run(finished_run, tmp_path)
+    for ckpt in ("checkpoint-3", "checkpoint-6"):
+        _truncate(run / ckpt / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"no readable checkpoint in .*run \(checkpoint-6: model.safetensors is "
+                                              r"truncated.*; checkpoint-3: model.safetensors is truncated"):
+        trainer.resume(True)
+    # A named checkpoint is not replaced by another: its problem is the error.
+    with pytest.raises(CheckpointError, match=r"cannot resume from .*checkpoint-6: model.safetensors is truncated"):
+        trainer.resume(run / "checkpoint-6")
+    with pytest.raises(FileNotFoundError, match=r"checkpoint folder not found: .*nowhere"):
+        trainer.resume(tmp_path / "nowhere")
+    cfg, _ = finished_run
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--resume", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --resume: checkpoint folder not found: {tmp_path / 'nowhere'}\n"
+
+
+def test_pruning_keeps_good_checkpoints_when_a_newer_one_was_skipped(finished_run, tmp_path):
+    trainer, run = _copy_run(finished_run, tmp_path)
+    broken = run / "checkpoint-9"
+    shutil.copytree(run / "checkpoint-6", broken)
+    _truncate(broken / "model.safetensors")
+    trainer.resume(True)  # falls back to checkpoint-6
+    assert trainer.step == 6
+    trainer.save_checkpoint()  # keep=2: the broken checkpoint-9 must not push out checkpoint-3
+    assert [s for s, _ in find_checkpoints(run)] == [9, 6, 3]

@@ -48,6 +48,37 @@ def _umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def umask_modes(folder: PathLike) -> Iterator[Path]:
+    """Write into ``folder`` inside the block; on success every file the block created or
+    rewrote under it gets the mode a plain ``open()`` gives: ``0o666 & ~umask`` (0644 under
+    umask 022). Files that were there before and were not touched keep their mode.
+
+    For folders written by libraries that save through private temporary files:
+    safetensors (used by diffusers' ``save_pretrained`` and accelerate's ``save_state``)
+    leaves its files 0600, so without this the group, a web server or a second user could
+    not read a trained model. Folders and links are left as they are.
+    """
+    folder = Path(folder)
+
+    def snapshot() -> dict[Path, tuple[int, int, int]]:
+        if not folder.is_dir():
+            return {}
+        out = {}
+        for p in folder.rglob("*"):
+            if p.is_file() and not p.is_symlink():
+                st = p.stat()
+                out[p] = (st.st_ino, st.st_mtime_ns, st.st_size)
+        return out
+
+    before = snapshot()
+    yield folder
+    mode = 0o666 & ~_umask()
+    for p, key in snapshot().items():
+        if before.get(p) != key:
+            os.chmod(p, mode)
+
+
 def save_image(image: np.ndarray | Image.Image, path: PathLike, overwrite: bool = True) -> Path:
     """Write an image (PIL or uint8 array (H, W[, C])) atomically; format from the extension."""
     if isinstance(image, np.ndarray):

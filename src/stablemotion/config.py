@@ -3,13 +3,17 @@
 A config is a tree of dataclasses (:class:`TrainConfig`). :func:`load_config` reads a
 YAML file, applies ``key.sub=value`` overrides (values parsed as YAML, so ``1e-4``,
 ``true``, ``[256, 256]`` work), rejects unknown keys with the list of valid ones, and
-checks task names and data paths, so a typo fails in a second, not after model loading.
+checks types, value ranges (``optim.lr=nan``, a zero batch size, an EMA decay outside
+[0, 1] ...), task names and data paths, so a typo fails in a second, not after model
+loading. Every problem is a one-line :class:`ConfigError` naming the file, the key and
+what was expected.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -208,6 +212,9 @@ class TrainConfig:
             raise ConfigError(f"{src}: data.format 'rsreal' holds single images; task {spec.name!r} needs {spec.conditions}")
         if fmt == "dird" and set(spec.conditions) - {"image", "mask"}:
             raise ConfigError(f"{src}: data.format 'dird' has image and mask only; task {spec.name!r} needs {spec.conditions}")
+        res = self.data.resolution
+        if res is not None and (len(res) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in res)):
+            raise ConfigError(f"{src}: data.resolution must be [height, width] in pixels (two integers), got {res}")
         h, w = self.resolution
         if h % 8 or w % 8 or min(h, w) < 8:
             raise ConfigError(f"{src}: resolution must be multiples of 8, got {h}x{w}")
@@ -215,27 +222,22 @@ class TrainConfig:
             raise ConfigError(f"{src}: train.stage must be 'unet', 'vae' or 'regression', got {self.train.stage!r}")
         if self.train.stage == "regression" and self.model.base != "tiny":
             raise ConfigError(f"{src}: train.stage 'regression' builds its network from model.tiny; set model.base: tiny")
-        if not 0.0 <= self.loss.one_step_fraction <= 1.0:
-            raise ConfigError(f"{src}: loss.one_step_fraction must be in [0, 1], got {self.loss.one_step_fraction}")
+        self._check_values(src)
         if self.train.vae_train_encoder and self.train.stage != "vae":
             raise ConfigError(f"{src}: train.vae_train_encoder applies to train.stage 'vae' only")
         if self.train.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"{src}: train.mixed_precision must be 'no', 'bf16' or 'fp16'")
-        for key, val in (("train.batch_size", self.train.batch_size), ("train.grad_accum", self.train.grad_accum),
-                         ("train.max_steps", self.train.max_steps), ("checkpoint.keep", self.checkpoint.keep)):
-            if val < 1:
-                raise ConfigError(f"{src}: {key} must be >= 1, got {val}")
         ts = self.loss.timesteps
         if len(ts) != 2 or not 0 <= int(ts[0]) <= int(ts[1]) <= 999:
             raise ConfigError(f"{src}: loss.timesteps must be [min, max] with 0 <= min <= max <= 999, got {ts}")
-        if self.optim.lr <= 0 or len(self.optim.betas) != 2:
-            raise ConfigError(f"{src}: optim.lr must be > 0 and optim.betas two numbers")
         try:
             from .losses import LossWeights
 
             weights = LossWeights.from_mapping(spec.loss_weights, self.loss.weights)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ConfigError(f"{src}: loss.weights: {exc}") from exc
+        for name, value in dataclasses.asdict(weights).items():
+            _check_range(src, f"loss.weights.{name}", value, low=0.0)
         if weights.mask and "mask" not in spec.conditions:
             raise ConfigError(f"{src}: loss.weights.mask needs a task with a 'mask' condition")
         if check_paths:
@@ -248,6 +250,68 @@ class TrainConfig:
             if self.model.vae and not Path(self.model.vae).exists():
                 raise ConfigError(f"{src}: model.vae folder not found: {self.model.vae}")
         return self
+
+    def _check_values(self, src: str) -> None:
+        """Ranges of the numeric settings: each problem names the key and the expected range."""
+        o, t, d, lo = self.optim, self.train, self.data, self.loss
+        _check_range(src, "optim.lr", o.lr, low=0.0, low_open=True)
+        if len(o.betas) != 2:
+            raise ConfigError(f"{src}: optim.betas must be two numbers [beta1, beta2] in [0, 1), got {o.betas}")
+        for i, beta in enumerate(o.betas):
+            _check_range(src, f"optim.betas[{i}]", beta, low=0.0, high=1.0, high_open=True)
+        _check_range(src, "optim.weight_decay", o.weight_decay, low=0.0)
+        _check_range(src, "optim.eps", o.eps, low=0.0, low_open=True)
+        _check_range(src, "optim.grad_clip", o.grad_clip, low=0.0, note="0 turns clipping off")
+        _check_range(src, "optim.warmup_steps", o.warmup_steps, low=0)
+        for key, val in (("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
+                         ("train.max_steps", t.max_steps), ("checkpoint.every", self.checkpoint.every),
+                         ("checkpoint.keep", self.checkpoint.keep), ("logging.every", self.logging.every),
+                         ("validation.steps", self.validation.steps)):
+            _check_range(src, key, val, low=1)
+        _check_range(src, "train.ema_decay", t.ema_decay, low=0.0, high=1.0)
+        _check_range(src, "train.ema_power", t.ema_power, low=0.0, low_open=True)
+        _check_range(src, "data.hflip", d.hflip, low=0.0, high=1.0, note="a probability")
+        _check_range(src, "data.vflip", d.vflip, low=0.0, high=1.0, note="a probability")
+        _check_range(src, "data.num_workers", d.num_workers, low=0)
+        _check_range(src, "data.val_samples", d.val_samples, low=0)
+        _check_range(src, "loss.pyramid_strength", lo.pyramid_strength, low=0.0, high=1.0)
+        _check_range(src, "loss.pyramid_levels", lo.pyramid_levels, low=0)
+        _check_range(src, "loss.one_step_fraction", lo.one_step_fraction, low=0.0, high=1.0)
+        _check_range(src, "validation.every", self.validation.every, low=0, note="0 turns validation off")
+        _check_range(src, "validation.grid_samples", self.validation.grid_samples, low=0)
+
+
+def _check_range(
+    src: str,
+    key: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    note: str = "",
+) -> None:
+    """Raise a one-line :class:`ConfigError` unless ``value`` is a finite number in the range.
+
+    An integer ``low`` (or ``high``) asks for an integer; ``*_open`` excludes the bound."""
+    integer = isinstance(low, int) and not isinstance(low, bool) and (high is None or isinstance(high, int))
+    if integer:
+        what = "an integer"
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        what = "a finite number"
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if low is not None and high is not None:
+        what += f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        what += f" {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        what += f" {'<' if high_open else '<='} {high:g}"
+    if ok:
+        ok = ((low is None or (value > low if low_open else value >= low))
+              and (high is None or (value < high if high_open else value <= high)))
+    if not ok:
+        raise ConfigError(f"{src}: {key} must be {what}{f' ({note})' if note else ''}, got {value!r}")
 
 
 def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
@@ -283,7 +347,7 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], source, key) if len(inner) == 1 else value
-    bad = ConfigError(f"{source}: {key} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+    bad = ConfigError(f"{source}: {key} must be {_type_name(hint)}, got {value!r}")
     if hint is bool:
         if not isinstance(value, bool):
             raise bad
@@ -308,12 +372,44 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
     if origin is list:
         if not isinstance(value, Sequence) or isinstance(value, str):
             raise bad
+        if args:
+            return [_coerce(v, args[0], source, f"{key}[{i}]") for i, v in enumerate(value)]
         return list(value)
     if origin is dict:
         if not isinstance(value, Mapping):
             raise bad
+        if len(args) == 2 and args[1] is not Any:
+            return {k: _coerce(v, args[1], source, f"{key}.{k}") for k, v in value.items()}
         return dict(value)
     return value
+
+
+def _type_name(hint: Any) -> str:
+    """``float`` -> "float", ``list[int]`` -> "list[int]", ``str | None`` -> "str or null"."""
+    args = get_args(hint)
+    if args and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return " or ".join(_type_name(a) for a in inner) + " or null"
+    if get_origin(hint) is not None:
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))
+
+
+def _key_hint(parts: Sequence[str]) -> str:
+    """What the config key ``parts`` expects, e.g. "optim.lr expects float", or "" when unknown."""
+    cls: Any = TrainConfig
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            return ""
+        hints = get_type_hints(cls)
+        if part not in hints or part == "source":
+            return ""
+        cls = hints[part]
+        if i < len(parts) - 1 and not dataclasses.is_dataclass(cls):
+            return ""
+    if dataclasses.is_dataclass(cls) or cls is Any:
+        return ""
+    return f"{'.'.join(parts)} expects {_type_name(cls)}"
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -327,10 +423,22 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             raise ConfigError(f"override {item!r} has an empty key")
         node = data
         for p in parts[:-1]:
-            if not isinstance(node.get(p, {}), dict):
+            if node.get(p) is None:  # absent, or an empty section in the file ("optim:")
+                node[p] = {}
+            if not isinstance(node[p], dict):
                 raise ConfigError(f"override {item!r}: {p} is not a section")
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            node = node[p]
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            hint = _key_hint(parts)
+            expected = f"{hint}; " if hint else ""
+            raise ConfigError(
+                f"override {item!r}: the value {raw!r} is not valid YAML ({problem}); {expected}"
+                "write a number, true/false, a string, a list [a, b] or a mapping {k: v}"
+            ) from None
+        node[parts[-1]] = value
     return data
 
 

@@ -566,8 +566,8 @@ def flow_to_color(
     rad = np.sqrt(u * u + v * v)
     if max_radius is None:
         max_radius = float(rad.max(initial=0.0))
-    elif max_radius <= 0:
-        raise ValueError(f"max_radius must be positive, got {max_radius}")
+    elif not (math.isfinite(max_radius) and max_radius > 0):
+        raise ValueError(f"max_radius must be a finite number > 0 (pixels), got {max_radius}")
     eps = 1e-5
     u, v = u / (max_radius + eps), v / (max_radius + eps)
     rad = np.sqrt(u * u + v * v)

@@ -32,7 +32,12 @@ __all__ = [
     "evaluate_folder",
     "evaluate_pairs",
     "match_folders",
+    "SIDE_FILE_SUFFIXES",
 ]
+
+# Stem suffixes of the side files `stablemotion rectify` writes next to each result NAME.png:
+# NAME_flow.png (+ NAME_flow.npy/.flo), NAME_mask.png, NAME_uncertainty.png (+ .npy).
+SIDE_FILE_SUFFIXES = ("_flow", "_mask", "_uncertainty")
 
 _SSIM_WIN = 7
 _SSIM_K1, _SSIM_K2 = 0.01, 0.03
@@ -180,8 +185,16 @@ def match_folders(
     Returns ``(results, gts, common)``: stem -> path maps of both folders and the sorted
     common stems. With ``strict`` a ground truth without result, or a result without
     ground truth, raises ``ValueError`` naming them; there must be at least one pair.
+
+    ``rectify``'s side files in the results folder are not results: a stem
+    ``NAME<suffix>`` (suffix in :data:`SIDE_FILE_SUFFIXES`, e.g. ``NAME_flow.png``) is left
+    out when ``NAME`` is a result too and ``NAME<suffix>`` is not a ground-truth name.
     """
     results, gts = list_images(results_dir), list_images(gt_dir)
+    results = {
+        stem: path for stem, path in results.items()
+        if stem in gts or not any(stem.endswith(sfx) and stem[: -len(sfx)] in results for sfx in SIDE_FILE_SUFFIXES)
+    }
     missing = sorted(set(gts) - set(results))
     extra = sorted(set(results) - set(gts))
 

@@ -11,7 +11,10 @@ Reproducibility and safety:
   sees exactly the data and noise the uninterrupted run would have seen;
 * checkpoints are written to a hidden temporary folder and renamed into place after a
   ``COMPLETE`` marker, so an interrupted save never replaces or corrupts the previous one;
-  ``--resume`` takes the newest complete checkpoint and skips broken ones with a warning.
+  ``--resume`` takes the newest checkpoint that is complete *and readable*: one damaged
+  afterwards (truncated weights, missing EMA state, corrupt optimizer state) is skipped
+  with a warning naming it and why, and the previous one is used;
+* checkpoint and export files get the usual umask-based mode (0644 under umask 022).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -33,7 +37,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from ._io import save_image
+from ._io import save_image, umask_modes
 from .components import decode_flow_latents, encode_latents
 from .config import TrainConfig
 from .data import Augment, DIRDDataset, RSRealDataset, TaskFolderDataset
@@ -54,7 +58,7 @@ from .regression import FlowRegressor
 from .tasks import MASK_CONDITIONS, TaskSpec
 from .tiny import tiny_pipeline
 
-__all__ = ["Trainer", "TrainResult", "find_checkpoints", "latest_checkpoint", "build_dataset"]
+__all__ = ["Trainer", "TrainResult", "CheckpointError", "find_checkpoints", "latest_checkpoint", "build_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,30 +172,90 @@ def find_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def _checkpoint_problem(path: Path) -> str | None:
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from (missing, incomplete or unreadable).
+
+    ``reason`` is the short cause without the path (for lists of skipped checkpoints)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """Cheap integrity check of a ``.safetensors`` file: a readable header whose tensors
+    all end inside the file (catches truncation without reading the tensor data)."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{file.name} is truncated ({size} bytes)"
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return f"{file.name} is truncated ({size} bytes, header alone needs {n + 8})"
+            header = json.loads(f.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        return f"{file.name} has an unreadable header ({type(exc).__name__})"
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        return f"{file.name} is truncated ({size} of {need} bytes)"
+    return None
+
+
+def _checkpoint_problem(path: Path, need_ema: bool = False) -> str | None:
+    """Why ``path`` cannot be resumed from, or ``None``. Cheap: no tensor is loaded.
+
+    ``need_ema``: the run uses EMA, so the checkpoint must hold its EMA state."""
+    if not path.is_dir():
+        return "not a checkpoint folder"
     if not (path / COMPLETE_MARKER).is_file():
         return "no COMPLETE marker (interrupted save)"
     try:
         state = json.loads((path / _STATE_FILE).read_text())
         int(state["step"])
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"unreadable {_STATE_FILE} ({exc})"
-    if not any(path.glob("model*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+    weights = sorted(path.glob("model*.safetensors"))
+    if not weights and not any(path.glob("pytorch_model*.bin")):
         return "model weights missing"
-    if not any(path.glob("optimizer*.bin")):
+    for file in weights:
+        problem = _safetensors_problem(file)
+        if problem is not None:
+            return problem
+    optimizer = sorted(path.glob("optimizer*.bin"))
+    if not optimizer:
         return "optimizer state missing"
+    empty = [f.name for f in (*optimizer, *path.glob("pytorch_model*.bin")) if f.stat().st_size == 0]
+    if empty:
+        return f"{empty[0]} is empty"
+    if need_ema and not (path / _EMA_FILE).is_file():
+        return f"EMA state missing ({_EMA_FILE}) but this run uses EMA"
     return None
 
 
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint; broken ones are skipped with a warning."""
+def latest_checkpoint(output_dir: str | os.PathLike, need_ema: bool = False) -> Path | None:
+    """The newest complete checkpoint; broken ones are skipped with a warning.
+
+    Only cheap checks are made (see :meth:`Trainer.resume` for the full fallback, which
+    also skips checkpoints whose files fail to load)."""
     for _, path in find_checkpoints(output_dir):
-        problem = _checkpoint_problem(path)
+        problem = _checkpoint_problem(path, need_ema=need_ema)
         if problem is None:
             return path
-        logger.warning("skipping checkpoint %s: %s", path, problem)
-        print(f"warning: skipping checkpoint {path}: {problem}")
+        _warn_skip(path, problem)
     return None
+
+
+def _warn_skip(path: Path, problem: str, say: Any = print) -> None:
+    logger.warning("skipping checkpoint %s: %s", path, problem)
+    say(f"warning: skipping checkpoint {path}: {problem}")
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
@@ -225,6 +289,7 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
+        config.validate(check_paths=False)  # value ranges too, for configs built in code
         self.cfg = config
         self.task: TaskSpec = config.task_spec
         self.out = Path(config.checkpoint.output_dir)
@@ -458,27 +523,43 @@ class Trainer:
         if self.acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         self.acc.wait_for_everyone()
-        self.acc.save_state(str(tmp), safe_serialization=True)
+        # safetensors writes 0600 files: the main process gives everything it wrote the umask mode
+        with umask_modes(tmp) if self.acc.is_main_process else contextlib.nullcontext():
+            self.acc.save_state(str(tmp), safe_serialization=True)
+            if self.acc.is_main_process:
+                if self.ema is not None:
+                    torch.save(self.ema.state_dict(), tmp / _EMA_FILE)
+                state = {"step": self.step, "stage": self.stage, "task": self.task.to_dict(), "config": self.cfg.to_dict()}
+                (tmp / _STATE_FILE).write_text(json.dumps(state, indent=1))
+                (tmp / COMPLETE_MARKER).write_text(f"{self.step}\n")
         if self.acc.is_main_process:
-            if self.ema is not None:
-                torch.save(self.ema.state_dict(), tmp / _EMA_FILE)
-            state = {"step": self.step, "stage": self.stage, "task": self.task.to_dict(), "config": self.cfg.to_dict()}
-            (tmp / _STATE_FILE).write_text(json.dumps(state, indent=1))
-            (tmp / COMPLETE_MARKER).write_text(f"{self.step}\n")
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            for _, old in find_checkpoints(self.out)[self.cfg.checkpoint.keep :]:
+            # Prune among checkpoints up to this step only: newer ones are ones a resume fell back
+            # past (unreadable) or branched from; they are replaced when the run reaches their step,
+            # and must not take the `keep` slots of the good ones.
+            mine = [(step, p) for step, p in find_checkpoints(self.out) if step <= self.step]
+            for _, old in mine[self.cfg.checkpoint.keep :]:
                 shutil.rmtree(old, ignore_errors=True)
         self.acc.wait_for_everyone()
         return final
 
     def load_checkpoint(self, path: str | os.PathLike) -> int:
-        """Restore model, optimizer, scheduler, RNG and EMA state; returns the step."""
+        """Restore model, optimizer, scheduler, RNG and EMA state; returns the step.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            CheckpointError: the checkpoint is incomplete or a file of it cannot be read
+                (the trainer's state may then be partly overwritten: load another one).
+            ValueError: the checkpoint is from another task or stage.
+        """
         path = Path(path)
-        problem = _checkpoint_problem(path)
+        if not path.exists():
+            raise FileNotFoundError(f"cannot resume: checkpoint folder not found: {path}")
+        problem = _checkpoint_problem(path, need_ema=self.ema is not None)
         if problem is not None:
-            raise ValueError(f"cannot resume from {path}: {problem}")
+            raise CheckpointError(f"cannot resume from {path}: {problem}", problem)
         state = json.loads((path / _STATE_FILE).read_text())
         if state.get("task", {}).get("conditions") != list(self.task.conditions):
             raise ValueError(
@@ -487,14 +568,68 @@ class Trainer:
             )
         if state.get("stage", "unet") != self.stage:
             raise ValueError(f"checkpoint {path} is from a {state.get('stage')!r} stage run, this run is {self.stage!r}")
-        self.acc.load_state(str(path))
-        if self.ema is not None:
-            if not (path / _EMA_FILE).is_file():
-                raise ValueError(f"checkpoint {path} has no EMA state but this run uses EMA")
-            self.ema.load_state_dict(torch.load(path / _EMA_FILE, map_location="cpu", weights_only=False))
-            self.ema.to(self.acc.device)
+        try:
+            self.acc.load_state(str(path))
+            if self.ema is not None:
+                self.ema.load_state_dict(torch.load(path / _EMA_FILE, map_location="cpu", weights_only=False))
+                self.ema.to(self.acc.device)
+        except (MemoryError, torch.cuda.OutOfMemoryError):
+            raise
+        except Exception as exc:  # a damaged file: pickle, zip, safetensors or shape errors
+            reason = f"cannot be read ({type(exc).__name__}: {_one_line(exc)})"
+            raise CheckpointError(f"cannot resume from {path}: {reason}", reason) from exc
         self.step = int(state["step"])
         return self.step
+
+    def resume(self, resume: bool | str | os.PathLike = True) -> Path | None:
+        """Load the checkpoint to continue from; returns it, or ``None`` to start at step 0.
+
+        Args:
+            resume: ``True``: the newest readable checkpoint in the output folder. A path:
+                that checkpoint folder, or a run folder holding ``checkpoint-N`` folders
+                (then its newest readable one).
+
+        Searching a folder, a checkpoint that is incomplete or fails to load is skipped
+        with a warning naming it and why, and the previous one is tried. Raises
+        ``FileNotFoundError`` for a missing path and :class:`CheckpointError` when the
+        folder has checkpoints but none is readable (or the given checkpoint is not).
+        A folder without any checkpoint starts a fresh run (with a note).
+        """
+        if not resume:
+            return None
+        if resume is True:
+            where = self.out
+        else:
+            where = Path(resume)
+            if not where.exists():
+                raise FileNotFoundError(f"cannot resume: checkpoint folder not found: {where}")
+            if not where.is_dir():
+                raise NotADirectoryError(f"cannot resume from {where}: not a folder (give a checkpoint-N folder)")
+            own_files = (COMPLETE_MARKER, _STATE_FILE, _EMA_FILE, "model.safetensors", "optimizer.bin")
+            if any((where / name).exists() for name in own_files):
+                self.load_checkpoint(where)  # one named checkpoint: no fallback, its problem is the error
+                return where
+            if not find_checkpoints(where):
+                raise CheckpointError(f"cannot resume from {where}: it is neither a checkpoint folder "
+                                      f"(no {COMPLETE_MARKER}) nor a run folder holding {CHECKPOINT_PREFIX}N folders")
+        skipped = []
+        for _, path in find_checkpoints(where):
+            problem = _checkpoint_problem(path, need_ema=self.ema is not None)
+            if problem is None:
+                try:
+                    self.load_checkpoint(path)
+                    return path
+                except CheckpointError as exc:
+                    problem = exc.reason
+            _warn_skip(path, problem, say=self.acc.print)
+            skipped.append(f"{path.name}: {problem}")
+        if skipped:
+            raise CheckpointError(
+                f"cannot resume: no readable checkpoint in {where} ({'; '.join(skipped)}); "
+                "move them away to start afresh"
+            )
+        self.acc.print(f"no checkpoint in {where}: starting from step 0")
+        return None
 
     # ------------------------------------------------------------------ validation
     def _trainable(self) -> list[torch.nn.Parameter]:
@@ -599,13 +734,14 @@ class Trainer:
                 tmp = folder.with_name(f".{folder.name}.partial")
                 if tmp.exists():
                     shutil.rmtree(tmp)
-                if self.stage == "unet":
-                    self.pipe.unet = self.acc.unwrap_model(self.model)
-                    self.pipe.save_pretrained(str(tmp))
-                elif self.stage == "regression":
-                    self.acc.unwrap_model(self.model).save_pretrained(str(tmp))
-                else:
-                    self.vae.save_pretrained(str(tmp))
+                with umask_modes(tmp):  # safetensors writes 0600 files
+                    if self.stage == "unet":
+                        self.pipe.unet = self.acc.unwrap_model(self.model)
+                        self.pipe.save_pretrained(str(tmp))
+                    elif self.stage == "regression":
+                        self.acc.unwrap_model(self.model).save_pretrained(str(tmp))
+                    else:
+                        self.vae.save_pretrained(str(tmp))
                 old = folder.with_name(f".{folder.name}.old")
                 if folder.exists():
                     os.replace(folder, old)
@@ -621,16 +757,16 @@ class Trainer:
         """Train until ``max_steps`` (default ``config.train.max_steps``), then export.
 
         Args:
-            resume: ``True`` continues from the newest complete checkpoint in the output
-                folder (starting fresh if there is none), or a checkpoint path.
+            resume: ``True`` continues from the newest readable checkpoint in the output
+                folder (starting fresh if there is none), or a checkpoint path (see
+                :meth:`resume` for the fallback past damaged checkpoints).
             max_steps: stop early at this step (checkpointing as usual) - for tests and
                 for splitting a long run; the pipeline is exported only at the configured end.
         """
         c = self.cfg
         if resume:
-            ckpt = latest_checkpoint(self.out) if resume is True else Path(resume)
+            ckpt = self.resume(resume)
             if ckpt is not None:
-                self.load_checkpoint(ckpt)
                 self.acc.print(f"resumed from {ckpt} at step {self.step}")
         stop = min(c.train.max_steps, max_steps or c.train.max_steps)
         if self.acc.log_with:

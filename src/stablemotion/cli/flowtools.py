@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,10 @@ from tqdm import tqdm
 from .._io import atomic_path, load_image, save_image
 from ..flow import flow_to_color, read_flow, warp
 from ..metrics import evaluate_folder
+
+# flow-vis refuses flows with a displacement longer than this many times the flow's larger side:
+# no image pair gives one, so it means a broken file (and its colours would be one flat hue).
+MAX_FLOW_FACTOR = 100
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +28,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=_warp)
 
-    p = sub.add_parser("flow-vis", help="colour-code a flow file (Middlebury colour wheel)")
-    p.add_argument("flow", type=Path)
+    p = sub.add_parser(
+        "flow-vis", help="colour-code a flow file (Middlebury colour wheel)",
+        description=(
+            "Colour-code a flow file (Middlebury colour wheel: hue = direction, saturation = length). "
+            "Flows with NaN or infinite values are refused, and so are flows with a displacement longer "
+            f"than {MAX_FLOW_FACTOR}x the flow's larger side (e.g. 1e30 px): no image pair gives one, so "
+            "the file is broken, and its picture would be one flat colour."
+        ),
+    )
+    p.add_argument("flow", type=Path, help=".flo, .npy (H, W, 2) or 16-bit .png flow, pixels")
     p.add_argument("--out", type=Path, required=True, help="output .png")
-    p.add_argument("--max-radius", type=float, default=None, help="magnitude at full saturation (px)")
+    p.add_argument("--max-radius", type=float, default=None,
+                   help="displacement drawn at full saturation, pixels (a finite number > 0; default: the "
+                        "flow's own largest); longer vectors are drawn darker")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=_flow_vis)
 
@@ -58,10 +73,24 @@ def _warp(args: argparse.Namespace) -> int:
 
 
 def _flow_vis(args: argparse.Namespace) -> int:
+    if args.max_radius is not None and not (math.isfinite(args.max_radius) and args.max_radius > 0):
+        raise ValueError(f"--max-radius must be a finite number > 0 (pixels), got {args.max_radius}")
+    if args.out.exists() and not args.force:  # before reading a large flow
+        raise FileExistsError(f"{args.out} already exists; pass --force to overwrite it")
     flow = read_flow(args.flow)
+    bad = int((~np.isfinite(flow)).sum())
+    if bad:
+        raise ValueError(f"flow {args.flow} has {bad} NaN or infinite values (of {flow.size}); it cannot be drawn")
+    mag = np.hypot(flow[..., 0].astype(np.float64), flow[..., 1].astype(np.float64))
+    limit = MAX_FLOW_FACTOR * max(flow.shape[:2])
+    biggest = float(mag.max(initial=0.0))
+    if biggest > limit:
+        raise ValueError(
+            f"flow {args.flow} has displacements up to {biggest:.3g} px, more than {MAX_FLOW_FACTOR}x its "
+            f"{flow.shape[1]}x{flow.shape[0]} size ({limit} px): not a flow of these pixels (a broken file?)"
+        )
     save_image(flow_to_color(flow, max_radius=args.max_radius), args.out, overwrite=args.force)
-    mag = np.linalg.norm(flow, axis=-1)
-    print(f"wrote {args.out} (max |flow| {mag.max():.2f} px, mean {mag.mean():.2f} px)")
+    print(f"wrote {args.out} (max |flow| {biggest:.2f} px, mean {mag.mean():.2f} px)")
     return 0
 
 

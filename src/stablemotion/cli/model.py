@@ -79,12 +79,14 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _tiny(args: argparse.Namespace) -> int:
+    from .._io import umask_modes
     from ..tiny import tiny_pipeline
 
     out: Path = args.out
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} already exists and is not empty; pass --force")
     pipe = tiny_pipeline(args.task, seed=args.seed, default_processing_resolution=list(args.resolution))
-    pipe.save_pretrained(out)
+    with umask_modes(out):  # safetensors writes 0600 files; give the weights the usual mode
+        pipe.save_pretrained(out)
     print(f"wrote tiny {args.task} pipeline folder {out} (random weights)")
     return 0

@@ -16,15 +16,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. -o optim.lr=5e-5 -o train.batch_size=8 (repeatable)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue from the newest complete checkpoint in the output folder, or from CHECKPOINT")
+                   help="continue from the newest readable checkpoint in the output folder (a damaged one is "
+                        "skipped with a warning), or from CHECKPOINT (a checkpoint-N folder, or a run folder)")
     p.add_argument("--max-steps", type=int, default=None, help="stop at this step (checkpointing) without exporting")
-    p.add_argument("--check", action="store_true", help="validate the config and data, then exit")
+    p.add_argument("--check", action="store_true",
+                   help="validate the config (keys, types, value ranges) and the data, then exit")
     p.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
     from ..config import load_config
 
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be an integer >= 1, got {args.max_steps}")
+    if args.resume not in (True, False) and not Path(args.resume).exists():  # cheap checks before any loading
+        raise FileNotFoundError(f"--resume: checkpoint folder not found: {args.resume}")
     cfg = load_config(args.config, overrides=args.override)
     if args.check:
         from ..training import build_dataset
