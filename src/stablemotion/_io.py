@@ -7,12 +7,18 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+if TYPE_CHECKING:
+    import torch
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: Side files ``stablemotion rectify`` writes next to ``NAME.png`` (``NAME_flow.png``, ...);
+#: ``stablemotion score`` ignores them.
+SIDE_FILE_SUFFIXES = ("_flow", "_mask", "_uncertainty")
 
 PathLike = str | os.PathLike
 
@@ -295,6 +301,8 @@ def list_images(folder: PathLike) -> dict[str, Path]:
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, C) -> float32 (C, H, W) in [-1, 1]."""
+    import torch  # here: the command line reads files through this module without torch
+
     if image.dtype != np.uint8 or image.ndim != 3:
         raise ValueError(f"expected a uint8 (H, W, C) image, got {image.dtype} {image.shape}")
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(127.5).sub(1.0)
@@ -302,6 +310,7 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 
 def tensor_to_image(tensor: torch.Tensor) -> np.ndarray:
     """float (C, H, W) in [-1, 1] -> uint8 (H, W, C) (rounded, clipped)."""
+    import torch
     if tensor.ndim != 3:
         raise ValueError(f"expected a (C, H, W) tensor, got {tuple(tensor.shape)}")
     arr = ((tensor.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ._io import PathLike, atomic_path
+from .constants import FLOW_GAMMA, PADDING_MODES
 
 __all__ = [
     "FLOW_GAMMA",
@@ -50,11 +51,8 @@ __all__ = [
     "end_point_error",
 ]
 
-#: Flow normalisation of the VAE encoding: channels are ``u / 50, v / 50, 1 / 50``.
-FLOW_GAMMA = 50.0
 #: Magic number at the start of a Middlebury ``.flo`` file (float32).
 FLO_MAGIC = 202021.25
-PADDING_MODES = ("border", "zeros", "reflection")
 
 _KITTI_SCALE = 64.0
 _KITTI_OFFSET = 2**15

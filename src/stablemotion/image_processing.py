@@ -42,7 +42,32 @@ __all__ = [
     "background_color",
     "derive_mask",
     "prepare_mask",
+    "MASK_THRESHOLD",
+    "mask_valid",
 ]
+
+#: The one mask rule of the package: a pixel is valid content when the mean of its
+#: channels is at least half the range (128 of 255), so JPEG noise and grey edges of a
+#: black/white mask fall on the right side and an RGB mask pixel means the same everywhere
+#: (training data, evaluation, the pipeline, the command line and the app).
+MASK_THRESHOLD = 0.5
+
+
+def mask_valid(mask: np.ndarray) -> np.ndarray:
+    """uint8/bool/float mask (H, W) or (H, W, C) -> bool (H, W), True = valid content
+    (channel mean >= :data:`MASK_THRESHOLD` of the range)."""
+    m = np.asarray(mask)
+    if m.dtype == bool:
+        m = m.astype(np.float32)
+    elif m.dtype == np.uint8:
+        m = m.astype(np.float32) / 255.0
+    else:
+        m = m.astype(np.float32)
+    if m.ndim == 3:
+        m = m.mean(axis=2)
+    if m.ndim != 2:
+        raise ValueError(f"a mask must be (H, W) or (H, W, C), got shape {np.asarray(mask).shape}")
+    return m >= MASK_THRESHOLD
 
 _Single = Image.Image | np.ndarray | torch.Tensor
 #: One image or a batch: PIL, numpy, torch, or a list of those.
@@ -182,7 +207,7 @@ def _single_mask(x: object, name: str, binarize: bool = True) -> torch.Tensor:
         raise ValueError(f"{name} must be bool, uint8 or float in [0, 1], got {what}")
     if not binarize:
         return t.clamp(0, 1)
-    return (t.mean(dim=0, keepdim=True) >= 0.5).float()
+    return (t.mean(dim=0, keepdim=True) >= MASK_THRESHOLD).float()  # the rule of mask_valid
 
 
 #: How a pipeline turns a given mask into its network input: ``"binary"`` (channel mean
@@ -236,7 +261,7 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int], binarize: bool = True
     if tuple(mask.shape[-2:]) == tuple(size):
         return mask
     out = resize_image(mask, size)
-    return (out >= 0.5).float() if binarize else out.clamp(0, 1)
+    return (out >= MASK_THRESHOLD).float() if binarize else out.clamp(0, 1)
 
 
 def processing_size(
@@ -386,8 +411,7 @@ def prepare_mask(
     if mask is not None:
         if mask.shape[:2] != (h, w):
             raise ValueError(f"{source} is {mask.shape[1]}x{mask.shape[0]} px but the image is {w}x{h} px")
-        grey = mask.mean(axis=-1) if mask.ndim == 3 else mask
-        valid = grey >= 128
+        valid = mask_valid(mask)
         if not valid.any():
             raise ValueError(f"{source} has no valid pixel (white = valid content, black = empty)")
         name = "uploaded mask" if source == "the mask" else source

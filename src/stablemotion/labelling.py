@@ -42,8 +42,10 @@ import numpy as np
 import torch
 
 from ._io import PathLike, atomic_path, load_image
+from .constants import DIS_PRESET_NAMES
 from .data import PairedFolderDataset
 from .flow import PADDING_MODES, read_flow, warp, write_flow
+from .image_processing import mask_valid
 from .metrics import psnr, ssim
 from .synth import pool_context
 
@@ -62,11 +64,8 @@ __all__ = [
     "label_flows",
 ]
 
-DIS_PRESETS = {
-    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
-}
+DIS_PRESETS = dict(zip(DIS_PRESET_NAMES, (cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                                          cv2.DISOPTICAL_FLOW_PRESET_MEDIUM), strict=True))
 REPORT_NAME = "labelling_report.csv"
 
 
@@ -488,7 +487,7 @@ def label_pair(job: _LabelJob) -> dict[str, object]:
         return {"name": job.name, "psnr": p, "ssim": s, "identity_psnr": psnr(image, gt),
                 "identity_ssim": ssim(image, gt), "method": "existing", "skipped": True,
                 "seconds": time.perf_counter() - start}
-    mask = load_image(job.mask, mode="L") if job.mask else None
+    mask = np.where(mask_valid(load_image(job.mask, mode="mask")), 255, 0).astype(np.uint8) if job.mask else None
     res = estimate_flow(image, gt, mask, job.config)
     write_flow(job.out, res.flow)
     return {"name": job.name, "psnr": res.psnr, "ssim": res.ssim, "identity_psnr": res.identity_psnr,

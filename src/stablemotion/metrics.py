@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from ._io import PathLike, atomic_path, list_images, load_image
+from ._io import SIDE_FILE_SUFFIXES, PathLike, atomic_path, list_images, load_image
 
 __all__ = [
     "psnr",
@@ -37,7 +37,6 @@ __all__ = [
 
 # Stem suffixes of the side files `stablemotion rectify` writes next to each result NAME.png:
 # NAME_flow.png (+ NAME_flow.npy/.flo), NAME_mask.png, NAME_uncertainty.png (+ .npy).
-SIDE_FILE_SUFFIXES = ("_flow", "_mask", "_uncertainty")
 
 _SSIM_WIN = 7
 _SSIM_K1, _SSIM_K2 = 0.01, 0.03

@@ -30,7 +30,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 # text embedding's library; diffusers looks the loading base classes up in that module.
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 
-from ._io import PathLike
+from ._io import PathLike, umask_modes
 from .catalog import BUNDLED_MODELS, DEFAULT_BASE, RELEASED_REPO, RELEASED_SUBFOLDERS, bundled_model_path
 from .components import EmptyTextEmbedding, empty_text_embedding, expand_conv_in, infer_task, make_scheduler
 from .pipeline import StableMotionPipeline
@@ -185,7 +185,8 @@ def convert_pipeline(src: PathLike, dst: PathLike, torch_dtype: torch.dtype = to
     tmp = dst.with_name(f".{dst.name}.partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    with umask_modes(tmp):  # safetensors writes 0600 files
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
     for cfg in tmp.rglob("*.json"):  # drop the source path diffusers records (a local path on the build machine)
         data = json.loads(cfg.read_text())
         if data.pop("_name_or_path", None) is not None:
@@ -405,7 +406,8 @@ def import_released_checkpoint(
     tmp = output.with_name(f".{output.name}.tmp-import")
     if tmp.exists():
         shutil.rmtree(tmp)
-    pipe.save_pretrained(tmp, safe_serialization=safe_serialization)
+    with umask_modes(tmp):  # safetensors writes 0600 files
+        pipe.save_pretrained(tmp, safe_serialization=safe_serialization)
     if output.exists():
         shutil.rmtree(output)
     tmp.rename(output)

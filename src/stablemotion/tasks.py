@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .flow import FLOW_GAMMA, PADDING_MODES
+from .constants import FLOW_GAMMA, PADDING_MODES
 
 __all__ = ["TaskSpec", "SIR", "RSC", "register_task", "get_task", "available_tasks"]
 

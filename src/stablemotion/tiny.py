@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from ._io import PathLike
+from ._io import PathLike, umask_modes
 from .components import EmptyTextEmbedding, make_scheduler
 from .pipeline import StableMotionPipeline
 from .tasks import TaskSpec, get_task
@@ -147,24 +147,26 @@ def save_tiny_base(folder: PathLike, seed: int = 0) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    comps = tiny_components(None, seed)
-    comps["unet"].save_pretrained(folder / "unet")
-    comps["vae"].save_pretrained(folder / "vae")
-    comps["scheduler"].save_pretrained(folder / "scheduler")
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab = Path(tmp) / "vocab.json"
-        merges = Path(tmp) / "merges.txt"
-        vocab.write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "a": 3}))
-        merges.write_text("#version: 0.2\n")
-        tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
-        tokenizer.save_pretrained(folder / "tokenizer")
-    cfg = CLIPTextConfig(
-        vocab_size=4, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        max_position_embeddings=77, projection_dim=32, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
-        CLIPTextModel(cfg).save_pretrained(folder / "text_encoder")
+    with umask_modes(folder):  # safetensors writes 0600 files
+        comps = tiny_components(None, seed)
+        comps["unet"].save_pretrained(folder / "unet")
+        comps["vae"].save_pretrained(folder / "vae")
+        comps["scheduler"].save_pretrained(folder / "scheduler")
+        with tempfile.TemporaryDirectory() as tmp:
+            vocab = Path(tmp) / "vocab.json"
+            merges = Path(tmp) / "merges.txt"
+            vocab.write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "a": 3}))
+            merges.write_text("#version: 0.2\n")
+            tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
+            tokenizer.save_pretrained(folder / "tokenizer")
+        cfg = CLIPTextConfig(
+            vocab_size=4, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+            max_position_embeddings=77, projection_dim=32, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            CLIPTextModel(cfg).save_pretrained(folder / "text_encoder")
+
     index = {
         "_class_name": "StableDiffusionPipeline",
         "unet": ["diffusers", "UNet2DConditionModel"],

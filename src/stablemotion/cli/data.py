@@ -12,32 +12,27 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
-from tqdm import tqdm
-
-from ..labelling import DIS_PRESETS, LabelConfig, label_flows
-from ..synth import write_rectangling_dataset, write_rolling_shutter_dataset
-
-
-def _pair(text: str, minimum: int, what: str, example: str) -> tuple[int, int]:
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        a, b = (int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must look like {example}, got {text!r}") from None
-    if a < minimum or b < minimum:
-        raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}x{minimum}, got {text!r}")
-    return a, b
+from ..constants import DIS_PRESET_NAMES
+from ._options import size_arg
 
 
-def _size(text: str) -> tuple[int, int]:
-    """Parse ``HxW`` (e.g. ``384x512``) into (H, W) pixels."""
-    return _pair(text, 8, "size", "HxW (e.g. 384x512)")
+def _min_size(minimum: int, what: str) -> Any:
+    """``size_arg`` (the one size rule of the command line) with a lower bound per side."""
+    parse = size_arg(what)
+
+    def check(text: str) -> tuple[int, int]:
+        size = parse(text)
+        if min(size) < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}x{minimum}, got {text!r}")
+        return size
+
+    return check
 
 
-def _cells(text: str) -> tuple[int, int]:
-    """Parse ``ROWSxCOLS`` mesh cells (e.g. ``6x8``)."""
-    return _pair(text, 1, "mesh", "ROWSxCOLS (e.g. 6x8)")
+_size = _min_size(8, "--size")
+_cells = _min_size(1, "--mesh")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,7 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     p.add_argument("--overwrite", action="store_true", help="re-label pairs whose flow exists (default: skip them)")
     p.add_argument("--limit", type=int, default=None, help="label only the first N pairs")
-    p.add_argument("--preset", choices=sorted(DIS_PRESETS), default="medium", help="DIS optical-flow preset")
+    p.add_argument("--preset", choices=DIS_PRESET_NAMES, default="medium",
+                   help="DIS optical-flow preset (default medium)")
     p.add_argument("--cell", type=int, default=32, help="final mesh cell size in pixels (default 32)")
     p.add_argument("--padding", choices=("border", "zeros"), default="border", help="warp padding for scoring")
     p.add_argument("--report", type=Path, default=None, help="CSV report path (default OUT/labelling_report.csv)")
@@ -90,6 +86,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..synth import write_rectangling_dataset, write_rolling_shutter_dataset
+
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     def progress(it: Iterable[str], total: int) -> Iterable[str]:
@@ -116,6 +116,10 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _label(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..labelling import LabelConfig, label_flows
+
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     config = LabelConfig(preset=args.preset, cell=args.cell, padding=args.padding)

@@ -6,14 +6,6 @@ import argparse
 import math
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from .._io import atomic_path, load_image, save_image
-from ..flow import flow_to_color, read_flow, warp
-from ..metrics import evaluate_folder
-
 # flow-vis refuses flows with a displacement longer than this many times the flow's larger side:
 # no image pair gives one, so it means a broken file (and its colours would be one flat hue).
 MAX_FLOW_FACTOR = 100
@@ -57,6 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _warp(args: argparse.Namespace) -> int:
+    import torch
+
+    from .._io import load_image, save_image
+    from ..flow import read_flow, warp
+
     image = load_image(args.image)
     flow = read_flow(args.flow)
     if flow.shape[:2] != image.shape[:2]:
@@ -73,6 +70,11 @@ def _warp(args: argparse.Namespace) -> int:
 
 
 def _flow_vis(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .._io import save_image
+    from ..flow import flow_to_color, read_flow
+
     if args.max_radius is not None and not (math.isfinite(args.max_radius) and args.max_radius > 0):
         raise ValueError(f"--max-radius must be a finite number > 0 (pixels), got {args.max_radius}")
     if args.out.exists() and not args.force:  # before reading a large flow
@@ -95,7 +97,11 @@ def _flow_vis(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .._io import atomic_path
     from ..evaluation import score_folders, summary_markdown, write_rows_csv
+    from ..metrics import evaluate_folder
 
     if args.inputs is None and args.markdown is None:
         result = evaluate_folder(

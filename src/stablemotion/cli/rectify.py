@@ -30,12 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, list_images
+from .._io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, SIDE_FILE_SUFFIXES, list_images
 from ..tasks import available_tasks
 from ._options import Dist, add_device_options, add_inference_options, inference_kwargs
 
-#: Side files rectify writes next to NAME.png (the score command ignores them).
-SIDE_SUFFIXES = ("_flow", "_mask", "_uncertainty")
 _STATE = ".stablemotion-rectify"
 
 
@@ -132,14 +130,15 @@ def _masks(args: argparse.Namespace, items: list[tuple[str, Path]], needs_mask: 
 
 def _outputs(args: argparse.Namespace, stem: str, with_mask: bool, ensemble: int) -> dict[str, Path]:
     out: Path = args.out
-    paths = {"image": out / f"{stem}.{args.image_ext}", "flow_color": out / f"{stem}_flow.png"}
+    flow, mask, spread = (f"{stem}{sfx}" for sfx in SIDE_FILE_SUFFIXES)
+    paths = {"image": out / f"{stem}.{args.image_ext}", "flow_color": out / f"{flow}.png"}
     if args.save_flow:
-        paths["flow"] = out / f"{stem}_flow.{args.flow_format}"
+        paths["flow"] = out / f"{flow}.{args.flow_format}"
     if with_mask and args.save_mask:
-        paths["mask"] = out / f"{stem}_mask.png"
+        paths["mask"] = out / f"{mask}.png"
     if ensemble > 1:
-        paths["uncertainty"] = out / f"{stem}_uncertainty.npy"
-        paths["uncertainty_color"] = out / f"{stem}_uncertainty.png"
+        paths["uncertainty"] = out / f"{spread}.npy"
+        paths["uncertainty_color"] = out / f"{spread}.png"
     return paths
 
 

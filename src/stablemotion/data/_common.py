@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .._io import image_to_tensor
+from ..image_processing import mask_valid
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
@@ -28,13 +29,10 @@ def _listing(problems: Sequence[str], what: str) -> str:
 
 
 # --------------------------------------------------------------------------- conversions
-def mask_to_tensor(mask: np.ndarray, threshold: int = 127) -> torch.Tensor:
-    """uint8 mask (H, W) or (H, W, C) (white = content) -> float32 (1, H, W) in {-1, 1}."""
-    if mask.ndim == 3:
-        mask = mask.max(axis=2)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be (H, W) or (H, W, C), got {mask.shape}")
-    return torch.from_numpy(mask > threshold).float().mul(2.0).sub(1.0).unsqueeze(0)
+def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
+    """uint8 mask (H, W) or (H, W, C) (white = content) -> float32 (1, H, W) in {-1, 1}, by the
+    package's one mask rule (:func:`stablemotion.image_processing.mask_valid`)."""
+    return torch.from_numpy(mask_valid(mask)).float().mul(2.0).sub(1.0).unsqueeze(0)
 
 
 def array_to_image_tensor(array: np.ndarray, what: str = "image") -> torch.Tensor:

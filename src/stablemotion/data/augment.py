@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..flow import resize_flow
+from ..image_processing import resize_image
 from ..tasks import MASK_CONDITIONS
 from ._common import IMAGE_KEYS_EXCLUDED, Sample
 
@@ -61,10 +61,9 @@ def resize_sample(sample: Sample, size: tuple[int, int], mask_keys: Sequence[str
         t = sample[key]
         if tuple(t.shape[-2:]) == (th, tw):
             continue
-        shrink = th < t.shape[-2] or tw < t.shape[-1]
-        r = F.interpolate(t.unsqueeze(0).float(), size=(th, tw), mode="bilinear", align_corners=False, antialias=shrink)[0]
-        if key in mask_keys:
-            r = torch.where(r > 0, 1.0, -1.0)
+        r = resize_image(t.unsqueeze(0).float(), (th, tw))[0]  # the pipeline's resize rule
+        if key in mask_keys:  # {-1, 1}: 0 is the mask rule's half range
+            r = torch.where(r >= 0, 1.0, -1.0)
         out[key] = r.to(t.dtype)
     if "flow" in sample and tuple(sample["flow"].shape[-2:]) != (th, tw):
         out["flow"] = resize_flow(sample["flow"], (th, tw), mode="bilinear", align_corners=False)

@@ -131,7 +131,7 @@ class PairedFolderDataset(SampleDataset):
             if key == "flow":
                 sample[key] = _flow_tensor(read_flow(path))
             elif key in self.mask_keys:
-                sample[key] = mask_to_tensor(load_image(path, mode="L"))
+                sample[key] = mask_to_tensor(load_image(path, mode="mask"))
             else:
                 sample[key] = image_to_tensor(load_image(path, mode="RGB"))
             hw = tuple(sample[key].shape[-2:])
