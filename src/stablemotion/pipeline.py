@@ -45,6 +45,7 @@ from .ensemble import (
 from .flow import RELEASED_FLOW_RESIZE, flow_to_color, resize_flow, warp
 from .image_processing import (
     MASK_ENCODINGS,
+    MASK_THRESHOLD,
     ImageInput,
     processing_size,
     resize_image,
@@ -271,6 +272,9 @@ class StableMotionPipeline(DiffusionPipeline):
                 raise ValueError(f"task {self.task.name!r} needs the condition {name!r}{hint}; pass {name}=...")
             if name in MASK_CONDITIONS:
                 t = to_mask_batch(conditions[name], name, encoding=self.config.mask_encoding)
+                empty = (t.mean(dim=1) < MASK_THRESHOLD).flatten(1).all(dim=1)  # the one mask rule, per sample
+                if bool(empty.any()):
+                    raise ValueError(f"{name} has no valid pixel (white = valid content, black = empty)")
             else:
                 t = to_image_batch(conditions[name], name)
             if tuple(t.shape[-2:]) != (h, w):
