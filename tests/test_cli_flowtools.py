@@ -108,3 +108,18 @@ def test_score_works_on_rectify_output_folder(tmp_path, photo, capsys):
     capsys.readouterr()
     assert main(["score", str(out), str(tmp_path / "gt")]) == 0, capsys.readouterr().err
     assert capsys.readouterr().out.startswith("1 images")
+
+
+def test_warp_names_the_file_of_a_nan_flow(tmp_path, capsys) -> None:
+    import numpy as np
+
+    from stablemotion._io import save_image
+    from stablemotion.cli import main
+
+    save_image(np.zeros((8, 8, 3), np.uint8), tmp_path / "a.png")
+    flow = np.zeros((8, 8, 2), np.float32)
+    flow[2, 3] = np.nan
+    np.save(tmp_path / "f.npy", flow)
+    assert main(["warp", str(tmp_path / "a.png"), str(tmp_path / "f.npy"), "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "f.npy" in err and "non-finite" in err and not (tmp_path / "o.png").exists()

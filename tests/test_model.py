@@ -261,3 +261,26 @@ def test_tiny_model_command_writes_weights_with_the_umask_mode(tmp_path):
     assert any(p.suffix == ".safetensors" for p in files)
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in files}
     assert set(modes.values()) == {"0o644"}, modes  # safetensors alone writes 0o600
+
+
+def test_convert_damaged_folders_are_one_line_errors(tmp_path, capsys) -> None:
+    import shutil
+
+    from stablemotion.cli import main
+    from stablemotion.model import tiny_pipeline
+
+    tiny_pipeline("sir").save_pretrained(tmp_path / "p")
+    for case, match in (("json", "not valid JSON"), ("vae", "vae/ folder"), ("weights", "damaged")):
+        broken = tmp_path / f"b_{case}"
+        shutil.copytree(tmp_path / "p", broken)
+        if case == "json":
+            (broken / "model_index.json").write_text("{")
+        elif case == "vae":
+            shutil.rmtree(broken / "vae")
+        else:
+            w = next((broken / "unet").glob("*.safetensors"))
+            w.write_bytes(w.read_bytes()[:64])
+        assert main(["convert", str(broken), "--out", str(tmp_path / f"o_{case}")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and match in err and "Traceback" not in err, err
+        assert not (tmp_path / f"o_{case}").exists()

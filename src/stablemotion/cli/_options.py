@@ -172,9 +172,9 @@ def check_model_folder(model: str | os.PathLike) -> None:
     if not path.exists():
         if len(Path(str(model)).parts) == 2 and not str(model).startswith((".", "/")):
             return  # looks like a hub id (owner/name)
-        raise FileNotFoundError(f"--model {model}: no such folder")
+        raise FileNotFoundError(f"model folder not found: {model}")
     if not path.is_dir():
-        raise ValueError(f"--model {model} is a file; pass a pipeline folder (with model_index.json)")
+        raise ValueError(f"{model} is a file; pass a pipeline folder (with model_index.json)")
     index = path / "model_index.json"
     if not index.is_file():
         if (path / "unet_ema").is_dir() or any(p.name.startswith("StableMotion_") for p in path.iterdir()):

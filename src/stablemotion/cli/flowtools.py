@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _warp(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     from .._io import load_image, save_image
@@ -56,6 +57,9 @@ def _warp(args: argparse.Namespace) -> int:
 
     image = load_image(args.image)
     flow = read_flow(args.flow)
+    bad = int((~np.isfinite(flow)).sum())
+    if bad:
+        raise ValueError(f"flow {args.flow} has {bad} non-finite values (NaN/inf); a flow must be finite pixels")
     if flow.shape[:2] != image.shape[:2]:
         raise ValueError(
             f"flow {args.flow} is {flow.shape[1]}x{flow.shape[0]} but image {args.image} is "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..catalog import DEFAULT_BASE, RELEASED_REPO, RELEASED_SUBFOLDERS
 from ..tasks import available_tasks
+from ._options import DTYPE_NAMES, check_model_folder, parse_size, resolve_dtype
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="re-save a pipeline folder with its weights in another dtype (fp16 halves the size)")
     p.add_argument("source", type=Path, help="pipeline folder")
     p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
-    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="fp16")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_convert)
 
@@ -40,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
     p.add_argument("--task", choices=available_tasks(), default="sir")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resolution", type=int, nargs=2, default=(32, 32), metavar=("H", "W"),
-                   help="default processing resolution stored in the config (multiples of 4)")
+    p.add_argument("--resolution", nargs="+", default=["32", "32"], metavar="N",
+                   help="default processing resolution stored in the config: H W, HxW or N (multiples of 4)")
     p.add_argument("--force", action="store_true", help="write into an existing non-empty folder")
     p.set_defaults(func=_tiny)
 
@@ -65,14 +66,18 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    import torch
-
     from ..model import convert_pipeline
 
-    if not (args.source / "model_index.json").is_file():
-        raise FileNotFoundError(f"{args.source} is not a pipeline folder (no model_index.json)")
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    out = convert_pipeline(args.source, args.out, dtype, overwrite=args.force)
+    check_model_folder(args.source)
+    if args.out.exists() and any(args.out.iterdir()) and not args.force:
+        raise FileExistsError(f"{args.out} already exists and is not empty; pass --force")
+    try:
+        out = convert_pipeline(args.source, args.out, resolve_dtype(args.dtype), overwrite=args.force)
+    except (FileExistsError, ValueError):
+        raise
+    except Exception as exc:  # corrupt weights, bad configs: diffusers and safetensors raise many kinds
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"cannot load {args.source} ({type(exc).__name__}: {first}); the folder is damaged") from None
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {args.dtype} pipeline folder {out} ({size / 1e6:.1f} MB)")
     return 0
@@ -85,7 +90,10 @@ def _tiny(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} already exists and is not empty; pass --force")
-    pipe = tiny_pipeline(args.task, seed=args.seed, default_processing_resolution=list(args.resolution))
+    res = parse_size(args.resolution if len(args.resolution) > 1 else args.resolution[0], "--resolution")
+    if res[0] % 4 or res[1] % 4:
+        raise ValueError(f"--resolution must be multiples of 4 for the tiny model, got {res[0]}x{res[1]}")
+    pipe = tiny_pipeline(args.task, seed=args.seed, default_processing_resolution=list(res))
     with umask_modes(out):  # safetensors writes 0600 files; give the weights the usual mode
         pipe.save_pretrained(out)
     print(f"wrote tiny {args.task} pipeline folder {out} (random weights)")
