@@ -275,3 +275,20 @@ def test_import_checkpoint_command_then_rectify(photo: np.ndarray, tmp_path: Pat
                        str(tmp_path / "o"), "--processing-resolution", "0", "--save-flow"], capsys)
     assert code == 0, text
     assert read_flow(tmp_path / "o" / "x_flow.npy").shape == (32, 32, 2)
+
+
+def test_rectify_honest_about_what_it_cannot_do(sir_model: Path, photo: np.ndarray, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """No empty border: nothing to rectangle, the input is written unchanged; the bundled RSC model says it
+    does not correct rolling shutter and what to use instead."""
+    full = cv2.resize(np.clip(photo, 40, 215).astype(np.uint8), (56, 40), interpolation=cv2.INTER_AREA)
+    save_image(full, tmp_path / "plain.png")
+    code, text = _run(["rectify", str(tmp_path / "plain.png"), "--model", str(sir_model), "--out",
+                       str(tmp_path / "o"), "--save-flow"], capsys)
+    assert code == 0 and "no empty border found" in text, text
+    assert np.array_equal(load_image(tmp_path / "o" / "plain.png"), full)
+    assert not read_flow(tmp_path / "o" / "plain_flow.npy").any()
+    code, text = _run(["rectify", str(tmp_path / "plain.png"), "--task", "rsc", "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, text
+    notes = [line for line in text.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "does not correct rolling shutter" in notes[0] and "import-checkpoint" in notes[0]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .tasks import TaskSpec, get_task
 
-__all__ = ["DEFAULT_BASE", "RELEASED_REPO", "RELEASED_SUBFOLDERS", "BUNDLED_MODELS", "bundled_model_path"]
+__all__ = ["DEFAULT_BASE", "RELEASED_REPO", "RELEASED_SUBFOLDERS", "BUNDLED_MODELS", "BUNDLED_LIMITS",
+           "bundled_model_path"]
 
 #: Default Stable Diffusion checkpoint (768-v, v-prediction).
 DEFAULT_BASE = "stabilityai/stable-diffusion-2"
@@ -20,6 +21,14 @@ RELEASED_SUBFOLDERS = {"sir": "StableMotion_SIR", "rsc": "StableMotion_RSC"}
 #: The ``stablemotion-mini`` pipelines shipped inside the package (fp16 safetensors), by task.
 #: Trained on synthetic data by the recipe in ``configs/mini_*.yaml`` (see the README).
 BUNDLED_MODELS = {"sir": "stablemotion-mini-sir", "rsc": "stablemotion-mini-rsc"}
+#: What a bundled model cannot do well, said in one line wherever it is used (rectify, serve, demo).
+BUNDLED_LIMITS = {
+    "rsc": (
+        "the bundled stablemotion-mini-rsc model does not correct rolling shutter (on its held-out test set it "
+        "scores 0.08 dB under the uncorrected input); for real frames import the released model: "
+        f"stablemotion import-checkpoint {RELEASED_REPO} --subfolder StableMotion_RSC --out models/rsc"
+    ),
+}
 _WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 

@@ -197,7 +197,7 @@ def check_model_folder(model: str | os.PathLike) -> None:
 def load_model(model: str | None, task: str | None, dtype: torch.dtype, quiet: bool = False) -> StableMotionPipeline:
     """The pipeline for ``--model`` (a folder or hub id) or, without one, the bundled model of
     ``--task``; every failure is one line naming the folder."""
-    from ..catalog import BUNDLED_MODELS, bundled_model_path
+    from ..catalog import BUNDLED_LIMITS, BUNDLED_MODELS, bundled_model_path
     from ..model import load_pipeline
 
     if model is None:
@@ -206,6 +206,8 @@ def load_model(model: str | None, task: str | None, dtype: torch.dtype, quiet: b
         if not quiet:
             print(f"no --model given: using the bundled {BUNDLED_MODELS[name]} model ({path}); it is small and "
                   "trained on synthetic data only, see the README for full models")
+            if name in BUNDLED_LIMITS:
+                print(f"note: {BUNDLED_LIMITS[name]}")
         return load_pipeline(path, dtype, progress=False)
     check_model_folder(model)
     try:

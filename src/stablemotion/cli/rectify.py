@@ -337,6 +337,12 @@ def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str
                 source = "alpha channel" if args.mask == "alpha" else f"mask {job.mask}"
                 mask, note = prepare_mask(image, given, source=source, background=args.mask_background,
                                           tolerance=args.mask_tolerance)
+                if job.mask is None and args.mask != "alpha" and bool((mask > 0).all()):
+                    bar.write(f"{job.stem}: no empty border found: nothing to rectangle, written unchanged "
+                              "(pass --mask to force a run)")
+                    _write_unchanged(job, image, mask)
+                    processed += 1
+                    continue
                 if job.mask is None:
                     bar.write(f"{job.stem}: {note}")
             out = pipe(image, mask=mask, generator=torch.Generator().manual_seed(args.seed), output_type="np",
@@ -360,6 +366,30 @@ def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str
             failures[job.stem] = str(exc).splitlines()[0]
             bar.write(f"{job.stem}: failed: {failures[job.stem]}")
     return processed, failures
+
+
+def _write_unchanged(job: _Job, image: Any, mask: Any) -> None:
+    """The input as its own result: zero flow (SIR with no empty border)."""
+    import numpy as np
+
+    from .._io import save_image
+    from ..flow import flow_to_color, write_flow
+
+    zero = np.zeros((*image.shape[:2], 2), np.float32)
+    save_image(image, job.outputs["image"])
+    save_image(flow_to_color(zero), job.outputs["flow_color"])
+    if "flow" in job.outputs:
+        write_flow(job.outputs["flow"], zero)
+    if "mask" in job.outputs:
+        save_image(mask, job.outputs["mask"])
+    if "uncertainty" in job.outputs:  # no members ran: zero spread
+        from .._io import atomic_path
+        from ..visualize import scalar_to_color
+
+        spread = np.zeros(image.shape[:2], np.float32)
+        with atomic_path(job.outputs["uncertainty"]) as tmp, open(tmp, "wb") as f:
+            np.save(f, spread)
+        save_image(scalar_to_color(spread)[0], job.outputs["uncertainty_color"])
 
 
 def _summary(args: argparse.Namespace, dist: Dist, processed: int, skipped: int, failures: dict[str, str]) -> int:
