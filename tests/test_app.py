@@ -22,13 +22,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from stablemotion.app import create_app
+from stablemotion import app as app_module
+from stablemotion.app import allowed_hosts_for, create_app, memory_bound, working_size
 from stablemotion.cli import main
-from stablemotion.flow import read_flo, read_flow
+from stablemotion.flow import flow_to_color, read_flo, read_flow, warp
 from stablemotion.metrics import psnr
 from stablemotion.synth import bundled_photo_paths, make_sample
 
@@ -39,13 +41,20 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 # --------------------------------------------------------------------------- helpers
 class FakePipe:
-    """Stands in for a pipeline: shifts the image by one pixel; ``gate`` (an Event) makes it wait."""
+    """Stands in for a pipeline: shifts the image by one pixel; ``gate`` (an Event) makes it wait.
+
+    Its flow is 1 px to the right at the size it is called with; its config says what a
+    bundled model's says about ensembles and masks.
+    """
+
+    config = {"default_ensemble_mode": "image", "mask_encoding": "binary"}
 
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.gate, self.started, self.calls = gate, threading.Event(), []
 
     def __call__(self, image: np.ndarray, mask=None, num_inference_steps=None, ensemble_size=None, **kw):
-        self.calls.append({"mask": mask, "steps": num_inference_steps, "ensemble": ensemble_size, **kw})
+        self.calls.append({"mask": mask, "steps": num_inference_steps, "ensemble": ensemble_size,
+                           "size": image.shape[:2], **kw})
         self.started.set()
         if self.gate is not None:
             assert self.gate.wait(30), "test gate never opened"
@@ -85,21 +94,26 @@ def fake() -> FakePipe:
     return FakePipe()
 
 
+#: The Host FastAPI's TestClient sends; apps under test allow it explicitly (the default is loopback only).
+TEST_HOSTS = ["testserver"]
+
+
 @pytest.fixture
 def client(fake: FakePipe, tmp_path: Path) -> Iterator[TestClient]:
     app = create_app({"sir": fake, "rsc": fake}, max_upload_bytes=64 * 1024, max_side=256, max_steps=10,
-                     max_ensemble=4, result_root=tmp_path)
+                     max_ensemble=4, result_root=tmp_path, allowed_hosts=TEST_HOSTS)
     with TestClient(app) as c:
         yield c
 
 
-def post(client: TestClient, image: bytes | None, mask: bytes | None = None, name: str = "x.png", **fields):
+def post(client: TestClient, image: bytes | None, mask: bytes | None = None, name: str = "x.png",
+         headers: dict[str, str] | None = None, **fields):
     files = {}
     if image is not None:
         files["image"] = (name, image, "application/octet-stream")
     if mask is not None:
         files["mask"] = ("mask.png", mask, "image/png")
-    return client.post("/api/rectify", data={k: str(v) for k, v in fields.items()}, files=files)
+    return client.post("/api/rectify", data={k: str(v) for k, v in fields.items()}, files=files, headers=headers)
 
 
 def free_port() -> int:
@@ -319,7 +333,7 @@ def test_sir_mask_derived_and_defaults(client: TestClient, picture: np.ndarray, 
 
 
 def test_old_results_are_dropped(picture: np.ndarray, fake: FakePipe, tmp_path: Path) -> None:
-    with TestClient(create_app({"rsc": fake}, max_results=2, result_root=tmp_path)) as c:
+    with TestClient(create_app({"rsc": fake}, max_results=2, result_root=tmp_path, allowed_hosts=TEST_HOSTS)) as c:
         urls = [post(c, encode(picture)).json()["urls"]["rectified.png"] for _ in range(3)]
         assert [c.get(u).status_code for u in urls] == [404, 200, 200]
     assert not any(tmp_path.iterdir())  # shutdown removes the result folder
@@ -329,9 +343,231 @@ def test_pipeline_value_error_is_400(picture: np.ndarray, tmp_path: Path) -> Non
     def refuse(*args, **kwargs):
         raise ValueError("processing_resolution (7, 7) must be positive multiples of 8")
 
-    with TestClient(create_app({"rsc": refuse}, result_root=tmp_path)) as c:
+    with TestClient(create_app({"rsc": refuse}, result_root=tmp_path, allowed_hosts=TEST_HOSTS)) as c:
         r = post(c, encode(picture))
     assert r.status_code == 400 and "multiples of 8" in r.json()["detail"]
+
+
+# --------------------------------------------------------------------------- large images: working size, strips
+def full_size_warp(image: np.ndarray, flow: np.ndarray, padding: str) -> np.ndarray:
+    """What the pipeline does at full size: ``warp`` of the image in [0, 1], clamped, as uint8."""
+    out = warp(torch.from_numpy(image).permute(2, 0, 1).float() / 255.0, torch.from_numpy(flow).permute(2, 0, 1),
+               padding=padding)
+    return (out.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def smooth_picture(h: int, w: int) -> np.ndarray:
+    """A textured but compressible RGB picture (PNG of a few KB) with a black top border."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    im = np.stack([xx % 256, yy * 255 // (h - 1), 30 + 60 * ((xx // 4 + yy // 4) % 2)], axis=-1).astype(np.uint8)
+    im[: h // 10] = 0
+    return im
+
+
+def test_working_size() -> None:
+    assert working_size(48, 64, 4096) == (48, 64)  # within the cap: as it is
+    assert working_size(4096, 4096, 1024 * 1024) == (1024, 1024)
+    h, w = working_size(3000, 4000, 1_000_000)
+    assert 0.99e6 < h * w <= 1_000_000 and abs(w / h - 4 / 3) < 2e-3
+    assert working_size(192, 256, 4096) == (55, 73)
+    with pytest.raises(ValueError, match=r"max_work_pixels must be >= 4096 \(64 x 64\), got 100"):
+        create_app({"rsc": FakePipe()}, max_work_pixels=100)
+
+
+def test_large_image_runs_at_the_working_size(fake: FakePipe, tmp_path: Path) -> None:
+    picture = smooth_picture(192, 256)
+    mask = np.full((192, 256), 255, np.uint8)
+    mask[:20] = 0
+    app = create_app({"sir": fake}, max_upload_bytes=64 * 1024, max_side=256, max_ensemble=4, max_work_pixels=4096,
+                     result_root=tmp_path, allowed_hosts=TEST_HOSTS)
+    with TestClient(app) as c:
+        assert c.get("/api/info").json()["limits"]["max_work_pixels"] == 4096
+        r = post(c, encode(picture), mask=encode(mask), task="sir", ensemble=3, seed=1)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        files = {name: c.get(url).content for name, url in out["urls"].items()}
+    call = fake.calls[-1]
+    assert call["size"] == (55, 73)  # 4015 px <= 4096, aspect kept
+    assert (out["width"], out["height"], out["work_width"], out["work_height"]) == (256, 192, 73, 55)
+    assert call["ensemble"] == 3 and call["ensemble_mode"] == "flow"  # the member warps would be thrown away
+    assert call["mask"].shape == (55, 73) and set(np.unique(call["mask"])) == {0, 255}  # shrunk, still binary
+    assert (call["mask"][:5] == 0).all() and (call["mask"][6:] == 255).all()  # 20 of 192 rows empty
+
+    (tmp_path / "flow.npy").write_bytes(files["flow.npy"])
+    (tmp_path / "flow.flo").write_bytes(files["flow.flo"])
+    flow = read_flow(tmp_path / "flow.npy")
+    assert flow.shape == (192, 256, 2)  # full size, in its pixels: the fake's 1 px at width 73 is 256/73 px
+    np.testing.assert_allclose(flow[..., 0], 256 / 73, rtol=1e-6)
+    assert (flow[..., 1] == 0).all() and out["flow_max_px"] == round(256 / 73, 3)
+    np.testing.assert_array_equal(read_flo(tmp_path / "flow.flo"), flow)
+    rectified = decode(files["rectified.png"])
+    assert rectified.shape == (192, 256, 3)
+    assert np.abs(rectified.astype(int) - full_size_warp(picture, flow, "border")).max() <= 1
+    np.testing.assert_array_equal(decode(files["flow.png"]), flow_to_color(flow))
+    assert decode(files["uncertainty.png"]).shape == (192, 256, 3)
+    assert out["uncertainty_max_px"] == pytest.approx(2.0 * (192 / 55 + 256 / 73) / 2, abs=1e-3)
+    np.testing.assert_array_equal(decode(files["mask.png"]), mask)  # the mask used, at full size
+
+
+@pytest.mark.parametrize("padding", ["border", "zeros", "reflection"])
+def test_strip_warp_matches_the_pipelines_warp(padding: str) -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:70, 0:90].astype(np.float32)
+    # large vertical motion that varies along the rows, samples outside the frame on every side
+    flow = np.stack([12 * np.sin(yy / 9) + 0.3 * xx - 10, 25 * np.cos(xx / 13) - 0.2 * yy + 5], axis=-1)
+    got = app_module._warp_strips(image, flow.astype(np.float32), padding, strip_pixels=90 * 4)  # 18 strips
+    diff = np.abs(got.astype(int) - full_size_warp(image, flow.astype(np.float32), padding))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # float32 rounding of the sample coordinates only
+    flow[5, 5, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        app_module._warp_strips(image, flow.astype(np.float32), padding)
+
+
+def test_full_size_work_is_done_in_strips(fake: FakePipe, tmp_path: Path, monkeypatch) -> None:
+    """The full-size float work (warp, flow colours, uncertainty colours) never sees more than a strip."""
+    monkeypatch.setattr(app_module, "STRIP_PIXELS", 512 * 8)  # 8 rows of the 512 px wide image
+    seen: dict[str, list[tuple[int, ...]]] = {"warp input": [], "warp grid": [], "flow colours": [], "uncertainty": []}
+    grid_sample, to_color, color_map = torch.nn.functional.grid_sample, app_module.flow_to_color, app_module.cv2.applyColorMap
+
+    def spy_grid_sample(x, grid, *args, **kwargs):
+        seen["warp input"].append(tuple(x.shape))
+        seen["warp grid"].append(tuple(grid.shape))
+        return grid_sample(x, grid, *args, **kwargs)
+
+    def spy_color(flow, *args, **kwargs):
+        seen["flow colours"].append(flow.shape)
+        return to_color(flow, *args, **kwargs)
+
+    def spy_map(values, *args):
+        seen["uncertainty"].append(values.shape)
+        return color_map(values, *args)
+
+    monkeypatch.setattr(app_module.F, "grid_sample", spy_grid_sample)
+    monkeypatch.setattr(app_module, "flow_to_color", spy_color)
+    monkeypatch.setattr(app_module.cv2, "applyColorMap", spy_map)
+    app = create_app({"rsc": fake}, max_upload_bytes=256 * 1024, max_side=512, max_work_pixels=4096,
+                     result_root=tmp_path, allowed_hosts=TEST_HOSTS)
+    with TestClient(app) as c:
+        r = post(c, encode(smooth_picture(384, 512)), task="rsc", ensemble=2)
+    assert r.status_code == 200, r.text
+    assert fake.calls[-1]["size"] == working_size(384, 512, 4096) == (55, 73)
+    assert (r.json()["width"], r.json()["height"]) == (512, 384)
+    assert len(seen["warp grid"]) == len(seen["flow colours"]) == len(seen["uncertainty"]) == 384 // 8
+    assert all(g == (1, 8, 512, 2) for g in seen["warp grid"])
+    assert all(x[0] == 1 and x[2] <= 8 + 1 for x in seen["warp input"])  # the strip + the row below it
+    assert all(f[:2] == (8, 512) for f in seen["flow colours"] + seen["uncertainty"])
+
+
+MEMORY_SCRIPT = """
+import io, json, sys
+import cv2, numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+from stablemotion.app import create_app
+from stablemotion.synth import bundled_photo_paths, make_sample
+
+def status(key):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+
+side, ensemble, cap = (int(a) for a in sys.argv[1:4])
+s = make_sample("rectangling", 7, 0, (96, 128), [str(p) for p in bundled_photo_paths("bundled-test")])
+big = io.BytesIO()
+Image.fromarray(cv2.resize(s.input, (side, side), interpolation=cv2.INTER_LINEAR)).save(big, format="JPEG")
+small = io.BytesIO()
+Image.fromarray(s.input).save(small, format="PNG")
+app = create_app({"sir": None}, allowed_hosts=["testserver"], max_work_pixels=cap)
+with TestClient(app) as c:  # the first request loads the model
+    assert c.post("/api/rectify", data={"ensemble": "2"}, files={"image": ("s.png", small.getvalue())}).status_code == 200
+    before = status("VmRSS:")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+    r = c.post("/api/rectify", data={"ensemble": str(ensemble)}, files={"image": ("big.jpg", big.getvalue())})
+    assert r.status_code == 200, r.text
+    print(json.dumps({"growth": status("VmHWM:") - before, "work": [r.json()["work_width"], r.json()["work_height"]]}))
+"""
+
+
+def test_peak_memory_of_a_large_ensemble_request(tmp_path: Path) -> None:
+    """Measured in a fresh process with the bundled SIR model: 1024 x 1024, ensemble 8, a 256 x 256 cap.
+
+    Uncapped, this request grows the process by 530-630 MB (70 B per pixel and member, over
+    the bound); capped, by 110-165 MB, within :func:`memory_bound` (238 MB here).
+    """
+    import subprocess
+    import sys
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+    side, ensemble, cap = 1024, 8, 256 * 256
+    script = tmp_path / "memory.py"
+    script.write_text(MEMORY_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, str(script), str(side), str(ensemble), str(cap)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["work"] == [256, 256]
+    bound = memory_bound(side, side, ensemble, cap)
+    assert 0 < result["growth"] < bound, f"peak RSS grew by {result['growth'] / 2**20:.0f} MB > {bound / 2**20:.0f} MB"
+
+
+# --------------------------------------------------------------------------- Host header (DNS rebinding)
+def test_unknown_host_is_400(client: TestClient, picture: np.ndarray, fake: FakePipe) -> None:
+    r = client.get("/api/info", headers={"Host": "evil.example"})
+    assert r.status_code == 400
+    assert r.json()["detail"] == ("this server does not answer to the host name 'evil.example' (it answers to "
+                                  "testserver); if that is how you reach it, start it with --allowed-hosts evil.example")
+    assert post(client, encode(picture), task="rsc", headers={"Host": "evil.example:80"}).status_code == 400
+    assert client.get("/", headers={"Host": "testserver.evil.example"}).status_code == 400
+    assert not fake.calls
+    assert client.get("/api/info", headers={"Host": "TestServer:8000"}).status_code == 200  # port and case ignored
+
+
+def test_default_hosts_are_the_loopback_names(tmp_path: Path) -> None:
+    with TestClient(create_app({"rsc": FakePipe()}, result_root=tmp_path)) as c:
+        r = c.get("/api/status")  # TestClient sends Host: testserver, which is not allowed by default
+        assert r.status_code == 400 and "it answers to 127.0.0.1, localhost, [::1]" in r.json()["detail"]
+        for host in ("localhost:7860", "127.0.0.1", "[::1]:7860", "LOCALHOST.", "127.0.0.1:1"):
+            assert c.get("/api/status", headers={"Host": host}).status_code == 200, host
+        for host in ("evil.example", "127.0.0.1.evil.example", "localhost.evil.example:7860", "[::2]", "[::1"):
+            assert c.get("/api/status", headers={"Host": host}).status_code == 400, host
+
+
+def test_host_check_over_http(tmp_path: Path) -> None:
+    with live_server(create_app({"rsc": FakePipe()}, result_root=tmp_path)) as url:
+        assert http(f"{url}/api/status")[0] == 200  # urllib sends Host: 127.0.0.1:PORT
+        status, body = http(f"{url}/api/status", headers={"Host": "rebound.example"})
+    assert status == 400 and "--allowed-hosts rebound.example" in json.loads(body)["detail"]
+
+
+@pytest.mark.parametrize(
+    ("bind", "extra", "expected"),
+    [
+        ("127.0.0.1", [], ["127.0.0.1", "localhost", "::1"]),
+        ("localhost", ["App.Example."], ["localhost", "127.0.0.1", "::1", "app.example"]),
+        ("::1", ["[fe80::1]"], ["::1", "127.0.0.1", "localhost", "fe80::1"]),
+        ("0.0.0.0", ["gpu-box.lan", "192.168.1.20"], ["127.0.0.1", "localhost", "::1", "gpu-box.lan", "192.168.1.20"]),
+        ("::", [], ["127.0.0.1", "localhost", "::1"]),
+        ("192.168.1.20", [], ["192.168.1.20"]),
+        ("192.168.1.20", ["*"], ["192.168.1.20", "*"]),
+    ],
+)
+def test_allowed_hosts_rule(bind: str, extra: list[str], expected: list[str]) -> None:
+    assert allowed_hosts_for(bind, extra) == expected
+
+
+@pytest.mark.parametrize("bad", ["http://a.example", "a.example:8080", "a.example/x", "[a.example]", ""])
+def test_allowed_hosts_must_be_bare_names(bad: str) -> None:
+    with pytest.raises(ValueError, match="allowed host"):
+        allowed_hosts_for("127.0.0.1", [bad])
+
+
+def test_any_host_with_star(tmp_path: Path) -> None:
+    with TestClient(create_app({"rsc": FakePipe()}, result_root=tmp_path, allowed_hosts=["*"])) as c:
+        assert c.get("/api/status", headers={"Host": "anything.example"}).status_code == 200
+    with pytest.raises(ValueError, match="allowed_hosts is empty"):
+        create_app({"rsc": FakePipe()}, allowed_hosts=[])
 
 
 # --------------------------------------------------------------------------- queueing
@@ -381,7 +617,7 @@ def sir_example(index: int = 0) -> SimpleNamespace:
 
 def test_bundled_sir_model_through_the_api(tmp_path: Path) -> None:
     s = sir_example(1)
-    with TestClient(create_app(result_root=tmp_path)) as c:  # the bundled models, loaded on first use
+    with TestClient(create_app(result_root=tmp_path, allowed_hosts=TEST_HOSTS)) as c:  # bundled models, loaded on use
         r = post(c, encode(s.input), task="sir", ensemble=2)  # mask derived from the black border
         assert r.status_code == 200, r.text
         pred = decode(c.get(r.json()["urls"]["rectified.png"]).content)
@@ -512,8 +748,38 @@ def test_serve_cli_model_replaces_its_task(monkeypatch, capsys) -> None:
     assert main(["serve", "--model", path, "--device", "cpu", "--port", "7999", "--max-side", "512"]) == 0
     assert (served["host"], served["port"]) == ("127.0.0.1", 7999)
     assert "http://127.0.0.1:7999/" in capsys.readouterr().out
-    with TestClient(served["app"]) as c:
+    with TestClient(served["app"], base_url="http://127.0.0.1:7999") as c:  # the address it is bound to
         info = c.get("/api/info").json()
+        assert c.get("/api/info", headers={"Host": "testserver"}).status_code == 400  # not a name it answers to
     models = {t["name"]: t["model"] for t in info["tasks"]}
     assert models == {"sir": "stablemotion-mini-sir (bundled)", "rsc": path}
     assert info["limits"]["max_side"] == 512
+
+
+def test_serve_cli_hosts_and_work_size(monkeypatch, capsys) -> None:
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    assert main(["serve", "--host", "0.0.0.0", "--allowed-hosts", "gpu-box.lan", "192.168.1.20", "--port", "7998",
+                 "--max-work-pixels", "500000"]) == 0
+    out = capsys.readouterr().out
+    assert "answering requests addressed to 127.0.0.1, localhost, [::1], gpu-box.lan, 192.168.1.20" in out
+    assert served["host"] == "0.0.0.0"
+    with TestClient(served["app"], base_url="http://gpu-box.lan:7998") as c:
+        assert c.get("/api/info").json()["limits"]["max_work_pixels"] == 500_000
+        for host, status in [("localhost:7998", 200), ("192.168.1.20:7998", 200), ("0.0.0.0:7998", 400),
+                             ("192.168.1.21:7998", 400), ("evil.example", 400)]:
+            assert c.get("/api/status", headers={"Host": host}).status_code == status, host
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--allowed-hosts", "http://a.example"], "error: allowed host 'http://a.example' must be a host name"),
+        (["--host", "a.example:80"], "error: --host 'a.example:80' must be a host name"),
+        (["--max-work-pixels", "100"], "error: --max-work-pixels must be >= 4096 (64 x 64), got 100"),
+    ],
+)
+def test_serve_cli_bad_host_options(monkeypatch, capsys, args: list[str], message: str) -> None:
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("served despite a bad option"))
+    assert main(["serve", *args]) == 2
+    assert capsys.readouterr().err.strip().startswith(message)

@@ -27,6 +27,56 @@ at a time); requests queue for it, at most ``max_queue`` waiting or running, and
 loop stays free for pages, status polls and validation errors meanwhile. Models load lazily
 on first use, one per task, in that worker. Results are kept on disk in a temporary
 folder, the newest ``max_results`` of them.
+
+**Working size (memory per request).** The pipeline's memory grows with pixels x ensemble
+members: it upsamples every member's flow to the input size and warps the input once per
+member (float32 (E, 2, H, W) flows and (E, 3, H, W) warps, and the ensemble's median sorts
+over them), about 70 bytes per pixel and member, so a legal 4096 x 4096 upload with an
+ensemble of 8 took 8 GB. The network itself runs at its processing resolution (96 x 128
+for the bundled models, 384 x 512 for the released ones) whatever the input size, so an
+image over ``max_work_pixels`` (default 1024 x 1024 = 1 Mpx) is shrunk to the largest size
+within that cap keeping its aspect ratio (``cv2.INTER_AREA``; the mask with it: binary
+masks are thresholded again after the shrink, ``"as_read"`` masks keep their grey levels)
+and the pipeline runs there, ensemble included. Its ensemble flow (the members' median) is
+then upsampled to the full size with the pipeline's own rule
+(:data:`~stablemotion.flow.RELEASED_FLOW_RESIZE`: bilinear, magnitudes scaled by
+``W/w``, ``H/h``) and applied to the full-size image in strips of about
+:data:`STRIP_PIXELS` pixels (each strip reads only the band of input rows its flow samples),
+so the full-size float work is a few strips at a time. Images within the cap are processed
+exactly as ``rectify`` does. The downloads are always at the input's size: ``flow.npy`` /
+``flow.flo`` in pixels of the input, ``flow.png`` and ``uncertainty.png`` (the working-size
+spread upsampled bilinearly and scaled to input pixels) and ``rectified.png``.
+
+What the cap costs: (1) for an ensemble (E > 1) of an image over the cap, the rectified image
+is one warp with the median flow (``ensemble_mode="flow"``), not the released AES's
+per-pixel median of the E warped images with its border-band minimum; (2) the flow is
+upsampled twice (processing -> working -> full size) instead of once, which changes it only
+near the kinks of the first bilinear upsampling; (3) the network input is filtered twice
+(area shrink, then the pipeline's antialiased resize), and a mask's edge may move by a
+pixel of the processing resolution. With a cap at or above the processing resolution
+(the default is 5x the released models' 384 x 512) the network sees nearly the same input.
+Measured with the bundled SIR model on held-out 384 x 512 examples capped to 192 x 256: the
+flow moved by 0.8-1.1 px on average (a different seed moves it by 1.0-1.4 px; mean flow
+15-19 px) and the rectified PSNR against the ground truth changed by +0.15 dB on average
+(ensemble 1) and +0.14 dB (ensemble 4 against the released AES; worst example -0.29 dB).
+
+Memory per request (CPU, float32; :func:`memory_bound`): at most about
+``100 B x work pixels x E + 60 B x H x W + 128 MiB`` above the loaded model, 1.8 GiB with
+the default limits; measured for a 4096 x 4096, ensemble 8 request with the bundled SIR
+model: 0.52-0.64 GB in four runs (it was 8.1 GB without the cap). The network's own activations for E members
+at its processing resolution come on top (they do not depend on the upload). Each queued
+request also holds its decoded image and mask (3-6 B/px, up to 100 MB at 4096 x 4096).
+
+**Host check (DNS rebinding).** A web page on another site can make a browser send requests
+to this server under the page's own host name (DNS rebinding); the browser then sends that
+name in the ``Host`` header. The app answers only requests whose ``Host`` (without the port)
+is in ``allowed_hosts`` and refuses the others with HTTP 400 and a one-line message.
+:func:`allowed_hosts_for` gives the rule ``stablemotion serve`` uses: bound to a loopback
+address, that address plus ``localhost``, ``127.0.0.1`` and ``[::1]``; bound to a wildcard
+(``0.0.0.0``, ``::``), the loopback names only; bound to any other address, that address
+only; plus the names given with ``--allowed-hosts`` (the names under which users reach the
+server: its DNS name, its LAN address). ``*`` turns the check off (behind a reverse proxy
+that checks the host itself).
 """
 
 from __future__ import annotations
@@ -34,7 +84,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import ipaddress
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -42,7 +94,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -52,6 +104,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -60,11 +113,11 @@ from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._io import PathLike, mask_array
-from .flow import write_flow
+from .flow import RELEASED_FLOW_RESIZE, check_flow, flow_to_color, resize_flow, write_flow
 from .image_processing import pil_to_rgb, prepare_mask
 from .tasks import MASK_CONDITIONS, get_task
 
-__all__ = ["AppLimits", "ModelSpec", "create_app"]
+__all__ = ["AppLimits", "ModelSpec", "allowed_hosts_for", "create_app", "memory_bound", "working_size"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +130,14 @@ ModelSpec = Any
 ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "BMP": "BMP", "TIFF": "TIFF"}
 #: Files a result may have (``GET /api/results/{id}/{name}``).
 RESULT_FILES = ("rectified.png", "flow.png", "uncertainty.png", "mask.png", "flow.npy", "flow.flo")
+#: Default cap on the pixels the pipeline works at (1024 x 1024); larger images are shrunk to it.
+MAX_WORK_PIXELS = 1024 * 1024
+#: Smallest accepted ``max_work_pixels`` (64 x 64).
+MIN_WORK_PIXELS = 64 * 64
+#: Pixels per strip of the full-size warp and colouring (64 rows of a 4096 px wide image).
+STRIP_PIXELS = 1 << 18
+#: Host names always allowed when the server listens on a loopback or wildcard address.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -89,6 +150,7 @@ class AppLimits:
     max_steps: int = 50  #: denoising steps
     max_ensemble: int = 8  #: ensemble members
     max_queue: int = 8  #: requests waiting or running; more get 503
+    max_work_pixels: int = MAX_WORK_PIXELS  #: larger images run the pipeline shrunk to this many pixels
 
     def __post_init__(self) -> None:
         for key, value in asdict(self).items():
@@ -96,6 +158,8 @@ class AppLimits:
                 raise ValueError(f"app limit {key} must be >= 1, got {value}")
         if self.min_side > self.max_side:
             raise ValueError(f"min_side {self.min_side} > max_side {self.max_side}")
+        if self.max_work_pixels < MIN_WORK_PIXELS:
+            raise ValueError(f"max_work_pixels must be >= {MIN_WORK_PIXELS} (64 x 64), got {self.max_work_pixels}")
 
 
 class _InputError(HTTPException):
@@ -136,6 +200,109 @@ class _BodyLimit:
             return msg
 
         await self.app(scope, limited, send)
+
+
+# --------------------------------------------------------------------------- Host check
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def normalise_host(value: str, what: str = "allowed host") -> str:
+    """A host name or address as the Host check compares it: lower case, no brackets, no trailing dot.
+
+    ``*`` (any host) passes through. Raises ``ValueError`` for a scheme, port, path or
+    anything else that is not a bare name or address.
+    """
+    v = value.strip().lower()
+    if v == "*":
+        return v
+    if v.startswith("[") and v.endswith("]"):
+        v = v[1:-1]
+        if ":" not in v or not _is_ip(v):
+            raise ValueError(f"{what} {value!r} is not an IPv6 address in brackets (e.g. [::1])")
+        return v
+    if ":" in v and not _is_ip(v):
+        raise ValueError(f"{what} {value!r} must be a host name or address without scheme or port "
+                         "(e.g. app.example or 192.168.1.5)")
+    v = v.rstrip(".")
+    if not v or any(c in v for c in "/@ \t?#[]"):
+        raise ValueError(f"{what} {value!r} must be a host name or address without scheme, port or path "
+                         "(e.g. app.example or 192.168.1.5)")
+    return v
+
+
+def allowed_hosts_for(bind_host: str, extra: Sequence[str] = ()) -> list[str]:
+    """The ``Host`` names the app answers to when it listens on ``bind_host`` (``serve``'s rule).
+
+    * a loopback address (``127.0.0.1``, ``::1``, ``localhost``): that address and
+      ``localhost``, ``127.0.0.1``, ``::1``;
+    * a wildcard (``0.0.0.0``, ``::``): ``localhost``, ``127.0.0.1``, ``::1`` only (the
+      server's own names and addresses are not known: list them in ``extra``);
+    * any other address or name: that one only;
+
+    plus ``extra`` (``--allowed-hosts``). ``*`` in ``extra`` allows any host.
+    """
+    bind = normalise_host(bind_host, "--host")
+    hosts: list[str] = []
+    if bind in ("0.0.0.0", "::"):
+        hosts += LOOPBACK_HOSTS
+    elif bind == "localhost" or (_is_ip(bind) and ipaddress.ip_address(bind).is_loopback):
+        hosts += [bind, *LOOPBACK_HOSTS]
+    else:
+        hosts.append(bind)
+    hosts += [normalise_host(h) for h in extra]
+    return list(dict.fromkeys(hosts))
+
+
+def _request_host(header: bytes | None) -> str | None:
+    """The host part of a ``Host`` header (port and IPv6 brackets removed, lower case), or None."""
+    if not header:
+        return None
+    value = header.decode("latin-1").strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        return value[1:end] if end > 0 else None
+    if value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    return value.rstrip(".") or None
+
+
+def _shown_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class _HostCheck:
+    """ASGI middleware: answer only requests whose ``Host`` is allowed; others get 400 (DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp, hosts: Sequence[str]) -> None:
+        self.app = app
+        self.hosts = frozenset(hosts)
+        self.any = "*" in self.hosts
+        self.listed = ", ".join(_shown_host(h) for h in hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.any or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        raw = dict(scope["headers"]).get(b"host")
+        host = _request_host(raw)
+        if host in self.hosts:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if host is None:
+            message = f"the request has no valid Host header; this server answers to {self.listed}"
+        else:
+            name = _shown_host(host)[:100]
+            message = (f"this server does not answer to the host name {name!r} (it answers to {self.listed}); "
+                       f"if that is how you reach it, start it with --allowed-hosts {name}")
+        await JSONResponse({"detail": message}, status_code=400)(scope, receive, send)
 
 
 # --------------------------------------------------------------------------- models
@@ -353,12 +520,138 @@ def _decode_inputs(
 
 
 # --------------------------------------------------------------------------- inference
+def working_size(height: int, width: int, max_pixels: int) -> tuple[int, int]:
+    """The (H, W) the pipeline runs at: the input's own size within ``max_pixels``, else the
+    largest size with the input's aspect ratio (rounded down) that fits in it."""
+    if height * width <= max_pixels:
+        return height, width
+    scale = math.sqrt(max_pixels / (height * width))
+    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
+
+
+def memory_bound(height: int, width: int, ensemble: int, max_work_pixels: int = MAX_WORK_PIXELS) -> int:
+    """Documented upper estimate of one request's peak memory above the loaded model, bytes (CPU, float32).
+
+    ``100 B x work pixels x ensemble`` (the pipeline's member flows, warps and median at the
+    working size; measured ~70 B) ``+ 60 B x H x W`` (decoded image and mask, mask
+    derivation, the full-size flow and its upsampling, the output; measured ~30 B) ``+ 128 MiB``
+    (strips, decoding and PNG encoding buffers, allocator slack; measured 60-100 MB). Not included: the network's own activations
+    for the ensemble at its processing resolution, which do not depend on the image size.
+    With the default limits (4096 x 4096, ensemble 8, 1 Mpx) this is 1.8 GiB; the measured
+    peak of such a request with the bundled SIR model is 0.52-0.64 GB (README, "Web app").
+    """
+    work = min(height * width, max_work_pixels)
+    return 100 * work * ensemble + 60 * height * width + 128 * 2**20
+
+
+def _strips(height: int, width: int, strip_pixels: int | None = None) -> Iterator[tuple[int, int]]:
+    """Row ranges [r0, r1) of about ``strip_pixels`` (default :data:`STRIP_PIXELS`) pixels, at least
+    2 rows each, covering ``height``."""
+    rows = max(2, (STRIP_PIXELS if strip_pixels is None else strip_pixels) // max(width, 1))
+    for r0 in range(0, height, rows):
+        yield r0, min(height, r0 + rows)
+
+
+def _config(pipe: Any, key: str, default: Any) -> Any:
+    """A pipeline config value (``default`` for test doubles and pipelines without a config)."""
+    config = getattr(pipe, "config", None)
+    return config.get(key, default) if isinstance(config, Mapping) else default
+
+
+def _shrink_mask(mask: np.ndarray, size: tuple[int, int], encoding: str) -> np.ndarray:
+    """A uint8 mask (H, W[, 3]) shrunk to ``size`` (H', W') by area averaging.
+
+    ``"binary"`` (the pipeline's default encoding): thresholded as the pipeline reads it
+    (channel mean >= 0.5) before and after the shrink, as the pipeline's own resize does;
+    ``"as_read"``: the grey levels are kept (the pipeline takes them as they are).
+    """
+    if encoding == "binary":
+        valid = mask.sum(axis=-1, dtype=np.uint16) >= 383 if mask.ndim == 3 else mask >= 128  # mean/255 >= 0.5
+        mask = valid.astype(np.uint8) * np.uint8(255)
+    small = cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    if encoding == "binary":
+        small = np.where(small >= 128, np.uint8(255), np.uint8(0))
+    return small
+
+
+def _upsample_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w, 2) flow in pixels of (h, w) -> (H, W, 2) float32 in pixels of ``size``, the pipeline's rule."""
+    small = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).permute(2, 0, 1)
+    full = resize_flow(small, size, **RELEASED_FLOW_RESIZE)  # (2, H, W)
+    out = np.empty((*size, 2), np.float32)
+    for r0, r1 in _strips(*size):  # (2, H, W) -> (H, W, 2) without a second full-size temporary
+        out[r0:r1] = full[:, r0:r1].permute(1, 2, 0).numpy()
+    return out
+
+
+def _warp_strips(image: np.ndarray, flow: np.ndarray, padding: str, strip_pixels: int | None = None) -> np.ndarray:
+    """Backward-warp a uint8 (H, W, 3) image with an (H, W, 2) pixel flow, a strip of rows at a time.
+
+    The same result as the pipeline's ``warp`` of the image in [0, 1] (bilinear,
+    ``align_corners=True``, ``padding``), clamped and rounded to uint8, up to float32
+    rounding of the sample coordinates. Each strip samples only the band of input rows its
+    flow reaches (all rows for ``"reflection"`` padding when it reaches outside), so the
+    float work is the strip plus that band, not the whole image.
+    """
+    h, w = image.shape[:2]
+    out = np.empty_like(image)
+    xs = torch.arange(w, dtype=torch.float32)
+    for r0, r1 in _strips(h, w, strip_pixels):
+        f = torch.from_numpy(flow[r0:r1])  # (R, W, 2)
+        check_flow(f.permute(2, 0, 1))
+        x = xs + f[..., 0]
+        y = torch.arange(r0, r1, dtype=torch.float32)[:, None] + f[..., 1]
+        low, high = float(y.min()), float(y.max())
+        if padding == "reflection" and (low < 0 or high > h - 1):
+            s0, s1 = 0, h  # reflected samples may land anywhere
+        else:  # bilinear reads rows floor(y) and floor(y) + 1; rows outside [0, H) are padding anyway
+            s0 = min(max(math.floor(low), 0), h - 1)
+            s1 = min(max(math.floor(high) + 2, s0 + 1), h)
+            if s1 - s0 < 2 <= h:
+                s0, s1 = (s0, s0 + 2) if s0 + 2 <= h else (h - 2, h)
+        band = torch.from_numpy(image[s0:s1]).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        gx = 2.0 * x / max(w - 1, 1) - 1.0
+        gy = 2.0 * (y - s0) / max(s1 - s0 - 1, 1) - 1.0
+        grid = torch.stack((gx, gy), dim=-1).unsqueeze(0)
+        warped = F.grid_sample(band, grid, mode="bilinear", padding_mode=padding, align_corners=True)
+        out[r0:r1] = warped[0].clamp_(0, 1).mul_(255.0).round_().permute(1, 2, 0).to(torch.uint8).numpy()
+    return out
+
+
+def _flow_colours(flow: np.ndarray) -> tuple[np.ndarray, float]:
+    """(H, W, 2) flow -> its Middlebury colours (as the pipeline's ``flow_colored``), a strip at a time,
+    and its largest magnitude in pixels."""
+    h, w = flow.shape[:2]
+    top = 0.0
+    for r0, r1 in _strips(h, w):
+        f = flow[r0:r1].astype(np.float64)
+        top = max(top, float(np.sqrt(f[..., 0] ** 2 + f[..., 1] ** 2).max(initial=0.0)))
+    out = np.empty((h, w, 3), np.uint8)
+    for r0, r1 in _strips(h, w):
+        out[r0:r1] = flow_to_color(flow[r0:r1], max_radius=top if top > 0 else None)
+    return out, top
+
+
 def _uncertainty_png(spread: np.ndarray) -> tuple[np.ndarray, float]:
     """(H, W) spread in px -> inferno colours scaled to its maximum (RGB uint8), and that maximum."""
     top = float(spread.max(initial=0.0))
-    scaled = np.clip(spread / top, 0, 1) if top > 0 else np.zeros_like(spread)
-    bgr = cv2.applyColorMap((scaled * 255).round().astype(np.uint8), cv2.COLORMAP_INFERNO)
-    return np.ascontiguousarray(bgr[..., ::-1]), top
+    h, w = spread.shape
+    out = np.empty((h, w, 3), np.uint8)
+    for r0, r1 in _strips(h, w):
+        part = spread[r0:r1]
+        scaled = np.clip(part / top, 0, 1) if top > 0 else np.zeros_like(part)
+        bgr = cv2.applyColorMap((scaled * 255).round().astype(np.uint8), cv2.COLORMAP_INFERNO)
+        out[r0:r1] = bgr[..., ::-1]
+    return out, top
+
+
+def _upsample_spread(spread: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) ensemble spread in pixels of (h, w) -> (H, W) in pixels of ``size`` (bilinear, as the flow)."""
+    h, w = spread.shape
+    scale = (size[0] / h + size[1] / w) / 2.0  # the aspect ratio is kept: both nearly equal
+    small = torch.from_numpy(np.ascontiguousarray(spread, dtype=np.float32))[None, None]
+    full = F.interpolate(small, size=size, mode="bilinear", align_corners=True)[0, 0]
+    return full.mul_(scale).numpy()
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
@@ -366,31 +659,65 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 
 def _rectify(
-    models: _Models, params: _Params, image: np.ndarray, mask: np.ndarray | None, folder: Path
+    models: _Models,
+    params: _Params,
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    folder: Path,
+    max_work_pixels: int = MAX_WORK_PIXELS,
 ) -> dict[str, Any]:
-    """Run on the inference worker: rectify and write the result files into ``folder``."""
+    """Run on the inference worker: rectify and write the result files into ``folder``.
+
+    Images over ``max_work_pixels`` run the pipeline at :func:`working_size` and are warped
+    at full size with its flow (see the module docstring); the others as ``rectify`` does.
+    """
     pipe = models.get(params.task)
+    h, w = image.shape[:2]
+    work = working_size(h, w, max_work_pixels)
+    capped = work != (h, w)
+    kwargs: dict[str, Any] = {}
     t0 = time.perf_counter()
+    if capped:
+        work_image = cv2.resize(image, (work[1], work[0]), interpolation=cv2.INTER_AREA)
+        work_mask = None if mask is None else _shrink_mask(mask, work, _config(pipe, "mask_encoding", "binary"))
+        if _config(pipe, "default_ensemble_mode", None) == "image":
+            # The same ensemble flow and spread; skips the E member warps whose image is not used here.
+            kwargs["ensemble_mode"] = "flow"
+    else:
+        work_image, work_mask = image, mask
     out = pipe(
-        image,
-        mask=mask,
+        work_image,
+        mask=work_mask,
         num_inference_steps=params.steps,
         ensemble_size=params.ensemble,
         generator=torch.Generator().manual_seed(params.seed),
         output_type="np",
         show_progress_bar=False,
+        **kwargs,
     )
+    spread = None if out.uncertainty is None else np.asarray(out.uncertainty[0, ..., 0], dtype=np.float32)
+    if capped:
+        flow = _upsample_flow(out.flow[0], (h, w))
+        del out
+        rectified = _warp_strips(image, flow, get_task(params.task).padding)
+        colours, flow_max = _flow_colours(flow)
+        if spread is not None:
+            spread = _upsample_spread(spread, (h, w))
+    else:
+        rectified = (np.clip(out.image[0], 0, 1) * 255.0).round().astype(np.uint8)
+        flow = np.asarray(out.flow[0], dtype=np.float32)
+        colours = np.asarray(out.flow_colored[0], dtype=np.uint8)
+        flow_max = float(np.hypot(flow[..., 0], flow[..., 1]).max(initial=0.0))
+        del out
     seconds = time.perf_counter() - t0
-    rectified = (np.clip(out.image[0], 0, 1) * 255.0).round().astype(np.uint8)
-    flow = np.asarray(out.flow[0], dtype=np.float32)
     _save_png(rectified, folder / "rectified.png")
-    _save_png(np.asarray(out.flow_colored[0], dtype=np.uint8), folder / "flow.png")
+    _save_png(colours, folder / "flow.png")
     write_flow(folder / "flow.npy", flow)
     files = ["rectified.png", "flow.png", "flow.npy", "flow.flo"]
-    magnitude = np.hypot(flow[..., 0], flow[..., 1])
-    info: dict[str, Any] = {"seconds": round(seconds, 3), "flow_max_px": round(float(magnitude.max()), 3)}
-    if out.uncertainty is not None:
-        colours, top = _uncertainty_png(np.asarray(out.uncertainty[0, ..., 0], dtype=np.float32))
+    info: dict[str, Any] = {"seconds": round(seconds, 3), "flow_max_px": round(flow_max, 3),
+                            "work_width": work[1], "work_height": work[0]}
+    if spread is not None:
+        colours, top = _uncertainty_png(spread)
         _save_png(colours, folder / "uncertainty.png")
         files.append("uncertainty.png")
         info["uncertainty_max_px"] = round(top, 3)
@@ -415,10 +742,12 @@ def create_app(
     max_steps: int = AppLimits.max_steps,
     max_ensemble: int = AppLimits.max_ensemble,
     max_queue: int = AppLimits.max_queue,
+    max_work_pixels: int = AppLimits.max_work_pixels,
     max_results: int = 16,
     device: str | torch.device = "cpu",
     torch_dtype: torch.dtype = torch.float32,
     result_root: PathLike | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """The web app (a FastAPI/ASGI application; serve it with ``uvicorn``).
 
@@ -428,13 +757,22 @@ def create_app(
             in this order; the first is the default.
         max_upload_bytes, max_side, min_side, max_steps, max_ensemble, max_queue: input
             limits (:class:`AppLimits`).
+        max_work_pixels: images with more pixels run the pipeline shrunk to this many and
+            are warped at full size with its flow (the memory bound; see the module docstring).
         max_results: how many results are kept for download (oldest deleted first).
         device, torch_dtype: where and in what precision models loaded by the app run.
         result_root: parent of the temporary result folder (default: the system's).
+        allowed_hosts: the ``Host`` names (without port) the app answers to; others get 400
+            (DNS-rebinding protection). Default: ``localhost``, ``127.0.0.1``, ``::1``, as
+            :func:`allowed_hosts_for` gives for a server bound to 127.0.0.1; ``"*"`` allows any.
     """
     from .model import BUNDLED_MODELS
 
-    limits = AppLimits(max_upload_bytes, max_side, min_side, max_steps, max_ensemble, max_queue)
+    limits = AppLimits(max_upload_bytes=max_upload_bytes, max_side=max_side, min_side=min_side, max_steps=max_steps,
+                       max_ensemble=max_ensemble, max_queue=max_queue, max_work_pixels=max_work_pixels)
+    hosts = list(LOOPBACK_HOSTS) if allowed_hosts is None else [normalise_host(h) for h in allowed_hosts]
+    if not hosts:
+        raise ValueError("allowed_hosts is empty: the app would refuse every request (give '*' to allow any host)")
     registry = _Models({t: None for t in BUNDLED_MODELS} if models is None else models, device, torch_dtype)
     queue = _Queue(limits.max_queue)
     results = _Results(max_results, result_root)
@@ -448,7 +786,9 @@ def create_app(
 
     app = FastAPI(title="StableMotion", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(_BodyLimit, limit=2 * limits.max_upload_bytes + 64 * 1024)
+    app.add_middleware(_HostCheck, hosts=hosts)  # added last: runs first
     app.state.limits, app.state.models, app.state.queue, app.state.results = limits, registry, queue, results
+    app.state.allowed_hosts = hosts
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -480,7 +820,7 @@ def create_app(
 
         def job() -> tuple[str, dict[str, Any]]:
             rid, folder = results.new()
-            return rid, _rectify(registry, params, image, mask, folder)
+            return rid, _rectify(registry, params, image, mask, folder, limits.max_work_pixels)
 
         try:
             (rid, meta), ahead = await queue.run(job)

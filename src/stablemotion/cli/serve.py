@@ -5,6 +5,28 @@ mask), pick the task, steps and ensemble size, and get the rectified image, the 
 colours and the uncertainty map, with downloads of the image and the flow. Runs offline
 with the bundled models; binds to 127.0.0.1 (this machine only) unless --host says
 otherwise. Needs the web extra: pip install 'stablemotion[app]'.
+
+Memory: an image over --max-work-pixels (default 1048576 = 1024 x 1024) runs the model
+and its ensemble at the largest size with its aspect ratio that fits in that many pixels;
+the ensemble's flow is then upsampled to the full size and applied there in strips. The
+model runs at its own processing resolution anyway (96 x 128 for the bundled models,
+384 x 512 for the released ones), but the ensemble's per-member flows and warps cost about
+70 bytes per pixel and member: without the cap a 4096 x 4096 upload with an ensemble of 8
+took 8 GB, with it 0.5-0.65 GB. The cost: an ensemble's rectified image of a capped upload
+is one warp with the members' median flow, not the released per-pixel median of the member
+warps, and (measured with the bundled SIR model) the flow differs from an uncapped run by
+less than a change of seed does. All downloads are at the uploaded size (the flow in its
+pixels). Budget: about 100 B x N x ensemble + 60 B x pixels + 128 MB above the model
+(1.8 GB with the default limits).
+
+Host check: against DNS rebinding (a page on another site making your browser talk to this
+server), requests are answered only if their Host header names the server as allowed:
+bound to a loopback address (the default), that address, localhost, 127.0.0.1 and [::1];
+bound to 0.0.0.0 or ::, only those loopback names; bound to another address, that address;
+plus the names given with --allowed-hosts (list the names and addresses people use to reach
+the server, e.g. --host 0.0.0.0 --allowed-hosts gpu-box.lan 192.168.1.20). Other requests
+get HTTP 400 with a message naming the option. --allowed-hosts '*' turns the check off
+(behind a reverse proxy that checks the host itself).
 """
 
 from __future__ import annotations
@@ -12,6 +34,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 #: import name -> package to install, for the check that the extra is there.
 _APP_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart|multipart": "python-multipart"}
@@ -38,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-ensemble", type=int, default=8, help="largest ensemble a request may ask (default 8)")
     p.add_argument("--max-queue", type=int, default=8,
                    help="requests waiting or running before new ones are refused with 503 (default 8)")
+    p.add_argument("--max-work-pixels", type=int, default=1024 * 1024, metavar="N",
+                   help="larger images run the model at N pixels (aspect kept) and are warped at full size: "
+                        "bounds memory per request (default 1048576 = 1024x1024; see above)")
+    p.add_argument("--allowed-hosts", nargs="+", action="extend", default=[], metavar="HOST",
+                   help="more host names/addresses (no port) the app answers to, besides the bound address "
+                        "(and localhost when bound to loopback or 0.0.0.0); '*' = any (see above)")
     p.set_defaults(func=_serve)
 
 
@@ -61,14 +90,18 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    from ..app import MIN_WORK_PIXELS, allowed_hosts_for, create_app
+
+    if args.max_work_pixels < MIN_WORK_PIXELS:
+        raise ValueError(f"--max-work-pixels must be >= {MIN_WORK_PIXELS} (64 x 64), got {args.max_work_pixels}")
+    hosts = allowed_hosts_for(args.host, args.allowed_hosts)  # a bad --host / --allowed-hosts fails here
     import uvicorn
 
-    from ..app import create_app
     from ..model import BUNDLED_MODELS, load_pipeline
     from .rectify import DTYPES, _device
 
     device, dtype = _device(args.device), DTYPES[args.dtype]
-    models: dict[str, object] = dict.fromkeys(BUNDLED_MODELS)
+    models: dict[str, Any] = dict.fromkeys(BUNDLED_MODELS)
     for spec in args.model:  # loaded now, so that a bad --model fails before serving
         path = Path(spec)
         if path.is_dir() and not (path / "model_index.json").is_file():
@@ -87,11 +120,16 @@ def _serve(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         max_ensemble=args.max_ensemble,
         max_queue=args.max_queue,
+        max_work_pixels=args.max_work_pixels,
         device=device,
         torch_dtype=dtype,
+        allowed_hosts=hosts,
     )
     if args.host not in _LOOPBACK:
         print(f"warning: binding to {args.host}: anyone who can reach this port can use the app (no authentication)")
+    shown = ", ".join(f"[{h}]" if ":" in h else h for h in hosts)
+    print("answering requests addressed to any host" if "*" in hosts
+          else f"answering requests addressed to {shown} (add names with --allowed-hosts)")
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"StableMotion app on http://{host}:{args.port}/  (Ctrl+C to stop)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
