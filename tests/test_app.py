@@ -29,7 +29,7 @@ from PIL import Image
 
 from stablemotion import app as app_module
 from stablemotion.app import allowed_hosts_for, create_app, memory_bound, working_size
-from stablemotion.cli import main
+from stablemotion.cli import build_parser, main
 from stablemotion.flow import flow_to_color, read_flo, read_flow, warp
 from stablemotion.metrics import psnr
 from stablemotion.synth import bundled_photo_paths, make_sample
@@ -235,11 +235,15 @@ def test_corrupt_file_is_400(client: TestClient, picture: np.ndarray) -> None:
 
 
 def test_grey_and_rgba_refused_with_library_message(client: TestClient, picture: np.ndarray) -> None:
+    """The app reads uploads by the package's one rule: grey and real transparency refused, opaque alpha dropped."""
     r = post(client, encode(picture[..., 0]))
-    assert r.status_code == 400 and "RGB image (3 channels)" in r.json()["detail"]
-    rgba = np.concatenate([picture, np.full((*picture.shape[:2], 1), 255, np.uint8)], axis=-1)
-    r = post(client, encode(rgba))
-    assert r.status_code == 400 and "RGBA" in r.json()["detail"]
+    assert r.status_code == 400 and "grey image" in r.json()["detail"]
+    alpha = np.full((*picture.shape[:2], 1), 255, np.uint8)
+    alpha[0, 0] = 0
+    r = post(client, encode(np.concatenate([picture, alpha], axis=-1)))
+    assert r.status_code == 400 and "transparent pixels" in r.json()["detail"]
+    opaque = np.concatenate([picture, np.full_like(alpha, 255)], axis=-1)
+    assert post(client, encode(opaque)).status_code == 200
 
 
 def test_missing_or_empty_image(client: TestClient) -> None:
@@ -729,14 +733,14 @@ def test_core_library_does_not_import_web_packages() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_rectify_cli_still_reads_palette_images(tmp_path: Path, picture: np.ndarray) -> None:
-    from stablemotion.cli.rectify import _read_rgb
+def test_palette_images_read_by_the_one_reader(tmp_path: Path, picture: np.ndarray) -> None:
+    from stablemotion._io import read_rgb
 
     Image.fromarray(picture).convert("P").save(tmp_path / "p.png")
-    assert _read_rgb(tmp_path / "p.png").shape == (48, 64, 3)
+    assert read_rgb(tmp_path / "p.png")[0].shape == (48, 64, 3)
     Image.fromarray(picture[..., 0]).save(tmp_path / "g.png")
-    with pytest.raises(ValueError, match="RGB image"):
-        _read_rgb(tmp_path / "g.png")
+    with pytest.raises(ValueError, match="grey image"):
+        read_rgb(tmp_path / "g.png")
 
 
 def test_serve_cli_model_replaces_its_task(monkeypatch, capsys) -> None:
@@ -783,3 +787,19 @@ def test_serve_cli_bad_host_options(monkeypatch, capsys, args: list[str], messag
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("served despite a bad option"))
     assert main(["serve", *args]) == 2
     assert capsys.readouterr().err.strip().startswith(message)
+
+
+def test_serve_inference_options_reach_every_request(picture: np.ndarray, tmp_path: Path) -> None:
+    """serve registers the shared inference options; the app passes them to the pipeline on each request."""
+    fake = FakePipe()
+    app = create_app({"rsc": fake}, result_root=tmp_path, allowed_hosts=TEST_HOSTS,
+                     inference={"final_step": "prev_sample", "decode_scale": 2, "processing_resolution": None})
+    with TestClient(app) as c:
+        r = post(c, encode(picture), task="rsc")
+        assert r.status_code == 200, r.text
+    call = fake.calls[-1]
+    assert call["final_step"] == "prev_sample" and call["decode_scale"] == 2 and "processing_resolution" not in call
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--final-step", "x0", "--processing-resolution", "64x96", "--decode-scale", "2",
+                              "--no-channels-last", "--dtype", "bf16"])
+    assert (args.final_step, args.processing_resolution, args.channels_last) == ("x0", ["64x96"], False)

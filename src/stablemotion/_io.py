@@ -205,8 +205,8 @@ def image_to_rgb(
     if mode in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F"):
         if grey == "refuse":
             raise ValueError(
-                f"{name} is a grey image ({mode}); the models take RGB: pass --grey convert to replicate the "
-                "channel (Python: image.convert('RGB'))"
+                f"{name} is a grey image ({mode}); the models take RGB: convert it (command line: --grey convert; "
+                "Python: image.convert('RGB'))"
             )
         rgb = np.repeat(_to_uint8(np.array(image))[..., None], 3, axis=2)
         notes.append(f"grey ({mode}) converted to RGB")
@@ -231,8 +231,8 @@ def image_to_rgb(
             notes.append("alpha channel dropped")
         else:
             raise ValueError(
-                f"{name} has an alpha channel with transparent pixels; pass --mask alpha to use it as the SIR mask, "
-                "or --alpha drop to ignore it (Python: image.convert('RGB'))"
+                f"{name} has an alpha channel with transparent pixels: use it as the SIR mask (command line: "
+                "--mask alpha) or drop it (--alpha drop; Python: image.convert('RGB'))"
             )
     return rgb, mask, "; ".join(notes)
 

@@ -116,6 +116,7 @@ from ._io import PathLike, mask_array
 from .flow import RELEASED_FLOW_RESIZE, check_flow, flow_to_color, resize_flow, write_flow
 from .image_processing import pil_to_rgb, prepare_mask
 from .tasks import MASK_CONDITIONS, get_task
+from .visualize import scalar_to_color
 
 __all__ = ["AppLimits", "ModelSpec", "allowed_hosts_for", "create_app", "memory_bound", "working_size"]
 
@@ -310,9 +311,10 @@ class _Models:
     """The model of each task, loaded on first use (in the inference thread) and kept."""
 
     def __init__(self, models: Mapping[str, ModelSpec], device: str | torch.device, dtype: torch.dtype) -> None:
-        from .model import BUNDLED_MODELS
+        from .catalog import BUNDLED_MODELS
 
         self._specs = dict(models)
+        self.inference: dict[str, Any] = {}  # pipeline keywords for every request (serve's options)
         self._loaded: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.device, self.dtype = torch.device(device), dtype
@@ -342,7 +344,8 @@ class _Models:
             return self._loaded[task]
 
     def _load(self, task: str, spec: ModelSpec) -> Any:
-        from .model import bundled_model_path, load_pipeline
+        from .catalog import bundled_model_path
+        from .model import load_pipeline
 
         if spec is not None and not isinstance(spec, (str, os.PathLike)):
             return spec  # a ready pipeline (or a test double): used as given
@@ -638,10 +641,7 @@ def _uncertainty_png(spread: np.ndarray) -> tuple[np.ndarray, float]:
     h, w = spread.shape
     out = np.empty((h, w, 3), np.uint8)
     for r0, r1 in _strips(h, w):
-        part = spread[r0:r1]
-        scaled = np.clip(part / top, 0, 1) if top > 0 else np.zeros_like(part)
-        bgr = cv2.applyColorMap((scaled * 255).round().astype(np.uint8), cv2.COLORMAP_INFERNO)
-        out[r0:r1] = bgr[..., ::-1]
+        out[r0:r1] = scalar_to_color(spread[r0:r1], top)[0]
     return out, top
 
 
@@ -675,7 +675,7 @@ def _rectify(
     h, w = image.shape[:2]
     work = working_size(h, w, max_work_pixels)
     capped = work != (h, w)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(getattr(models, "inference", {}))
     t0 = time.perf_counter()
     if capped:
         work_image = cv2.resize(image, (work[1], work[0]), interpolation=cv2.INTER_AREA)
@@ -706,9 +706,8 @@ def _rectify(
     else:
         rectified = (np.clip(out.image[0], 0, 1) * 255.0).round().astype(np.uint8)
         flow = np.asarray(out.flow[0], dtype=np.float32)
-        colours = np.asarray(out.flow_colored[0], dtype=np.uint8)
-        flow_max = float(np.hypot(flow[..., 0], flow[..., 1]).max(initial=0.0))
         del out
+        colours, flow_max = _flow_colours(flow)
     seconds = time.perf_counter() - t0
     _save_png(rectified, folder / "rectified.png")
     _save_png(colours, folder / "flow.png")
@@ -748,6 +747,7 @@ def create_app(
     torch_dtype: torch.dtype = torch.float32,
     result_root: PathLike | None = None,
     allowed_hosts: Sequence[str] | None = None,
+    inference: Mapping[str, Any] | None = None,
 ) -> FastAPI:
     """The web app (a FastAPI/ASGI application; serve it with ``uvicorn``).
 
@@ -760,13 +760,15 @@ def create_app(
         max_work_pixels: images with more pixels run the pipeline shrunk to this many and
             are warped at full size with its flow (the memory bound; see the module docstring).
         max_results: how many results are kept for download (oldest deleted first).
+        inference: pipeline keyword arguments applied to every request (``serve``'s shared
+            inference options: ``processing_resolution``, ``decode_scale``, ``final_step``).
         device, torch_dtype: where and in what precision models loaded by the app run.
         result_root: parent of the temporary result folder (default: the system's).
         allowed_hosts: the ``Host`` names (without port) the app answers to; others get 400
             (DNS-rebinding protection). Default: ``localhost``, ``127.0.0.1``, ``::1``, as
             :func:`allowed_hosts_for` gives for a server bound to 127.0.0.1; ``"*"`` allows any.
     """
-    from .model import BUNDLED_MODELS
+    from .catalog import BUNDLED_MODELS
 
     limits = AppLimits(max_upload_bytes=max_upload_bytes, max_side=max_side, min_side=min_side, max_steps=max_steps,
                        max_ensemble=max_ensemble, max_queue=max_queue, max_work_pixels=max_work_pixels)
@@ -774,6 +776,7 @@ def create_app(
     if not hosts:
         raise ValueError("allowed_hosts is empty: the app would refuse every request (give '*' to allow any host)")
     registry = _Models({t: None for t in BUNDLED_MODELS} if models is None else models, device, torch_dtype)
+    registry.inference = {k: v for k, v in dict(inference or {}).items() if v is not None}
     queue = _Queue(limits.max_queue)
     results = _Results(max_results, result_root)
     page = _page()

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-from pathlib import Path
 from typing import Any
+
+from ._options import add_device_options, add_inference_options, inference_kwargs
 
 #: import name -> package to install, for the check that the extra is there.
 _APP_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart|multipart": "python-multipart"}
@@ -53,8 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the app)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    add_device_options(p)
+    add_inference_options(p, steps=False, ensemble=False)  # steps and ensemble are chosen per request
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted file, MB (default 10)")
     p.add_argument("--max-side", type=int, default=4096, help="largest accepted width/height, px (default 4096)")
     p.add_argument("--max-steps", type=int, default=50, help="most denoising steps a request may ask (default 50)")
@@ -97,22 +98,20 @@ def _serve(args: argparse.Namespace) -> int:
     hosts = allowed_hosts_for(args.host, args.allowed_hosts)  # a bad --host / --allowed-hosts fails here
     import uvicorn
 
-    from ..model import BUNDLED_MODELS, load_pipeline
-    from .rectify import DTYPES, _device
+    from ..catalog import BUNDLED_LIMITS, BUNDLED_MODELS
+    from ._options import load_model, prepare_for_inference, resolve_device, resolve_dtype
 
-    device, dtype = _device(args.device), DTYPES[args.dtype]
+    kwargs = inference_kwargs(args)
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     models: dict[str, Any] = dict.fromkeys(BUNDLED_MODELS)
     for spec in args.model:  # loaded now, so that a bad --model fails before serving
-        path = Path(spec)
-        if path.is_dir() and not (path / "model_index.json").is_file():
-            raise FileNotFoundError(f"--model {spec} is not a pipeline folder (no model_index.json)")
-        try:
-            pipe = load_pipeline(spec, dtype)
-        except OSError as exc:  # not a folder and not a hub id we can reach
-            raise ValueError(f"cannot load --model {spec}: {exc}") from exc
-        pipe.set_progress_bar_config(disable=True)
-        models[pipe.task.name] = pipe.to(device)
+        pipe = load_model(spec, None, dtype, quiet=True)
+        prepare_for_inference(pipe, device, args.channels_last)
+        models[pipe.task.name] = pipe
         print(f"{pipe.task.name}: serving {spec}")
+    for task, spec in models.items():
+        if spec is None and task in BUNDLED_LIMITS:
+            print(f"note: {BUNDLED_LIMITS[task]}")
     app = create_app(
         models,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
@@ -124,6 +123,7 @@ def _serve(args: argparse.Namespace) -> int:
         device=device,
         torch_dtype=dtype,
         allowed_hosts=hosts,
+        inference={k: kwargs[k] for k in ("processing_resolution", "decode_scale", "final_step")},
     )
     if args.host not in _LOOPBACK:
         print(f"warning: binding to {args.host}: anyone who can reach this port can use the app (no authentication)")
