@@ -272,9 +272,6 @@ class StableMotionPipeline(DiffusionPipeline):
                 raise ValueError(f"task {self.task.name!r} needs the condition {name!r}{hint}; pass {name}=...")
             if name in MASK_CONDITIONS:
                 t = to_mask_batch(conditions[name], name, encoding=self.config.mask_encoding)
-                empty = (t.mean(dim=1) < MASK_THRESHOLD).flatten(1).all(dim=1)  # the one mask rule, per sample
-                if bool(empty.any()):
-                    raise ValueError(f"{name} has no valid pixel (white = valid content, black = empty)")
             else:
                 t = to_image_batch(conditions[name], name)
             if tuple(t.shape[-2:]) != (h, w):
@@ -284,6 +281,8 @@ class StableMotionPipeline(DiffusionPipeline):
                 )
             if t.shape[0] not in (1, n):
                 raise ValueError(f"{name} batch size {t.shape[0]} differs from the image batch size {n}")
+            if name in MASK_CONDITIONS and bool((t.mean(dim=1) < MASK_THRESHOLD).flatten(1).all(dim=1).any()):
+                raise ValueError(f"{name} has no valid pixel (white = valid content, black = empty)")  # one mask rule
             conds[name] = t.expand(n, -1, -1, -1) if t.shape[0] == 1 else t
         proc = None
         if processing_image is not None:
