@@ -12,6 +12,9 @@ runs (the rows take turns, so a busy moment hits them alike). ``import torch`` a
 * ``import torch`` / ``import torch, diffusers`` -- the floor of any command that runs a model;
 * ``stablemotion rectify`` -- one 512x384 stitched image with the bundled SIR model (mask
   derived, outputs written; target < 3 s), and the pipeline call alone inside it.
+
+``--compare-src DIR`` adds the ``--help`` and ``rectify`` rows of another checkout's ``src``
+(e.g. a ``git worktree`` of an older commit), run by the same interpreter, interleaved.
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ def _image(folder: Path) -> Path:
     return path
 
 
-def _time(cmd: list[str]) -> float:
+def _time(cmd: list[str], env: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
     return time.perf_counter() - t0
 
 
@@ -53,6 +56,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    ap.add_argument("--compare-src", type=Path, default=None, help="another checkout's src/ to time alongside")
+    ap.add_argument("--compare-label", default="before", help="name of --compare-src in the table")
     args = ap.parse_args()
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,17 +74,26 @@ def main() -> None:
             "python -c pass": [py, "-c", "pass"],
             "stablemotion --help": [str(BIN / "stablemotion"), "--help"],
             "python -c 'import torch'": [py, "-c", "import torch"],
-            "python -c 'import torch, diffusers.models'": [py, "-c", "import torch, diffusers.models"],
+            "python -c 'from diffusers import AutoencoderKL, UNet2DConditionModel, ...'": [
+                py, "-c", "from diffusers import AutoencoderKL, UNet2DConditionModel, DDIMScheduler, DiffusionPipeline"],
             "stablemotion rectify (1 image, bundled SIR)": None,
         }
+        env = None
+        if args.compare_src is not None:
+            import os
+
+            env = {**os.environ, "PYTHONPATH": str(args.compare_src.resolve())}
+            rows[f"{args.compare_label}: stablemotion --help"] = [py, "-m", "stablemotion", "--help"]
+            rows[f"{args.compare_label}: stablemotion rectify"] = None
         times: dict[str, list[float]] = {k: [] for k in rows}
         inner: list[float] = []
         for i in range(args.repeats):
             for label, cmd in rows.items():
+                other = label.startswith(f"{args.compare_label}: ")
                 if cmd is None:
-                    out = folder / f"out{i}"
-                    cmd = [str(BIN / "stablemotion"), "rectify", str(image), "--out", str(out)]
-                times[label].append(_time(cmd))
+                    out = folder / f"out{i}{'_cmp' if other else ''}"
+                    cmd = [py, "-m", "stablemotion", "rectify", str(image), "--out", str(out)]
+                times[label].append(_time(cmd, env if other else None))
             res = subprocess.run([py, "-c", call], check=True, capture_output=True, text=True)
             inner.append(float(res.stdout.strip().splitlines()[-1]))
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -91,15 +105,15 @@ def main() -> None:
     if args.no_write:
         return
     help_t, rect_t = med["stablemotion --help"], med["stablemotion rectify (1 image, bundled SIR)"]
-    floor = med["python -c 'import torch, diffusers.models'"]
+    floor = med["python -c 'from diffusers import AutoencoderKL, UNet2DConditionModel, ...'"]
     body = (
         f"Median of {args.repeats} interleaved fresh processes each (wall-clock seconds; ratio to `python -c pass`).\n\n"
         + markdown_table(["command", "seconds", "vs python"], table)
         + f"\n\nTargets: `--help` under 0.5 s: {help_t:.2f} s ({'met' if help_t < 0.5 else 'missed'}); one-image "
-        f"bundled `rectify` under 3 s: {rect_t:.2f} s ({'met' if rect_t < 3 else 'missed'}). Importing torch and "
-        f"diffusers alone costs {floor:.2f} s here, so a command that loads a model cannot start faster than that "
-        "(diffusers imports torch._dynamo at import time); the command line imports them only in the commands that "
-        "run a model, and only the modules those need."
+        f"bundled `rectify` under 3 s: {rect_t:.2f} s ({'met' if rect_t < 3 else 'missed'}). Importing the "
+        f"diffusers classes a pipeline is made of costs {floor:.2f} s here (torch, torch._dynamo, every autoencoder "
+        "of diffusers, transformers through its quantizers), so a command that loads a model cannot start faster "
+        "than that on this machine; the command line imports them only in the commands that run a model."
     )
     write_section("startup", "Command-line start-up and one-image latency", body)
 

@@ -69,6 +69,9 @@ def test_demo_writes_a_report_whose_images_exist_and_decode(tmp_path, capsys):
     out = capsys.readouterr().out
     report = tmp_path / "demo" / "index.html"
     assert f"report: {report.resolve()}" in out and re.search(r"sir: PSNR identity [\d.]+ dB -> stablemotion-mini", out)
+    assert [line for line in out.splitlines() if line.startswith("note:")] == [
+        line for line in out.splitlines() if "does not correct rolling shutter" in line]  # one honest line, RSC only
+    assert sum("does not correct rolling shutter" in line for line in out.splitlines()) == 1
     html = report.read_text()
     srcs = re.findall(r"<img src='([^']+)'", html)
     assert len(srcs) == 2 * 2 * 5  # tasks x examples x (input, rectified, gt, flow, true flow)

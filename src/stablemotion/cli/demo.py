@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from ..catalog import BUNDLED_LIMITS
     from ..demo import DEMO_SEED, run_demo
 
     t0 = time.perf_counter()
@@ -27,6 +28,8 @@ def _demo(args: argparse.Namespace) -> int:
     for task in dict.fromkeys(r.task for r in rep.rows):
         ident, model = rep.mean(task, "psnr_identity"), rep.mean(task, "psnr_model")
         print(f"{task}: PSNR identity {ident:.2f} dB -> stablemotion-mini {model:.2f} dB ({model - ident:+.2f} dB)")
+        if task in BUNDLED_LIMITS:
+            print(f"note: {BUNDLED_LIMITS[task]}")
     print(f"wrote {len(rep.rows)} examples in {time.perf_counter() - t0:.1f} s")
     print(f"report: {rep.report.resolve()}")
     return 0
