@@ -114,7 +114,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._io import PathLike, mask_array
 from .flow import RELEASED_FLOW_RESIZE, check_flow, flow_to_color, resize_flow, write_flow
-from .image_processing import pil_to_rgb, prepare_mask
+from .image_processing import mask_valid, pil_to_rgb, prepare_mask
 from .tasks import MASK_CONDITIONS, get_task
 from .visualize import scalar_to_color
 
@@ -569,8 +569,7 @@ def _shrink_mask(mask: np.ndarray, size: tuple[int, int], encoding: str) -> np.n
     ``"as_read"``: the grey levels are kept (the pipeline takes them as they are).
     """
     if encoding == "binary":
-        valid = mask.sum(axis=-1, dtype=np.uint16) >= 383 if mask.ndim == 3 else mask >= 128  # mean/255 >= 0.5
-        mask = valid.astype(np.uint8) * np.uint8(255)
+        mask = mask_valid(mask).astype(np.uint8) * np.uint8(255)  # the package's one mask rule
     small = cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_AREA)
     if encoding == "binary":
         small = np.where(small >= 128, np.uint8(255), np.uint8(0))
@@ -678,6 +677,8 @@ def _rectify(
     kwargs: dict[str, Any] = dict(getattr(models, "inference", {}))
     t0 = time.perf_counter()
     if capped:
+        # Area averaging on uint8 (not the pipeline's float resize_image): a float copy of a
+        # 4096 x 4096 upload alone would take 200 MB of the memory bound.
         work_image = cv2.resize(image, (work[1], work[0]), interpolation=cv2.INTER_AREA)
         work_mask = None if mask is None else _shrink_mask(mask, work, _config(pipe, "mask_encoding", "binary"))
         if _config(pipe, "default_ensemble_mode", None) == "image":
