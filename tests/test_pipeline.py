@@ -267,3 +267,19 @@ def test_progress_bar_follows_diffusers_config(sir_pipe: StableMotionPipeline, i
     sir_pipe.set_progress_bar_config(disable=True)
     sir_pipe(image, mask=mask, generator=_seed(), num_inference_steps=2)
     assert "rectifying" not in capsys.readouterr().err
+
+
+def test_mesh_flow_regularization(sir_pipe: StableMotionPipeline, inputs: tuple) -> None:
+    """flow_regularization="mesh" gives a smooth per-cell-homography flow and is reported in the settings."""
+    image, mask = inputs
+    plain = sir_pipe(image, mask=mask, generator=_seed(), show_progress_bar=False)
+    meshed = sir_pipe(image, mask=mask, generator=_seed(), show_progress_bar=False, flow_regularization="mesh")
+    assert meshed.settings["flow_regularization"] == "mesh" and plain.settings["flow_regularization"] == "none"
+
+    def roughness(f: torch.Tensor) -> float:
+        return float((f[..., 1:-1, 2:] + f[..., 1:-1, :-2] + f[..., 2:, 1:-1] + f[..., :-2, 1:-1]
+                      - 4 * f[..., 1:-1, 1:-1]).abs().mean())
+
+    assert roughness(meshed.flow) < 0.5 * roughness(plain.flow)
+    with pytest.raises(ValueError, match="flow_regularization"):
+        sir_pipe(image, mask=mask, flow_regularization="tps", show_progress_bar=False)

@@ -3,7 +3,7 @@ line can read them without loading torch)."""
 
 from __future__ import annotations
 
-__all__ = ["FLOW_GAMMA", "PADDING_MODES", "DIS_PRESET_NAMES"]
+__all__ = ["FLOW_GAMMA", "PADDING_MODES", "DIS_PRESET_NAMES", "ENSEMBLE_MODES", "FINAL_STEPS", "FLOW_REGULARIZATIONS"]
 
 #: Flow normalisation of the VAE encoding: channels are ``u / 50, v / 50, 1 / 50``.
 FLOW_GAMMA = 50.0
@@ -11,3 +11,10 @@ FLOW_GAMMA = 50.0
 PADDING_MODES = ("border", "zeros", "reflection")
 #: OpenCV DIS optical-flow presets the pseudo-flow labeller offers (:mod:`stablemotion.labelling`).
 DIS_PRESET_NAMES = ("ultrafast", "fast", "medium")
+#: Ensemble (AES) rules: ``image`` (released), ``flow`` (median flow), ``latent`` (median latent).
+ENSEMBLE_MODES = ("image", "flow", "latent")
+#: What the last denoising step returns: the x0 estimate, or DDIM's ``prev_sample`` (the release).
+FINAL_STEPS = ("x0", "prev_sample")
+#: Post-processing of each member flow: none, or its projection onto a smooth mesh of per-cell
+#: homographies (:func:`stablemotion.flow.mesh_regularize`: straight lines stay straight).
+FLOW_REGULARIZATIONS = ("none", "mesh")

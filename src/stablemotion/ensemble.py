@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import torch
 
+from .constants import ENSEMBLE_MODES
+
 __all__ = [
     "ENSEMBLE_MODES",
     "ENSEMBLE_ROUNDINGS",
@@ -41,7 +43,6 @@ __all__ = [
     "flow_uncertainty",
 ]
 
-ENSEMBLE_MODES = ("image", "flow", "latent")
 #: How :func:`ensemble_images` rounds: ``"none"`` (float median) or ``"release"`` (8-bit, truncated).
 ENSEMBLE_ROUNDINGS = ("none", "release")
 #: Border band width (px) of the released rule at :data:`REFERENCE_SIZE`.

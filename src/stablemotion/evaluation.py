@@ -196,6 +196,7 @@ class EvalSettings:
     seed: int = 0
     dtype: str = "fp32"
     final_step: str | None = None
+    flow_regularization: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -272,6 +273,7 @@ def run_inference(
             processing_resolution=settings.processing_resolution,
             decode_scale=settings.decode_scale,
             final_step=settings.final_step,
+            flow_regularization=settings.flow_regularization,
             generator=torch.Generator().manual_seed(settings.seed),
             output_type="np",
             show_progress_bar=False,

@@ -44,7 +44,7 @@ import torch
 from ._io import PathLike, atomic_path, load_image
 from .constants import DIS_PRESET_NAMES
 from .data import PairedFolderDataset
-from .flow import PADDING_MODES, read_flow, warp, write_flow
+from .flow import PADDING_MODES, fit_mesh_flow, read_flow, warp, write_flow
 from .image_processing import mask_valid
 from .metrics import psnr, ssim
 from .synth import pool_context
@@ -210,117 +210,6 @@ def flow_confidence(
             m = m.max(axis=2)
         conf *= warp_numpy(m, flow, padding="zeros") > 0.99
     return conf
-
-
-def _bilinear_weights(coords: np.ndarray, n: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cell index and fractional position of pixel coordinates on ``cells`` even cells over 0..n-1."""
-    s = coords.astype(np.float64) * cells / max(n - 1, 1)
-    i0 = np.clip(np.floor(s).astype(np.int64), 0, cells - 1)
-    return i0, s - i0
-
-
-def _second_differences(rows: int, cols: int) -> np.ndarray:
-    """``D^T D`` for the second differences along the rows and columns of a vertex grid."""
-    nv = (rows + 1) * (cols + 1)
-    triples = []
-    for r in range(rows + 1):
-        for c in range(cols + 1):
-            v = r * (cols + 1) + c
-            if 0 < c < cols:
-                triples.append((v - 1, v, v + 1))
-            if 0 < r < rows:
-                triples.append((v - (cols + 1), v, v + (cols + 1)))
-    d = np.zeros((len(triples), nv))
-    for k, (a, b, c) in enumerate(triples):
-        d[k, a], d[k, b], d[k, c] = 1.0, -2.0, 1.0
-    return d.T @ d
-
-
-def _mesh_terms(ys: np.ndarray, xs: np.ndarray, h: int, w: int, rows: int, cols: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Vertex indices and bilinear weights (4 each, flattened over ys x xs) of the mesh model."""
-    iy, fy = _bilinear_weights(ys, h, rows)
-    ix, fx = _bilinear_weights(xs, w, cols)
-    iy, fy = iy[:, None], fy[:, None]
-    ix, fx = ix[None, :], fx[None, :]
-    idx = [iy * (cols + 1) + ix, iy * (cols + 1) + ix + 1, (iy + 1) * (cols + 1) + ix, (iy + 1) * (cols + 1) + ix + 1]
-    wts = [(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx]
-    return [i.ravel() for i in idx], [wt.ravel() for wt in wts]
-
-
-def fit_mesh_flow(
-    flow: np.ndarray,
-    weight: np.ndarray | None = None,
-    rows: int = 12,
-    cols: int = 16,
-    smoothness: float = 0.5,
-    irls: int = 3,
-    huber: float = 1.0,
-    stride: int = 2,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Robust least-squares fit of a smooth mesh flow to a dense flow.
-
-    The model: displacements at the ``(rows+1) x (cols+1)`` vertices of the rigid grid
-    (:func:`stablemotion.flow.rigid_mesh`), bilinearly interpolated inside the cells
-    (exactly ``F.interpolate(..., align_corners=True)`` of the vertex grid). It minimises
-    ``sum_p w(p) |flow(p) - mesh(p)|^2 + lambda * sum |second differences of vertices|^2``
-    with Huber re-weighting (``irls`` rounds).
-
-    Args:
-        flow: (H, W, 2) pixels.
-        weight: (H, W) confidences >= 0 (None = 1).
-        rows, cols: mesh cells.
-        smoothness: lambda relative to the mean data weight per vertex.
-        irls: re-weighting rounds (1 = plain weighted least squares).
-        huber: Huber threshold, pixels.
-        stride: fit on every ``stride``-th pixel in each direction (the mesh cells are
-            much larger than a pixel, so 2 loses nothing and is 4x faster).
-
-    Returns:
-        ``(vertices, dense)``: vertex displacements (rows+1, cols+1, 2) and the dense
-        mesh flow (H, W, 2) at every pixel, float32, pixels.
-    """
-    if flow.ndim != 3 or flow.shape[2] != 2:
-        raise ValueError(f"flow must be (H, W, 2), got {flow.shape}")
-    h, w = flow.shape[:2]
-    rows, cols = max(1, int(rows)), max(1, int(cols))
-    stride = max(1, int(stride))
-    nv = (rows + 1) * (cols + 1)
-    ys, xs = np.arange(0, h, stride), np.arange(0, w, stride)
-    idx, wts = _mesh_terms(ys, xs, h, w, rows, cols)
-    pair_idx = [[idx[a] * nv + idx[b] for b in range(4)] for a in range(4)]
-    target = flow[ys][:, xs].reshape(-1, 2).astype(np.float64)
-    if weight is None:
-        base = np.ones(len(target))
-    else:
-        base = np.clip(np.asarray(weight, dtype=np.float64)[ys][:, xs].ravel(), 0.0, None)
-    reg = _second_differences(rows, cols)
-
-    c_pix = base.copy()
-    verts = np.zeros((nv, 2))
-    for it in range(irls):
-        normal = np.zeros(nv * nv)
-        rhs = np.zeros((nv, 2))
-        for a in range(4):
-            ca = c_pix * wts[a]
-            rhs[:, 0] += np.bincount(idx[a], weights=ca * target[:, 0], minlength=nv)
-            rhs[:, 1] += np.bincount(idx[a], weights=ca * target[:, 1], minlength=nv)
-            for b in range(4):
-                normal += np.bincount(pair_idx[a][b], weights=ca * wts[b], minlength=nv * nv)
-        normal = normal.reshape(nv, nv)
-        lam = smoothness * max(float(c_pix.sum()), 1e-9) / nv
-        system = normal + lam * reg + 1e-6 * max(lam, 1e-3) * np.eye(nv)
-        # torch honours torch.set_num_threads (workers use 1); numpy BLAS may oversubscribe.
-        verts = torch.linalg.solve(torch.from_numpy(system), torch.from_numpy(rhs)).numpy()
-        if it + 1 < irls:
-            fitted = sum(wts[a][:, None] * verts[idx[a]] for a in range(4))
-            resid = np.linalg.norm(fitted - target, axis=1)
-            c_pix = base * np.minimum(1.0, huber / np.maximum(resid, 1e-12))
-    full_idx, full_wts = _mesh_terms(np.arange(h), np.arange(w), h, w, rows, cols)
-    dense = sum(full_wts[a][:, None] * verts[full_idx[a]] for a in range(4))
-    return (
-        verts.reshape(rows + 1, cols + 1, 2).astype(np.float32),
-        np.asarray(dense, dtype=np.float32).reshape(h, w, 2),
-    )
 
 
 def _normalized_blur(flow: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:

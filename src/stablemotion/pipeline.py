@@ -34,6 +34,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .components import EmptyTextEmbedding, decode_flow_latents, encode_latents, infer_task
+from .constants import FINAL_STEPS, FLOW_REGULARIZATIONS
 from .ensemble import (
     ENSEMBLE_MODES,
     ENSEMBLE_ROUNDINGS,
@@ -42,7 +43,7 @@ from .ensemble import (
     flow_uncertainty,
     median,
 )
-from .flow import RELEASED_FLOW_RESIZE, flow_to_color, resize_flow, warp
+from .flow import RELEASED_FLOW_RESIZE, flow_to_color, mesh_regularize, resize_flow, warp
 from .image_processing import (
     MASK_ENCODINGS,
     MASK_THRESHOLD,
@@ -59,8 +60,6 @@ from .tasks import MASK_CONDITIONS, TaskSpec, get_task
 __all__ = ["StableMotionOutput", "StableMotionPipeline"]
 
 OUTPUT_TYPES = ("pt", "np", "pil")
-#: What the last denoising step returns: the x0 estimate, or DDIM's ``prev_sample`` (the release).
-FINAL_STEPS = ("x0", "prev_sample")
 
 
 @dataclass
@@ -121,6 +120,8 @@ class StableMotionPipeline(DiffusionPipeline):
             the median truncated, as the released ``aes.py``).
         scale_border_band: scale the AES band with the image size (``False``: the released
             fixed width in pixels).
+        default_flow_regularization: ``"none"`` or ``"mesh"`` (see :data:`FLOW_REGULARIZATIONS`).
+        mesh_cells: ``[rows, cols]`` of the ``"mesh"`` regularisation, at the processing resolution.
     """
 
     model_cpu_offload_seq = "unet->vae"
@@ -142,6 +143,8 @@ class StableMotionPipeline(DiffusionPipeline):
         mask_encoding: str = "binary",
         ensemble_rounding: str = "none",
         scale_border_band: bool = True,
+        default_flow_regularization: str = "none",
+        mesh_cells: list[int] | tuple[int, int] = (12, 16),
     ) -> None:
         super().__init__()
         in_channels = int(unet.config.in_channels)
@@ -162,6 +165,11 @@ class StableMotionPipeline(DiffusionPipeline):
             raise ValueError(f"default_final_step must be one of {FINAL_STEPS}, got {default_final_step!r}")
         if mask_encoding not in MASK_ENCODINGS:
             raise ValueError(f"mask_encoding must be one of {MASK_ENCODINGS}, got {mask_encoding!r}")
+        if default_flow_regularization not in FLOW_REGULARIZATIONS:
+            raise ValueError(f"default_flow_regularization must be one of {FLOW_REGULARIZATIONS}, "
+                             f"got {default_flow_regularization!r}")
+        if len(mesh_cells) != 2 or min(int(c) for c in mesh_cells) < 1:
+            raise ValueError(f"mesh_cells must be [rows, cols] >= 1, got {list(mesh_cells)}")
         if ensemble_rounding not in ENSEMBLE_ROUNDINGS:
             raise ValueError(f"ensemble_rounding must be one of {ENSEMBLE_ROUNDINGS}, got {ensemble_rounding!r}")
         resolution = list(spec.resolution if default_processing_resolution is None else default_processing_resolution)
@@ -177,6 +185,8 @@ class StableMotionPipeline(DiffusionPipeline):
             mask_encoding=mask_encoding,
             ensemble_rounding=ensemble_rounding,
             scale_border_band=bool(scale_border_band),
+            default_flow_regularization=default_flow_regularization,
+            mesh_cells=[int(c) for c in mesh_cells],
         )
         self.task: TaskSpec = spec
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -347,6 +357,7 @@ class StableMotionPipeline(DiffusionPipeline):
         final_step: str | None = None,
         processing_image: ImageInput | None = None,
         output_flow_colored: bool = False,
+        flow_regularization: str | None = None,
     ) -> StableMotionOutput | tuple:
         """Estimate the rectifying flow of ``image`` and apply it.
 
@@ -383,6 +394,9 @@ class StableMotionPipeline(DiffusionPipeline):
             processing_image: the network's input image, already at the processing
                 resolution (single-condition tasks; the released RS-Real protocol feeds the
                 dataset's stored 256x256 ``condition``). The flow is still applied to ``image``.
+            flow_regularization: ``"none"`` or ``"mesh"``: project every member flow onto a
+                smooth mesh of per-cell homographies (``mesh_cells`` of the config) before the
+                ensemble, so straight lines stay straight; default from the config.
             output_flow_colored: also return the flow's colour picture (``flow_colored``;
                 visualisation costs time at full resolution, so it is off by default).
 
@@ -396,6 +410,9 @@ class StableMotionPipeline(DiffusionPipeline):
         res = cfg.default_processing_resolution if processing_resolution is None else processing_resolution
         band = cfg.default_border_band if border_band is None else border_band
         last = cfg.get("default_final_step", "x0") if final_step is None else final_step
+        regularize = cfg.get("default_flow_regularization", "none") if flow_regularization is None else flow_regularization
+        if regularize not in FLOW_REGULARIZATIONS:
+            raise ValueError(f"flow_regularization must be one of {FLOW_REGULARIZATIONS}, got {regularize!r}")
         conds_in = dict(conditions or {})
         if mask is not None:
             if "mask" in conds_in:
@@ -413,7 +430,7 @@ class StableMotionPipeline(DiffusionPipeline):
             "num_inference_steps": steps, "ensemble_size": ens, "ensemble_mode": mode,
             "processing_resolution": list(size), "final_step": last, "decode_scale": decode_scale,
             "mask_encoding": cfg.get("mask_encoding", "binary"), "border_band": band,
-            "ensemble_rounding": cfg.get("ensemble_rounding", "none"),
+            "ensemble_rounding": cfg.get("ensemble_rounding", "none"), "flow_regularization": regularize,
         }
         cond_latents = self.prepare_condition_latents(images, conds, size, proc, batch_size)
         noise = self.prepare_latents(n * ens, cond_latents.shape[-2:], generator, latents)
@@ -423,6 +440,8 @@ class StableMotionPipeline(DiffusionPipeline):
         if latent_mode:  # median final latent of the members, one decode per image
             final = median(final.float().unflatten(0, (n, ens)), dim=1).to(final.dtype)
         flow_lr = self.decode(final, size, decode_scale, batch_size)
+        if regularize == "mesh":
+            flow_lr = mesh_regularize(flow_lr, tuple(cfg.get("mesh_cells", (12, 16))))
         members_out = 1 if latent_mode else ens
         flow, rect, uncertainty, member_flows = self.ensemble(images, flow_lr.unflatten(0, (n, members_out)),
                                                               mode, band)

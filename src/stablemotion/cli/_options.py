@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..constants import ENSEMBLE_MODES, FINAL_STEPS, FLOW_REGULARIZATIONS
+
 if TYPE_CHECKING:
     import torch
 
@@ -24,6 +26,7 @@ __all__ = [
     "DTYPE_NAMES",
     "ENSEMBLE_MODE_CHOICES",
     "FINAL_STEP_CHOICES",
+    "FLOW_REGULARIZATION_CHOICES",
     "add_device_options",
     "add_inference_options",
     "parse_size",
@@ -37,9 +40,9 @@ __all__ = [
 ]
 
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
-#: Same names as :data:`stablemotion.ensemble.ENSEMBLE_MODES` (kept literal: no torch import here).
-ENSEMBLE_MODE_CHOICES = ("image", "flow", "latent")
-FINAL_STEP_CHOICES = ("x0", "prev_sample")
+ENSEMBLE_MODE_CHOICES = ENSEMBLE_MODES
+FINAL_STEP_CHOICES = FINAL_STEPS
+FLOW_REGULARIZATION_CHOICES = FLOW_REGULARIZATIONS
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*$")
 
@@ -114,6 +117,9 @@ def add_inference_options(p: argparse.ArgumentParser, steps: bool = True, ensemb
     p.add_argument("--final-step", choices=FINAL_STEP_CHOICES, default=None,
                    help="last denoising step returns the x0 estimate or DDIM's prev_sample (the release); "
                         "default: the model's")
+    p.add_argument("--flow-regularization", choices=FLOW_REGULARIZATION_CHOICES, default=None,
+                   help="mesh: project the flow onto a smooth mesh of per-cell homographies (straight lines stay "
+                        "straight, no ripples); default: the model's (none)")
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -163,6 +169,7 @@ def inference_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "processing_resolution": res,
         "decode_scale": args.decode_scale,
         "final_step": args.final_step,
+        "flow_regularization": getattr(args, "flow_regularization", None),
     }
 
 

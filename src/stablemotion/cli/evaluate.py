@@ -109,6 +109,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Dist]:
         seed=args.seed,
         dtype=args.dtype,
         final_step=kwargs["final_step"],
+        flow_regularization=kwargs["flow_regularization"],
     )
     return pipe, eval_set, settings, dist
 

@@ -123,7 +123,7 @@ def _serve(args: argparse.Namespace) -> int:
         device=device,
         torch_dtype=dtype,
         allowed_hosts=hosts,
-        inference={k: kwargs[k] for k in ("processing_resolution", "decode_scale", "final_step")},
+        inference={k: kwargs[k] for k in ("processing_resolution", "decode_scale", "final_step", "flow_regularization")},
     )
     if args.host not in _LOOPBACK:
         print(f"warning: binding to {args.host}: anyone who can reach this port can use the app (no authentication)")
