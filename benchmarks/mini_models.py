@@ -19,7 +19,8 @@ ground-truth flow (pixels; for AES the member-median flow):
   truth* (an upper reference for a flow that a mesh can express, not a competitor);
 * stablemotion-mini with 1 step, 4 steps and AES-4 (4 one-step members, the released
   image-median rule), with the model's own final step (``default_final_step`` in its config),
-  and 1 step with the other final step (``x0`` estimate vs the released ``prev_sample``);
+  and 1 step with the other final step (``x0`` estimate vs the released ``prev_sample``) and with
+  the other flow regularisation (``mesh``: per-cell homographies, vs ``none``);
 * the regression ablation (``configs/mini_*_regression.yaml``): same data, batch and
   steps, one forward pass, warp loss -- when its folder is given.
 """
@@ -69,13 +70,13 @@ def score(preds: list[np.ndarray], flows: list[np.ndarray],
             float(np.mean([np.linalg.norm(f - s["flow"], axis=-1).mean() for _, f, s in triples])))
 
 
-def run_pipeline(pipe, samples, steps: int, ensemble: int,
-                 final_step: str | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def run_pipeline(pipe, samples, steps: int, ensemble: int, final_step: str | None = None,
+                 flow_regularization: str | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     images, flows = [], []
     for i, s in enumerate(samples):
         res = pipe(s["image"], mask=s.get("mask"), num_inference_steps=steps, ensemble_size=ensemble,
                    generator=torch.Generator().manual_seed(i), output_type="np", show_progress_bar=False,
-                   final_step=final_step)
+                   final_step=final_step, flow_regularization=flow_regularization)
         images.append((res.image[0] * 255.0).round().astype(np.uint8))
         flows.append(res.flow[0])
     return images, flows
@@ -164,9 +165,14 @@ def main() -> None:
         name = args.label or (BUNDLED_MODELS[task] if getattr(args, f"{task}_model") is None else str(model))
         default_last = pipe.config.default_final_step
         other_last = "prev_sample" if default_last == "x0" else "x0"
-        for label, steps, ens, last in (("1 step", 1, 1, None), ("4 steps", 4, 1, None), ("AES-4", 1, 4, None),
-                                        (f"1 step, final step {other_last}", 1, 1, other_last)):
-            results.append((f"{name}, {label}", run_pipeline(pipe, samples, steps, ens, last)))
+        own_reg = pipe.config.get("default_flow_regularization", "none")
+        other_reg = "none" if own_reg == "mesh" else "mesh"
+        for label, steps, ens, last, flow_reg in (
+            ("1 step", 1, 1, None, None), ("4 steps", 4, 1, None, None), ("AES-4", 1, 4, None, None),
+            (f"1 step, final step {other_last}", 1, 1, other_last, None),
+            (f"1 step, flow regularisation {other_reg}", 1, 1, None, other_reg),
+        ):
+            results.append((f"{name}, {label}", run_pipeline(pipe, samples, steps, ens, last, flow_reg)))
         reg = getattr(args, f"{task}_regressor")
         if reg:
             results.append(("regression ablation (same size, data, budget)", run_regressor(reg, task, samples, padding)))

@@ -25,7 +25,7 @@ BUNDLED_MODELS = {"sir": "stablemotion-mini-sir", "rsc": "stablemotion-mini-rsc"
 BUNDLED_LIMITS = {
     "rsc": (
         "the bundled stablemotion-mini-rsc model does not correct rolling shutter (on its held-out test set it "
-        "scores 0.08 dB under the uncorrected input); for real frames import the released model: "
+        "scores 0.06 dB under the uncorrected input); for real frames import the released model: "
         f"stablemotion import-checkpoint {RELEASED_REPO} --subfolder StableMotion_RSC --out models/rsc"
     ),
 }

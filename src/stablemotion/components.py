@@ -64,7 +64,9 @@ class EmptyTextEmbedding(ModelMixin, ConfigMixin):
         module = cls(sequence_length=embedding.shape[1], embedding_dim=embedding.shape[2])
         with torch.no_grad():
             module.embedding.copy_(embedding.detach().float())
-        return module.to(embedding.dtype) if embedding.is_floating_point() else module
+        if embedding.is_floating_point() and embedding.dtype != module.embedding.dtype:
+            module = module.to(embedding.dtype)
+        return module
 
     def forward(self, batch_size: int = 1) -> torch.Tensor:
         """The embedding repeated for a batch: (batch_size, L, D)."""
