@@ -803,3 +803,17 @@ def test_serve_inference_options_reach_every_request(picture: np.ndarray, tmp_pa
     args = parser.parse_args(["serve", "--final-step", "x0", "--processing-resolution", "64x96", "--decode-scale", "2",
                               "--no-channels-last", "--dtype", "bf16"])
     assert (args.final_step, args.processing_resolution, args.channels_last) == ("x0", ["64x96"], False)
+
+
+def test_sir_without_an_empty_border_is_returned_unchanged(client: TestClient, fake: FakePipe) -> None:
+    """Nothing to rectangle: the app says so and never warps the image (an uploaded mask forces a run)."""
+    rng = np.random.default_rng(3)
+    plain = rng.integers(30, 255, (48, 64, 3), dtype=np.uint8)
+    before = len(fake.calls)
+    r = post(client, encode(plain), task="sir")
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["mask"].startswith("no empty border found") and len(fake.calls) == before
+    np.testing.assert_array_equal(decode(client.get(out["urls"]["rectified.png"]).content), plain)
+    r = post(client, encode(plain), mask=encode(np.full((48, 64), 255, np.uint8)), task="sir")
+    assert r.status_code == 200 and len(fake.calls) == before + 1

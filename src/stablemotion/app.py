@@ -657,6 +657,18 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", compress_level=3)
 
 
+def _unchanged(image: np.ndarray, mask: np.ndarray, folder: Path) -> dict[str, Any]:
+    """The result files of an image returned as it is (zero flow)."""
+    h, w = image.shape[:2]
+    flow = np.zeros((h, w, 2), np.float32)
+    _save_png(image, folder / "rectified.png")
+    _save_png(_flow_colours(flow)[0], folder / "flow.png")
+    write_flow(folder / "flow.npy", flow)
+    _save_png(mask, folder / "mask.png")
+    return {"seconds": 0.0, "flow_max_px": 0.0, "work_width": w, "work_height": h,
+            "files": ["rectified.png", "flow.png", "flow.npy", "flow.flo", "mask.png"]}
+
+
 def _rectify(
     models: _Models,
     params: _Params,
@@ -822,8 +834,16 @@ def create_app(
         queue.check()  # before decoding: a full queue should not cost memory
         image, mask, mask_note = await run_in_threadpool(_decode_inputs, image_data, mask_data, params.task, limits)
 
+        # SIR with no empty border and no uploaded mask: nothing to rectangle; never warp it anyway.
+        unchanged = mask is not None and mask_data is None and bool(mask_valid(mask).all())
+        if unchanged:
+            mask_note = ("no empty border found: nothing to rectangle, the image is returned unchanged "
+                         "(upload a mask to force a run)")
+
         def job() -> tuple[str, dict[str, Any]]:
             rid, folder = results.new()
+            if unchanged:
+                return rid, _unchanged(image, mask, folder)
             return rid, _rectify(registry, params, image, mask, folder, limits.max_work_pixels)
 
         try:
