@@ -228,3 +228,47 @@ def test_procedural_scenes_are_deterministic_structured_and_usable_as_photos(tmp
     assert a.std() > 10  # not a flat image
     names = write_rectangling_dataset(tmp_path, 2, size=(32, 48), photos="procedural", ext="png")
     assert names == ["00000", "00001"] and (tmp_path / "training" / "gt" / "00001.png").is_file()
+
+
+def test_stitched_style_outlines_are_straight_edged_and_flows_exact(rng) -> None:
+    """The "stitched" style: the content region is a union of a few projected rectangles (a polygon with few
+    straight edges, touching all four sides), the empty area black or white, and the flow still exact."""
+    import cv2
+
+    from stablemotion.flow import warp
+    from stablemotion.metrics import psnr
+    from stablemotion.synth import make_rectangling_sample, stitched_region
+
+    region = stitched_region(np.random.default_rng(5), 192, 384)
+    ys, xs = np.nonzero(region)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (0, 191, 0, 383)  # the union fills the bounding box
+    assert 0.03 < (region == 0).mean() < 0.4
+    contour = max(cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=cv2.contourArea)
+    assert len(cv2.approxPolyDP(contour, 2.0, True)) <= 24  # straight edges, not a wiggly curve
+    photo = np.random.default_rng(0).integers(0, 256, (192, 384, 3), dtype=np.uint8)
+    photo = cv2.GaussianBlur(photo, (0, 0), 1.5)
+    fills = set()
+    for seed in range(6):
+        s = make_rectangling_sample(photo, np.random.default_rng(seed), rows=12, cols=16, style="stitched",
+                                    white_fraction=0.5)
+        rec = warp(torch.from_numpy(s.input).permute(2, 0, 1).float(), torch.from_numpy(s.flow).permute(2, 0, 1),
+                   padding="border").permute(1, 2, 0).numpy().round().clip(0, 255).astype(np.uint8)
+        assert psnr(rec, s.gt) > 30
+        empty = s.mask == 0
+        assert empty.any()
+        fills |= set(np.unique(s.input[empty]).tolist())
+    assert fills == {0, 255}  # both black and white empty areas occur
+    with pytest.raises(ValueError, match="style"):
+        make_rectangling_sample(photo, np.random.default_rng(0), style="curvy")
+
+
+def test_synth_cli_stitched_style(tmp_path) -> None:
+    from stablemotion.cli import main
+
+    assert main(["synth", "rectangling", str(tmp_path / "d"), "--num", "2", "--size", "96x128", "--style",
+                 "stitched", "--white-fraction", "1", "--ext", "png", "--workers", "1"]) == 0
+    from stablemotion._io import load_image
+
+    img = load_image(tmp_path / "d" / "training" / "input" / "00000.png")
+    mask = load_image(tmp_path / "d" / "training" / "mask" / "00000.png", mode="L")
+    assert (img[mask == 0] == 255).all()

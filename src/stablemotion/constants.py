@@ -3,7 +3,8 @@ line can read them without loading torch)."""
 
 from __future__ import annotations
 
-__all__ = ["FLOW_GAMMA", "PADDING_MODES", "DIS_PRESET_NAMES", "ENSEMBLE_MODES", "FINAL_STEPS", "FLOW_REGULARIZATIONS"]
+__all__ = ["FLOW_GAMMA", "PADDING_MODES", "DIS_PRESET_NAMES", "ENSEMBLE_MODES", "FINAL_STEPS", "FLOW_REGULARIZATIONS",
+           "RECTANGLING_STYLE_NAMES"]
 
 #: Flow normalisation of the VAE encoding: channels are ``u / 50, v / 50, 1 / 50``.
 FLOW_GAMMA = 50.0
@@ -18,3 +19,5 @@ FINAL_STEPS = ("x0", "prev_sample")
 #: Post-processing of each member flow: none, or its projection onto a smooth mesh of per-cell
 #: homographies (:func:`stablemotion.flow.mesh_regularize`: straight lines stay straight).
 FLOW_REGULARIZATIONS = ("none", "mesh")
+#: Border styles of the synthetic SIR generator (:func:`stablemotion.synth.make_rectangling_sample`).
+RECTANGLING_STYLE_NAMES = ("inset", "stitched")

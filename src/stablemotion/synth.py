@@ -37,12 +37,14 @@ import multiprocessing as mp
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
 from ._io import PathLike, atomic_path, list_images, load_image, save_image
+from .constants import RECTANGLING_STYLE_NAMES
 from .flow import mesh_to_flow, resize_flow, rigid_mesh, warp, write_flow
 
 __all__ = [
@@ -60,6 +62,9 @@ __all__ = [
     "RectanglingSample",
     "RollingShutterSample",
     "make_rectangling_sample",
+    "stitched_region",
+    "stitched_outline_mesh",
+    "RECTANGLING_STYLES",
     "make_rolling_shutter_sample",
     "rolling_shutter_margin",
     "sample_rng",
@@ -355,12 +360,125 @@ def random_rectangling_mesh(
     return mesh
 
 
+def _coons(top: np.ndarray, bottom: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Transfinite (Coons) interpolation of a grid from its four boundary curves.
+
+    top/bottom: (cols+1, 2), left/right: (rows+1, 2); corners shared. Returns (rows+1, cols+1, 2).
+    """
+    rows, cols = len(left) - 1, len(top) - 1
+    u = np.linspace(0.0, 1.0, cols + 1)[None, :, None]
+    v = np.linspace(0.0, 1.0, rows + 1)[:, None, None]
+    ruled = (1 - v) * top[None] + v * bottom[None] + (1 - u) * left[:, None] + u * right[:, None]
+    corners = ((1 - u) * (1 - v) * top[0] + u * (1 - v) * top[-1] + (1 - u) * v * bottom[0] + u * v * bottom[-1])
+    return ruled - corners
+
+
+def stitched_region(rng: np.random.Generator, height: int, width: int, max_tilt: float = 0.14) -> np.ndarray:
+    """The content region of a random stitched panorama: a uint8 (H, W) mask, 255 = content.
+
+    Real stitched images (DIR-D, panorama tools) are the union of 2-4 views, each a
+    rectangle seen under a homography: their outline is made of straight, slanted edges --
+    wedges along the borders, concave corners where two views meet, sometimes a long thin
+    band along a whole edge. The views are laid side by side with 15-40% overlap, every
+    corner moved by up to ``max_tilt`` of the size, and the union scaled so that it touches
+    all four sides of the canvas (the stitched image's bounding box).
+    """
+    n = int(rng.integers(2, 5))
+    overlap = rng.uniform(0.15, 0.4)
+    span = 1.0 / (n - (n - 1) * overlap)  # view width, fraction of the panorama
+    quads = []
+    band = rng.random() < 0.25  # a thin band along the whole top or bottom edge
+    band_side = int(rng.integers(2))
+    band_depth = rng.uniform(0.03, 0.08)
+    for i in range(n):
+        x0 = i * span * (1 - overlap)
+        x1 = x0 + span
+        # corners: top-left, top-right, bottom-right, bottom-left in (x, y), unit square coordinates
+        dy = rng.uniform(0.0, max_tilt, size=4)
+        dx = rng.uniform(0.0, max_tilt, size=4) * span
+        if band:
+            k = (0, 1) if band_side == 0 else (2, 3)
+            dy[list(k)] = np.maximum(dy[list(k)], band_depth)
+        quads.append(np.array([
+            [x0 + dx[0] * (i == 0), dy[0]],
+            [x1 - dx[1] * (i == n - 1), dy[1]],
+            [x1 - dx[2] * (i == n - 1), 1.0 - dy[2]],
+            [x0 + dx[3] * (i == 0), 1.0 - dy[3]],
+        ]))
+    pts = np.concatenate(quads)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    mask = np.zeros((height, width), np.uint8)
+    for q in quads:
+        q = (q - lo) / (hi - lo) * np.array([width - 1, height - 1])
+        cv2.fillPoly(mask, [np.round(q).astype(np.int32)], 255)
+    return mask
+
+
+def _outline_edges(region: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, ...]:
+    """The region's outline split at the points nearest the canvas corners into four edges,
+    each resampled uniformly by arc length: top/bottom (cols+1, 2), left/right (rows+1, 2), (x, y)."""
+    h, w = region.shape
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    outline = max(contours, key=cv2.contourArea)[:, 0, :].astype(np.float64)  # (N, 2), a closed loop
+    canvas = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+    tl, tr, br, bl = (int(np.argmin(((outline - c) ** 2).sum(axis=1))) for c in canvas)
+
+    def path(a: int, b: int, side: int, sign: float) -> np.ndarray:
+        """The outline from index a to b, the way round that lies on the given side of the canvas."""
+        n = len(outline)
+        fwd = outline[[(a + k) % n for k in range((b - a) % n + 1)]]
+        bwd = outline[[(a - k) % n for k in range((a - b) % n + 1)]]
+        return fwd if sign * fwd[:, side].mean() < sign * bwd[:, side].mean() else bwd
+
+    def resample(curve: np.ndarray, count: int) -> np.ndarray:
+        seg = np.linalg.norm(np.diff(curve, axis=0), axis=1)
+        arc = np.concatenate([[0.0], np.cumsum(seg)])
+        at = np.linspace(0.0, arc[-1], count)
+        return np.stack([np.interp(at, arc, curve[:, 0]), np.interp(at, arc, curve[:, 1])], axis=1)
+
+    top = resample(path(tl, tr, 1, 1.0), cols + 1)  # the way round with the smaller y
+    bottom = resample(path(bl, br, 1, -1.0), cols + 1)
+    left = resample(path(tl, bl, 0, 1.0), rows + 1)
+    right = resample(path(tr, br, 0, -1.0), rows + 1)
+    return top, bottom, left, right
+
+
+def stitched_outline_mesh(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    rows: int = 12,
+    cols: int = 16,
+    max_tilt: float = 0.14,
+) -> np.ndarray:
+    """A mesh that maps the rectangle onto a stitched-panorama-shaped region (:func:`stitched_region`).
+
+    The region's outline is split into four edges at the points nearest the canvas corners
+    and the rectangle's boundary vertices are spread evenly along them, so its border follows
+    the region's straight edges, wedges and concave corners (to the resolution of the mesh);
+    the interior follows by Coons interpolation. Use a fine mesh (cells of ~32 px).
+
+    Returns:
+        mesh (rows+1, cols+1, 2) float64, (x, y) input pixels for :func:`stablemotion.flow.mesh_to_flow`.
+    """
+    region = stitched_region(rng, height, width, max_tilt)
+    top, bottom, left, right = _outline_edges(region, rows, cols)
+    mesh = _coons(top, bottom, left, right)
+    mesh[..., 0] = np.clip(mesh[..., 0], 0.0, width - 1.0)
+    mesh[..., 1] = np.clip(mesh[..., 1], 0.0, height - 1.0)
+    return mesh
+
+
+#: Border styles of :func:`make_rectangling_sample`.
+RECTANGLING_STYLES = RECTANGLING_STYLE_NAMES
+
+
 @dataclass
 class RectanglingSample:
     """One synthetic SIR sample (numpy, as written to disk).
 
     Attributes:
-        input: uint8 (H, W, 3), the stitched-looking image; black outside the content.
+        input: uint8 (H, W, 3), the stitched-looking image; black (or white) outside the content.
         mask: uint8 (H, W), 255 where ``input`` has content, else 0.
         gt: uint8 (H, W, 3), the rectangular image.
         flow: float32 (H, W, 2), pixels, backward: ``gt(p) = input(p + flow(p))`` (border padding).
@@ -394,24 +512,38 @@ def make_rectangling_sample(
     cols: int = 8,
     max_inset: float = 0.12,
     margin: float = 1.0,
+    style: str = "inset",
+    white_fraction: float = 0.0,
 ) -> RectanglingSample:
     """Make a synthetic rectangling sample whose gt is ``photo``.
 
     Args:
         photo: uint8 (H, W, 3), the rectangular ground truth (already cropped/filtered).
         rng: random generator for the mesh.
-        rows, cols, max_inset: see :func:`random_rectangling_mesh`.
+        rows, cols, max_inset: see :func:`random_rectangling_mesh` (``"inset"``); for
+            ``"stitched"`` ``max_inset`` is the largest corner move (:func:`stitched_region`)
+            and the mesh should be fine (e.g. 12 x 16 at 384 x 512).
         margin: the content region extends this many pixels (of gt coordinates) beyond
             the photo, filled with its edge pixels, so that bilinear re-warping at the
             region's edge never reads black.
+        style: ``"inset"`` (smooth irregular insets) or ``"stitched"`` (the outline of 2-4
+            projectively warped views: straight-edged wedges, concave corners, thin bands).
+        white_fraction: probability that the empty area is white instead of black (some
+            stitching tools fill with white).
 
     Returns:
         :class:`RectanglingSample` with ``warp(input, flow, "border") ~= gt``.
     """
     if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[2] != 3:
         raise ValueError(f"photo must be uint8 (H, W, 3), got {photo.dtype} {photo.shape}")
+    if style not in RECTANGLING_STYLES:
+        raise ValueError(f"style must be one of {RECTANGLING_STYLES}, got {style!r}")
     h, w = photo.shape[:2]
-    mesh = random_rectangling_mesh(rng, h, w, rows=rows, cols=cols, max_inset=max_inset)
+    if style == "stitched":
+        mesh = stitched_outline_mesh(rng, h, w, rows=rows, cols=cols, max_tilt=max_inset)
+    else:
+        mesh = random_rectangling_mesh(rng, h, w, rows=rows, cols=cols, max_inset=max_inset)
+    fill = 255 if white_fraction > 0 and rng.random() < white_fraction else 0
     flow = mesh_to_flow(mesh, h, w)  # (2, H, W) float32: gt pixel -> input pixel
     inv, residual = invert_flow(flow)
     src = _pixel_grid(h, w) + inv.permute(1, 2, 0).numpy()  # input pixel -> gt pixel
@@ -422,7 +554,7 @@ def make_rectangling_sample(
     )
     rendered = _remap(photo, src, cv2.BORDER_REPLICATE)
     mask = inside.astype(np.uint8) * 255
-    image = np.where(inside[..., None], np.clip(np.round(rendered), 0, 255), 0).astype(np.uint8)
+    image = np.where(inside[..., None], np.clip(np.round(rendered), 0, 255), fill).astype(np.uint8)
     flow_hw2 = flow.permute(1, 2, 0).numpy().astype(np.float32)
     return RectanglingSample(input=image, mask=mask, gt=photo.copy(), flow=flow_hw2, mesh=mesh)
 
@@ -551,7 +683,7 @@ def make_sample(
     size: tuple[int, int],
     photos: Sequence[PathLike] | None = None,
     prefilter_sigma: float = 0.7,
-    **options: float,
+    **options: Any,
 ) -> RectanglingSample | RollingShutterSample:
     """Synthetic sample ``index`` of a dataset, in memory; what the dataset writers write.
 
@@ -562,7 +694,8 @@ def make_sample(
         photos: photo files (or :data:`PROCEDURAL` tokens) to draw from (default:
             :func:`bundled_photo_paths`).
         prefilter_sigma: Gaussian low-pass of the photo crop, pixels.
-        options: generator parameters (``rows``, ``cols``, ``max_inset`` for rectangling;
+        options: generator parameters (``rows``, ``cols``, ``max_inset``, ``style``,
+            ``white_fraction`` for rectangling;
             ``max_translation``, ``max_rotation`` for rolling shutter).
     """
     if task not in _TASK_IDS:
@@ -594,7 +727,7 @@ class _Job:
     ext: str
     quality: int
     prefilter_sigma: float
-    options: tuple[tuple[str, float], ...]
+    options: tuple[tuple[str, Any], ...]
     npz_size: tuple[int, int] | None
     full_res_jpg: bool
 
@@ -697,6 +830,8 @@ def write_rectangling_dataset(
     workers: int = 1,
     overwrite: bool = False,
     progress: Callable[[Iterable[str], int], Iterable[str]] | None = None,
+    style: str = "inset",
+    white_fraction: float = 0.0,
 ) -> list[str]:
     """Write ``num`` synthetic rectangling samples in the DIR-D layout.
 
@@ -712,6 +847,8 @@ def write_rectangling_dataset(
         ext: "jpg" (DIR-D's format; lossy, ``quality``) or "png" (lossless).
         prefilter_sigma: Gaussian low-pass of the photo crops, pixels.
         rows, cols, max_inset: mesh parameters (:func:`random_rectangling_mesh`).
+        style, white_fraction: border style and share of white empty areas
+            (:func:`make_rectangling_sample`; ``"stitched"``: outlines of real stitched panoramas).
         workers: processes (spawned); 1 runs in this process.
         overwrite: allow writing into non-empty folders.
         progress: called as ``progress(iterator, total)`` on the finished sample names;
@@ -725,7 +862,8 @@ def write_rectangling_dataset(
     _check_out(out_p, split, ("input", "mask", "gt", "flow"), overwrite)
     jobs = _make_jobs(
         "rectangling", out_p, num, size, split, seed, photos, ext, quality, prefilter_sigma, start,
-        {"rows": rows, "cols": cols, "max_inset": max_inset}, None, False,
+        {"rows": rows, "cols": cols, "max_inset": max_inset, "style": style, "white_fraction": white_fraction},
+        None, False,
     )
     return _run_jobs(jobs, workers, progress)
 
@@ -792,12 +930,16 @@ def _make_jobs(
     quality: int,
     prefilter_sigma: float,
     start: int,
-    options: dict[str, float],
+    options: dict[str, Any],
     npz_size: tuple[int, int] | None,
     full_res_jpg: bool,
 ) -> list[_Job]:
     if num < 1:
         raise ValueError(f"num must be at least 1, got {num}")
+    if options.get("style", "inset") not in RECTANGLING_STYLES:
+        raise ValueError(f"style must be one of {RECTANGLING_STYLES}, got {options['style']!r}")
+    if not 0.0 <= float(options.get("white_fraction", 0.0)) <= 1.0:
+        raise ValueError(f"white_fraction must be in [0, 1], got {options['white_fraction']}")
     if len(size) != 2 or min(size) < 8:
         raise ValueError(f"size must be (H, W) with both at least 8 pixels, got {size}")
     if not split or "/" in split or "\\" in split:

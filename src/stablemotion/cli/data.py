@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..constants import DIS_PRESET_NAMES
+from ..constants import DIS_PRESET_NAMES, RECTANGLING_STYLE_NAMES
 from ._options import size_arg
 
 
@@ -60,7 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         k.add_argument("--force", action="store_true", help="write into non-empty folders")
         if kind == "rectangling":
             k.add_argument("--max-inset", type=float, default=0.12, help="largest boundary inset, fraction of size")
-            k.add_argument("--mesh", type=_cells, default=(6, 8), help="mesh cells ROWSxCOLS (default 6x8)")
+            k.add_argument("--mesh", type=_cells, default=None,
+                           help="mesh cells ROWSxCOLS (default 6x8 for inset, 12x16 for stitched)")
+            k.add_argument("--style", choices=RECTANGLING_STYLE_NAMES, default="inset",
+                           help="border shapes: inset (smooth irregular insets) or stitched (outlines of 2-4 "
+                                "projectively warped views, as real stitched panoramas)")
+            k.add_argument("--white-fraction", type=float, default=0.0,
+                           help="share of samples whose empty area is white instead of black (default 0)")
         else:
             k.add_argument("--npz-size", type=_size, default=None,
                            help="HxW of the arrays in the npz files (default: --size); flows are rescaled")
@@ -101,8 +107,10 @@ def _synth(args: argparse.Namespace) -> int:
         "overwrite": args.force, "progress": progress,
     }
     if args.kind == "rectangling":
+        mesh = args.mesh or ((12, 16) if args.style == "stitched" else (6, 8))
         names = write_rectangling_dataset(
-            args.out, rows=args.mesh[0], cols=args.mesh[1], max_inset=args.max_inset, **common
+            args.out, rows=mesh[0], cols=mesh[1], max_inset=args.max_inset, style=args.style,
+            white_fraction=args.white_fraction, **common
         )
         layout = f"{args.out}/{args.split}/{{input,mask,gt,flow}}"
     else:
