@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole stablemotion-mini recipe on a CPU (`make mini-models`): data, the shared mini VAE,
-# then the SIR and RSC motion UNets side by side (one core each), then the fp16 copies that
-# the package ships. Every stage resumes from its last complete checkpoint if interrupted.
+# then the SIR and RSC motion UNets side by side (one core each), then the SIR fine-tune on
+# stitched-panorama borders, then the fp16 copies that the package ships. Every stage resumes
+# from its last complete checkpoint if interrupted.
 # ABLATION=1 also trains the two regression baselines of BENCHMARKS.md afterwards.
 # Measured on a 2-core CPU: VAE ~35 min (2 threads), then both UNets ~50 min side by side.
 set -euo pipefail
@@ -15,9 +16,10 @@ sir=$!
 OMP_NUM_THREADS=1 $S train configs/mini_rsc.yaml --resume > runs/mini_rsc.log 2>&1 &
 rsc=$!
 wait $sir && wait $rsc || { echo "a UNet run failed: see runs/mini_sir.log, runs/mini_rsc.log" >&2; exit 1; }
-for t in sir rsc; do
-  $S convert runs/mini_$t/pipeline --out src/stablemotion/weights/stablemotion-mini-$t --force
-done
+# Stage 3 (SIR): fine-tune on half stitched-panorama outlines, half inset borders (~12 min, 2 threads).
+OMP_NUM_THREADS=2 $S train configs/mini_sir_finetune.yaml --resume
+$S convert runs/mini_sir_finetune/pipeline --out src/stablemotion/weights/stablemotion-mini-sir --force
+$S convert runs/mini_rsc/pipeline --out src/stablemotion/weights/stablemotion-mini-rsc --force
 if [ "${ABLATION:-0}" = 1 ]; then
   OMP_NUM_THREADS=1 $S train configs/mini_sir_regression.yaml --resume > runs/mini_sir_regression.log 2>&1 &
   OMP_NUM_THREADS=1 $S train configs/mini_rsc_regression.yaml --resume > runs/mini_rsc_regression.log 2>&1 &

@@ -479,3 +479,32 @@ def test_pruning_keeps_good_checkpoints_when_a_newer_one_was_skipped(finished_ru
     assert trainer.step == 6
     trainer.save_checkpoint()  # keep=2: the broken checkpoint-9 must not push out checkpoint-3
     assert [s for s, _ in find_checkpoints(run)] == [9, 6, 3]
+
+
+def test_model_init_fine_tunes_an_existing_pipeline(tmp_path) -> None:
+    """model.init starts from a pipeline folder's weights and settings (the SIR stage-3 fine-tune)."""
+    from stablemotion.config import ConfigError, load_config
+    from stablemotion.synth import write_rectangling_dataset
+    from stablemotion.tiny import tiny_pipeline
+    from stablemotion.training import Trainer
+
+    start = tiny_pipeline("sir", seed=3, default_flow_regularization="mesh")
+    start.save_pretrained(tmp_path / "start")
+    write_rectangling_dataset(tmp_path / "d", 4, size=(32, 32), ext="png", style="stitched", rows=4, cols=4)
+    cfg_text = f"""
+task: sir
+data: {{format: dird, train: {tmp_path / 'd' / 'training'}, resolution: [32, 32], num_workers: 0}}
+model: {{base: tiny, init: {tmp_path / 'start'}}}
+loss: {{vgg_weights: null, weights: {{vgg: 0.0}}}}
+train: {{batch_size: 2, max_steps: 1, device: cpu}}
+checkpoint: {{output_dir: {tmp_path / 'run'}, every: 1}}
+logging: {{every: 1, tensorboard: false}}
+"""
+    (tmp_path / "c.yaml").write_text(cfg_text)
+    trainer = Trainer(load_config(tmp_path / "c.yaml"))
+    assert trainer.pipe.config.default_flow_regularization == "mesh"
+    s0 = {k: v.clone() for k, v in trainer.pipe.unet.state_dict().items()}
+    assert all(torch.equal(s0[k], v) for k, v in start.unet.state_dict().items())  # its weights, not new ones
+    (tmp_path / "bad.yaml").write_text(cfg_text.replace(str(tmp_path / "start"), str(tmp_path / "nowhere")))
+    with pytest.raises(ConfigError, match="model.init"):
+        load_config(tmp_path / "bad.yaml")

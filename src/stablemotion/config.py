@@ -73,7 +73,8 @@ class ModelConfig:
 
     With ``base == "tiny"``, ``tiny`` holds extra keyword arguments of
     :func:`stablemotion.model.tiny_pipeline` (pipeline defaults such as
-    ``default_denoising_steps``); ``seed`` seeds the tiny weights.
+    ``default_denoising_steps``); ``seed`` seeds the tiny weights. ``init`` fine-tunes an
+    existing pipeline folder instead (its weights, VAE and inference settings; same task).
     """
 
     base: str = "stabilityai/stable-diffusion-2"
@@ -82,6 +83,7 @@ class ModelConfig:
     vae: str | None = None  # optional fine-tuned flow VAE folder (replaces the base VAE)
     tiny: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    init: str | None = None  # a StableMotion pipeline folder to fine-tune (replaces base/tiny; same task)
 
 
 @dataclass
@@ -249,6 +251,8 @@ class TrainConfig:
                     raise ConfigError(f"{src}: data.{key} folder not found: {val}")
             if self.model.vae and not Path(self.model.vae).exists():
                 raise ConfigError(f"{src}: model.vae folder not found: {self.model.vae}")
+            if self.model.init and not (Path(self.model.init) / "model_index.json").is_file():
+                raise ConfigError(f"{src}: model.init must be a pipeline folder (with model_index.json): {self.model.init}")
         return self
 
     def _check_values(self, src: str) -> None:

@@ -53,7 +53,7 @@ from .losses import (
     x0_from_v,
 )
 from .metrics import psnr_torch, ssim_torch
-from .model import build_pipeline
+from .model import build_pipeline, load_pipeline
 from .regression import FlowRegressor
 from .tasks import MASK_CONDITIONS, TaskSpec
 from .tiny import tiny_pipeline
@@ -377,7 +377,11 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _build_pipeline(self) -> Any:
         m = self.cfg.model
-        if m.base == "tiny":
+        if m.init:
+            pipe = load_pipeline(m.init, torch.float32, progress=False)
+            if pipe.task.name != self.task.name:
+                raise ValueError(f"model.init {m.init} is a {pipe.task.name!r} pipeline but the config trains {self.task.name!r}")
+        elif m.base == "tiny":
             pipe = tiny_pipeline(self.task, seed=m.seed, **m.tiny)
         else:
             pipe = build_pipeline(m.base, self.task, revision=m.revision, local_files_only=m.local_files_only)
