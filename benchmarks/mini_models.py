@@ -48,11 +48,12 @@ from stablemotion.synth import bundled_photo_paths, make_sample  # noqa: E402
 SYNTH = {"sir": "rectangling", "rsc": "rolling_shutter"}
 
 
-def test_set(task: str, num: int, size: tuple[int, int], seed: int) -> list[dict[str, np.ndarray]]:
+def test_set(task: str, num: int, size: tuple[int, int], seed: int, **options: object) -> list[dict[str, np.ndarray]]:
+    """Held-out samples (photos no training sample uses); ``options`` go to the generator."""
     photos = [str(p) for p in bundled_photo_paths("bundled-test")]
     out = []
     for i in range(num):
-        s = make_sample(SYNTH[task], seed, i, size, photos)
+        s = make_sample(SYNTH[task], seed, i, size, photos, **options)
         if task == "sir":
             out.append({"image": s.input, "mask": s.mask, "gt": s.gt, "flow": s.flow})
         else:
@@ -137,6 +138,10 @@ def main() -> None:
     ap.add_argument("--section", default="mini_models", help="BENCHMARKS.md section to (re)write")
     ap.add_argument("--title", default="stablemotion-mini quality (held-out synthetic test sets)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rsc-motion", type=float, nargs=2, default=None, metavar=("TRANSLATION", "ROTATION"),
+                    help="RSC test motion: largest translation (fraction of the size) and rotation (degrees) over "
+                         "the readout (default: the generator's 0.08 and 3)")
+    ap.add_argument("--sir-style", choices=("inset", "stitched"), default="inset", help="SIR test border style")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args()
@@ -148,7 +153,12 @@ def main() -> None:
     rows = []
     for task in args.tasks:
         t0 = time.perf_counter()
-        samples = test_set(task, args.num, size, args.seed)
+        options = {}
+        if task == "rsc" and args.rsc_motion is not None:
+            options = {"max_translation": args.rsc_motion[0], "max_rotation": args.rsc_motion[1]}
+        if task == "sir" and args.sir_style != "inset":
+            options = {"style": args.sir_style, "rows": 12, "cols": 16, "white_fraction": 0.3}
+        samples = test_set(task, args.num, size, args.seed, **options)
         padding = get_task(task).padding
         model = getattr(args, f"{task}_model") or bundled_model_path(task)
         pipe = load_pipeline(model, torch.float32, progress=False)
@@ -188,8 +198,13 @@ def main() -> None:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.no_write:
         return
+    motion = "" if args.rsc_motion is None else (
+        f"RSC motion: translation up to {args.rsc_motion[0]:.0%} of the size, rotation up to {args.rsc_motion[1]:g} "
+        "degrees over the readout. ")
+    style = "" if args.sir_style == "inset" else f"SIR borders: {args.sir_style}. "
     body = (
-        f"Held-out synthetic test sets: {args.num} samples per task at {size[0]}x{size[1]}, seed {args.seed}, made "
+        motion + style
+        + f"Held-out synthetic test sets: {args.num} samples per task at {size[0]}x{size[1]}, seed {args.seed}, made "
         "from photos never used in training (`HELD_OUT_PHOTOS`). PSNR/SSIM against the ground truth, uint8, "
         "whole frame; gain = PSNR minus identity; flow EPE = mean end-point error against the exact synthetic flow. "
         "The labeller sees the ground truth (a reference, not a competitor). For RSC, warping by the exact flow scores "

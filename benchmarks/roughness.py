@@ -79,11 +79,12 @@ def border_left(mask: np.ndarray, flow: np.ndarray, frame: int = 4) -> float:
 
 
 @torch.no_grad()
-def measure(task: str, num: int, out_size: tuple[int, int], seed: int, style: str = "inset") -> list[dict]:
-    from stablemotion.model import load_bundled_pipeline
+def measure(task: str, num: int, out_size: tuple[int, int], seed: int, style: str = "inset",
+            model: str | None = None) -> list[dict]:
+    from stablemotion.model import load_bundled_pipeline, load_pipeline
     from stablemotion.tasks import get_task
 
-    pipe = load_bundled_pipeline(task)
+    pipe = load_bundled_pipeline(task) if model is None else load_pipeline(model, torch.float32, progress=False)
     pipe.set_progress_bar_config(disable=True)
     padding = get_task(task).padding
     size = tuple(pipe.config.default_processing_resolution)
@@ -138,13 +139,16 @@ def main() -> None:
     ap.add_argument("--out-size", default="384x512", help="HxW the flows are measured at (default 384x512)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--stitched", action="store_true", help="also SIR samples with stitched-panorama borders")
+    ap.add_argument("--sir-model", default=None, help="SIR pipeline folder (default: the bundled model)")
+    ap.add_argument("--rsc-model", default=None, help="RSC pipeline folder (default: the bundled model)")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out_size = tuple(int(v) for v in args.out_size.lower().split("x"))
-    rows = [r for task in args.tasks for r in measure(task, args.num, out_size, args.seed)]
+    models = {"sir": args.sir_model, "rsc": args.rsc_model}
+    rows = [r for task in args.tasks for r in measure(task, args.num, out_size, args.seed, model=models[task])]
     if args.stitched and "sir" in args.tasks:
-        rows += measure("sir", args.num, out_size, args.seed, style="stitched")
+        rows += measure("sir", args.num, out_size, args.seed, style="stitched", model=args.sir_model)
 
     def fmt(v: float | None, spec: str) -> str:
         return "-" if v is None else format(v, spec)
