@@ -264,7 +264,7 @@ def _rectify(args: argparse.Namespace) -> int:
     if mine:
         pipe = load_model(args.model, args.task, resolve_dtype(args.dtype), quiet=not dist.main)
         prepare_for_inference(pipe, dist.device, args.channels_last)
-        processed, late = _run(args, pipe, mine, kwargs, dist)
+        processed, late = _run(args, pipe, mine, kwargs, dist, max_pixels)
         failures.update(late)
     return _summary(args, dist, processed, len(done) if not args.force else 0, failures)
 
@@ -306,7 +306,7 @@ def _task_of(args: argparse.Namespace) -> _TaskInfo:
 
 
 def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str, Any],
-         dist: Dist) -> tuple[int, dict[str, str]]:
+         dist: Dist, max_pixels: int | None) -> tuple[int, dict[str, str]]:
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -314,18 +314,18 @@ def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str
     from .._io import atomic_path, load_image, read_rgb, save_image
     from ..flow import flow_to_color, write_flow
     from ..image_processing import prepare_mask
+    from ..tasks import MASK_CONDITIONS
     from ..visualize import scalar_to_color
 
     failures: dict[str, str] = {}
     processed = 0
-    needs_mask = any(c == "mask" for c in pipe.task.conditions)
+    needs_mask = any(c in MASK_CONDITIONS for c in pipe.task.conditions)
     bar = tqdm(jobs, desc="rectify" if dist.world == 1 else f"rectify [{dist.rank}/{dist.world}]", unit="img",
                disable=not dist.main)
     for job in bar:
         try:
             image, alpha, note = read_rgb(job.image, grey=args.grey,
-                                          alpha="mask" if args.mask == "alpha" else args.alpha,
-                                          max_pixels=None if args.max_pixels <= 0 else int(args.max_pixels))
+                                          alpha="mask" if args.mask == "alpha" else args.alpha, max_pixels=max_pixels)
             if note:
                 bar.write(f"{job.stem}: {note}")
             mask = None
