@@ -409,8 +409,8 @@ class StableMotionPipeline(DiffusionPipeline):
         mode = cfg.default_ensemble_mode if ensemble_mode is None else ensemble_mode
         res = cfg.default_processing_resolution if processing_resolution is None else processing_resolution
         band = cfg.default_border_band if border_band is None else border_band
-        last = cfg.get("default_final_step", "x0") if final_step is None else final_step
-        regularize = cfg.get("default_flow_regularization", "none") if flow_regularization is None else flow_regularization
+        last = cfg.default_final_step if final_step is None else final_step
+        regularize = cfg.default_flow_regularization if flow_regularization is None else flow_regularization
         if regularize not in FLOW_REGULARIZATIONS:
             raise ValueError(f"flow_regularization must be one of {FLOW_REGULARIZATIONS}, got {regularize!r}")
         conds_in = dict(conditions or {})
@@ -429,8 +429,8 @@ class StableMotionPipeline(DiffusionPipeline):
         settings = {
             "num_inference_steps": steps, "ensemble_size": ens, "ensemble_mode": mode,
             "processing_resolution": list(size), "final_step": last, "decode_scale": decode_scale,
-            "mask_encoding": cfg.get("mask_encoding", "binary"), "border_band": band,
-            "ensemble_rounding": cfg.get("ensemble_rounding", "none"), "flow_regularization": regularize,
+            "mask_encoding": cfg.mask_encoding, "border_band": band,
+            "ensemble_rounding": cfg.ensemble_rounding, "flow_regularization": regularize,
         }
         cond_latents = self.prepare_condition_latents(images, conds, size, proc, batch_size)
         noise = self.prepare_latents(n * ens, cond_latents.shape[-2:], generator, latents)
@@ -441,7 +441,7 @@ class StableMotionPipeline(DiffusionPipeline):
             final = median(final.float().unflatten(0, (n, ens)), dim=1).to(final.dtype)
         flow_lr = self.decode(final, size, decode_scale, batch_size)
         if regularize == "mesh":
-            flow_lr = mesh_regularize(flow_lr, tuple(cfg.get("mesh_cells", (12, 16))))
+            flow_lr = mesh_regularize(flow_lr, tuple(cfg.mesh_cells))
         members_out = 1 if latent_mode else ens
         flow, rect, uncertainty, member_flows = self.ensemble(images, flow_lr.unflatten(0, (n, members_out)),
                                                               mode, band)
@@ -469,7 +469,7 @@ class StableMotionPipeline(DiffusionPipeline):
             (B, 4k, h/f, w/f) in the UNet's dtype, k = number of conditions.
         """
         n = images.shape[0]
-        binary = self.config.get("mask_encoding", "binary") == "binary"
+        binary = self.config.mask_encoding == "binary"
         lowres = []
         for name in self.task.conditions:
             if name == "image":
@@ -586,9 +586,9 @@ class StableMotionPipeline(DiffusionPipeline):
         flow = ensemble_flows(member_flows)
         if mode == "image" and ens > 1:
             warped = warp(full.repeat_interleave(ens, 0), member_flows.flatten(0, 1), padding=self.task.padding)
-            if not cfg.get("scale_border_band", True):
+            if not cfg.scale_border_band:
                 band = (int(round(band)), int(round(band)))  # pixels of this image, as released
-            rect = ensemble_images(warped.unflatten(0, (n, ens)), band=band, rounding=cfg.get("ensemble_rounding", "none"))
+            rect = ensemble_images(warped.unflatten(0, (n, ens)), band=band, rounding=cfg.ensemble_rounding)
         else:
             rect = warp(full, flow, padding=self.task.padding)
         uncertainty = flow_uncertainty(member_flows, flow) if ens > 1 else None
