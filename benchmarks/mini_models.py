@@ -39,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, write_section  # noqa: E402
 from stablemotion._io import image_to_tensor, tensor_to_image  # noqa: E402
+from stablemotion.constants import RECTANGLING_STYLE_NAMES  # noqa: E402
 from stablemotion.data._common import mask_to_tensor  # noqa: E402
 from stablemotion.flow import warp  # noqa: E402
 from stablemotion.labelling import LabelConfig, estimate_flow, warp_numpy  # noqa: E402
@@ -141,7 +142,7 @@ def main() -> None:
     ap.add_argument("--rsc-motion", type=float, nargs=2, default=None, metavar=("TRANSLATION", "ROTATION"),
                     help="RSC test motion: largest translation (fraction of the size) and rotation (degrees) over "
                          "the readout (default: the generator's 0.08 and 3)")
-    ap.add_argument("--sir-style", choices=("inset", "stitched"), default="inset", help="SIR test border style")
+    ap.add_argument("--sir-style", choices=RECTANGLING_STYLE_NAMES, default="inset", help="SIR test border style")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args()

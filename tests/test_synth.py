@@ -272,3 +272,103 @@ def test_synth_cli_stitched_style(tmp_path) -> None:
     img = load_image(tmp_path / "d" / "training" / "input" / "00000.png")
     mask = load_image(tmp_path / "d" / "training" / "mask" / "00000.png", mode="L")
     assert (img[mask == 0] == 255).all()
+
+
+# --------------------------------------------------------------------------- camera rolling shutter
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_camera_rolling_shutter_sample_satisfies_its_flow_and_bounds(seed):
+    from stablemotion.synth import make_sample
+
+    s = make_sample("rolling_shutter", seed, 0, (48, 64), photos=["urban"], motion_model="camera",
+                    max_displacement=0.1)
+    assert s.motion.shape == (48, 6)  # rotation vector + translation per row
+    valid = torch.from_numpy(s.valid)[None]
+    assert s.valid.mean() > 0.6
+    rewarped = warp(_chw(s.rs).double(), _chw(s.flow), padding="zeros")
+    rewarp_psnr = _psnr(rewarped, _chw(s.gs), valid)
+    assert rewarp_psnr > 33.0
+    assert _psnr(_chw(s.rs), _chw(s.gs), valid) < rewarp_psnr - 5.0
+    # Displacements stay within the requested bound (10% of the width, with the inversion's slack).
+    assert np.linalg.norm(s.flow, axis=-1).max() <= 0.1 * 64 * 1.1
+    # The reference (middle) row is unchanged, and the motion grows away from it.
+    assert np.abs(s.flow[24]).max() < 0.3 * np.abs(s.flow).max() + 0.05
+
+
+def test_camera_map_is_the_per_row_homography_of_a_plane():
+    """A pure yaw over the readout shifts rows linearly in time: the top and bottom rows move
+    in opposite directions, rows near the reference time hardly move; the map of each row is
+    a homography (collinear points stay collinear)."""
+    from stablemotion.synth import camera_rolling_shutter_map
+
+    h, w = 60, 80
+    src, motion = camera_rolling_shutter_map(np.random.default_rng(4), (h, w), max_displacement=0.1)
+    disp = src - np.stack(np.meshgrid(np.arange(w), np.arange(h)), axis=-1)
+    peak = np.linalg.norm(disp, axis=-1).max()
+    assert 0.1 * 0.1 * w * 0.95 <= peak <= 0.1 * w * 1.02  # scaled to U(0.1, 1) * max_displacement * W
+    mid = np.linalg.norm(disp[h // 2], axis=-1).max()
+    assert mid < 0.1 * peak
+    assert np.allclose(motion[int(round(0.5 * (h - 1)))], 0.0, atol=0.05 * np.abs(motion).max() + 1e-9)
+    for r in (0, h - 1):  # a row of the RS image is a straight line in the GS image
+        pts = src[r]
+        a, b = pts[0], pts[-1]
+        d = (b - a) / np.linalg.norm(b - a)
+        off = np.abs((pts - a) @ np.array([-d[1], d[0]]))
+        assert off.max() < 1e-6
+    # Different seeds give different motions, and the model's randomness is all in the rng.
+    src2, _ = camera_rolling_shutter_map(np.random.default_rng(5), (h, w))
+    src3, _ = camera_rolling_shutter_map(np.random.default_rng(4), (h, w), max_displacement=0.1)
+    assert not np.allclose(src, src2) and np.array_equal(src, src3)
+
+
+def test_rolling_shutter_motion_model_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="motion_model"):
+        make_rolling_shutter_sample(np.zeros((40, 40, 3), np.uint8), np.random.default_rng(0), size=(16, 16),
+                                    motion_model="wobble")
+    with pytest.raises(ValueError, match="max_displacement"):
+        write_rolling_shutter_dataset(tmp_path, 1, size=(16, 16), motion_model="camera", max_displacement=2.0)
+    assert rolling_shutter_margin((96, 128), motion_model="camera", max_displacement=0.1)[1] >= 14
+
+
+def test_urban_scenes_have_strong_verticals_and_are_a_photo_source(tmp_path):
+    from stablemotion.synth import resolve_photos, urban_scene
+
+    a = urban_scene(np.random.default_rng(2), (96, 128))
+    assert a.dtype == np.uint8 and a.shape == (96, 128, 3)
+    assert np.array_equal(a, urban_scene(np.random.default_rng(2), (96, 128)))
+    grey = a.astype(np.float64).mean(-1)
+    gx, gy = np.abs(np.diff(grey, axis=1)).mean(), np.abs(np.diff(grey, axis=0)).mean()
+    assert gx > 1.0 and gy > 1.0  # structure in both directions (façade edges, window rows)
+    assert resolve_photos("urban*2+procedural") == ["urban", "urban", "procedural"]
+    names = write_rolling_shutter_dataset(tmp_path, 2, size=(32, 48), photos="urban", motion_model="camera",
+                                          workers=1)
+    assert len(names) == 2 and len(list((tmp_path / "train" / "npz").iterdir())) == 2
+
+
+def test_panorama_style_has_stitcher_like_outlines_and_exact_flow():
+    from stablemotion.synth import panorama_region
+
+    rng = np.random.default_rng(11)
+    empties = []
+    for _ in range(6):
+        region = panorama_region(rng, 96, 128)
+        assert region.shape == (96, 128) and set(np.unique(region)) <= {0, 255}
+        # The union's bounding box is the canvas: content touches all four sides.
+        assert region[0].any() and region[-1].any() and region[:, 0].any() and region[:, -1].any()
+        empties.append(1 - region.mean() / 255)
+    assert 0.01 < np.mean(empties) < 0.35
+    photo = random_photo_crop(load_image(bundled_photo_paths()[0]), (96, 128), np.random.default_rng(0),
+                              prefilter_sigma=0.7)
+    s = make_rectangling_sample(photo, np.random.default_rng(3), rows=12, cols=16, style="panorama")
+    assert 0.0 < 1 - s.mask.mean() / 255 < 0.4
+    rewarped = warp(_chw(s.input).double(), _chw(s.flow), padding="border")
+    assert _psnr(rewarped, _chw(s.gt)) > 30.0
+
+
+def test_photo_pools_are_photo_sources(monkeypatch, tmp_path):
+    import stablemotion.synth as synth
+
+    files = [str(tmp_path / f"p{i}.jpg") for i in range(3)]
+    monkeypatch.setattr(synth, "resolve_pool", lambda name: files[:2] if name == "mypool-train" else None)
+    assert synth.resolve_photos("mypool-train*2+procedural") == files[:2] * 2 + ["procedural"]
+    with pytest.raises(ValueError, match="neither a folder nor one of"):
+        synth.resolve_photos("nopool")

@@ -4,7 +4,7 @@ line can read them without loading torch)."""
 from __future__ import annotations
 
 __all__ = ["FLOW_GAMMA", "PADDING_MODES", "DIS_PRESET_NAMES", "ENSEMBLE_MODES", "FINAL_STEPS", "FLOW_REGULARIZATIONS",
-           "RECTANGLING_STYLE_NAMES"]
+           "RECTANGLING_STYLE_NAMES", "RS_MOTION_NAMES"]
 
 #: Flow normalisation of the VAE encoding: channels are ``u / 50, v / 50, 1 / 50``.
 FLOW_GAMMA = 50.0
@@ -20,4 +20,8 @@ FINAL_STEPS = ("x0", "prev_sample")
 #: homographies (:func:`stablemotion.flow.mesh_regularize`: straight lines stay straight).
 FLOW_REGULARIZATIONS = ("none", "mesh")
 #: Border styles of the synthetic SIR generator (:func:`stablemotion.synth.make_rectangling_sample`).
-RECTANGLING_STYLE_NAMES = ("inset", "stitched")
+RECTANGLING_STYLE_NAMES = ("inset", "stitched", "panorama")
+#: Camera-motion models of the synthetic RSC generator
+#: (:func:`stablemotion.synth.make_rolling_shutter_sample`): ``planar`` (in-plane translation and
+#: rotation, random polynomials) or ``camera`` (a 3-D camera pose per row, looking at a plane).
+RS_MOTION_NAMES = ("planar", "camera")

@@ -44,14 +44,19 @@ import numpy as np
 import torch
 
 from ._io import PathLike, atomic_path, list_images, load_image, save_image
-from .constants import RECTANGLING_STYLE_NAMES
+from .constants import RECTANGLING_STYLE_NAMES, RS_MOTION_NAMES
 from .flow import mesh_to_flow, resize_flow, rigid_mesh, warp, write_flow
+from .photos import POOLS, resolve_pool
 
 __all__ = [
     "BUNDLED_PHOTOS",
     "HELD_OUT_PHOTOS",
     "TRAINING_PHOTOS",
     "PROCEDURAL",
+    "URBAN",
+    "procedural_scene",
+    "urban_scene",
+    "camera_rolling_shutter_map",
     "bundled_photo_paths",
     "list_photos",
     "resolve_photos",
@@ -64,6 +69,7 @@ __all__ = [
     "make_rectangling_sample",
     "stitched_region",
     "stitched_outline_mesh",
+    "panorama_region",
     "RECTANGLING_STYLES",
     "make_rolling_shutter_sample",
     "rolling_shutter_margin",
@@ -98,6 +104,10 @@ TRAINING_PHOTOS = (
 )
 #: The photo-source token for procedurally generated scenes (:func:`procedural_scene`).
 PROCEDURAL = "procedural"
+#: The photo-source token for procedural street scenes with strong straight structures
+#: (:func:`urban_scene`: façades, window grids, poles, kerbs), whose skew reveals rolling shutter.
+URBAN = "urban"
+_GENERATED = {PROCEDURAL, URBAN}
 _PHOTO_SETS = {"bundled": BUNDLED_PHOTOS, "bundled-train": TRAINING_PHOTOS, "bundled-test": HELD_OUT_PHOTOS}
 
 
@@ -136,12 +146,14 @@ def resolve_photos(spec: PathLike | None) -> list[str]:
     """Photo sources from a command-line spec.
 
     ``spec`` is a photo folder, or a ``+``-joined list of named sources: ``bundled``,
-    ``bundled-train``, ``bundled-test`` (:func:`bundled_photo_paths`) and ``procedural``
-    (a new :func:`procedural_scene` per sample). A name may carry a repeat count,
-    ``procedural*10``, to weight the draw. None = ``bundled``.
+    ``bundled-train``, ``bundled-test`` (:func:`bundled_photo_paths`), ``procedural``
+    (a new :func:`procedural_scene` per sample), ``urban`` (a new :func:`urban_scene`
+    per sample) and the installed photo pools of :mod:`stablemotion.photos` (``debian``,
+    ``debian-train``, ``debian-test``, ...; fixed train/test split). A name may carry a repeat count, ``procedural*10``, to weight the draw.
+    None = ``bundled``.
 
     Returns:
-        Photo file paths and :data:`PROCEDURAL` tokens, one entry per draw slot.
+        Photo file paths and :data:`PROCEDURAL` / :data:`URBAN` tokens, one entry per draw slot.
     """
     if spec is None:
         return [str(p) for p in bundled_photo_paths()]
@@ -155,13 +167,15 @@ def resolve_photos(spec: PathLike | None) -> list[str]:
             n = int(times) if times else 1
         except ValueError:
             raise ValueError(f"photo source {part!r}: the repeat count must be an integer, as 'procedural*10'") from None
-        if name == PROCEDURAL:
-            out += [PROCEDURAL] * n
+        if name in _GENERATED:
+            out += [name] * n
         elif name in _PHOTO_SETS:
             out += [str(p) for p in bundled_photo_paths(name)] * n
+        elif (pool := resolve_pool(name)) is not None:
+            out += pool * n
         else:
             raise ValueError(
-                f"photo source {name!r} is neither a folder nor one of {sorted([*_PHOTO_SETS, PROCEDURAL])}"
+                f"photo source {name!r} is neither a folder nor one of {sorted([*_PHOTO_SETS, *_GENERATED, *POOLS])}"
             )
     return out
 
@@ -201,6 +215,70 @@ def procedural_scene(rng: np.random.Generator, size: tuple[int, int] = (384, 512
         else:
             x2, y2 = int(rng.integers(0, w)), int(rng.integers(0, h))
             cv2.line(img, (cx, cy), (x2, y2), color, int(rng.integers(1, 6)), cv2.LINE_AA)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def urban_scene(rng: np.random.Generator, size: tuple[int, int] = (384, 512)) -> np.ndarray:
+    """A random street scene with strong straight structures: sky, ground with kerbs and lane
+    lines, building façades with window grids, poles and wires. Verticals are vertical and the
+    horizon is level, as in an upright photo, so a rolling-shutter skew of them is readable.
+
+    Returns:
+        uint8 (H, W, 3).
+    """
+    h, w = int(size[0]), int(size[1])
+    yy = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+    horizon = int(h * rng.uniform(0.45, 0.85))
+    sky0, sky1 = rng.uniform(120, 255, 3), rng.uniform(150, 255, 3)
+    img = np.broadcast_to(sky0 * (1 - yy) + sky1 * yy, (h, w, 3)).astype(np.float32).copy()
+    ground = rng.uniform(40, 160, 3)
+    img[horizon:] = ground
+    unit = max(2, min(h, w) // 48)
+
+    def colour(low: float = 20, high: float = 235) -> tuple[float, float, float]:
+        return tuple(float(v) for v in rng.uniform(low, high, 3))  # type: ignore[return-value]
+
+    x = int(rng.integers(-w // 8, w // 8))
+    while x < w:  # a row of façades along the street
+        bw = int(rng.uniform(0.12, 0.45) * w)
+        top = int(rng.uniform(0.0, 0.8) * horizon)
+        facade = colour()
+        cv2.rectangle(img, (x, top), (x + bw, horizon), facade, -1)
+        cols, rows = int(rng.integers(2, 9)), int(rng.integers(2, 12))
+        win = colour(0, 120) if rng.random() < 0.7 else colour(150, 255)
+        gx, gy = bw / cols, max(horizon - top, 1) / rows
+        fill = rng.uniform(0.35, 0.7)
+        for r in range(rows):
+            for c in range(cols):
+                x0, y0 = int(x + c * gx + gx * (1 - fill) / 2), int(top + r * gy + gy * (1 - fill) / 2)
+                cv2.rectangle(img, (x0, y0), (int(x0 + gx * fill), int(y0 + gy * fill)), win, -1)
+                if rng.random() < 0.5:  # window frame and mullion
+                    frame = colour(0, 255)
+                    cv2.rectangle(img, (x0, y0), (int(x0 + gx * fill), int(y0 + gy * fill)), frame, 1)
+                    cv2.line(img, (int(x0 + gx * fill / 2), y0), (int(x0 + gx * fill / 2), int(y0 + gy * fill)), frame, 1)
+        if rng.random() < 0.7:  # cornice and edge pilasters
+            edge = colour()
+            cv2.rectangle(img, (x, top), (x + bw, top + unit), edge, -1)
+            cv2.rectangle(img, (x, top), (x + unit, horizon), edge, -1)
+        x += bw + int(rng.integers(0, max(2, w // 12)))
+    kerb = colour(150, 255)
+    cv2.rectangle(img, (0, horizon), (w, horizon + unit), kerb, -1)
+    for _ in range(int(rng.integers(1, 4))):  # lane lines (converging towards the horizon)
+        y0 = int(rng.uniform(horizon + 2 * unit, h))
+        cv2.line(img, (0, y0), (w, int(y0 + rng.uniform(-0.1, 0.1) * h)), (235, 235, 235), unit, cv2.LINE_AA)
+    for _ in range(int(rng.integers(2, 8))):  # poles, some with a crossbar, and wires
+        px, pw = int(rng.integers(0, w)), int(rng.integers(1, 2 * unit + 1))
+        ptop = int(rng.uniform(0.0, 0.6) * horizon)
+        bottom = int(horizon + rng.uniform(0, 0.15) * h)
+        dark = colour(0, 90)
+        cv2.rectangle(img, (px, ptop), (px + pw, bottom), dark, -1)
+        if rng.random() < 0.5:
+            arm = int(rng.integers(w // 20, w // 6))
+            cv2.rectangle(img, (px - arm, ptop), (px + arm, ptop + pw), dark, -1)
+        if rng.random() < 0.4:
+            cv2.line(img, (0, ptop + pw), (w, int(ptop + rng.uniform(-0.05, 0.05) * h)), dark, 1, cv2.LINE_AA)
+    noise = cv2.GaussianBlur(rng.normal(0, 1, (h, w, 3)).astype(np.float32), (0, 0), rng.uniform(0.7, 3))
+    img += noise / (noise.std() + 1e-6) * rng.uniform(2, 10)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -443,6 +521,49 @@ def _outline_edges(region: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray
     return top, bottom, left, right
 
 
+def panorama_region(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """The content region of a random panorama as stitching software makes it: a uint8 (H, W)
+    mask, 255 = content.
+
+    Like OpenCV's ``Stitcher`` (spherical warper): 2-4 views (field of view 40-70 degrees,
+    landscape or portrait) taken while the camera turns (20-50% overlap, pitch and roll
+    jitter of a hand-held camera), each view's rectangle mapped onto the sphere; the union's
+    bounding box is the panorama, scaled to the canvas (as the network sees any panorama).
+    Its outline has slanted and slightly curved edges, deep notches where views meet, and
+    wedges at the corners.
+    """
+    n = int(rng.integers(2, 5))
+    fov = math.radians(rng.uniform(40.0, 70.0))
+    aspect = 0.75 if rng.random() < 0.75 else 4.0 / 3.0  # view height / width
+    f = 0.5 / math.tan(fov / 2.0)  # view width = 1
+    overlap = rng.uniform(0.2, 0.5)
+    t = np.linspace(0.0, 1.0, 24)
+    side = np.concatenate([
+        np.stack([t, 0 * t], 1), np.stack([0 * t + 1, t], 1), np.stack([1 - t, 0 * t + 1], 1), np.stack([0 * t, 1 - t], 1),
+    ])  # the unit square's boundary, (x, y)
+    pitch = 0.0
+    outlines = []
+    for i in range(n):
+        yaw = i * fov * (1.0 - overlap)
+        pitch += math.radians(rng.normal(0.0, 3.0))
+        roll = math.radians(rng.normal(0.0, 3.0))
+        rays = np.stack([(side[:, 0] - 0.5), (side[:, 1] - 0.5) * aspect, np.full(len(side), f)], 1)
+        rot = _rotations(np.array([[0.0, 0.0, roll]]))[0]
+        rot = _rotations(np.array([[pitch, 0.0, 0.0]]))[0] @ rot
+        rot = _rotations(np.array([[0.0, yaw, 0.0]]))[0] @ rot
+        d = rays @ rot.T
+        theta = np.arctan2(d[:, 0], d[:, 2])
+        phi = np.arctan2(d[:, 1], np.hypot(d[:, 0], d[:, 2]))
+        outlines.append(np.stack([theta, phi], 1))
+    pts = np.concatenate(outlines)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    mask = np.zeros((height, width), np.uint8)
+    for o in outlines:
+        q = (o - lo) / (hi - lo) * np.array([width - 1, height - 1])
+        cv2.fillPoly(mask, [np.round(q).astype(np.int32)], 255)
+    return mask
+
+
 def stitched_outline_mesh(
     rng: np.random.Generator,
     height: int,
@@ -450,8 +571,10 @@ def stitched_outline_mesh(
     rows: int = 12,
     cols: int = 16,
     max_tilt: float = 0.14,
+    region: np.ndarray | None = None,
 ) -> np.ndarray:
-    """A mesh that maps the rectangle onto a stitched-panorama-shaped region (:func:`stitched_region`).
+    """A mesh that maps the rectangle onto a stitched-panorama-shaped region (:func:`stitched_region`,
+    or ``region``: a uint8 (H, W) mask, 255 = content, e.g. :func:`panorama_region`).
 
     The region's outline is split into four edges at the points nearest the canvas corners
     and the rectangle's boundary vertices are spread evenly along them, so its border follows
@@ -461,7 +584,8 @@ def stitched_outline_mesh(
     Returns:
         mesh (rows+1, cols+1, 2) float64, (x, y) input pixels for :func:`stablemotion.flow.mesh_to_flow`.
     """
-    region = stitched_region(rng, height, width, max_tilt)
+    if region is None:
+        region = stitched_region(rng, height, width, max_tilt)
     top, bottom, left, right = _outline_edges(region, rows, cols)
     mesh = _coons(top, bottom, left, right)
     mesh[..., 0] = np.clip(mesh[..., 0], 0.0, width - 1.0)
@@ -526,8 +650,10 @@ def make_rectangling_sample(
         margin: the content region extends this many pixels (of gt coordinates) beyond
             the photo, filled with its edge pixels, so that bilinear re-warping at the
             region's edge never reads black.
-        style: ``"inset"`` (smooth irregular insets) or ``"stitched"`` (the outline of 2-4
-            projectively warped views: straight-edged wedges, concave corners, thin bands).
+        style: ``"inset"`` (smooth irregular insets), ``"stitched"`` (the outline of 2-4
+            projectively warped views: straight-edged wedges, concave corners, thin bands) or
+            ``"panorama"`` (the outline of 2-4 views of a turning camera on the sphere, as
+            stitching software makes it: :func:`panorama_region`).
         white_fraction: probability that the empty area is white instead of black (some
             stitching tools fill with white).
 
@@ -541,6 +667,8 @@ def make_rectangling_sample(
     h, w = photo.shape[:2]
     if style == "stitched":
         mesh = stitched_outline_mesh(rng, h, w, rows=rows, cols=cols, max_tilt=max_inset)
+    elif style == "panorama":
+        mesh = stitched_outline_mesh(rng, h, w, rows=rows, cols=cols, region=panorama_region(rng, h, w))
     else:
         mesh = random_rectangling_mesh(rng, h, w, rows=rows, cols=cols, max_inset=max_inset)
     fill = 255 if white_fraction > 0 and rng.random() < white_fraction else 0
@@ -570,8 +698,9 @@ class RollingShutterSample:
         flow: float32 (H, W, 2), pixels, backward correcting flow:
             ``gs(p) = rs(p + flow(p))`` where ``valid`` (zeros padding).
         valid: bool (H, W), where the GS pixel was seen by the rolling-shutter camera.
-        motion: (H, 3) float64, per RS row: ``tx, ty`` (pixels) and ``theta`` (radians)
-            relative to the reference (GS) time.
+        motion: float64, per RS row, relative to the reference (GS) time: ``planar`` model
+            (H, 3) ``tx, ty`` (pixels) and ``theta`` (radians); ``camera`` model (H, 6) the
+            rotation vector (radians) and translation (:func:`camera_rolling_shutter_map`).
     """
 
     rs: np.ndarray
@@ -591,55 +720,30 @@ def _random_motion(rng: np.random.Generator, t: np.ndarray, amplitude: float) ->
     return curve
 
 
-def rolling_shutter_margin(size: tuple[int, int], max_translation: float = 0.08, max_rotation: float = 3.0) -> tuple[int, int]:
+def rolling_shutter_margin(
+    size: tuple[int, int],
+    max_translation: float = 0.08,
+    max_rotation: float = 3.0,
+    motion_model: str = "planar",
+    max_displacement: float = 0.1,
+) -> tuple[int, int]:
     """Scene margin (pixels, (y, x)) around a GS frame of ``size`` that a motion of these
     amplitudes can bring into the rolling-shutter frame."""
     h, w = int(size[0]), int(size[1])
+    if motion_model == "camera":
+        m = int(math.ceil(1.05 * max_displacement * w)) + 2
+        return m, m
     rot = math.sin(math.radians(max_rotation)) * math.hypot(h, w) / 2.0
     return int(math.ceil(max_translation * h + rot)) + 2, int(math.ceil(max_translation * w + rot)) + 2
 
 
-def make_rolling_shutter_sample(
-    scene: np.ndarray,
-    rng: np.random.Generator,
-    size: tuple[int, int] | None = None,
-    max_translation: float = 0.08,
-    max_rotation: float = 3.0,
-    reference_time: float = 0.5,
-) -> RollingShutterSample:
-    """Make a synthetic rolling-shutter sample from a photo of the scene.
-
-    The global-shutter (GS) image is the central ``size`` crop of ``scene``; the
-    rolling-shutter (RS) camera may see beyond it (the rest of ``scene``, edge pixels
-    replicated past that), as a real camera would. Row ``r`` is read out at
-    ``t = r / (H - 1)``. The camera pose at ``t`` relative to ``reference_time`` (the GS
-    instant; 0.5 = the middle row is unchanged) is a rotation ``theta(t)`` about the
-    image centre plus a translation ``(tx(t), ty(t))``; the RS pixel ``q`` of row ``r``
-    sees the GS point ``A_t(q) = c + R(theta) (q - c) + (tx, ty)``.
-
-    Args:
-        scene: uint8 (Hs, Ws, 3); use :func:`rolling_shutter_margin` to size it.
-        rng: random generator for the motion.
-        size: GS / RS size (H, W); None uses the whole scene (RS content beyond it is
-            then edge-replicated).
-        max_translation: largest translation over the readout, fraction of the image size
-            (``W`` for x, ``H`` for y).
-        max_rotation: largest in-plane rotation over the readout, degrees.
-        reference_time: readout time of the GS image in [0, 1].
-
-    Returns:
-        :class:`RollingShutterSample` with ``warp(rs, flow, "zeros") ~= gs`` on ``valid``.
-    """
-    if scene.dtype != np.uint8 or scene.ndim != 3 or scene.shape[2] != 3:
-        raise ValueError(f"scene must be uint8 (H, W, 3), got {scene.dtype} {scene.shape}")
-    if not 0.0 <= reference_time <= 1.0:
-        raise ValueError(f"reference_time must be in [0, 1], got {reference_time}")
-    sh, sw = scene.shape[:2]
-    h, w = (sh, sw) if size is None else (int(size[0]), int(size[1]))
-    if h > sh or w > sw or min(h, w) < 2:
-        raise ValueError(f"size {size} must be at least 2x2 and fit in the scene {sh}x{sw}")
-    oy, ox = (sh - h) // 2, (sw - w) // 2
-    gs = np.ascontiguousarray(scene[oy : oy + h, ox : ox + w])
+def _planar_rolling_shutter_map(
+    rng: np.random.Generator, size: tuple[int, int], max_translation: float, max_rotation: float,
+    reference_time: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``planar`` model's RS pixel -> GS pixel map (H, W, 2) and motion (H, 3): ``tx, ty``
+    (pixels) and ``theta`` (radians) per row, relative to the GS instant."""
+    h, w = size
     t = np.linspace(0.0, 1.0, h)
     motion = np.stack(
         (
@@ -656,7 +760,143 @@ def make_rolling_shutter_sample(
     cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
     x, y = grid[..., 0] - cx, grid[..., 1] - cy
     cos, sin = np.cos(th), np.sin(th)
-    src = np.stack((cx + cos * x - sin * y + tx, cy + sin * x + cos * y + ty), axis=-1)  # RS pixel -> GS pixel
+    return np.stack((cx + cos * x - sin * y + tx, cy + sin * x + cos * y + ty), axis=-1), motion
+
+
+def _rotations(rvec: np.ndarray) -> np.ndarray:
+    """Rotation matrices (N, 3, 3) of rotation vectors (N, 3), radians (Rodrigues)."""
+    theta = np.linalg.norm(rvec, axis=1)[:, None, None]
+    k = rvec / np.maximum(theta[:, :, 0], 1e-12)
+    cross = np.zeros((len(rvec), 3, 3))
+    cross[:, 0, 1], cross[:, 0, 2], cross[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
+    cross = cross - cross.transpose(0, 2, 1)
+    return np.eye(3)[None] + np.sin(theta) * cross + (1 - np.cos(theta)) * (cross @ cross)
+
+
+def camera_rolling_shutter_map(
+    rng: np.random.Generator,
+    size: tuple[int, int],
+    max_displacement: float = 0.1,
+    reference_time: float = 0.5,
+    translation_probability: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each rolling-shutter pixel looks in the global-shutter image, for a camera that
+    moves in 3-D during the readout and looks at a plane.
+
+    Row ``r`` is exposed at ``t = r / (H - 1) - reference_time`` (readout units). The pose at
+    ``t`` relative to the GS instant is a rotation ``exp([w t + a t^2])`` (yaw-dominant, as
+    hand-held pans; ``a`` makes the speed change) and a translation ``v t`` (with probability
+    ``translation_probability``, sideways-dominant, as vehicle footage). The scene is a plane
+    ``n . X = 1`` in GS camera coordinates (random tilt: façades and ground seen obliquely), so
+    the translation's parallax varies with depth and each row's map is the exact homography
+    ``K (R(t) + T(t) n^T) K^-1``. Focal length from a horizontal field of view of 45-75 degrees.
+    The motion is scaled so that the largest displacement is ``U(0.1, 1) * max_displacement * W``.
+
+    Args:
+        rng: random generator (all randomness comes from it).
+        size: (H, W) pixels.
+        max_displacement: largest displacement over the frame, fraction of the width.
+        reference_time: readout time of the GS image in [0, 1] (0.5 = the middle row).
+        translation_probability: chance that the camera also translates.
+
+    Returns:
+        ``src``: float64 (H, W, 2), the GS pixel (x, y) seen by each RS pixel;
+        ``motion``: float64 (H, 6), per row the rotation vector (radians) and the translation
+        (units of the plane's distance).
+    """
+    h, w = int(size[0]), int(size[1])
+    f = (w / 2.0) / math.tan(math.radians(rng.uniform(45.0, 75.0)) / 2.0)
+    K = np.array([[f, 0.0, (w - 1) / 2.0], [0.0, f, (h - 1) / 2.0], [0.0, 0.0, 1.0]])
+    K_inv = np.linalg.inv(K)
+    t = np.linspace(0.0, 1.0, h) - reference_time
+    omega = rng.normal(0.0, 1.0, 3) * np.array([0.6, 1.0, 0.4])  # (pitch, yaw, roll) rates
+    accel = rng.normal(0.0, 0.3, 3) * np.abs(omega).max()
+    if rng.random() < translation_probability:
+        velocity = rng.normal(0.0, 1.0, 3) * np.array([1.0, 0.4, 0.3]) * rng.uniform(0.2, 1.5)
+    else:
+        velocity = np.zeros(3)
+    tilt = np.radians(rng.uniform(-50.0, 50.0, 2))  # plane normal tilted about x and y
+    normal = np.array([math.sin(tilt[1]), math.sin(tilt[0]), math.cos(tilt[0]) * math.cos(tilt[1])])
+    grid = _pixel_grid(h, w)
+    rays = np.concatenate((grid, np.ones((h, w, 1))), axis=-1) @ K_inv.T
+    normal = normal / max(float((rays @ normal).min() / np.linalg.norm(rays, axis=-1).max()), 0.2)  # in front
+
+    def mapping(scale: float) -> tuple[np.ndarray, np.ndarray]:
+        rvec = scale * (omega[None] * t[:, None] + accel[None] * t[:, None] ** 2)
+        trans = scale * velocity[None] * t[:, None]
+        homog = K[None] @ (_rotations(rvec) + trans[:, :, None] * normal[None, None, :]) @ K_inv[None]
+        inv = np.linalg.inv(homog)  # camera-t pixel -> GS pixel, one per row
+        q = np.concatenate((grid, np.ones((h, w, 1))), axis=-1)
+        p = np.einsum("hij,hwj->hwi", inv, q)
+        return p[..., :2] / p[..., 2:3], np.concatenate((rvec, trans), axis=1)
+
+    target = rng.uniform(0.1, 1.0) * max_displacement * w
+    scale = 1.0
+    for _ in range(4):  # the map is nearly linear in the scale: a few secant steps hit the target
+        src, motion = mapping(scale)
+        peak = float(np.linalg.norm(src - grid, axis=-1).max())
+        if peak < 1e-9 or abs(peak - target) < 0.01 * target:
+            break
+        scale *= target / peak
+    return src, motion
+
+
+def make_rolling_shutter_sample(
+    scene: np.ndarray,
+    rng: np.random.Generator,
+    size: tuple[int, int] | None = None,
+    max_translation: float = 0.08,
+    max_rotation: float = 3.0,
+    reference_time: float = 0.5,
+    motion_model: str = "planar",
+    max_displacement: float = 0.1,
+) -> RollingShutterSample:
+    """Make a synthetic rolling-shutter sample from a photo of the scene.
+
+    The global-shutter (GS) image is the central ``size`` crop of ``scene``; the
+    rolling-shutter (RS) camera may see beyond it (the rest of ``scene``, edge pixels
+    replicated past that), as a real camera would. Row ``r`` is read out at
+    ``t = r / (H - 1)``; ``reference_time`` is the GS instant (0.5 = the middle row is
+    unchanged). Two motion models:
+
+    * ``planar``: the pose at ``t`` is a rotation ``theta(t)`` about the image centre plus a
+      translation ``(tx(t), ty(t))`` (random cubics); the RS pixel ``q`` of row ``r`` sees the
+      GS point ``A_t(q) = c + R(theta) (q - c) + (tx, ty)``.
+    * ``camera``: a 3-D rotation and translation per row, looking at a tilted plane
+      (:func:`camera_rolling_shutter_map`): displacements up to ``max_displacement * W``.
+
+    Args:
+        scene: uint8 (Hs, Ws, 3); use :func:`rolling_shutter_margin` to size it.
+        rng: random generator for the motion.
+        size: GS / RS size (H, W); None uses the whole scene (RS content beyond it is
+            then edge-replicated).
+        max_translation: largest translation over the readout, fraction of the image size
+            (``W`` for x, ``H`` for y).
+        max_rotation: largest in-plane rotation over the readout, degrees.
+        reference_time: readout time of the GS image in [0, 1].
+        motion_model: ``"planar"`` or ``"camera"`` (:data:`~stablemotion.constants.RS_MOTION_NAMES`).
+        max_displacement: ``camera`` model: largest displacement, fraction of the width.
+
+    Returns:
+        :class:`RollingShutterSample` with ``warp(rs, flow, "zeros") ~= gs`` on ``valid``.
+    """
+    if motion_model not in RS_MOTION_NAMES:
+        raise ValueError(f"motion_model must be one of {RS_MOTION_NAMES}, got {motion_model!r}")
+    if scene.dtype != np.uint8 or scene.ndim != 3 or scene.shape[2] != 3:
+        raise ValueError(f"scene must be uint8 (H, W, 3), got {scene.dtype} {scene.shape}")
+    if not 0.0 <= reference_time <= 1.0:
+        raise ValueError(f"reference_time must be in [0, 1], got {reference_time}")
+    sh, sw = scene.shape[:2]
+    h, w = (sh, sw) if size is None else (int(size[0]), int(size[1]))
+    if h > sh or w > sw or min(h, w) < 2:
+        raise ValueError(f"size {size} must be at least 2x2 and fit in the scene {sh}x{sw}")
+    oy, ox = (sh - h) // 2, (sw - w) // 2
+    gs = np.ascontiguousarray(scene[oy : oy + h, ox : ox + w])
+    grid = _pixel_grid(h, w)
+    if motion_model == "camera":
+        src, motion = camera_rolling_shutter_map(rng, (h, w), max_displacement, reference_time)
+    else:
+        src, motion = _planar_rolling_shutter_map(rng, (h, w), max_translation, max_rotation, reference_time)
     rendered = _remap(scene, src + np.array([ox, oy]), cv2.BORDER_REPLICATE)
     rs = np.clip(np.round(rendered), 0, 255).astype(np.uint8)
     to_gs = torch.from_numpy(src - grid).permute(2, 0, 1)
@@ -691,26 +931,31 @@ def make_sample(
         task: ``"rectangling"`` or ``"rolling_shutter"``.
         seed, index: the sample depends on these only (:func:`sample_rng`).
         size: (H, W) of the sample in pixels.
-        photos: photo files (or :data:`PROCEDURAL` tokens) to draw from (default:
+        photos: photo files (or :data:`PROCEDURAL` / :data:`URBAN` tokens) to draw from (default:
             :func:`bundled_photo_paths`).
         prefilter_sigma: Gaussian low-pass of the photo crop, pixels.
         options: generator parameters (``rows``, ``cols``, ``max_inset``, ``style``,
             ``white_fraction`` for rectangling;
-            ``max_translation``, ``max_rotation`` for rolling shutter).
+            ``max_translation``, ``max_rotation``, ``motion_model``, ``max_displacement`` for
+            rolling shutter).
     """
     if task not in _TASK_IDS:
         raise ValueError(f"task must be one of {sorted(_TASK_IDS)}, got {task!r}")
     rng = sample_rng(seed, index, task)
     paths = [str(p) for p in (photos if photos is not None else bundled_photo_paths())]
     source = paths[int(rng.integers(len(paths)))]
-    if source == PROCEDURAL:  # a scene larger than the sample, so crops vary in scale
-        photo = procedural_scene(rng, (int(size[0] * 1.5) + 16, int(size[1] * 1.5) + 16))
+    if source in _GENERATED:  # a scene larger than the sample, so crops vary in scale
+        make_scene = procedural_scene if source == PROCEDURAL else urban_scene
+        photo = make_scene(rng, (int(size[0] * 1.5) + 16, int(size[1] * 1.5) + 16))
     else:
         photo = _load_photo(source)
     if task == "rectangling":
         crop = random_photo_crop(photo, size, rng, prefilter_sigma=prefilter_sigma)
         return make_rectangling_sample(crop, rng, **options)  # type: ignore[arg-type]
-    my, mx = rolling_shutter_margin(size, options.get("max_translation", 0.08), options.get("max_rotation", 3.0))
+    my, mx = rolling_shutter_margin(
+        size, options.get("max_translation", 0.08), options.get("max_rotation", 3.0),
+        options.get("motion_model", "planar"), options.get("max_displacement", 0.1),
+    )
     scene = random_photo_crop(photo, (size[0] + 2 * my, size[1] + 2 * mx), rng, prefilter_sigma=prefilter_sigma)
     return make_rolling_shutter_sample(scene, rng, size=size, **options)
 
@@ -882,6 +1127,8 @@ def write_rolling_shutter_dataset(
     prefilter_sigma: float = 0.7,
     max_translation: float = 0.08,
     max_rotation: float = 3.0,
+    motion_model: str = "planar",
+    max_displacement: float = 0.1,
     start: int = 0,
     workers: int = 1,
     overwrite: bool = False,
@@ -899,7 +1146,9 @@ def write_rolling_shutter_dataset(
         size: full-resolution (H, W) of the generated images.
         npz_size: (h, w) of the arrays in the npz (images area-resized, flow rescaled);
             None keeps ``size``.
-        max_translation, max_rotation: motion amplitudes (:func:`make_rolling_shutter_sample`).
+        max_translation, max_rotation: ``planar`` motion amplitudes (:func:`make_rolling_shutter_sample`).
+        motion_model: ``"planar"`` or ``"camera"`` (a 3-D pose per row; :func:`camera_rolling_shutter_map`).
+        max_displacement: ``camera`` model: largest displacement, fraction of the width.
         Other arguments as :func:`write_rectangling_dataset`.
 
     Returns:
@@ -912,7 +1161,8 @@ def write_rolling_shutter_dataset(
     _check_out(out_p, split, ("npz", "jpg", "jpg_gt"), overwrite)
     jobs = _make_jobs(
         "rolling_shutter", out_p, num, size, split, seed, photos, ext, quality, prefilter_sigma, start,
-        {"max_translation": max_translation, "max_rotation": max_rotation},
+        {"max_translation": max_translation, "max_rotation": max_rotation, "motion_model": motion_model,
+         "max_displacement": max_displacement},
         None if npz_size is None else (int(npz_size[0]), int(npz_size[1])), bool(full_res_jpg),
     )
     return _run_jobs(jobs, workers, progress)
@@ -938,6 +1188,10 @@ def _make_jobs(
         raise ValueError(f"num must be at least 1, got {num}")
     if options.get("style", "inset") not in RECTANGLING_STYLES:
         raise ValueError(f"style must be one of {RECTANGLING_STYLES}, got {options['style']!r}")
+    if options.get("motion_model", "planar") not in RS_MOTION_NAMES:
+        raise ValueError(f"motion_model must be one of {RS_MOTION_NAMES}, got {options['motion_model']!r}")
+    if not 0.0 < float(options.get("max_displacement", 0.1)) <= 0.5:
+        raise ValueError(f"max_displacement must be in (0, 0.5] (a fraction of the width), got {options['max_displacement']}")
     if not 0.0 <= float(options.get("white_fraction", 0.0)) <= 1.0:
         raise ValueError(f"white_fraction must be in [0, 1], got {options['white_fraction']}")
     if len(size) != 2 or min(size) < 8:
@@ -948,7 +1202,7 @@ def _make_jobs(
         photo_paths = resolve_photos(photos)
     else:
         photo_paths = [str(p) for p in photos]
-        missing = [p for p in photo_paths if p != PROCEDURAL and not Path(p).is_file()]
+        missing = [p for p in photo_paths if p not in _GENERATED and not Path(p).is_file()]
         if missing:
             raise FileNotFoundError(f"photo files not found: {', '.join(missing[:5])}")
     base = {

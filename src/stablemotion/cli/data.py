@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..constants import DIS_PRESET_NAMES, RECTANGLING_STYLE_NAMES
+from ..constants import DIS_PRESET_NAMES, RECTANGLING_STYLE_NAMES, RS_MOTION_NAMES
 from ._options import size_arg
 
 
@@ -53,7 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         k.add_argument("--start", type=int, default=0, help="index of the first sample (to extend a dataset)")
         k.add_argument("--photos", default=None,
                        help="a photo folder, or sources joined by '+': bundled, bundled-train, bundled-test, "
-                            "procedural (weight with '*N', e.g. bundled-train+procedural*10); default: bundled")
+                            "procedural, urban, or an installed photo pool (debian, debian-train, debian-test, ...: "
+                            "see `stablemotion photos` and configs/install_photos.sh); weight with '*N', e.g. "
+                            "debian-train+procedural*10; default: bundled")
         k.add_argument("--ext", choices=("jpg", "png"), default="jpg", help="image format (jpg as the real datasets)")
         k.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
         k.add_argument("--workers", type=int, default=2, help="processes (default 2)")
@@ -63,8 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             k.add_argument("--mesh", type=_cells, default=None,
                            help="mesh cells ROWSxCOLS (default 6x8 for inset, 12x16 for stitched)")
             k.add_argument("--style", choices=RECTANGLING_STYLE_NAMES, default="inset",
-                           help="border shapes: inset (smooth irregular insets) or stitched (outlines of 2-4 "
-                                "projectively warped views, as real stitched panoramas)")
+                           help="border shapes: inset (smooth irregular insets), stitched (outlines of 2-4 "
+                                "projectively warped views) or panorama (views of a turning camera on the sphere, "
+                                "as stitching software makes them)")
             k.add_argument("--white-fraction", type=float, default=0.0,
                            help="share of samples whose empty area is white instead of black (default 0)")
         else:
@@ -72,6 +75,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="HxW of the arrays in the npz files (default: --size); flows are rescaled")
             k.add_argument("--max-translation", type=float, default=0.08, help="translation over the readout, fraction of size")
             k.add_argument("--max-rotation", type=float, default=3.0, help="rotation over the readout, degrees")
+            k.add_argument("--motion", choices=RS_MOTION_NAMES, default="planar",
+                           help="camera motion: planar (in-plane shift and rotation, --max-translation/--max-rotation) "
+                                "or camera (3-D rotation and translation per row over a tilted plane, "
+                                "--max-displacement)")
+            k.add_argument("--max-displacement", type=float, default=0.1,
+                           help="camera motion: largest displacement, fraction of the width (default 0.1)")
             k.add_argument("--full-res-jpg", action=argparse.BooleanOptionalAction, default=None,
                            help="also write jpg/ and jpg_gt/ full-resolution images (default: for split 'test')")
         k.set_defaults(func=_synth)
@@ -107,7 +116,7 @@ def _synth(args: argparse.Namespace) -> int:
         "overwrite": args.force, "progress": progress,
     }
     if args.kind == "rectangling":
-        mesh = args.mesh or ((12, 16) if args.style == "stitched" else (6, 8))
+        mesh = args.mesh or ((6, 8) if args.style == "inset" else (12, 16))
         names = write_rectangling_dataset(
             args.out, rows=mesh[0], cols=mesh[1], max_inset=args.max_inset, style=args.style,
             white_fraction=args.white_fraction, **common
@@ -116,7 +125,8 @@ def _synth(args: argparse.Namespace) -> int:
     else:
         names = write_rolling_shutter_dataset(
             args.out, npz_size=args.npz_size, full_res_jpg=args.full_res_jpg,
-            max_translation=args.max_translation, max_rotation=args.max_rotation, **common,
+            max_translation=args.max_translation, max_rotation=args.max_rotation, motion_model=args.motion,
+            max_displacement=args.max_displacement, **common,
         )
         layout = f"{args.out}/{args.split}/npz"
     print(f"wrote {len(names)} samples ({names[0]}..{names[-1]}) to {layout}")
