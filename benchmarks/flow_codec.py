@@ -7,8 +7,11 @@
 For synthetic SIR and RSC samples (held-out seeds) it encodes ``[u, v, 1] / 50`` with the
 VAE encoder mean, decodes it, and reports the end-point error of the decoded flow and
 the PSNR of the input warped with it against the ground truth, next to the identity and
-the exact flow. The fine-tuned codec is ``stablemotion train`` with ``train.stage: vae``
-(decoder only; the encoder is frozen so image latents stay valid).
+the exact flow, and the roughness (mean |5-point Laplacian|, px, as ``benchmarks/roughness.py``)
+of the decoded flow in the outer 8% band and in the centre, next to the ground truth's. The
+fine-tuned codec is ``stablemotion train`` with ``train.stage: vae`` (decoder only; the encoder
+is frozen so image latents stay valid); ``--flow-smooth W`` adds the smoothness term
+(``loss.weights.flow_smooth``) to the fine-tune here.
 """
 
 from __future__ import annotations
@@ -45,20 +48,27 @@ def synthetic_set(task: str, num: int, size: tuple[int, int], seed: int) -> list
 
 @torch.no_grad()
 def round_trip(vae, samples, padding: str, device: str) -> list[float]:
-    epe, psnr, exact, ident = [], [], [], []
+    from roughness import roughness
+
+    epe, psnr, exact, ident, rough, gt_rough = [], [], [], [], [], []
     for s in samples:
         flow = s["flow"].to(device)
         z = vae.encode(encode_flow(flow).to(vae.dtype)).latent_dist.mean
         rec = decode_flow(vae.decode(z).sample.float())
+        rough.append(roughness(rec[0].cpu()))
+        gt_rough.append(roughness(flow[0].cpu()))
         img, gt = s["image"].to(device), s["gt"].to(device)
         epe.append(float(end_point_error(rec, flow)[0]))
         psnr.append(float(psnr_torch(warp(img, rec, padding=padding), gt)))
         exact.append(float(psnr_torch(warp(img, flow, padding=padding), gt)))
         ident.append(float(psnr_torch(img, gt)))
-    return [float(np.mean(epe)), float(np.mean(psnr)), float(np.mean(exact)), float(np.mean(ident))]
+    r, g = np.mean(rough, axis=0), np.mean(gt_rough, axis=0)
+    return [float(np.mean(epe)), float(np.mean(psnr)), float(np.mean(exact)), float(np.mean(ident)),
+            f"{r[0]:.3f} / {r[1]:.3f}", f"{g[0]:.3f} / {g[1]:.3f}"]
 
 
-def finetune_tiny(size: tuple[int, int], steps: int, workdir: Path, train_encoder: bool = False) -> Path:
+def finetune_tiny(size: tuple[int, int], steps: int, workdir: Path, train_encoder: bool = False,
+                  flow_smooth: float = 0.0) -> Path:
     """Train the tiny VAE's decoder (and encoder) on synthetic SIR flows; returns the vae folder."""
     from stablemotion.config import load_config
     from stablemotion.synth import write_rectangling_dataset
@@ -71,7 +81,7 @@ def finetune_tiny(size: tuple[int, int], steps: int, workdir: Path, train_encode
         "task": "sir",
         "data": {"format": "dird", "train": str(data / "training"), "resolution": list(size), "num_workers": 0},
         "model": {"base": "tiny"},
-        "loss": {"vgg_weights": None},
+        "loss": {"vgg_weights": None, "weights": {"flow_smooth": flow_smooth}},
         "optim": {"lr": 1e-3},
         "train": {"stage": "vae", "batch_size": 8, "max_steps": steps, "device": "cpu", "ema_decay": 0.99,
                   "vae_train_encoder": train_encoder},
@@ -93,6 +103,8 @@ def main() -> None:
     parser.add_argument("--size", default="64x64", help="HxW of the synthetic samples")
     parser.add_argument("--num", type=int, default=24, help="held-out samples per task")
     parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument("--flow-smooth", type=float, default=0.0,
+                        help="loss.weights.flow_smooth of the fine-tune here (default 0: off)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-write", action="store_true")
@@ -117,8 +129,8 @@ def main() -> None:
             variants.append(("fine-tuned", AutoencoderKL.from_pretrained(args.finetuned)))
             train_note = f"fine-tuned: {args.finetuned}"
         elif args.vae is None:
-            dec = finetune_tiny(size, args.train_steps, Path(tmp))
-            both = finetune_tiny(size, args.train_steps, Path(tmp), train_encoder=True)
+            dec = finetune_tiny(size, args.train_steps, Path(tmp), flow_smooth=args.flow_smooth)
+            both = finetune_tiny(size, args.train_steps, Path(tmp), train_encoder=True, flow_smooth=args.flow_smooth)
             variants += [("fine-tuned decoder", AutoencoderKL.from_pretrained(dec)),
                          ("fine-tuned encoder + decoder", AutoencoderKL.from_pretrained(both))]
             train_note = (f"fine-tuned here: {args.train_steps} steps x batch 8 on 64 synthetic SIR samples, decoder "
@@ -130,11 +142,11 @@ def main() -> None:
             samples = synthetic_set(task, args.num, size, seed=12345)
             for name, vae in variants:
                 vae = vae.to(args.device).eval()
-                epe, p, exact, ident = round_trip(vae, samples, padding, args.device)
-                rows.append([task.upper(), name, epe, p, exact, ident])
+                epe, p, exact, ident, rough, gt_rough = round_trip(vae, samples, padding, args.device)
+                rows.append([task.upper(), name, epe, p, exact, ident, rough, gt_rough])
     table = markdown_table(
         ["task", "VAE", "round-trip EPE (px)", "warp PSNR, decoded flow (dB)", "warp PSNR, exact flow (dB)",
-         "identity PSNR (dB)"], rows)
+         "identity PSNR (dB)", "round-trip roughness band / centre (px)", "gt roughness band / centre (px)"], rows)
     print(machine_description())
     print(f"VAE: {label}; {train_note}; {args.num} held-out samples per task at {size[0]}x{size[1]}")
     print(table)

@@ -119,3 +119,56 @@ def test_loss_weights_overrides():
     assert w == losses.LossWeights(v=1, warp=8, mask=8, vgg=0)
     with pytest.raises(ValueError, match="unknown loss terms"):
         losses.LossWeights.from_mapping({"l1": 1})
+
+
+# --------------------------------------------------------------------------- codec smoothness
+def test_flow_laplacian_is_the_five_point_stencil_with_replicate_border():
+    ys, xs = torch.meshgrid(torch.arange(6.0), torch.arange(8.0), indexing="ij")
+    quad = torch.stack([xs**2, 3 * ys**2])[None]  # Laplacian 2 and 6 inside
+    lap = losses.flow_laplacian(quad)
+    assert lap.shape == quad.shape
+    assert torch.allclose(lap[0, 0, 1:-1, 1:-1], torch.full((4, 6), 2.0))
+    assert torch.allclose(lap[0, 1, 1:-1, 1:-1], torch.full((4, 6), 6.0))
+    assert lap[0, 0, 0, 0] == (1 - 0)  # replicate padding: one-sided difference at the corner
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        losses.flow_laplacian(quad[0])
+
+
+def test_flow_smoothness_loss_matches_a_smooth_gt_and_charges_noise_in_pixels():
+    g = torch.Generator().manual_seed(0)
+    ys, xs = torch.meshgrid(torch.arange(24.0), torch.arange(32.0), indexing="ij")
+    gt = torch.stack([0.01 * (xs - 16) ** 2 + 0.2 * ys, -0.02 * (ys - 12) ** 2 + 0.1 * xs])[None].repeat(2, 1, 1, 1)
+    assert losses.flow_smoothness_loss(gt, gt) == 0
+    assert losses.flow_smoothness_loss(gt + 3.5, gt) < 1e-5  # an offset is the flow MSE's business
+    # Not biased towards zero motion: the curved gt itself is cheaper than a flat flow.
+    assert losses.flow_smoothness_loss(torch.zeros_like(gt), gt) > 0.02
+    # High-frequency noise (a 0.1 px checkerboard, the upsampler's typical artefact) costs ~8 x 0.1 px
+    # per component inside: the loss is in pixels, sum of u and v.
+    checker = 0.1 * (((xs + ys) % 2) * 2 - 1)
+    noisy = gt + checker
+    loss = losses.flow_smoothness_loss(noisy, gt)
+    assert 1.2 < float(loss) < 1.61
+    # Random noise: monotone in its amplitude.
+    n = torch.randn(gt.shape, generator=g)
+    small, big = (losses.flow_smoothness_loss(gt + a * n, gt) for a in (0.01, 0.1))
+    assert 0 < small < big and torch.isclose(big / small, torch.tensor(10.0), rtol=1e-3)
+    with pytest.raises(ValueError, match="same shape"):
+        losses.flow_smoothness_loss(gt, gt[:, :, :-1])
+
+
+def test_flow_smoothness_loss_gradient_reaches_the_flow():
+    gt = torch.zeros(1, 2, 16, 16)
+    flow = (torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(1)) * 0.1).requires_grad_(True)
+    loss = losses.flow_smoothness_loss(flow, gt)
+    loss.backward()
+    assert flow.grad is not None and flow.grad.abs().sum() > 0
+    with torch.no_grad():  # a step against the gradient smooths the flow
+        after = losses.flow_smoothness_loss(flow - 1e-3 * flow.grad / flow.grad.abs().max(), gt)
+    assert after < loss
+
+
+def test_loss_weights_know_flow_smooth_and_default_it_off():
+    assert losses.LossWeights().flow_smooth == 0.0
+    assert losses.LossWeights.from_mapping({"v": 1.0}, {"flow_smooth": 2}).flow_smooth == 2.0
+    with pytest.raises(ValueError, match="flow_smooth"):
+        losses.LossWeights.from_mapping({"flow_smoth": 1.0})

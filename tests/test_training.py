@@ -323,6 +323,59 @@ def test_codec_loss_weights_scale_the_vae_stage_terms(tmp_path, sir_data):
     assert torch.allclose(losses["total"], expected)
 
 
+def test_flow_smooth_weight_adds_the_codec_smoothness_term_and_trains_the_decoder_only(tmp_path, sir_data):
+    from stablemotion.flow import encode_flow
+    from stablemotion.losses import flow_smoothness_loss
+
+    cfg = load_config(_config(tmp_path, sir_data, **{
+        "train.stage": "vae", "train.max_steps": 2, "train.ema": False,
+        "loss.weights": {"flow": 0.0, "warp": 0.0, "vgg": 0.0, "flow_smooth": 2.0}}))
+    trainer = Trainer(cfg)
+    batch = next(iter(trainer._loader(0)))
+    losses = trainer.compute_losses(batch, 0)
+    assert set(losses) == {"flow", "flow_smooth", "total"}
+    # The term is the Laplacian L1 (pixels) of the round trip against the gt, weighted into the total.
+    gamma = trainer.task.flow_gamma
+    with torch.no_grad():
+        rec = trainer.model(encode_flow(batch["flow"], gamma))[:, :2].float() * gamma
+    assert torch.allclose(losses["flow_smooth"], flow_smoothness_loss(rec, batch["flow"].float()), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(losses["total"], 2.0 * losses["flow_smooth"])
+    assert losses["flow_smooth"] > 0
+    # Its gradient alone reaches the decoder (the only other terms are weighted 0); the encoder stays frozen.
+    losses["total"].backward()
+    dec_grads = [p.grad for p in trainer.vae.decoder.parameters() if p.grad is not None]
+    assert dec_grads and sum(float(g.abs().sum()) for g in dec_grads) > 0
+    assert all(p.grad is None for p in trainer.vae.encoder.parameters())
+    trainer.optimizer.zero_grad(set_to_none=True)
+    enc0 = {k: v.clone() for k, v in trainer.vae.encoder.state_dict().items()}
+    result = trainer.train(show_progress=False)
+    assert "flow_smooth" in result.last_losses
+    assert all(torch.equal(enc0[k], v) for k, v in trainer.vae.encoder.state_dict().items())
+    # Off by default: no term, no compute.
+    plain = Trainer(load_config(_config(tmp_path / "p", sir_data, **{"train.stage": "vae", "train.ema": False})))
+    assert "flow_smooth" not in plain.compute_losses(batch, 0)
+
+
+def test_flow_smooth_weight_is_validated(tmp_path, sir_data):
+    with pytest.raises(ConfigError, match=r"loss.weights.flow_smooth must be a finite number >= 0, got -1.0"):
+        load_config(_config(tmp_path, sir_data, **{"train.stage": "vae"}),
+                    overrides=["loss.weights={flow_smooth: -1}"], check_paths=False)
+    with pytest.raises(ConfigError, match=r"loss.weights.flow_smooth applies to train.stage 'vae' only"):
+        load_config(_config(tmp_path, sir_data), overrides=["loss.weights={flow_smooth: 1.0}"], check_paths=False)
+    with pytest.raises(ConfigError, match=r"unknown loss terms \['flow_smoth'\]"):
+        load_config(_config(tmp_path, sir_data, **{"train.stage": "vae"}),
+                    overrides=["loss.weights={flow_smoth: 1.0}"], check_paths=False)
+
+
+def test_mini_vae_smooth_config_fine_tunes_the_bundled_decoder_only():
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "mini_vae_smooth.yaml", check_paths=False)
+    assert cfg.train.stage == "vae" and not cfg.train.vae_train_encoder
+    assert cfg.loss.weights["flow_smooth"] > 0
+    assert (root / cfg.model.init / "model_index.json").is_file()  # the bundled pipeline: its VAE is the start
+    assert cfg.resolution == tuple(load_config(root / "configs" / "mini_vae.yaml", check_paths=False).resolution)
+
+
 # --------------------------------------------------------------------------- issue 15: bad input, damaged checkpoints
 def test_unparsable_override_is_a_one_line_error_naming_it(tmp_path, sir_data, capsys):
     from stablemotion.cli import main

@@ -242,6 +242,8 @@ class TrainConfig:
             _check_range(src, f"loss.weights.{name}", value, low=0.0)
         if weights.mask and "mask" not in spec.conditions:
             raise ConfigError(f"{src}: loss.weights.mask needs a task with a 'mask' condition")
+        if weights.flow_smooth and self.train.stage != "vae":
+            raise ConfigError(f"{src}: loss.weights.flow_smooth applies to train.stage 'vae' only (the decoder's smoothness)")
         if check_paths:
             if not self.data.train:
                 raise ConfigError(f"{src}: data.train is required (the training dataset folder)")

@@ -4,6 +4,8 @@
 * :func:`v_target` / :func:`x0_from_v` - v-prediction target and the one-shot x0 estimate
   through which the task losses reach the UNet.
 * :func:`warp_loss`, :func:`mask_loss` - condition losses on images in [-1, 1].
+* :func:`flow_laplacian`, :func:`flow_smoothness_loss` - the codec's smoothness term: L1
+  between the discrete Laplacians of a decoded and a ground-truth flow (pixels).
 * :class:`PerceptualLoss` - VGG16 ``features[:9]`` (up to relu2_2) feature MSE.
 * :class:`LossWeights` - per-task weights, overridable.
 
@@ -30,6 +32,8 @@ __all__ = [
     "x0_from_v",
     "warp_loss",
     "mask_loss",
+    "flow_laplacian",
+    "flow_smoothness_loss",
     "PerceptualLoss",
     "VGG16_RELU2_2_LAYERS",
 ]
@@ -46,7 +50,10 @@ class LossWeights:
     """Weights of the loss terms. ``0`` disables a term (and skips its compute).
 
     ``flow`` and ``image`` weigh the VAE (codec) stage's flow-reconstruction MSE (gamma
-    units: 1 px = 1/gamma) and image-reconstruction MSE.
+    units: 1 px = 1/gamma) and image-reconstruction MSE. ``flow_smooth`` weighs the
+    codec's smoothness term (:func:`flow_smoothness_loss`, pixels; VAE stage only, off by
+    default): it makes the decoder reproduce the ground truth's second differences, so a
+    smooth flow comes back smooth, at the border as in the centre.
     """
 
     v: float = 1.0
@@ -55,6 +62,7 @@ class LossWeights:
     vgg: float = 0.0
     flow: float = 1.0
     image: float = 1.0
+    flow_smooth: float = 0.0
 
     @classmethod
     def from_mapping(cls, weights: Mapping[str, float], overrides: Mapping[str, float] | None = None) -> LossWeights:
@@ -174,6 +182,34 @@ def mask_loss(mask: torch.Tensor, flow: torch.Tensor, padding: str = "border", t
     m = warp(mask, flow, padding=padding, check_finite=False, fill=-1.0).float()  # outside = empty
     m = torch.where(m > threshold, torch.ones_like(m), m)
     return (1.0 - m).pow(2).mean()
+
+
+def flow_laplacian(flow: torch.Tensor) -> torch.Tensor:
+    """5-point discrete Laplacian of each channel, (B, C, H, W) -> (B, C, H, W).
+
+    The border is replicate-padded, so on the outermost rows and columns it is the one-sided
+    second difference (``f[1] - f[0]`` plus the along-edge terms): every pixel, the border
+    band included, is constrained.
+    """
+    if flow.ndim != 4:
+        raise ValueError(f"flow_laplacian expects (B, C, H, W), got {tuple(flow.shape)}")
+    f = F.pad(flow, (1, 1, 1, 1), mode="replicate")
+    return f[:, :, 1:-1, 2:] + f[:, :, 1:-1, :-2] + f[:, :, 2:, 1:-1] + f[:, :, :-2, 1:-1] - 4 * f[:, :, 1:-1, 1:-1]
+
+
+def flow_smoothness_loss(flow: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean L1 distance between the Laplacians of ``flow`` and ``target`` (both (B, 2, H, W), px).
+
+    Zero when the decoded flow has the ground truth's curvature, whatever its offset (and,
+    away from the outermost rows and columns, where the replicate padding makes the term a
+    first difference, whatever its slope): those are the flow MSE's job. A smooth ground
+    truth is matched, not flattened, so the term does not bias the decoder towards zero
+    motion. High-frequency decoder noise, e.g. checkerboards of the upsampling or ripples at
+    the border, is charged in pixels (sum over the two components, mean over pixels).
+    """
+    if flow.shape != target.shape:
+        raise ValueError(f"flow {tuple(flow.shape)} and target {tuple(target.shape)} must have the same shape")
+    return (flow_laplacian(flow.float()) - flow_laplacian(target.float())).abs().sum(1).mean()
 
 
 class PerceptualLoss(torch.nn.Module):

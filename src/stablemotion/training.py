@@ -45,6 +45,7 @@ from .flow import decode_flow, encode_flow, end_point_error, flow_to_color, warp
 from .losses import (
     LossWeights,
     PerceptualLoss,
+    flow_smoothness_loss,
     gt_valid_region,
     mask_loss,
     pyramid_noise_like,
@@ -498,7 +499,8 @@ class Trainer:
         return losses
 
     def _codec_losses(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """VAE stage: MSE of the decoded flow (in gamma units) + the task's warp loss; with a
+        """VAE stage: MSE of the decoded flow (in gamma units) + the task's warp loss (+ the
+        smoothness term ``flow_smooth``, pixels, when weighted); with a
         trained encoder also the reconstruction MSE of the images (input and gt), so image
         latents stay meaningful. One forward over flows and images together (DDP-safe)."""
         gamma = self.task.flow_gamma
@@ -511,12 +513,15 @@ class Trainer:
         losses = {"flow": F.mse_loss(rec[:, :2].float(), target[:, :2].float())}
         if images:
             losses["image"] = F.mse_loss(out[b:].float(), torch.cat(images).float())
+        flow = rec[:, :2].float() * gamma
         if self.weights.warp:
-            flow = rec[:, :2].float() * gamma
             valid = gt_valid_region(batch["flow"]) if self.task.valid_region_loss else None
             losses["warp"] = warp_loss(batch["image"], flow, batch["gt"], padding=self.task.padding, valid=valid)
+        if self.weights.flow_smooth:  # pixels: the Laplacian of the decoded flow against the gt's
+            losses["flow_smooth"] = flow_smoothness_loss(flow, target[:, :2].float() * gamma)
         w = self.weights
-        losses["total"] = w.flow * losses["flow"] + w.image * losses.get("image", 0.0) + w.warp * losses.get("warp", 0.0)
+        losses["total"] = (w.flow * losses["flow"] + w.image * losses.get("image", 0.0) + w.warp * losses.get("warp", 0.0)
+                           + w.flow_smooth * losses.get("flow_smooth", 0.0))
         return losses
 
     # ------------------------------------------------------------------ checkpoints
