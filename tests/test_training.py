@@ -561,3 +561,18 @@ logging: {{every: 1, tensorboard: false}}
     (tmp_path / "bad.yaml").write_text(cfg_text.replace(str(tmp_path / "start"), str(tmp_path / "nowhere")))
     with pytest.raises(ConfigError, match="model.init"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_paper_resolution_configs_keep_the_minis_latent_size():
+    """configs/hr_*.yaml: SIR 192x256 and RSC 256x256 on a factor-4 VAE, so the motion UNet
+    sees the latent sizes the 96x128 minis' UNet sees (48x64) or the square equivalent."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    mini = load_config(root / "mini_sir.yaml", check_paths=False)
+    for name, res in (("hr_vae", (192, 256)), ("hr_sir", (192, 256)), ("hr_rsc", (256, 256))):
+        cfg = load_config(root / f"{name}.yaml", check_paths=False)
+        assert tuple(cfg.resolution) == res
+        factor = 2 ** (len(cfg.model.tiny["vae_channels"]) - 1)
+        assert factor == 4
+        assert res[0] // factor * res[1] // factor <= 64 * 64
+        assert cfg.model.tiny["unet_channels"] == mini.model.tiny["unet_channels"] or name == "hr_vae"
+    assert (192 // 4, 256 // 4) == (mini.resolution[0] // 2, mini.resolution[1] // 2)
