@@ -117,14 +117,17 @@ def load_vae(folder: str, fp16: bool = True):
     return vae.to(torch.float32).eval()
 
 
-def stitched_test_set(num: int, size: tuple[int, int], seed: int) -> list[dict[str, np.ndarray]]:
-    """Held-out SIR samples with the "stitched" border style (outlines of real stitched panoramas)."""
-    from stablemotion.synth import bundled_photo_paths, make_sample
+def stitched_test_set(num: int, size: tuple[int, int], seed: int, style: str = "stitched",
+                      photos: str = "bundled-test") -> list[dict[str, np.ndarray]]:
+    """Held-out SIR samples with the "stitched" border style (outlines of real stitched panoramas)
+    or the "panorama" style (outlines as stitching software makes them), on held-out ``photos``
+    (synth --photos syntax), a third with white empty areas."""
+    from stablemotion.synth import make_sample, resolve_photos
 
-    photos = [str(p) for p in bundled_photo_paths("bundled-test")]
+    sources = resolve_photos(photos)
     out = []
     for i in range(num):
-        s = make_sample(SYNTH["sir"], seed, i, size, photos, style="stitched", rows=12, cols=16, white_fraction=0.3)
+        s = make_sample(SYNTH["sir"], seed, i, size, sources, style=style, rows=12, cols=16, white_fraction=0.3)
         out.append({"image": s.input, "mask": s.mask, "gt": s.gt, "flow": s.flow})
     return out
 
@@ -144,7 +147,7 @@ def border_left(mask: np.ndarray, flow: np.ndarray, frame: int = 4) -> float:
 @torch.no_grad()
 def measure(task: str, num: int, out_size: tuple[int, int], seed: int, style: str = "inset",
             model: str | None = None, vaes: list[tuple[str, str]] | None = None, fp16: bool = True,
-            suspects: bool = False) -> tuple[list[dict], list[dict]]:
+            suspects: bool = False, photos: str = "bundled-test") -> tuple[list[dict], list[dict]]:
     """Rows of the main table (one set per VAE: "bundled" and each ``vaes`` (label, folder)) and
     of the suspects table."""
     from stablemotion.model import load_bundled_pipeline, load_pipeline
@@ -155,7 +158,7 @@ def measure(task: str, num: int, out_size: tuple[int, int], seed: int, style: st
     padding = get_task(task).padding
     gamma = pipe.task.flow_gamma
     size = tuple(pipe.config.default_processing_resolution)
-    samples = stitched_test_set(num, size, seed) if style == "stitched" else test_set(task, num, size, seed)
+    samples = stitched_test_set(num, size, seed, style, photos) if style != "inset" else test_set(task, num, size, seed)
     task_label = f"{task} ({style} borders)" if task == "sir" else task
     variants = [("bundled", pipe.vae)] + [(label, load_vae(folder, fp16)) for label, folder in (vaes or [])]
 
@@ -288,6 +291,10 @@ def main() -> None:
     ap.add_argument("--out-size", default="384x512", help="HxW the flows are measured at (default 384x512)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--stitched", action="store_true", help="also SIR samples with stitched-panorama borders")
+    ap.add_argument("--panorama", action="store_true",
+                    help="also SIR samples with panorama borders (as stitching software makes them) on --photos")
+    ap.add_argument("--photos", default="bundled-test",
+                    help="held-out photos of the --panorama rows (synth --photos syntax, e.g. debian-test+bundled-test)")
     ap.add_argument("--sir-model", default=None, help="SIR pipeline folder (default: the bundled model)")
     ap.add_argument("--rsc-model", default=None, help="RSC pipeline folder (default: the bundled model)")
     ap.add_argument("--vae", action="append", default=[], metavar="[LABEL=]FOLDER",
@@ -307,8 +314,11 @@ def main() -> None:
     jobs = [(task, "inset", models[task]) for task in args.tasks]
     if args.stitched and "sir" in args.tasks:
         jobs.append(("sir", "stitched", args.sir_model))
+    if args.panorama and "sir" in args.tasks:
+        jobs.append(("sir", "panorama", args.sir_model))
     for task, style, model in jobs:
-        r, s_ = measure(task, args.num, out_size, args.seed, style=style, model=model, **opts)
+        photos = args.photos if style == "panorama" else "bundled-test"
+        r, s_ = measure(task, args.num, out_size, args.seed, style=style, model=model, photos=photos, **opts)
         rows += r
         sus += s_
 
@@ -354,7 +364,8 @@ def main() -> None:
         "PSNR/SSIM/EPE of the warped input against the ground truth at the test-set size (round trip: EPE only); "
         "gain = PSNR minus the identity's; border left = share of the output's outer 4-px frame sampled from the "
         "empty area (SIR). `stitched` rows: held-out samples whose borders are the outlines of real stitched panoramas "
-        "(`synth rectangling --style stitched`)."
+        "(`synth rectangling --style stitched`); `panorama` rows: outlines as stitching software makes them "
+        f"(`--style panorama`) on `{args.photos}`."
         + (" VAE: `bundled` = the VAE in the bundled folders; others swapped into both models (rounded to fp16)."
            if with_vae else "") + "\n\n" + text
     )

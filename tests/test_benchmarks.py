@@ -90,3 +90,68 @@ def test_mini_models_targets_are_computed_from_the_rows() -> None:
     assert "- rsc: gain +0.10 dB (target >= +2: missed); the exact gt flow itself scores -0.20 dB" in text
     rows[1] = row("sir", "m, 1 step", 22.5, 13.0)
     assert "(target >= +10: missed); vs the regression ablation -1.50 dB (target >= -1: missed)" in targets(rows)
+
+
+def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, timeout=300,
+        cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def test_rsc_realistic_benchmark_scores_identity_exact_flow_and_model(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    proc = _run("rsc_realistic.py", "--num", "4", "--no-write", "--json", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["method"]: r for r in json.loads(out.read_text())}
+    ident, exact = rows["identity (zero motion)"], rows["exact flow (the gt flow)"]
+    assert ident["epe_ratio"] == 1.0 and ident["spread"] == 0.0 and exact["epe"] == 0.0
+    assert exact["psnr_seen"] > ident["psnr_seen"] + 5  # on the pixels the camera saw, the exact flow wins
+    assert exact["spread"] > 0.3  # the camera motions differ between samples
+    assert any(k.startswith("stablemotion-mini-rsc, 1 step") for k in rows)
+
+
+def test_rsc_realistic_measures() -> None:
+    import numpy as np
+
+    bench = _load_benchmark("rsc_realistic")
+    a = np.zeros((4, 5, 3), np.uint8)
+    b = a.copy()
+    b[0, 0] = 255
+    valid = np.ones((4, 5), bool)
+    assert bench.masked_psnr(a, a, valid) > 90
+    valid[0, 0] = False
+    assert bench.masked_psnr(a, b, valid) > 90  # the differing pixel is not scored
+    f = np.zeros((3, 2, 2), np.float32)
+    assert bench.spread([f, f]) == 0.0
+    assert abs(bench.spread([f, f + np.array([3.0, 4.0], np.float32)]) - 2.5) < 1e-6  # std of {0, 5} is 2.5
+
+
+def test_panoramas_benchmark_stitches_and_scores(tmp_path: Path) -> None:
+    import numpy as np
+
+    bench = _load_benchmark("panoramas")
+    empty = np.zeros((20, 30), bool)
+    empty[:, :5] = True
+    zero = np.zeros((20, 30, 2), np.float32)
+    assert bench.border_left(empty, zero) > 0.1  # the left strip samples the empty area
+    shift = zero.copy()
+    shift[..., 0] = 6.0  # sample 6 px to the right: the output no longer sees the empty strip
+    assert bench.border_left(empty, shift) == 0.0
+    ramp = np.stack(np.meshgrid(np.arange(30.0), np.arange(20.0)), -1)
+    band, centre = bench.laplacian_roughness(ramp)
+    assert band < 1e-9 and centre < 1e-9  # an affine flow has no curvature
+    pano = bench.make_panorama(np.asarray(_photo(), np.uint8), np.random.default_rng(0))
+    assert pano is not None
+    image, empty = pano
+    assert image.shape[:2] == empty.shape and 0.0 < empty.mean() < 0.6
+    proc = _run("panoramas.py", "--per-photo", "1", "--max-photos", "1", "--no-write", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 panoramas" in proc.stdout
+
+
+def _photo():
+    from stablemotion._io import load_image
+    from stablemotion.synth import bundled_photo_paths
+
+    return load_image(bundled_photo_paths("bundled-test")[1])
