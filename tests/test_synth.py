@@ -366,9 +366,135 @@ def test_panorama_style_has_stitcher_like_outlines_and_exact_flow():
 
 def test_photo_pools_are_photo_sources(monkeypatch, tmp_path):
     import stablemotion.synth as synth
+    import stablemotion.tasks._photos as photos
 
     files = [str(tmp_path / f"p{i}.jpg") for i in range(3)]
-    monkeypatch.setattr(synth, "resolve_pool", lambda name: files[:2] if name == "mypool-train" else None)
+    monkeypatch.setattr(photos, "resolve_pool", lambda name: files[:2] if name == "mypool-train" else None)
     assert synth.resolve_photos("mypool-train*2+procedural") == files[:2] * 2 + ["procedural"]
     with pytest.raises(ValueError, match="neither a folder nor one of"):
         synth.resolve_photos("nopool")
+
+
+# --------------------------------------------------------------------------- rotation and lens correction
+def _rewarp_psnr(s) -> float:
+    rewarped = warp(_chw(s.input).double(), _chw(s.flow), padding="border")
+    return _psnr(rewarped.round().clamp(0, 255), _chw(s.gt))
+
+
+def _inside(flow: np.ndarray) -> bool:
+    h, w = flow.shape[:2]
+    gy, gx = np.mgrid[0:h, 0:w]
+    x, y = gx + flow[..., 0], gy + flow[..., 1]
+    return bool((x >= -1e-3).all() and (x <= w - 1 + 1e-3).all() and (y >= -1e-3).all() and (y <= h - 1 + 1e-3).all())
+
+
+@pytest.mark.parametrize("task", ["rotation", "lens"])
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_new_tasks_have_exact_flows_inside_the_frame(task, index):
+    from stablemotion.synth import make_sample
+
+    s = make_sample(task, 4, index, (72, 96), None)
+    assert s.input.shape == s.gt.shape == (72, 96, 3) and s.input.dtype == s.gt.dtype == np.uint8
+    assert s.flow.shape == (72, 96, 2) and s.flow.dtype == np.float32
+    assert _rewarp_psnr(s) > 30.0  # gt(p) = input(p + flow(p))
+    assert _rewarp_psnr(s) > _psnr(_chw(s.input).double(), _chw(s.gt)) + 5  # and the warp is not the identity
+    assert _inside(s.flow)  # every gt pixel comes from the input: no empty corner in the target
+
+
+@pytest.mark.parametrize("task", ["rotation", "lens"])
+def test_new_tasks_inputs_have_no_empty_corners(task):
+    """On an all-white photo any empty (black) area of input or gt would show."""
+    from stablemotion.synth import make_lens_sample, make_rotation_sample
+
+    white = np.full((300, 400, 3), 255, np.uint8)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        if task == "rotation":
+            s = make_rotation_sample(white, rng, (60, 80), min_angle=10, max_angle=25)
+        else:
+            s = make_lens_sample(white, rng, (60, 80), min_strength=0.4, max_strength=0.6, centre_jitter=0.25)
+        assert s.input.min() >= 250 and s.gt.min() >= 250
+
+
+def test_rotation_sample_is_upright_in_the_centre_and_preserves_the_border():
+    from stablemotion.synth import rotation_correction_map
+
+    h, w, angle = 120, 160, 9.0
+    src = rotation_correction_map((h, w), angle)
+    c = np.array([(w - 1) / 2, (h - 1) / 2])
+    theta = np.radians(-angle)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    ys, xs = np.mgrid[50:70, 70:90]
+    p = np.stack([xs, ys], -1).astype(np.float64)
+    np.testing.assert_allclose(src[50:70, 70:90], c + (p - c) @ rot.T, atol=1e-9)  # rigid rotation back
+    grid = np.stack(np.meshgrid(np.arange(w), np.arange(h)), -1)
+    for edge in (np.s_[0, :], np.s_[-1, :], np.s_[:, 0], np.s_[:, -1]):
+        np.testing.assert_allclose(src[edge], grid[edge], atol=1e-6)  # the border shows the input's border
+    jac = np.linalg.det(np.stack([np.stack(np.gradient(src[..., k], axis=(1, 0)), -1) for k in range(2)], -2))
+    assert jac.min() > 0.2  # one-to-one
+    assert _inside(src - grid)
+    with pytest.raises(ValueError, match="band"):
+        rotation_correction_map((h, w), angle, band=0.1)
+
+
+def test_new_tasks_respect_their_parameter_bounds():
+    from stablemotion.synth import make_lens_sample, make_rotation_sample
+
+    photo = np.random.default_rng(0).integers(0, 255, (200, 260, 3)).astype(np.uint8)
+    rng = np.random.default_rng(1)
+    angles = [make_rotation_sample(photo, rng, (24, 32), min_angle=3, max_angle=7).params["angle"] for _ in range(12)]
+    assert all(3 <= abs(a) <= 7 for a in angles) and min(angles) < 0 < max(angles)
+    lens = [make_lens_sample(photo, rng, (24, 32), min_strength=0.1, max_strength=0.2).params for _ in range(8)]
+    assert all(0.1 <= p["strength"] <= 0.2 for p in lens)
+    assert all(abs(p["centre"][0] - 15.5) <= 0.05 * 15.5 + 1e-9 for p in lens) and all(p["scale"] >= 1.0 for p in lens)
+    with pytest.raises(ValueError, match="max_angle"):
+        make_rotation_sample(photo, rng, (24, 32), max_angle=40)
+    with pytest.raises(ValueError, match="max_strength"):
+        make_lens_sample(photo, rng, (24, 32), max_strength=0.9)
+
+
+def test_lens_model_round_trips_and_is_barrel():
+    from stablemotion.synth import LensParams
+
+    lens = LensParams(0.3, (50.0, 40.0), 64.0)
+    pts = np.random.default_rng(0).uniform(0, 100, (500, 2))
+    np.testing.assert_allclose(lens.distort(lens.undistort(pts)), pts, atol=1e-9)
+    r_in = np.linalg.norm(pts - lens.centre, axis=1)
+    r_out = np.linalg.norm(lens.undistort(pts) - lens.centre, axis=1)
+    assert (r_out >= r_in - 1e-12).all() and (r_out / np.maximum(r_in, 1e-9))[r_in > 30].min() > 1.05
+
+
+@pytest.mark.parametrize("task", ["rotation", "lens"])
+def test_new_task_datasets_are_deterministic_task_folders(tmp_path, task):
+    from stablemotion.data import TaskFolderDataset
+    from stablemotion.flow import read_flow
+    from stablemotion.synth import make_sample, write_dataset
+
+    names = write_dataset(task, tmp_path / "a", 3, size=(40, 56), ext="png", seed=2, workers=2)
+    write_dataset(task, tmp_path / "b", 3, size=(40, 56), ext="png", seed=2, workers=1)
+    assert names == ["00000", "00001", "00002"]
+    for sub in ("input", "gt", "flow"):
+        for a in sorted((tmp_path / "a" / "train" / sub).iterdir()):
+            assert a.read_bytes() == (tmp_path / "b" / "train" / sub / a.name).read_bytes()
+    s = make_sample(task, 2, 1, (40, 56), None)
+    assert np.array_equal(load_image(tmp_path / "a" / "train" / "input" / "00001.png"), s.input)
+    assert np.array_equal(read_flow(tmp_path / "a" / "train" / "flow" / "00001.npy"), s.flow)
+    assert not np.array_equal(make_sample(task, 2, 2, (40, 56), None).flow, s.flow)
+    ds = TaskFolderDataset(tmp_path / "a" / "train", task)
+    assert len(ds) == 3 and ds[0]["image"].shape == (3, 40, 56) and ds[0]["flow"].shape == (2, 40, 56)
+    with pytest.raises(FileExistsError):
+        write_dataset(task, tmp_path / "a", 1, size=(40, 56))
+    with pytest.raises(TypeError, match="unknown option"):
+        write_dataset(task, tmp_path / "c", 1, size=(40, 56), style="inset")
+
+
+def test_make_sample_dispatches_through_the_registry():
+    from stablemotion.synth import generator_names, make_sample, sample_rng
+
+    assert generator_names() == ["rectangling", "rolling_shutter", "rotation", "lens"]
+    a = make_sample("sir", 1, 0, (32, 48), None)  # the task name is an alias of its generator
+    b = make_sample("rectangling", 1, 0, (32, 48), None)
+    assert np.array_equal(a.input, b.input)
+    assert sample_rng(0, 0, "rsc").random() == sample_rng(0, 0, "rolling-shutter").random()
+    with pytest.raises(ValueError, match="task must be one of"):
+        make_sample("nope", 0, 0, (32, 48), None)

@@ -26,7 +26,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .tasks import TaskSpec, available_tasks, get_task
+from .tasks import RELEASED_TASKS, TaskSpec, available_tasks, get_task
 
 __all__ = [
     "EmptyTextEmbedding",
@@ -137,7 +137,10 @@ def infer_task(in_channels: int, hint: str | None = None) -> TaskSpec:
     """The registered task whose UNet input has ``in_channels`` channels.
 
     ``hint`` (e.g. a folder name like ``StableMotion_SIR``) disambiguates and is checked:
-    a hint naming a task with a different channel count raises ``ValueError``.
+    a hint naming a task with a different channel count raises ``ValueError``. Without a
+    hint, a tie between tasks of the same width (RSC, rotation and lens all take the image
+    only) goes to the released tasks (:data:`stablemotion.tasks.RELEASED_TASKS`), the only
+    ones with published checkpoints.
     """
     named = None
     if hint:
@@ -153,6 +156,8 @@ def infer_task(in_channels: int, hint: str | None = None) -> TaskSpec:
             )
         return named
     matches = [get_task(n) for n in available_tasks() if get_task(n).unet_in_channels == in_channels]
+    if len(matches) > 1:
+        matches = [m for m in matches if m.name in RELEASED_TASKS] or matches
     if len(matches) != 1:
         names = ", ".join(f"{m.name} ({m.unet_in_channels})" for m in map(get_task, available_tasks()))
         raise ValueError(

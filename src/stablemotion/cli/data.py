@@ -4,6 +4,11 @@ Examples::
 
     stablemotion synth rectangling /tmp/dird --num 500 --size 384x512 --split training
     stablemotion synth rolling-shutter /tmp/rs --num 200 --size 480x640 --npz-size 256x256 --split test
+    stablemotion synth rotation /tmp/rot --num 200 --max-angle 15
+    stablemotion synth lens /tmp/lens --num 200 --max-strength 0.4
+
+The ``synth`` kinds and their options come from the task registry (:mod:`stablemotion.tasks`):
+a task module that declares a generator gets its sub-command without changes here.
     stablemotion label-flows /data/DIR-D --split training --out /data/DIR-D/training/flow
 """
 
@@ -14,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..constants import DIS_PRESET_NAMES, RECTANGLING_STYLE_NAMES, RS_MOTION_NAMES
+from ..constants import DIS_PRESET_NAMES
 from ._options import size_arg
 
 
@@ -32,23 +37,21 @@ def _min_size(minimum: int, what: str) -> Any:
 
 
 _size = _min_size(8, "--size")
-_cells = _min_size(1, "--mesh")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..tasks import get_generator, synth_tasks
+
     p = sub.add_parser("synth", help="make a synthetic dataset with exact flows from ordinary photos")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
-    for kind, help_text in (
-        ("rectangling", "stitched-image rectangling samples in the DIR-D layout (input, mask, gt, flow)"),
-        ("rolling-shutter", "rolling-shutter samples in the RS-Real layout (npz with condition, out_flow, gs)"),
-    ):
-        k = kinds.add_parser(kind, help=help_text)
+    for name in synth_tasks():  # one sub-command per declared task generator
+        synth = get_generator(name)
+        k = kinds.add_parser(synth.cli_name, help=synth.help)
         k.add_argument("out", type=Path, help="dataset root to write (the split folder goes inside)")
         k.add_argument("--num", type=int, default=100, help="number of samples (default 100)")
-        default_size = "384x512" if kind == "rectangling" else "256x256"
+        default_size = f"{synth.size[0]}x{synth.size[1]}"
         k.add_argument("--size", type=_size, default=_size(default_size), help=f"HxW in pixels (default {default_size})")
-        default_split = "training" if kind == "rectangling" else "train"
-        k.add_argument("--split", default=default_split, help=f"split folder name (default {default_split})")
+        k.add_argument("--split", default=synth.split, help=f"split folder name (default {synth.split})")
         k.add_argument("--seed", type=int, default=0, help="sample i depends only on (seed, i)")
         k.add_argument("--start", type=int, default=0, help="index of the first sample (to extend a dataset)")
         k.add_argument("--photos", default=None,
@@ -60,30 +63,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         k.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
         k.add_argument("--workers", type=int, default=2, help="processes (default 2)")
         k.add_argument("--force", action="store_true", help="write into non-empty folders")
-        if kind == "rectangling":
-            k.add_argument("--max-inset", type=float, default=0.12, help="largest boundary inset, fraction of size")
-            k.add_argument("--mesh", type=_cells, default=None,
-                           help="mesh cells ROWSxCOLS (default 6x8 for inset, 12x16 for stitched)")
-            k.add_argument("--style", choices=RECTANGLING_STYLE_NAMES, default="inset",
-                           help="border shapes: inset (smooth irregular insets), stitched (outlines of 2-4 "
-                                "projectively warped views) or panorama (views of a turning camera on the sphere, "
-                                "as stitching software makes them)")
-            k.add_argument("--white-fraction", type=float, default=0.0,
-                           help="share of samples whose empty area is white instead of black (default 0)")
-        else:
-            k.add_argument("--npz-size", type=_size, default=None,
-                           help="HxW of the arrays in the npz files (default: --size); flows are rescaled")
-            k.add_argument("--max-translation", type=float, default=0.08, help="translation over the readout, fraction of size")
-            k.add_argument("--max-rotation", type=float, default=3.0, help="rotation over the readout, degrees")
-            k.add_argument("--motion", choices=RS_MOTION_NAMES, default="planar",
-                           help="camera motion: planar (in-plane shift and rotation, --max-translation/--max-rotation) "
-                                "or camera (3-D rotation and translation per row over a tilted plane, "
-                                "--max-displacement)")
-            k.add_argument("--max-displacement", type=float, default=0.1,
-                           help="camera motion: largest displacement, fraction of the width (default 0.1)")
-            k.add_argument("--full-res-jpg", action=argparse.BooleanOptionalAction, default=None,
-                           help="also write jpg/ and jpg_gt/ full-resolution images (default: for split 'test')")
-        k.set_defaults(func=_synth)
+        for opt in synth.options:  # the generator's declared options
+            if not opt.cli_flag:
+                continue
+            extra: dict[str, Any] = {"action": opt.action} if opt.action is not None else {"type": opt.type}
+            if opt.choices is not None:
+                extra["choices"] = opt.choices
+            k.add_argument(opt.cli_flag, dest=opt.name, default=opt.default, help=opt.help, **extra)
+        if synth.cli_arguments is not None:
+            synth.cli_arguments(k)
+        k.set_defaults(func=_synth, generator=synth.name)
 
     p = sub.add_parser("label-flows", help="estimate pseudo flows (.npy) for (input, gt) pairs, with a quality report")
     p.add_argument("dataset", type=Path, help="folder with input/ and gt/ (and mask/), or a DIR-D root")
@@ -103,32 +92,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..synth import write_rectangling_dataset, write_rolling_shutter_dataset
+    from ..synth import write_dataset
+    from ..tasks import get_generator
 
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     def progress(it: Iterable[str], total: int) -> Iterable[str]:
         return tqdm(it, total=total, desc=f"synth {args.kind}", unit="sample")
 
-    common = {
-        "num": args.num, "size": args.size, "split": args.split, "seed": args.seed, "photos": args.photos,
-        "ext": args.ext, "quality": args.quality, "start": args.start, "workers": args.workers,
-        "overwrite": args.force, "progress": progress,
-    }
-    if args.kind == "rectangling":
-        mesh = args.mesh or ((6, 8) if args.style == "inset" else (12, 16))
-        names = write_rectangling_dataset(
-            args.out, rows=mesh[0], cols=mesh[1], max_inset=args.max_inset, style=args.style,
-            white_fraction=args.white_fraction, **common
-        )
-        layout = f"{args.out}/{args.split}/{{input,mask,gt,flow}}"
-    else:
-        names = write_rolling_shutter_dataset(
-            args.out, npz_size=args.npz_size, full_res_jpg=args.full_res_jpg,
-            max_translation=args.max_translation, max_rotation=args.max_rotation, motion_model=args.motion,
-            max_displacement=args.max_displacement, **common,
-        )
-        layout = f"{args.out}/{args.split}/npz"
+    synth = get_generator(args.generator)
+    options = {o.name: getattr(args, o.name) for o in synth.options if o.cli_flag}
+    if synth.cli_options is not None:
+        options.update(synth.cli_options(args))
+    names = write_dataset(
+        synth.name, args.out, args.num, size=args.size, split=args.split, seed=args.seed, photos=args.photos,
+        ext=args.ext, quality=args.quality, start=args.start, workers=args.workers, overwrite=args.force,
+        progress=progress, **options,
+    )
+    layout = synth.layout.describe.format(out=args.out, split=args.split)
     print(f"wrote {len(names)} samples ({names[0]}..{names[-1]}) to {layout}")
     return 0
 

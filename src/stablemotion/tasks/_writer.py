@@ -1,0 +1,259 @@
+"""Samples and datasets of any declared task: :func:`make_sample` draws a photo and calls the
+task's generator; :func:`write_dataset` writes samples with the task's layout, in parallel
+processes. Nothing here names a task: everything comes from the registry."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._lazy import cv2, io, np, torch
+from ._photos import _GENERATED, bundled_photo_paths, draw_photo, resolve_photos
+from ._spec import SynthSpec, get_generator
+
+__all__ = [
+    "WarpSample",
+    "sample_rng",
+    "make_sample",
+    "write_dataset",
+    "write_folder_sample",
+    "FOLDER_SUBDIRS",
+    "pool_context",
+    "save_image_file",
+]
+
+
+@dataclass
+class WarpSample:
+    """One synthetic sample of a single-image warping task (numpy, as written to disk).
+
+    Attributes:
+        input: uint8 (H, W, 3), the distorted image.
+        gt: uint8 (H, W, 3), the rectified image.
+        flow: float32 (H, W, 2), pixels, backward: ``gt(p) = input(p + flow(p))``.
+        params: the random parameters of the sample (angle, strength, centre, ...).
+    """
+
+    input: Any
+    gt: Any
+    flow: Any
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def sample_rng(seed: int, index: int, task: str) -> Any:
+    """The generator of sample ``index``: independent of order, workers and resumption."""
+    return np.random.default_rng([int(seed), int(index), get_generator(task).stream])
+
+
+def make_sample(
+    task: str,
+    seed: int,
+    index: int,
+    size: tuple[int, int],
+    photos: Sequence[Any] | None = None,
+    prefilter_sigma: float = 0.7,
+    **options: Any,
+) -> Any:
+    """Synthetic sample ``index`` of a dataset, in memory; what the dataset writers write.
+
+    Args:
+        task: a generator name (``"rectangling"``, ``"rolling_shutter"``, ``"rotation"``,
+            ``"lens"``), one of its aliases or its task's name (``"sir"``, ``"rsc"``).
+        seed, index: the sample depends on these only (:func:`sample_rng`).
+        size: (H, W) of the sample in pixels.
+        photos: photo files (or :data:`PROCEDURAL` / :data:`URBAN` tokens) to draw from (default:
+            :func:`bundled_photo_paths`).
+        prefilter_sigma: Gaussian low-pass of the photo crop, pixels.
+        options: the generator's options (see its task module, e.g. ``style`` for
+            rectangling, ``motion_model`` for rolling shutter, ``max_angle`` for rotation).
+    """
+    synth = get_generator(task)
+    synth.check_options(options)
+    rng = sample_rng(seed, index, synth.name)
+    paths = [str(p) for p in (photos if photos is not None else bundled_photo_paths())]
+    photo = draw_photo(rng, paths, size)
+    return synth.generate(photo, rng, (int(size[0]), int(size[1])), prefilter_sigma, **options)
+
+
+# --------------------------------------------------------------------------- writing
+def save_image_file(image: Any, path: Path, quality: int) -> None:
+    """Write a uint8 image: JPEG with ``quality`` (OpenCV, as the datasets were made), else PNG."""
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        with io.atomic_path(path) as tmp:
+            bgr = image[..., ::-1] if image.ndim == 3 else image
+            if not cv2.imwrite(str(tmp), np.ascontiguousarray(bgr), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
+                raise OSError(f"OpenCV could not write {path}")
+    else:
+        io.save_image(image, path)
+
+
+#: Folders of the generic task-folder layout (:class:`stablemotion.data.TaskFolderDataset`).
+FOLDER_SUBDIRS = ("input", "gt", "flow")
+
+
+def write_folder_sample(sample: WarpSample, root: Path, name: str, split: str, ext: str, quality: int) -> None:
+    """The task-folder layout: ``SPLIT/{input,gt}/NAME.EXT`` and ``SPLIT/flow/NAME.npy``."""
+    from ..flow import write_flow
+
+    save_image_file(sample.input, root / "input" / f"{name}.{ext}", quality)
+    save_image_file(sample.gt, root / "gt" / f"{name}.{ext}", quality)
+    write_flow(root / "flow" / f"{name}.npy", sample.flow)
+
+
+@dataclass(frozen=True)
+class _Job:
+    task: str
+    index: int
+    seed: int
+    size: tuple[int, int]
+    photos: tuple[str, ...]
+    out: str
+    split: str
+    ext: str
+    quality: int
+    prefilter_sigma: float
+    options: tuple[tuple[str, Any], ...]
+    layout_options: tuple[tuple[str, Any], ...]
+
+
+def _run_job(job: _Job) -> str:
+    cv2.setNumThreads(1)
+    name = f"{job.index:05d}"
+    synth = get_generator(job.task)
+    sample = make_sample(job.task, job.seed, job.index, job.size, job.photos, job.prefilter_sigma, **dict(job.options))
+    synth.layout.write(sample, Path(job.out) / job.split, name, job.split, job.ext, job.quality,
+                       **dict(job.layout_options))
+    return name
+
+
+def _run_jobs(
+    jobs: Sequence[_Job],
+    workers: int,
+    progress: Callable[[Iterable[str], int], Iterable[str]] | None,
+) -> list[str]:
+    if workers <= 1 or len(jobs) <= 1:
+        results: Iterable[str] = map(_run_job, jobs)
+        if progress is not None:
+            results = progress(results, len(jobs))
+        return list(results)
+    with pool_context().Pool(min(workers, len(jobs)), initializer=_worker_init) as pool:
+        results = pool.imap_unordered(_run_job, jobs, chunksize=1)
+        if progress is not None:
+            results = progress(results, len(jobs))
+        return sorted(results)
+
+
+def pool_context() -> mp.context.BaseContext:
+    """Process start method for worker pools: ``fork`` where available (no ``__main__``
+    guard needed, as torch's DataLoader), else ``spawn``. Workers use one thread each."""
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def _check_out(out: Path, split: str, subdirs: Sequence[str], overwrite: bool) -> None:
+    for sub in subdirs:
+        d = out / split / sub
+        if d.is_dir() and any(d.iterdir()) and not overwrite:
+            raise FileExistsError(f"{d} already holds files; pass overwrite=True (--force) to write into it")
+
+
+def _parse_ext(ext: str) -> str:
+    ext = ext.lower().lstrip(".")
+    if ext not in ("jpg", "png"):
+        raise ValueError(f"image format must be 'jpg' (as DIR-D / RS-Real) or 'png' (lossless), got {ext!r}")
+    return ext
+
+
+def split_options(synth: SynthSpec, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Declared defaults filled in, then split into (generator options, layout options)."""
+    gen = {o.name: o.default for o in synth.options}
+    lay = {o.name: o.default for o in synth.layout.options}
+    for key, value in options.items():
+        if key in gen:
+            gen[key] = value
+        elif key in lay:
+            lay[key] = value
+        else:
+            known = sorted([*gen, *lay])
+            raise TypeError(f"{synth.name}: unknown option {key!r}; options are {', '.join(known)}")
+    return gen, lay
+
+
+def write_dataset(
+    task: str,
+    out: Any,
+    num: int,
+    size: tuple[int, int] | None = None,
+    split: str | None = None,
+    seed: int = 0,
+    photos: Any = None,
+    ext: str = "jpg",
+    quality: int = 95,
+    prefilter_sigma: float = 0.7,
+    start: int = 0,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: Callable[[Iterable[str], int], Iterable[str]] | None = None,
+    **options: Any,
+) -> list[str]:
+    """Write ``num`` synthetic samples of ``task`` in the task's layout.
+
+    Sample ``i`` depends only on ``(seed, i)`` (:func:`sample_rng`), so a dataset can be
+    extended (``start``) or written by several processes with identical results.
+
+    Args:
+        task: a generator name or alias (``"rectangling"``, ``"rolling_shutter"``,
+            ``"rotation"``, ``"lens"``, ...) or a task name.
+        out: dataset root (created); files go to ``OUT/SPLIT/...``.
+        num: number of samples; names are ``start .. start+num-1``, zero-padded to 5 digits.
+        size: (H, W) in pixels (default: the generator's).
+        split: split folder name (default: the generator's).
+        photos: a folder of photos, a ``+``-joined list of sources (:func:`resolve_photos`),
+            a list of photo files, or None for the bundled photos.
+        ext: "jpg" (lossy, ``quality``) or "png" (lossless).
+        prefilter_sigma: Gaussian low-pass of the photo crops, pixels.
+        workers: processes; 1 runs in this process.
+        overwrite: allow writing into non-empty folders.
+        progress: called as ``progress(iterator, total)`` on the finished sample names;
+            e.g. ``lambda it, n: tqdm(it, total=n)``.
+        options: the generator's and the layout's options (declared in the task module).
+
+    Returns:
+        The sample names written, sorted.
+    """
+    synth = get_generator(task)
+    size = synth.size if size is None else size
+    split = synth.split if split is None else split
+    out_p = Path(out)
+    ext = _parse_ext(ext)
+    gen, lay = split_options(synth, dict(options))
+    _check_out(out_p, split, synth.layout.subdirs, overwrite)
+    if num < 1:
+        raise ValueError(f"num must be at least 1, got {num}")
+    synth.check_options({**gen, **lay}, layout=True)
+    if len(size) != 2 or min(size) < 8:
+        raise ValueError(f"size must be (H, W) with both at least 8 pixels, got {size}")
+    if not split or "/" in split or "\\" in split:
+        raise ValueError(f"split must be a folder name such as 'training' or 'test', got {split!r}")
+    if photos is None or isinstance(photos, (str, Path)):
+        photo_paths = resolve_photos(photos)
+    else:
+        photo_paths = [str(p) for p in photos]
+        missing = [p for p in photo_paths if p not in _GENERATED and not Path(p).is_file()]
+        if missing:
+            raise FileNotFoundError(f"photo files not found: {', '.join(missing[:5])}")
+    base = {
+        "task": synth.name, "seed": int(seed), "size": (int(size[0]), int(size[1])),
+        "photos": tuple(str(p) for p in photo_paths), "out": str(out_p), "split": split, "ext": ext,
+        "quality": int(quality), "prefilter_sigma": float(prefilter_sigma),
+        "options": tuple(sorted(gen.items())), "layout_options": tuple(sorted(lay.items())),
+    }
+    jobs = [_Job(index=i, **base) for i in range(start, start + num)]  # type: ignore[arg-type]
+    return _run_jobs(jobs, workers, progress)
