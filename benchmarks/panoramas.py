@@ -159,7 +159,9 @@ def main() -> None:
     centre = float(np.mean([r["centre"] for r in recs]))
     gband, gcentre = float(np.mean([g[0] for g in gt_recs])), float(np.mean([g[1] for g in gt_recs]))
     left = [r["left"] for r in recs]
-    print(f"{len(recs)} panoramas ({failed} failed to stitch), {time.perf_counter() - t0:.0f} s")
+    print(f"{len(recs)} panoramas ({failed} failed to stitch), {time.perf_counter() - t0:.0f} s; border left: mean "
+          f"{np.mean(left):.2%}, median {np.median(left):.2%}; roughness band/centre {band / centre:.2f} "
+          f"(synthetic gt {gband / gcentre:.2f})")
     if args.no_write:
         return
     name = args.model or BUNDLED_MODELS["sir"]

@@ -321,3 +321,55 @@ def test_mesh_regularize_keeps_mesh_flows_and_removes_ripples() -> None:
     assert float((out - smooth).abs().mean()) < 0.3
     with pytest.raises(ValueError, match="NaN"):
         mesh_regularize(torch.full((2, 8, 8), float("nan")))
+
+
+def test_snap_mesh_boundary_moves_the_outline_onto_content() -> None:
+    from stablemotion.flow import mesh_to_flow, rigid_mesh, snap_mesh_boundary, warp
+
+    h, w = 48, 64
+    valid = np.ones((h, w), bool)
+    valid[:6, 40:] = False  # an empty notch at the top right, as stitched panoramas have
+    valid[:, :3] = False  # and a thin empty band along the left edge
+    mesh = rigid_mesh(6, 8, h, w)
+    snapped = snap_mesh_boundary(mesh, valid, margin=0.5)
+    # The border of the warped output samples only content ...
+    flow = mesh_to_flow(snapped, h, w)
+    sampled = warp(torch.from_numpy(valid.astype(np.float32))[None, None], flow[None], padding="zeros")[0, 0]
+    ring = torch.ones(h, w, dtype=torch.bool)
+    ring[2:-2, 2:-2] = False
+    assert float((sampled[ring] < 0.5).float().mean()) == 0.0
+    before = warp(torch.from_numpy(valid.astype(np.float32))[None, None], mesh_to_flow(mesh, h, w)[None],
+                  padding="zeros")[0, 0]
+    assert float((before[ring] < 0.5).float().mean()) > 0.05
+    # ... only the sides that needed it moved, inwards, and the push fades towards the centre.
+    assert np.allclose(snapped[-1, :, 1], mesh[-1, :, 1]) and np.allclose(snapped[:, -1, 0], mesh[:, -1, 0])
+    assert (snapped[0, 5:, 1] > mesh[0, 5:, 1]).all() and np.allclose(snapped[0, :4, 1], mesh[0, :4, 1])
+    assert (snapped[:, 0, 0] >= 3.0).all()
+    left_push = snapped[3, :, 0] - mesh[3, :, 0]
+    assert left_push[0] > left_push[2] > left_push[4] - 1e-9 >= -1e-9
+    # A fully valid image leaves the mesh alone; bad shapes are refused.
+    assert np.array_equal(snap_mesh_boundary(mesh, np.ones((h, w), bool)), mesh)
+    with pytest.raises(ValueError, match="valid must be"):
+        snap_mesh_boundary(mesh, np.ones((h, w, 3), bool))
+
+
+def test_mesh_regularize_with_a_content_mask_keeps_the_border_on_content() -> None:
+    from stablemotion.flow import mesh_regularize, warp
+
+    h, w = 48, 64
+    valid = torch.ones(1, h, w)
+    valid[:, -5:, :20] = 0  # empty corner at the bottom left
+    flow = torch.zeros(1, 2, h, w)
+    plain = mesh_regularize(flow, cells=(6, 8))
+    snapped = mesh_regularize(flow, cells=(6, 8), valid=valid)
+    assert torch.allclose(plain, flow, atol=1e-4)
+
+    def left(f: torch.Tensor) -> float:
+        s = warp(valid[None], f, padding="zeros")[0, 0]
+        ring = torch.ones(h, w, dtype=torch.bool)
+        ring[2:-2, 2:-2] = False
+        return float((s[ring] < 0.5).float().mean())
+
+    assert left(plain) > 0.05 and left(snapped) == 0.0
+    with pytest.raises(ValueError, match="valid must be"):
+        mesh_regularize(flow, cells=(6, 8), valid=torch.ones(3, h, w))

@@ -283,3 +283,28 @@ def test_mesh_flow_regularization(sir_pipe: StableMotionPipeline, inputs: tuple)
     assert roughness(meshed.flow) < 0.5 * roughness(plain.flow)
     with pytest.raises(ValueError, match="flow_regularization"):
         sir_pipe(image, mask=mask, flow_regularization="tps", show_progress_bar=False)
+
+
+def test_mesh_regularization_keeps_the_output_border_on_content(sir_pipe: StableMotionPipeline, monkeypatch) -> None:
+    """With a mask condition, "mesh" also moves the mesh boundary onto the content, for every
+    ensemble member (the decoded flows are replaced by zero motion, which leaves the empty
+    corner in the frame)."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    mask = np.full((2, 32, 32), 255, np.uint8)
+    mask[:, :6, :12] = 0  # an empty corner at the top left
+    valid = sir_pipe.content_region({"mask": torch.from_numpy(mask[:, None] / 255.0)}, (32, 32), 2, 3, False)
+    assert valid.shape == (6, 32, 32) and not bool(valid[:, :6, :12].any()) and bool(valid[:, 6:, 12:].all())
+    decode = sir_pipe.decode
+    monkeypatch.setattr(sir_pipe, "decode", lambda *a, **k: torch.zeros_like(decode(*a, **k)))
+    m = torch.from_numpy(mask[:, None] >= 128).float()
+    ring = torch.ones(32, 32, dtype=torch.bool)
+    ring[2:-2, 2:-2] = False
+
+    def border_left(regularization: str) -> float:
+        out = sir_pipe(list(image), mask=list(mask), generator=_seed(), show_progress_bar=False, ensemble_size=3,
+                       ensemble_mode="flow", flow_regularization=regularization)
+        return float((warp(m, out.flow, padding="zeros")[:, 0][:, ring] < 0.5).float().mean())
+
+    assert border_left("none") > 0.05
+    assert border_left("mesh") == 0.0

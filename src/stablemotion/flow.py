@@ -42,6 +42,7 @@ __all__ = [
     "mesh_to_flow",
     "fit_mesh_flow",
     "mesh_regularize",
+    "snap_mesh_boundary",
     "read_flow",
     "write_flow",
     "read_flo",
@@ -500,18 +501,110 @@ def fit_mesh_flow(
     )
 
 
-def mesh_regularize(flow: torch.Tensor, cells: tuple[int, int] = (12, 16), smoothness: float = 0.5) -> torch.Tensor:
+def snap_mesh_boundary(
+    mesh: np.ndarray,
+    valid: np.ndarray,
+    margin: float = 0.5,
+    samples: int = 8,
+    falloff: float = 0.5,
+    max_shift: float = 0.25,
+) -> np.ndarray:
+    """Move a mesh's boundary inwards until its outline lies on valid content.
+
+    Under per-cell homographies (:func:`mesh_to_flow`) the output frame's border samples the
+    input along the polyline of the mesh's boundary vertices. Each side's segments are sampled
+    and, where a sample falls on an invalid pixel (or outside the image), both vertices of the
+    segment are pushed along the side's inward direction (top: +y, bottom: -y, left: +x,
+    right: -x) by the smallest shift, in half-pixel steps, that puts every sample at least
+    ``margin`` pixels inside valid content. The push fades out linearly over a share
+    ``falloff`` of the mesh's rows (top, bottom) or columns (left, right), so many cells absorb
+    it and the border does not kink.
+
+    Args:
+        mesh: (rows+1, cols+1, 2) vertex positions (x, y) in input pixels.
+        valid: (H, W) bool, True where the input has content.
+        margin: clearance from the invalid region, pixels.
+        samples: points checked per boundary segment.
+        falloff: share of the mesh's rows / columns over which a push fades to zero.
+        max_shift: largest push, fraction of the image size along that direction.
+
+    Returns:
+        A new (rows+1, cols+1, 2) float64 mesh.
+    """
+    if mesh.ndim != 3 or mesh.shape[2] != 2 or min(mesh.shape[:2]) < 2:
+        raise ValueError(f"mesh must be (rows+1, cols+1, 2) with at least one cell, got {mesh.shape}")
+    if valid.ndim != 2:
+        raise ValueError(f"valid must be (H, W), got {valid.shape}")
+    h, w = valid.shape
+    out = np.array(mesh, dtype=np.float64)
+
+    def ok(pts: np.ndarray) -> np.ndarray:
+        """(..., 2) positions -> bool: inside the image, on valid content, ``margin`` px from
+        invalid content (the image's own edge is not a reason to move)."""
+        x, y = pts[..., 0], pts[..., 1]
+        good = (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
+        for dx, dy in ((0, 0), (margin, 0), (-margin, 0), (0, margin), (0, -margin)):
+            xi = np.clip(np.rint(x + dx), 0, w - 1).astype(int)
+            yi = np.clip(np.rint(y + dy), 0, h - 1).astype(int)
+            good &= valid[yi, xi]
+        return good
+
+    t = np.linspace(0.0, 1.0, max(2, int(samples)))[:, None]
+    for side, (line, axis, sign, extent) in {
+        "top": (lambda m: m[0], 1, 1.0, h), "bottom": (lambda m: m[-1], 1, -1.0, h),
+        "left": (lambda m: m[:, 0], 0, 1.0, w), "right": (lambda m: m[:, -1], 0, -1.0, w),
+    }.items():
+        verts = line(out)  # (n, 2), a view into ``out``'s values at the time of the call
+        seg = verts[:-1, None, :] * (1 - t) + verts[1:, None, :] * t  # (n-1, samples, 2)
+        shifts = np.arange(0.0, max_shift * extent + 0.5, 0.5)
+        need = np.full(len(seg), np.nan)
+        for s_ in shifts:  # smallest shift per segment whose samples are all valid
+            moved = seg.copy()
+            moved[..., axis] += sign * s_
+            done = ok(moved).all(axis=1) & np.isnan(need)
+            need[done] = s_
+            if not np.isnan(need).any():
+                break
+        need = np.nan_to_num(need, nan=0.0)  # nothing valid within reach: leave it
+        push = np.zeros(len(verts))
+        push[:-1] = np.maximum(push[:-1], need)
+        push[1:] = np.maximum(push[1:], need)
+        k = max(1, int(round(falloff * (out.shape[0 if axis == 1 else 1] - 1))))
+        for r in range(k):
+            fade = 1.0 - r / k
+            if side == "top" and r < out.shape[0]:
+                out[r, :, 1] += push * fade
+            elif side == "bottom" and r < out.shape[0]:
+                out[-1 - r, :, 1] -= push * fade
+            elif side == "left" and r < out.shape[1]:
+                out[:, r, 0] += push * fade
+            elif side == "right" and r < out.shape[1]:
+                out[:, -1 - r, 0] -= push * fade
+    return out
+
+
+def mesh_regularize(
+    flow: torch.Tensor,
+    cells: tuple[int, int] = (12, 16),
+    smoothness: float = 0.5,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Project a dense flow onto a smooth mesh of per-cell homographies (content-preserving).
 
     A smooth vertex mesh is fitted to the flow (:func:`fit_mesh_flow`: robust least
     squares with a second-difference smoothness term); every cell of the rigid grid is then
     mapped by the homography its four fitted vertices define (:func:`mesh_to_flow`), so
-    straight lines stay straight inside a cell and nothing ripples between vertices.
+    straight lines stay straight inside a cell and nothing ripples between vertices. With
+    ``valid`` (the input's content region, e.g. a stitched image's mask) the mesh's boundary
+    is then moved onto the content (:func:`snap_mesh_boundary`), so the output's border does
+    not sample the empty area.
 
     Args:
         flow: (B, 2, H, W) or (2, H, W), pixels.
         cells: mesh cells (rows, cols); (12, 16) is 32-pixel cells at 384x512.
         smoothness: weight of the smoothness term (see :func:`fit_mesh_flow`).
+        valid: optional (B, H, W), (B, 1, H, W) or (H, W) bool/0-1 content mask at the flow's
+            size (one per flow, or one for all).
 
     Returns:
         The regularised flow, same shape, float32, pixels.
@@ -521,10 +614,21 @@ def mesh_regularize(flow: torch.Tensor, cells: tuple[int, int] = (12, 16), smoot
     h, w = batched.shape[-2:]
     rows, cols = max(1, min(int(cells[0]), h - 1)), max(1, min(int(cells[1]), w - 1))
     rigid = rigid_mesh(rows, cols, h, w)
+    masks = None
+    if valid is not None:
+        v = valid.detach().cpu()
+        v = v.reshape(-1, *v.shape[-2:]) if v.ndim >= 2 else v
+        if v.shape[-2:] != (h, w) or v.shape[0] not in (1, batched.shape[0]):
+            raise ValueError(f"valid must be (H, W) or (B, [1,] H, W) with H, W = {h}, {w} and B = 1 or "
+                             f"{batched.shape[0]}, got {tuple(valid.shape)}")
+        masks = (v >= 0.5).numpy()
     out = []
-    for f in batched.detach().float().cpu():
+    for i, f in enumerate(batched.detach().float().cpu()):
         verts, _ = fit_mesh_flow(f.permute(1, 2, 0).numpy(), rows=rows, cols=cols, smoothness=smoothness)
-        out.append(mesh_to_flow(rigid + verts, h, w))
+        mesh = rigid + verts
+        if masks is not None:
+            mesh = snap_mesh_boundary(mesh, masks[i if len(masks) > 1 else 0])
+        out.append(mesh_to_flow(mesh, h, w))
     result = torch.stack(out).to(device=batched.device)
     return result[0] if squeeze else result
 

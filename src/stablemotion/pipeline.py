@@ -441,13 +441,26 @@ class StableMotionPipeline(DiffusionPipeline):
             final = median(final.float().unflatten(0, (n, ens)), dim=1).to(final.dtype)
         flow_lr = self.decode(final, size, decode_scale, batch_size)
         if regularize == "mesh":
-            flow_lr = mesh_regularize(flow_lr, tuple(cfg.mesh_cells))
+            flow_lr = mesh_regularize(flow_lr, tuple(cfg.mesh_cells), valid=self.content_region(conds, size, n, ens,
+                                                                                                 latent_mode))
         members_out = 1 if latent_mode else ens
         flow, rect, uncertainty, member_flows = self.ensemble(images, flow_lr.unflatten(0, (n, members_out)),
                                                               mode, band)
         self.maybe_free_model_hooks()
         return self._format_output(flow, rect, uncertainty, member_flows if return_members else None, settings,
                                    output_type, output_flow_colored, return_dict)
+
+    def content_region(self, conds: Mapping[str, torch.Tensor], size: tuple[int, int], n: int, ensemble_size: int,
+                       latent_mode: bool) -> torch.Tensor | None:
+        """Where the input has content, at the processing size: (members, h, w) bool, or None when
+        the task has no mask condition. A processing pixel counts only if all of it is valid
+        (area-averaged mask >= 0.99), so the mesh boundary kept on it stays on content at full size."""
+        names = [c for c in self.task.conditions if c in MASK_CONDITIONS]
+        if not names:
+            return None
+        mask = (conds[names[0]].float().mean(1, keepdim=True) >= 0.5).float()
+        small = F.interpolate(mask, size=tuple(size), mode="area")[:, 0] >= 0.99
+        return small if latent_mode else small.repeat_interleave(ensemble_size, dim=0)
 
     # ------------------------------------------------------------------ the named steps of __call__
     def prepare_condition_latents(
