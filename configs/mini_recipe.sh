@@ -22,7 +22,10 @@ wait $sir && wait $rsc || { echo "a UNet run failed: see runs/mini_sir.log, runs
 OMP_NUM_THREADS=2 $S train configs/mini_sir_finetune.yaml --resume
 # Stage 4 (SIR): panorama outlines, JPEG, Debian photos (~25 min at 2 threads, 1500 steps).
 OMP_NUM_THREADS=2 $S train configs/mini_sir_pano.yaml --resume
-$S convert runs/mini_sir_pano/pipeline --out src/stablemotion/weights/stablemotion-mini-sir --force
+# The smooth flow codec (decoder only, ~12 min) and stage 5: the SIR UNet re-fitted to it (~15 min).
+OMP_NUM_THREADS=2 $S train configs/mini_vae_smooth.yaml --resume
+OMP_NUM_THREADS=2 $S train configs/mini_sir_smooth.yaml --resume
+$S convert runs/mini_sir_smooth/pipeline --out src/stablemotion/weights/stablemotion-mini-sir --force
 $S convert runs/mini_rsc/pipeline --out src/stablemotion/weights/stablemotion-mini-rsc --force
 if [ "${ABLATION:-0}" = 1 ]; then
   OMP_NUM_THREADS=1 $S train configs/mini_sir_regression.yaml --resume > runs/mini_sir_regression.log 2>&1 &

@@ -176,3 +176,19 @@ def test_prepare_mask_keeps_a_given_mask_as_read_and_refuses_bad_ones() -> None:
     assert mask.shape == (8, 10) and (mask[:, :2] == 0).all() and note.startswith("derived mask from the black border")
     mask, note = prepare_mask(image, None)
     assert (mask == 255).all() and note.startswith("no empty border")
+
+
+def test_derive_mask_keeps_a_black_notch_that_touches_dark_content() -> None:
+    """A stitched image's black notch next to dark textured content (a shadow, a dark fruit) is
+    one connected dark region that is not flat as a whole; its flat core is still the border."""
+    from stablemotion.image_processing import derive_mask
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(120, 220, (60, 80, 3)).astype(np.uint8)
+    image[:10, 50:] = 0  # the empty notch at the top right
+    image[10:40, 45:80] = rng.integers(3, 25, (30, 35, 3))  # dark texture right below it, as dark as JPEG black
+    image = np.clip(image.astype(int) + rng.integers(-3, 4, image.shape), 0, 255).astype(np.uint8)  # JPEG-ish noise
+    mask = derive_mask(image)
+    assert (mask[:9, 52:] == 0).mean() > 0.95  # the notch is empty
+    assert (mask[14:40, 47:] == 255).mean() > 0.95  # the dark texture is content
+    assert (mask[:, :40] == 255).all()

@@ -372,7 +372,13 @@ def test_mini_vae_smooth_config_fine_tunes_the_bundled_decoder_only():
     cfg = load_config(root / "configs" / "mini_vae_smooth.yaml", check_paths=False)
     assert cfg.train.stage == "vae" and not cfg.train.vae_train_encoder
     assert cfg.loss.weights["flow_smooth"] > 0
-    assert (root / cfg.model.init / "model_index.json").is_file()  # the bundled pipeline: its VAE is the start
+    # It starts from stage 3's pipeline (whose VAE is stage 1's), and stage 5 re-fits stage 4's UNet to it.
+    stage3 = load_config(root / "configs" / "mini_sir_finetune.yaml", check_paths=False)
+    assert cfg.model.init == stage3.checkpoint.output_dir + "/pipeline"
+    stage4 = load_config(root / "configs" / "mini_sir_pano.yaml", check_paths=False)
+    stage5 = load_config(root / "configs" / "mini_sir_smooth.yaml", check_paths=False)
+    assert stage5.model.init == stage4.checkpoint.output_dir + "/pipeline"
+    assert stage5.model.vae == cfg.checkpoint.output_dir + "/vae" and stage5.data == stage4.data
     assert cfg.resolution == tuple(load_config(root / "configs" / "mini_vae.yaml", check_paths=False).resolution)
 
 

@@ -323,7 +323,10 @@ def derive_mask(
        dark (or bright) content inside the picture is kept, however dark. A connected
        region counts only if it is flat -- its median distance from the colour is at most
        ``tolerance / 3`` -- as a padded border is (the fill colour up to JPEG noise), and
-       textured dark content at the frame (hair, foliage, shadow) is not;
+       textured dark content at the frame (hair, foliage, shadow) is not; when a fill region
+       touches dark content and so is not flat as a whole, its flat core (pixels within
+       ``tolerance / 3`` of the colour, connected to the edge, at least 0.1% of the image)
+       and the core's 2-px JPEG fringe count;
     4. JPEG speckles are cleaned with a morphological opening of the valid region
        (``open_size`` px square) followed by filling valid-region holes that do not
        touch the edge (removes isolated empty-coloured specks inside the content).
@@ -369,6 +372,18 @@ def derive_mask(
     distance = img.max(axis=-1) if background == "black" else 255 - img.min(axis=-1)
     flat = [lab for lab in edge_labels if np.median(distance[labels == lab]) <= tolerance / 3]
     empty = np.isin(labels, flat) & similar
+    # A fill region that touches dark (or bright) content at its edge forms one component with
+    # it and is not flat as a whole: keep its flat core -- the pixels at most tolerance / 3
+    # from the colour, connected to the image edge -- and the core's JPEG fringe (2 px).
+    rest = np.isin(labels, edge_labels) & ~empty
+    if rest.any():
+        core = rest & (distance <= tolerance / 3)
+        _, core_labels, stats, _ = cv2.connectedComponentsWithStats(core.astype(np.uint8), connectivity=8)
+        core_edge = np.unique(np.concatenate([core_labels[0], core_labels[-1], core_labels[:, 0], core_labels[:, -1]]))
+        big = [lab for lab in core_edge if lab > 0 and stats[lab, cv2.CC_STAT_AREA] >= max(16, 0.001 * h * w)]
+        if big:
+            fringe = cv2.dilate(np.isin(core_labels, big).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            empty |= fringe & rest
     valid = (~empty).astype(np.uint8)
     if open_size > 1:
         kernel = np.ones((open_size, open_size), np.uint8)
