@@ -11,7 +11,7 @@ from pathlib import Path
 from .tasks import TaskSpec, get_task
 
 __all__ = ["DEFAULT_BASE", "RELEASED_REPO", "RELEASED_SUBFOLDERS", "BUNDLED_MODELS", "BUNDLED_LIMITS",
-           "bundled_model_path"]
+           "bundled_model_path", "BUNDLED_TASK_CLASSIFIER", "bundled_task_classifier_path"]
 
 #: Default Stable Diffusion checkpoint (768-v, v-prediction).
 DEFAULT_BASE = "stabilityai/stable-diffusion-2"
@@ -29,7 +29,21 @@ BUNDLED_LIMITS = {
         f"stablemotion import-checkpoint {RELEASED_REPO} --subfolder StableMotion_RSC --out models/rsc"
     ),
 }
+#: The task classifier of ``rectify --task auto`` (:mod:`stablemotion.task_choice`), shipped in the package.
+#: Trained by ``stablemotion train-task-classifier`` (see the README).
+BUNDLED_TASK_CLASSIFIER = "task-classifier"
 _WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def bundled_task_classifier_path() -> Path:
+    """Folder of the bundled task classifier (no download)."""
+    path = _WEIGHTS_DIR / BUNDLED_TASK_CLASSIFIER
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the bundled task classifier is missing from {path}; reinstall stablemotion or retrain it with "
+            f"`stablemotion train-task-classifier --out {path}`"
+        )
+    return path
 
 
 def bundled_model_path(task: str | TaskSpec = "sir") -> Path:

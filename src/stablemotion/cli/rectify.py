@@ -49,8 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pipeline folder (see import-checkpoint) or hub id; default: the bundled stablemotion-mini "
                         "model for --task (small, trained on synthetic data)")
     p.add_argument("--out", type=Path, required=True, help="output folder (not an input folder)")
-    p.add_argument("--task", choices=available_tasks(), default=None,
-                   help="check the model is for this task; without --model it picks the bundled model (default sir)")
+    p.add_argument("--task", choices=[*available_tasks(), "auto"], default=None,
+                   help="check the model is for this task; without --model it picks the bundled model (default sir); "
+                        "auto: choose each image's task (a flat empty border = sir, else a small classifier)")
+    p.add_argument("--task-threshold", type=float, default=0.6,
+                   help="--task auto: the classifier's least confidence to act on (default 0.6)")
     p.add_argument("--mask", default=None,
                    help="SIR mask file (one input), folder (matched by stem), or 'alpha' (each input's alpha channel)")
     p.add_argument("--save-mask", action="store_true", help="write the mask used (derived or given) as NAME_mask.png")
@@ -232,13 +235,22 @@ def _preflight(jobs: list[_Job], needs_mask: bool, max_pixels: int | None, grey:
 
 # --------------------------------------------------------------------------- the command
 def _rectify(args: argparse.Namespace) -> int:
-    from ._options import load_model, prepare_for_inference, resolve_dtype
-
     kwargs = inference_kwargs(args)
     max_pixels = None if args.max_pixels <= 0 else int(args.max_pixels)
     dist = Dist(args.device)  # checks --device before anything else
     items = _collect_inputs(args.inputs)
     _check_out(args.out)
+    if args.task == "auto":
+        return _rectify_auto(args, dist, items, kwargs, max_pixels)
+    processed, skipped, failures = _process(args, dist, items, kwargs, max_pixels)
+    return _summary(args, dist, processed, skipped, failures)
+
+
+def _process(args: argparse.Namespace, dist: Dist, items: list[tuple[str, Path]], kwargs: dict[str, Any],
+             max_pixels: int | None, record_model: str | None = None) -> tuple[int, int, dict[str, str]]:
+    """Rectify ``items`` with the model of ``args.model`` / ``args.task`` -> (processed, skipped, failures)."""
+    from ._options import load_model, prepare_for_inference, resolve_dtype
+
     # The task (hence whether a mask is needed) is in the model config: read it without loading weights.
     task = _task_of(args)
     needs_mask = task.needs_mask
@@ -247,7 +259,8 @@ def _rectify(args: argparse.Namespace) -> int:
     jobs = [_Job(stem, path, mask, _outputs(args, stem, needs_mask, ensemble))
             for (stem, path), mask in zip(items, masks, strict=True)]
     _check_names(args, jobs)
-    record = _settings_record(args, str(args.model) if args.model else f"bundled:{task.name}", kwargs)
+    record = _settings_record(args, record_model or (str(args.model) if args.model else f"bundled:{task.name}"),
+                              kwargs)
     done = [j for j in jobs if all(p.is_file() for p in j.outputs.values())]
     _check_resume(args.out, record, len(done), args.force)
     todo = jobs if args.force else [j for j in jobs if j not in done]
@@ -266,7 +279,56 @@ def _rectify(args: argparse.Namespace) -> int:
         prepare_for_inference(pipe, dist.device, args.channels_last)
         processed, late = _run(args, pipe, mine, kwargs, dist, max_pixels)
         failures.update(late)
-    return _summary(args, dist, processed, len(done) if not args.force else 0, failures)
+    return processed, len(done) if not args.force else 0, failures
+
+
+def _rectify_auto(args: argparse.Namespace, dist: Dist, items: list[tuple[str, Path]], kwargs: dict[str, Any],
+                  max_pixels: int | None) -> int:
+    """``--task auto``: choose each image's task (:mod:`stablemotion.task_choice`), then rectify each
+    group of images with its task's model (loaded once per task)."""
+    from .._io import read_rgb
+    from ..catalog import BUNDLED_MODELS
+    from ..task_choice import choose_task
+
+    order = ("sir", "rsc", "rotation", "lens")
+    tasks = "|".join(sorted(available_tasks(), key=lambda t: (order.index(t) if t in order else len(order), t)))
+    model_task = _task_of(argparse.Namespace(**{**vars(args), "task": None})).name if args.model else None
+    groups: dict[str, list[tuple[str, Path]]] = {}
+    failures: dict[str, str] = {}
+    for stem, path in items:
+        try:
+            image, _, _ = read_rgb(path, grey=args.grey, alpha="drop" if args.mask == "alpha" else args.alpha,
+                                   max_pixels=max_pixels)
+        except (ValueError, OSError) as exc:
+            failures[stem] = str(exc).splitlines()[0]
+            continue
+        choice = choose_task(image, threshold=args.task_threshold)
+        if dist.main:
+            print(f"{stem}: task {choice.task or 'undecided'} ({choice.confidence:.0%}): {choice.reason}")
+        if choice.task is None:
+            failures[stem] = (f"cannot tell the task (best guess {choice.best} at {choice.confidence:.0%}): "
+                              f"pass --task {tasks}")
+        elif choice.task == "none":
+            failures[stem] = ("no distortion recognised (the classifier sees an ordinary photo); pass --task "
+                              f"{tasks} to rectify it anyway")
+        elif model_task is not None and choice.task != model_task:
+            failures[stem] = (f"the image looks like a {choice.task} task ({choice.confidence:.0%}) but --model "
+                              f"{args.model} is a {model_task} model; pass --task {model_task} to use it anyway")
+        elif model_task is None and choice.task not in BUNDLED_MODELS:
+            failures[stem] = (f"the image looks like a {choice.task} task ({choice.confidence:.0%}) but no "
+                              f"{choice.task} model is bundled; pass --model with a {choice.task} model")
+        else:
+            groups.setdefault(choice.task, []).append((stem, path))
+    processed = skipped = 0
+    record_model = f"auto:{args.model or 'bundled'}"
+    for task, group in groups.items():
+        sub = argparse.Namespace(**{**vars(args), "task": task})
+        if not _task_of(sub).needs_mask:  # --mask is for the SIR images of the batch
+            sub.mask = None
+        n, s, f = _process(sub, dist, group, kwargs, max_pixels, record_model=record_model)
+        processed, skipped = processed + n, skipped + s
+        failures.update(f)
+    return _summary(args, dist, processed, skipped, failures)
 
 
 @dataclass
