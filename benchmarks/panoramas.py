@@ -35,34 +35,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, write_section  # noqa: E402
+from roughness import BAND, roughness  # noqa: E402
+from roughness import border_left as _border_left  # noqa: E402
 from stablemotion._io import load_image  # noqa: E402
 from stablemotion.flow import resize_flow  # noqa: E402
 from stablemotion.image_processing import derive_mask  # noqa: E402
 from stablemotion.synth import PROCEDURAL, make_sample, resolve_photos  # noqa: E402
 
-BAND = 0.08
-
 
 def laplacian_roughness(flow: np.ndarray, band: float = BAND) -> tuple[float, float]:
-    """Mean |5-point Laplacian| of ``flow`` (H, W, 2), px (u + v), in the outer band and the centre."""
-    f = flow.astype(np.float64)
-    lap = np.abs(f[1:-1, 2:] + f[1:-1, :-2] + f[2:, 1:-1] + f[:-2, 1:-1] - 4 * f[1:-1, 1:-1]).sum(-1)
-    h, w = lap.shape
-    by, bx = max(1, int(round(band * h))), max(1, int(round(band * w)))
-    centre = np.zeros_like(lap, dtype=bool)
-    centre[by:-by, bx:-bx] = True
-    return float(lap[~centre].mean()), float(lap[centre].mean())
+    """Mean |5-point Laplacian| of ``flow`` (H, W, 2), px (u + v), in the outer band and the centre
+    (:func:`roughness.roughness`, the measure of the roughness benchmark)."""
+    return roughness(torch.from_numpy(np.ascontiguousarray(flow)).permute(2, 0, 1), band)
 
 
 def border_left(empty: np.ndarray, flow: np.ndarray, frame: int = 4) -> float:
-    """Share of the output's outer ``frame``-px frame whose flow samples an ``empty`` (H, W) bool pixel."""
-    h, w = empty.shape
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    sampled = cv2.remap(empty.astype(np.float32), gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_REPLICATE) >= 0.5
-    ring = np.ones((h, w), bool)
-    ring[frame:-frame, frame:-frame] = False
-    return float(sampled[ring].mean())
+    """Share of the output's outer ``frame``-px frame whose flow (H, W, 2) samples an ``empty``
+    (H, W) bool pixel (:func:`roughness.border_left` with the empty area as the mask)."""
+    return _border_left(np.where(empty, 0, 255).astype(np.uint8), np.ascontiguousarray(flow, np.float32), frame)
 
 
 def views(photo: np.ndarray, rng: np.random.Generator, n: int) -> list[np.ndarray]:

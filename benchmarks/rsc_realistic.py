@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, write_section  # noqa: E402
+from mini_models import run_pipeline  # noqa: E402
 from stablemotion.labelling import warp_numpy  # noqa: E402
 from stablemotion.metrics import psnr, ssim  # noqa: E402
 from stablemotion.synth import URBAN, make_sample, resolve_photos  # noqa: E402
@@ -64,17 +65,6 @@ def spread(flows: list[np.ndarray]) -> float:
     """Mean over pixels of the per-pixel standard deviation of the flows across samples (px)."""
     stack = np.stack(flows)  # (N, H, W, 2)
     return float(np.linalg.norm(stack.std(axis=0), axis=-1).mean())
-
-
-def run_model(pipe, samples, ensemble: int, regularization: str | None):
-    images, flows = [], []
-    for i, s in enumerate(samples):
-        res = pipe(s["image"], num_inference_steps=1, ensemble_size=ensemble, output_type="np",
-                   generator=torch.Generator().manual_seed(i), show_progress_bar=False,
-                   flow_regularization=regularization)
-        images.append((res.image[0] * 255.0).round().astype(np.uint8))
-        flows.append(res.flow[0])
-    return images, flows
 
 
 def main() -> None:
@@ -113,7 +103,7 @@ def main() -> None:
         other = "none" if own == "mesh" else "mesh"
         for label, ens, reg in (("1 step", 1, None), (f"1 step, flow regularisation {other}", 1, other),
                                 ("AES-4", 4, None)):
-            results.append((f"{name}, {label}", *run_model(pipe, samples, ens, reg)))
+            results.append((f"{name}, {label}", *run_pipeline(pipe, samples, 1, ens, None, reg)))
     gt_spread = spread([s["flow"] for s in samples])
     zero_epe = float(np.mean([np.linalg.norm(s["flow"], axis=-1).mean() for s in samples]))
     rows = []
