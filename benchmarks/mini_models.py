@@ -73,12 +73,14 @@ def score(preds: list[np.ndarray], flows: list[np.ndarray],
 
 
 def run_pipeline(pipe, samples, steps: int, ensemble: int, final_step: str | None = None,
-                 flow_regularization: str | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                 flow_regularization: str | None = None, task: str | None = None
+                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Run ``pipe`` on each sample (seeded by its index); ``task``: which task of a multi-task model."""
     images, flows = [], []
     for i, s in enumerate(samples):
         res = pipe(s["image"], mask=s.get("mask"), num_inference_steps=steps, ensemble_size=ensemble,
                    generator=torch.Generator().manual_seed(i), output_type="np", show_progress_bar=False,
-                   final_step=final_step, flow_regularization=flow_regularization)
+                   final_step=final_step, flow_regularization=flow_regularization, task=task)
         images.append((res.image[0] * 255.0).round().astype(np.uint8))
         flows.append(res.flow[0])
     return images, flows

@@ -23,3 +23,8 @@ P='debian-train+bundled-train*3+procedural*40'
 # Stage 3 (RSC, configs/mini_rsc_camera.yaml): a 3-D camera pose per row, street scenes.
 [ -d data/mini_rsc_camera/train/npz ] || $S synth rolling-shutter data/mini_rsc_camera --split train --num 3000 --size 96x128 --photos 'bundled-train+procedural*4+urban*6' --motion camera --seed 5 --workers "$W"
 [ -d data/mini_rsc_camera/test/npz ] || $S synth rolling-shutter data/mini_rsc_camera --split test --num 64 --size 96x128 --photos bundled-test --motion camera --seed 1 --workers "$W"
+# Rotation and lens-distortion correction (the multi-task mini, configs/mini_multi.yaml).
+[ -d data/mini_rotation/train/flow ] || $S synth rotation data/mini_rotation --split train --num 2000 --size 96x128 --ext jpg --quality 92 --photos "$P" --seed 9 --workers "$W"
+[ -d data/mini_rotation/test/flow ] || $S synth rotation data/mini_rotation --split test --num 64 --size 96x128 --ext jpg --quality 92 --photos bundled-test --seed 1 --workers "$W"
+[ -d data/mini_lens/train/flow ] || $S synth lens data/mini_lens --split train --num 2000 --size 96x128 --ext jpg --quality 92 --photos "$P" --seed 10 --workers "$W"
+[ -d data/mini_lens/test/flow ] || $S synth lens data/mini_lens --split test --num 64 --size 96x128 --ext jpg --quality 92 --photos bundled-test --seed 1 --workers "$W"

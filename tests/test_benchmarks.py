@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -155,3 +157,22 @@ def _photo():
     from stablemotion.synth import bundled_photo_paths
 
     return load_image(bundled_photo_paths("bundled-test")[1])
+
+
+def test_multi_task_benchmark_compares_single_and_multi_task_models(tmp_path: Path) -> None:
+    from stablemotion.tiny import tiny_pipeline
+
+    tiny = {"default_processing_resolution": [96, 128]}
+    tiny_pipeline(["sir", "rsc", "rotation", "lens"], seed=0, **tiny).save_pretrained(tmp_path / "multi")
+    tiny_pipeline("lens", seed=1, **tiny).save_pretrained(tmp_path / "single_lens")
+    out = tmp_path / "rows.json"
+    proc = _run("multi_task.py", "--multi", str(tmp_path / "multi"), "--single", str(tmp_path / "single_{task}"),
+                "--tasks", "lens", "rsc", "--num", "2", "--no-write", "--json", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    lens = [r["method"].split(" (")[0] for r in rows if r["task"] == "lens"]
+    assert lens == ["identity", "single-task", "multi-task"]
+    rsc = [r["method"].split(" (")[0] for r in rows if r["task"] == "rsc"]
+    assert rsc == ["identity", "bundled stablemotion-mini-rsc", "multi-task"]  # no single-task folder for rsc
+    assert all(np.isfinite(r["psnr"]) and r["epe"] >= 0 for r in rows)
+    assert "- lens: multi-task" in proc.stdout and "rsc: multi-task" not in proc.stdout

@@ -11,7 +11,8 @@ from pathlib import Path
 from .tasks import TaskSpec, get_task
 
 __all__ = ["DEFAULT_BASE", "RELEASED_REPO", "RELEASED_SUBFOLDERS", "BUNDLED_MODELS", "BUNDLED_LIMITS",
-           "bundled_model_path", "BUNDLED_TASK_CLASSIFIER", "bundled_task_classifier_path"]
+           "bundled_model_path", "BUNDLED_TASK_CLASSIFIER", "bundled_task_classifier_path", "BUNDLED_MULTI_TASK",
+           "bundled_multi_task_path"]
 
 #: Default Stable Diffusion checkpoint (768-v, v-prediction).
 DEFAULT_BASE = "stabilityai/stable-diffusion-2"
@@ -29,6 +30,9 @@ BUNDLED_LIMITS = {
         f"stablemotion import-checkpoint {RELEASED_REPO} --subfolder StableMotion_RSC --out models/rsc"
     ),
 }
+#: The bundled multi-task mini: one model, a learned prompt per task (configs/mini_multi.yaml). Tasks
+#: without a single-task mini map to it in :data:`BUNDLED_MODELS`.
+BUNDLED_MULTI_TASK = "stablemotion-mini-multi"
 #: The task classifier of ``rectify --task auto`` (:mod:`stablemotion.task_choice`), shipped in the package.
 #: Trained by ``stablemotion train-task-classifier`` (see the README).
 BUNDLED_TASK_CLASSIFIER = "task-classifier"
@@ -44,6 +48,12 @@ def bundled_task_classifier_path() -> Path:
             f"`stablemotion train-task-classifier --out {path}`"
         )
     return path
+
+
+def bundled_multi_task_path() -> Path | None:
+    """Folder of the bundled multi-task mini, or None when this install has none."""
+    path = _WEIGHTS_DIR / BUNDLED_MULTI_TASK
+    return path if (path / "model_index.json").is_file() else None
 
 
 def bundled_model_path(task: str | TaskSpec = "sir") -> Path:

@@ -3,10 +3,16 @@
 * :class:`EmptyTextEmbedding` -- the empty prompt, tokenised with ``padding="do_not_pad"``
   (``(1, 2, D)``), computed once (:func:`empty_text_embedding`) and saved as a pipeline
   component, so inference never needs a tokenizer or text encoder.
+* :class:`TaskEmbedding` -- a multi-task model's prompts: one learned ``(L, D)`` embedding per
+  task, used in place of the empty prompt (initialised from the base text encoder's encoding of
+  each task's description, :func:`task_text_embeddings`, or from the empty prompt for models
+  without a text encoder).
 * :func:`expand_conv_in` -- the UNet's ``conv_in`` grows to ``4 * (N + 1)`` input channels
   for N condition latents: the pretrained kernel is copied into every 4-channel slot and
   divided by ``N + 1``, the bias copied, and the config updated with
   ``register_to_config`` so save/load round-trips.
+* :func:`adapt_conv_in` -- re-map ``conv_in``'s 4-channel slots by condition name, to fine-tune a
+  model of one task into a model of other conditions (a new condition's slot starts at zero).
 * :func:`make_scheduler` -- DDIM with trailing spacing and v-prediction.
 * :func:`infer_task` -- the task of a UNet from its input channel count.
 * :func:`encode_latents` / :func:`decode_flow_latents` -- the one flow/image codec of the
@@ -17,7 +23,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,6 +36,9 @@ from .tasks import RELEASED_TASKS, TaskSpec, available_tasks, get_task
 
 __all__ = [
     "EmptyTextEmbedding",
+    "TaskEmbedding",
+    "task_text_embeddings",
+    "adapt_conv_in",
     "expand_conv_in",
     "empty_text_embedding",
     "make_scheduler",
@@ -71,6 +80,126 @@ class EmptyTextEmbedding(ModelMixin, ConfigMixin):
     def forward(self, batch_size: int = 1) -> torch.Tensor:
         """The embedding repeated for a batch: (batch_size, L, D)."""
         return self.embedding.expand(batch_size, -1, -1)
+
+
+class TaskEmbedding(ModelMixin, ConfigMixin):
+    """One prompt embedding per task: what a multi-task model feeds its UNet's cross-attention
+    in place of the empty prompt, a pipeline component (stored as ``text_embedding/``).
+
+    Holds ``embedding`` (T, L, D) for the tasks ``task_names`` (in the model's task order),
+    trained with the UNet. Build it with :meth:`from_text_encoder` (the base model's encoding
+    of each task's description) or :meth:`from_empty` (models without a text encoder).
+
+    Args:
+        task_names: the tasks, in order; row ``i`` of ``embedding`` is task ``task_names[i]``.
+        sequence_length: L, tokens per prompt.
+        embedding_dim: D, the UNet's ``cross_attention_dim``.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, task_names: Sequence[str] = ("sir",), sequence_length: int = 2,
+                 embedding_dim: int = 1024) -> None:
+        super().__init__()
+        names = [str(n) for n in task_names]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"task_names must be distinct task names, got {names}")
+        self.embedding = nn.Parameter(torch.zeros(len(names), sequence_length, embedding_dim), requires_grad=False)
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.config.task_names)
+
+    def index(self, task: str) -> int:
+        """Row of ``task``; a ``ValueError`` lists the tasks this model serves."""
+        try:
+            return self.task_names.index(task)
+        except ValueError:
+            raise ValueError(f"this model serves the tasks {self.task_names}, not {task!r}") from None
+
+    def forward(self, batch_size: int = 1, task: str | Sequence[str] | None = None) -> torch.Tensor:
+        """The prompt of ``task`` (one name for the whole batch, or one per sample; ``None`` =
+        the first task) repeated for a batch: (batch_size, L, D)."""
+        if task is None or isinstance(task, str):
+            return self.embedding[self.index(task or self.task_names[0])][None].expand(batch_size, -1, -1)
+        rows = torch.tensor([self.index(t) for t in task], device=self.embedding.device)
+        if len(rows) != batch_size:
+            raise ValueError(f"{len(rows)} task names for a batch of {batch_size}")
+        return self.embedding[rows]
+
+    @classmethod
+    def from_tensor(cls, task_names: Sequence[str], embedding: torch.Tensor) -> TaskEmbedding:
+        """Wrap a (T, L, D) tensor, row ``i`` for ``task_names[i]``."""
+        if embedding.ndim != 3 or embedding.shape[0] != len(task_names):
+            raise ValueError(f"embedding must be ({len(task_names)}, L, D) for tasks {list(task_names)}, "
+                             f"got {tuple(embedding.shape)}")
+        module = cls(task_names=list(task_names), sequence_length=embedding.shape[1], embedding_dim=embedding.shape[2])
+        with torch.no_grad():
+            module.embedding.copy_(embedding.detach().float())
+        return module
+
+    @classmethod
+    def from_empty(cls, task_names: Sequence[str], empty: torch.Tensor | EmptyTextEmbedding,
+                   noise: float = 0.1, seed: int = 0) -> TaskEmbedding:
+        """Every task starts at the empty prompt ``empty`` ((1, L, D), or a stored
+        :class:`EmptyTextEmbedding`) plus seeded Gaussian noise of ``noise`` times its standard
+        deviation, so the tasks start apart: for models with no text encoder (the tiny ones)."""
+        base = empty.embedding if isinstance(empty, EmptyTextEmbedding) else empty
+        base = base.detach().float().reshape(1, *base.shape[-2:])
+        g = torch.Generator().manual_seed(seed)
+        scale = float(base.std()) if base.numel() > 1 and float(base.std()) > 0 else 1.0
+        rows = base.expand(len(task_names), -1, -1) + noise * scale * torch.randn(
+            len(task_names), *base.shape[1:], generator=g)
+        return cls.from_tensor(task_names, rows)
+
+    @classmethod
+    def from_text_encoder(cls, task_names: Sequence[str], text_encoder: nn.Module, tokenizer: Any) -> TaskEmbedding:
+        """Each task's description (:attr:`TaskSpec.description`) encoded by the base model's
+        text encoder (:func:`task_text_embeddings`)."""
+        return cls.from_tensor(task_names, task_text_embeddings(text_encoder, tokenizer,
+                                                                [get_task(n).description or n for n in task_names]))
+
+
+@torch.no_grad()
+def task_text_embeddings(text_encoder: nn.Module, tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
+    """Encode ``prompts`` padded to the longest one: (len(prompts), L, D) float32 on the CPU."""
+    ids = tokenizer(list(prompts), padding="longest", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    device = next(text_encoder.parameters()).device
+    return text_encoder(ids.to(device))[0].detach().float().cpu()
+
+
+def adapt_conv_in(unet: UNet2DConditionModel, old_conditions: Sequence[str],
+                  new_conditions: Sequence[str]) -> UNet2DConditionModel:
+    """Re-map ``unet.conv_in`` from the conditions ``old_conditions`` to ``new_conditions``, in place.
+
+    ``conv_in`` takes one 4-channel latent slot per condition, then the noisy flow's. A slot of
+    a condition in both lists is copied, a new condition's slot starts at zero (the model starts
+    as if it did not see it), the flow slot and the bias are kept. Updates the config's
+    ``in_channels``. Create optimisers after calling this.
+    """
+    old_conditions, new_conditions = list(old_conditions), list(new_conditions)
+    old = unet.conv_in
+    if old.in_channels != 4 * (len(old_conditions) + 1):
+        raise ValueError(f"conv_in has {old.in_channels} input channels, not 4 x ({len(old_conditions)} conditions "
+                         f"{old_conditions} + flow)")
+    if old_conditions == new_conditions:
+        return unet
+    new = nn.Conv2d(4 * (len(new_conditions) + 1), old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
+                    padding=old.padding, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        for i, name in enumerate(new_conditions):
+            if name in old_conditions:
+                j = old_conditions.index(name)
+                new.weight[:, 4 * i : 4 * i + 4] = old.weight[:, 4 * j : 4 * j + 4]
+        new.weight[:, -4:] = old.weight[:, -4:]
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=new.in_channels)
+    return unet
 
 
 def expand_conv_in(unet: UNet2DConditionModel, num_conditions: int) -> UNet2DConditionModel:

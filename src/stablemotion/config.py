@@ -23,10 +23,11 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from ._io import PathLike, atomic_path
-from .tasks import TaskSpec, available_tasks, get_task
+from .tasks import TaskSpec, as_task_list, available_tasks, get_task
 
 __all__ = [
     "DataConfig",
+    "TaskDataConfig",
     "ModelConfig",
     "LossConfig",
     "OptimConfig",
@@ -54,6 +55,10 @@ class DataConfig:
     task folder: one sub-folder per condition, ``gt/`` and ``flow/``).
     ``train``/``val``: dataset roots (a split folder such as ``DIR-D/training``).
     ``flows``: flow folder for DIR-D when it lives elsewhere (pseudo labels).
+    ``tasks``: a multi-task run's datasets, one :class:`TaskDataConfig` mapping per task
+    (``{sir: {format: dird, train: ..., val: ...}, lens: {...}}``); the other keys here (resolution,
+    flips, workers, val_samples) apply to every task, and ``format``/``train``/``val``/``flows``
+    stay unset.
     """
 
     format: str = "dird"
@@ -65,6 +70,20 @@ class DataConfig:
     vflip: float = 0.0
     num_workers: int = 2
     val_samples: int = 8
+    tasks: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskDataConfig:
+    """One task's dataset in a multi-task run (``data.tasks.<name>``): the keys of
+    :class:`DataConfig` that say where the data is, and ``weight``, the task's share of the
+    training steps relative to the others (steps go round-robin, each task ``weight`` steps per round)."""
+
+    format: str = "dird"
+    train: str = ""
+    val: str | None = None
+    flows: str | None = None
+    weight: int = 1
 
 
 @dataclass
@@ -74,7 +93,9 @@ class ModelConfig:
     With ``base == "tiny"``, ``tiny`` holds extra keyword arguments of
     :func:`stablemotion.model.tiny_pipeline` (pipeline defaults such as
     ``default_denoising_steps``); ``seed`` seeds the tiny weights. ``init`` fine-tunes an
-    existing pipeline folder instead (its weights, VAE and inference settings; same task).
+    existing pipeline folder instead (its weights, VAE and inference settings; same task, unless
+    ``retarget`` is true: then its weights are re-mapped to this run's task or tasks with
+    :func:`stablemotion.model.retarget_pipeline`, e.g. a SIR model into a multi-task model).
     """
 
     base: str = "stabilityai/stable-diffusion-2"
@@ -84,6 +105,7 @@ class ModelConfig:
     tiny: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     init: str | None = None  # a StableMotion pipeline folder to fine-tune (replaces base/tiny; same task)
+    retarget: bool = False  # allow model.init of other tasks: re-map its conv_in and prompts to this run's
 
 
 @dataclass
@@ -160,7 +182,8 @@ class ValidationConfig:
 
 @dataclass
 class TrainConfig:
-    """A whole experiment. ``task`` is a registered name or a task dict (custom task)."""
+    """A whole experiment. ``task`` is a registered name or a task dict (custom task), or a list
+    of them: a multi-task model (one UNet, a learned prompt per task), its data in ``data.tasks``."""
 
     task: Any = "sir"
     data: DataConfig = field(default_factory=DataConfig)
@@ -174,8 +197,28 @@ class TrainConfig:
     source: str | None = None  # file the config came from (set by load_config)
 
     @property
+    def is_multi_task(self) -> bool:
+        return isinstance(self.task, (list, tuple))
+
+    @property
+    def task_specs(self) -> list[TaskSpec]:
+        """The tasks trained (one for a single-task run)."""
+        return as_task_list(self.task)
+
+    @property
     def task_spec(self) -> TaskSpec:
-        return get_task(self.task)
+        """The task (a multi-task run: the first, the model's default task)."""
+        return self.task_specs[0] if self.is_multi_task else get_task(self.task)
+
+    def task_data(self, name: str) -> TaskDataConfig:
+        """Where task ``name``'s data is: ``data.tasks.<name>`` (multi-task) or ``data``."""
+        if not self.is_multi_task:
+            d = self.data
+            return TaskDataConfig(format=d.format, train=d.train, val=d.val, flows=d.flows)
+        if name not in self.data.tasks:
+            raise ConfigError(f"{self.source or '<config>'}: data.tasks has no entry for task {name!r} "
+                              f"(it has {sorted(self.data.tasks)})")
+        return _build(TaskDataConfig, self.data.tasks[name], self.source or "<config>", prefix=f"data.tasks.{name}.")
 
     @property
     def resolution(self) -> tuple[int, int]:
@@ -204,16 +247,31 @@ class TrainConfig:
         """Raise :class:`ConfigError` on any inconsistency (before anything is loaded)."""
         src = self.source or "<config>"
         try:
+            specs = self.task_specs
             spec = self.task_spec
         except ValueError as exc:
             raise ConfigError(f"{src}: task: {exc}") from exc
-        fmt = self.data.format
-        if fmt not in ("dird", "rsreal", "folder"):
-            raise ConfigError(f"{src}: data.format must be 'dird', 'rsreal' or 'folder', got {fmt!r}")
-        if fmt == "rsreal" and spec.conditions != ("image",):
-            raise ConfigError(f"{src}: data.format 'rsreal' holds single images; task {spec.name!r} needs {spec.conditions}")
-        if fmt == "dird" and set(spec.conditions) - {"image", "mask"}:
-            raise ConfigError(f"{src}: data.format 'dird' has image and mask only; task {spec.name!r} needs {spec.conditions}")
+        if self.is_multi_task:
+            if self.train.stage != "unet":
+                raise ConfigError(f"{src}: a multi-task run (task: a list) trains the UNet only; "
+                                  f"train.stage {self.train.stage!r} is for one task")
+            extra = set(self.data.tasks) - {t.name for t in specs}
+            if extra:
+                raise ConfigError(f"{src}: data.tasks has entries for {sorted(extra)}, which are not in task: "
+                                  f"{[t.name for t in specs]}")
+        elif self.data.tasks:
+            raise ConfigError(f"{src}: data.tasks is for a multi-task run (task: a list of tasks)")
+        for s in specs:
+            where = f"data.tasks.{s.name}." if self.is_multi_task else "data."
+            td = self.task_data(s.name)
+            fmt = td.format
+            if fmt not in ("dird", "rsreal", "folder"):
+                raise ConfigError(f"{src}: {where}format must be 'dird', 'rsreal' or 'folder', got {fmt!r}")
+            if fmt == "rsreal" and s.conditions != ("image",):
+                raise ConfigError(f"{src}: {where}format 'rsreal' holds single images; task {s.name!r} needs {s.conditions}")
+            if fmt == "dird" and set(s.conditions) - {"image", "mask"}:
+                raise ConfigError(f"{src}: {where}format 'dird' has image and mask only; task {s.name!r} needs {s.conditions}")
+            _check_range(src, f"{where}weight", td.weight, low=1)
         res = self.data.resolution
         if res is not None and (len(res) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in res)):
             raise ConfigError(f"{src}: data.resolution must be [height, width] in pixels (two integers), got {res}")
@@ -233,9 +291,7 @@ class TrainConfig:
         if len(ts) != 2 or not 0 <= int(ts[0]) <= int(ts[1]) <= 999:
             raise ConfigError(f"{src}: loss.timesteps must be [min, max] with 0 <= min <= max <= 999, got {ts}")
         try:
-            from .losses import LossWeights
-
-            weights = LossWeights.from_mapping(spec.loss_weights, self.loss.weights)
+            weights = self.loss_weights(spec)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{src}: loss.weights: {exc}") from exc
         for name, value in dataclasses.asdict(weights).items():
@@ -245,17 +301,32 @@ class TrainConfig:
         if weights.flow_smooth and self.train.stage != "vae":
             raise ConfigError(f"{src}: loss.weights.flow_smooth applies to train.stage 'vae' only (the decoder's smoothness)")
         if check_paths:
-            if not self.data.train:
-                raise ConfigError(f"{src}: data.train is required (the training dataset folder)")
-            for key in ("train", "val", "flows"):
-                val = getattr(self.data, key)
-                if val and not Path(val).exists():
-                    raise ConfigError(f"{src}: data.{key} folder not found: {val}")
+            for s in specs:
+                where = f"data.tasks.{s.name}." if self.is_multi_task else "data."
+                td = self.task_data(s.name)
+                if not td.train:
+                    raise ConfigError(f"{src}: {where}train is required (the training dataset folder)")
+                for key in ("train", "val", "flows"):
+                    val = getattr(td, key)
+                    if val and not Path(val).exists():
+                        raise ConfigError(f"{src}: {where}{key} folder not found: {val}")
             if self.model.vae and not Path(self.model.vae).exists():
                 raise ConfigError(f"{src}: model.vae folder not found: {self.model.vae}")
             if self.model.init and not (Path(self.model.init) / "model_index.json").is_file():
                 raise ConfigError(f"{src}: model.init must be a pipeline folder (with model_index.json): {self.model.init}")
         return self
+
+    def loss_weights(self, task: TaskSpec | str | None = None) -> Any:
+        """The :class:`~stablemotion.losses.LossWeights` of ``task`` (default: the run's task):
+        its own weights overridden by ``loss.weights``. In a multi-task run the overrides apply
+        to every task, except that a mask weight is dropped for tasks without a mask condition."""
+        from .losses import LossWeights
+
+        spec = self.task_spec if task is None else get_task(task)
+        overrides = dict(self.loss.weights)
+        if self.is_multi_task and "mask" not in spec.conditions:
+            overrides.pop("mask", None)
+        return LossWeights.from_mapping(spec.loss_weights, overrides)
 
     def _check_values(self, src: str) -> None:
         """Ranges of the numeric settings: each problem names the key and the expected range."""

@@ -197,6 +197,7 @@ class EvalSettings:
     dtype: str = "fp32"
     final_step: str | None = None
     flow_regularization: str | None = None
+    task: str | None = None  # which task of a multi-task model (None = its default task)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -253,13 +254,14 @@ def run_inference(
     timings = out / "timings" / f"rank{rank}.jsonl"
     timings.parent.mkdir(parents=True, exist_ok=True)
     device = pipe._execution_device
+    spec = pipe.resolve_task(settings.task)
     done = []
     it = progress(todo) if progress is not None else todo
     for name in it:
         sample = eval_set.get(name)
-        if "mask" in pipe.task.conditions and sample.mask is None:
-            raise ValueError(f"{name}: the {pipe.task.name} model needs a mask but the dataset has none")
-        kwargs: dict[str, Any] = {"mask": sample.mask} if "mask" in pipe.task.conditions else {}
+        if "mask" in spec.conditions and sample.mask is None:
+            raise ValueError(f"{name}: the {spec.name} model needs a mask but the dataset has none")
+        kwargs: dict[str, Any] = {"mask": sample.mask} if "mask" in spec.conditions else {}
         if sample.network_image is not None and settings.processing_resolution is None:
             kwargs["processing_image"] = sample.network_image  # RS-Real: the stored 256x256 condition
         if device.type == "cuda":
@@ -277,6 +279,7 @@ def run_inference(
             generator=torch.Generator().manual_seed(settings.seed),
             output_type="np",
             show_progress_bar=False,
+            task=spec.name,
             **kwargs,
         )
         if device.type == "cuda":

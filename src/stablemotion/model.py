@@ -32,10 +32,18 @@ from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 
 from ._io import PathLike, umask_modes
 from .catalog import BUNDLED_MODELS, DEFAULT_BASE, RELEASED_REPO, RELEASED_SUBFOLDERS, bundled_model_path
-from .components import EmptyTextEmbedding, empty_text_embedding, expand_conv_in, infer_task, make_scheduler
+from .components import (
+    EmptyTextEmbedding,
+    TaskEmbedding,
+    adapt_conv_in,
+    empty_text_embedding,
+    expand_conv_in,
+    infer_task,
+    make_scheduler,
+)
 from .pipeline import StableMotionPipeline
 from .regression import FlowRegressor
-from .tasks import TaskSpec, get_task
+from .tasks import TaskSpec, as_task_list, get_task, union_conditions
 from .tiny import ARCH_KEYS, save_tiny_base, tiny_components, tiny_pipeline
 
 __all__ = [
@@ -49,6 +57,8 @@ __all__ = [
     "make_scheduler",
     "load_text_embedding",
     "build_pipeline",
+    "retarget_pipeline",
+    "TaskEmbedding",
     "ARCH_KEYS",
     "tiny_components",
     "tiny_pipeline",
@@ -111,9 +121,33 @@ def _hub_kwargs(local_files_only: bool | None, cache_dir: PathLike | None, revis
     return kw
 
 
+def _task_embedding(base: PathLike, names: list[str], **hub_kwargs: Any) -> TaskEmbedding:
+    """Per-task prompts of a base checkpoint: its text encoder's encoding of each task's
+    description, or (a folder with a stored ``text_embedding/`` only) the empty prompt plus noise."""
+    base_path = Path(base)
+    stored = base_path / "text_embedding"
+    if base_path.is_dir() and stored.is_dir():
+        emb = load_pipeline_component_embedding(stored)
+        if isinstance(emb, TaskEmbedding):
+            return TaskEmbedding.from_empty(names, emb.embedding[:1])
+        return TaskEmbedding.from_empty(names, emb)
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base), subfolder="tokenizer", **hub_kwargs)
+    text_encoder = CLIPTextModel.from_pretrained(str(base), subfolder="text_encoder", **hub_kwargs)
+    return TaskEmbedding.from_text_encoder(names, text_encoder.eval(), tokenizer)
+
+
+def load_pipeline_component_embedding(folder: PathLike) -> EmptyTextEmbedding | TaskEmbedding:
+    """A stored ``text_embedding/`` folder: the empty prompt or a multi-task model's prompts."""
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    cls = TaskEmbedding if cfg.get("_class_name") == "TaskEmbedding" else EmptyTextEmbedding
+    return cls.from_pretrained(str(folder))
+
+
 def build_pipeline(
     base: PathLike = DEFAULT_BASE,
-    task: str | TaskSpec = "sir",
+    task: str | TaskSpec | list[str | TaskSpec] = "sir",
     *,
     torch_dtype: torch.dtype | None = None,
     local_files_only: bool | None = None,
@@ -125,19 +159,75 @@ def build_pipeline(
     Loads the UNet, VAE and scheduler of ``base`` (hub id or local diffusers folder),
     expands ``conv_in`` for the task's conditions and stores the empty-prompt embedding;
     the text encoder is used once and dropped. The result is what training starts from.
+
+    A list of tasks builds a multi-task model: ``conv_in`` for the union of their conditions
+    (:func:`~stablemotion.tasks.union_conditions`) and a
+    :class:`~stablemotion.components.TaskEmbedding` holding the text encoder's encoding of each
+    task's description.
     """
-    spec = get_task(task)
+    specs = as_task_list(task)
+    multi = isinstance(task, (list, tuple))
     kw = _hub_kwargs(local_files_only, cache_dir, revision)
     src = str(base)
     unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kw)
     vae = AutoencoderKL.from_pretrained(src, subfolder="vae", **kw)
     scheduler = make_scheduler(DDIMScheduler.load_config(src, subfolder="scheduler", **kw))
-    embedding = load_text_embedding(base, **kw)
-    expand_conv_in(unet, spec.num_conditions)
-    pipe = StableMotionPipeline(unet=unet, vae=vae, scheduler=scheduler, text_embedding=embedding, task=spec.to_dict())
+    names = [t.name for t in specs]
+    embedding = _task_embedding(base, names, **kw) if multi else load_text_embedding(base, **kw)
+    expand_conv_in(unet, len(union_conditions(specs)))
+    pipe = StableMotionPipeline(unet=unet, vae=vae, scheduler=scheduler, text_embedding=embedding,
+                                task=specs[0].to_dict(), tasks=[t.to_dict() for t in specs] if multi else None)
     if torch_dtype is not None:
         pipe.to(dtype=torch_dtype)
     return pipe
+
+
+#: Pipeline config keys that describe what a model does, not how it infers (not carried over by
+#: :func:`retarget_pipeline`).
+_TASK_KEYS = ("task", "tasks")
+
+
+def retarget_pipeline(pipe: StableMotionPipeline, task: str | TaskSpec | list[str | TaskSpec],
+                      seed: int = 0) -> StableMotionPipeline:
+    """``pipe``'s weights as a model of ``task`` (one task, or a list for a multi-task model),
+    to fine-tune a trained model into another task or into a multi-task model.
+
+    ``conv_in`` is re-mapped by condition name (:func:`~stablemotion.components.adapt_conv_in`:
+    a new condition starts at zero). A multi-task target gets a
+    :class:`~stablemotion.components.TaskEmbedding`: a task ``pipe`` already serves keeps its
+    prompt, a new one starts from ``pipe``'s (empty or first) prompt plus seeded noise. A
+    single-task target keeps ``pipe``'s prompt for that task. The VAE, scheduler and inference
+    settings are kept. Returns ``pipe`` itself when nothing changes.
+    """
+    specs = as_task_list(task)
+    multi = isinstance(task, (list, tuple))
+    names = [t.name for t in specs]
+    old_multi = bool(pipe.config.get("tasks"))
+    if multi == old_multi and names == list(pipe.tasks):
+        return pipe
+    old_emb = pipe.text_embedding
+    if isinstance(old_emb, TaskEmbedding):
+        rows = {n: old_emb.embedding[i : i + 1] for i, n in enumerate(old_emb.task_names)}
+        first = old_emb.embedding[:1]
+    else:
+        rows, first = {}, old_emb.embedding
+    if multi:
+        fresh = TaskEmbedding.from_empty(names, first, seed=seed)
+        with torch.no_grad():
+            for i, n in enumerate(names):
+                if n in rows:
+                    fresh.embedding[i] = rows[n][0]
+        embedding: EmptyTextEmbedding | TaskEmbedding = fresh
+    else:
+        embedding = EmptyTextEmbedding.from_tensor(rows.get(names[0], first).clone())
+    if pipe.unet.dtype != torch.float32:
+        embedding = embedding.to(dtype=pipe.unet.dtype)
+    adapt_conv_in(pipe.unet, pipe.conditions, union_conditions(specs))
+    config = {k: v for k, v in pipe.config.items() if not k.startswith("_") and k not in _TASK_KEYS
+              and k not in ("unet", "vae", "scheduler", "text_embedding")}
+    return StableMotionPipeline(unet=pipe.unet, vae=pipe.vae, scheduler=pipe.scheduler,
+                                text_embedding=embedding, task=specs[0].to_dict(),
+                                tasks=[t.to_dict() for t in specs] if multi else None, **config)
 
 
 # --------------------------------------------------------------------------- bundled mini models

@@ -17,6 +17,14 @@ channels), upsampled to the input size with the released rule (bilinear,
 ``align_corners=True``, magnitudes scaled by ``W/w``, ``H/h``), and applied with
 :func:`stablemotion.flow.warp` to the input in [0, 1] (so zeros padding leaves black). The
 members are combined with the Adaptive Ensemble Strategy (:mod:`stablemotion.ensemble`).
+
+A multi-task model (config ``tasks``: several task dicts) serves each of its tasks: its UNet takes
+the union of the tasks' conditions (:func:`stablemotion.tasks.union_conditions`), a condition the
+chosen task lacks is fed as a constant (an all-valid mask, or mid grey:
+:func:`stablemotion.tasks.missing_condition_value`), and ``text_embedding`` is a
+:class:`~stablemotion.components.TaskEmbedding` whose row for the task replaces the empty prompt.
+``pipe(image, task="lens")`` picks the task; the flow normalisation and the warp padding are
+the chosen task's.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .components import EmptyTextEmbedding, decode_flow_latents, encode_latents, infer_task
+from .components import EmptyTextEmbedding, TaskEmbedding, decode_flow_latents, encode_latents, infer_task
 from .constants import FINAL_STEPS, FLOW_REGULARIZATIONS
 from .ensemble import (
     ENSEMBLE_MODES,
@@ -55,7 +63,7 @@ from .image_processing import (
     to_mask_batch,
     to_vae_range,
 )
-from .tasks import MASK_CONDITIONS, TaskSpec, get_task
+from .tasks import MASK_CONDITIONS, TaskSpec, get_task, missing_condition_value, union_conditions
 
 __all__ = ["StableMotionOutput", "StableMotionPipeline"]
 
@@ -103,9 +111,13 @@ class StableMotionPipeline(DiffusionPipeline):
         vae: ``AutoencoderKL`` (the SD2 one or a fine-tuned copy).
         scheduler: ``DDIMScheduler``; used as given (build it with
             :func:`stablemotion.components.make_scheduler`: trailing spacing, v-prediction).
-        text_embedding: the stored empty-prompt embedding (1, L, cross_attention_dim).
+        text_embedding: the stored empty-prompt embedding (1, L, cross_attention_dim), or for
+            a multi-task model the per-task prompts (:class:`~stablemotion.components.TaskEmbedding`).
         task: the task as a dict (:meth:`TaskSpec.to_dict`), a registered name, or ``None``
-            to infer it from the UNet's channel count.
+            to infer it from the UNet's channel count (for a multi-task model: the default task,
+            the first of ``tasks``).
+        tasks: a multi-task model's tasks (dicts or names), in the order of ``text_embedding``'s
+            rows; ``None`` for a single-task model.
         default_denoising_steps: steps when ``num_inference_steps=None`` (1).
         default_ensemble_size: members when ``ensemble_size=None`` (1).
         default_ensemble_mode: ``"image"`` (released AES), ``"flow"`` or ``"latent"`` (see ``__call__``).
@@ -132,8 +144,9 @@ class StableMotionPipeline(DiffusionPipeline):
         unet: UNet2DConditionModel,
         vae: AutoencoderKL,
         scheduler: DDIMScheduler,
-        text_embedding: EmptyTextEmbedding,
+        text_embedding: EmptyTextEmbedding | TaskEmbedding,
         task: Mapping[str, Any] | str | None = None,
+        tasks: list | None = None,
         default_denoising_steps: int = 1,
         default_ensemble_size: int = 1,
         default_ensemble_mode: str = "image",
@@ -148,11 +161,28 @@ class StableMotionPipeline(DiffusionPipeline):
     ) -> None:
         super().__init__()
         in_channels = int(unet.config.in_channels)
-        spec = infer_task(in_channels) if task is None else get_task(task)
-        if spec.unet_in_channels != in_channels:
+        specs = [get_task(t) for t in tasks] if tasks else []
+        if specs:
+            if len({t.name for t in specs}) != len(specs):
+                raise ValueError(f"tasks must be distinct, got {[t.name for t in specs]}")
+            spec = specs[0] if task is None else get_task(task)
+            if spec.name not in [t.name for t in specs]:
+                raise ValueError(f"the default task {spec.name!r} is not one of the model's tasks {[t.name for t in specs]}")
+            conditions = union_conditions(specs)
+            names = getattr(text_embedding, "task_names", None)
+            if names != [t.name for t in specs]:
+                raise ValueError(
+                    f"a multi-task model needs a TaskEmbedding with one row per task {[t.name for t in specs]}, "
+                    f"got {type(text_embedding).__name__}" + (f" for {names}" if names else "")
+                )
+        else:
+            spec = infer_task(in_channels) if task is None else get_task(task)
+            conditions = spec.conditions
+        if 4 * (len(conditions) + 1) != in_channels:
+            what = f"tasks {[t.name for t in specs]}" if specs else f"task {spec.name!r}"
             raise ValueError(
-                f"task {spec.name!r} needs a UNet with {spec.unet_in_channels} input channels (conditions "
-                f"{list(spec.conditions)} + flow, 4 each) but this UNet has {in_channels}: wrong checkpoint for the task"
+                f"{what} need a UNet with {4 * (len(conditions) + 1)} input channels (conditions "
+                f"{list(conditions)} + flow, 4 each) but this UNet has {in_channels}: wrong checkpoint for the task"
             )
         if unet.config.cross_attention_dim != text_embedding.config.embedding_dim:
             raise ValueError(
@@ -176,6 +206,7 @@ class StableMotionPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_embedding=text_embedding)
         self.register_to_config(
             task=spec.to_dict(),
+            tasks=[t.to_dict() for t in specs] or None,
             default_denoising_steps=int(default_denoising_steps),
             default_ensemble_size=int(default_ensemble_size),
             default_ensemble_mode=default_ensemble_mode,
@@ -189,9 +220,23 @@ class StableMotionPipeline(DiffusionPipeline):
             mesh_cells=[int(c) for c in mesh_cells],
         )
         self.task: TaskSpec = spec
+        #: The tasks this model serves, by name (one for a single-task model).
+        self.tasks: dict[str, TaskSpec] = {t.name: t for t in specs} or {spec.name: spec}
+        #: The UNet's condition inputs, in order (a multi-task model: the union of its tasks').
+        self.conditions: tuple[str, ...] = tuple(conditions)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     # ------------------------------------------------------------------ helpers
+    def resolve_task(self, task: str | TaskSpec | None = None) -> TaskSpec:
+        """The spec of ``task`` (a name this model serves; ``None`` = the default task)."""
+        if task is None:
+            return self.task
+        name = task.name if isinstance(task, TaskSpec) else str(task)
+        if name not in self.tasks:
+            raise ValueError(f"this model serves {sorted(self.tasks)}, not {name!r}"
+                             + ("" if len(self.tasks) > 1 else " (a single-task model)"))
+        return self.tasks[name]
+
     @property
     def size_multiple(self) -> int:
         """Processing sizes must be multiples of this (VAE x UNet downsampling)."""
@@ -205,7 +250,7 @@ class StableMotionPipeline(DiffusionPipeline):
         """VAE latents (encoder mean x scaling_factor) of (B, 3, h, w) images in [-1, 1] -> (B, 4, h/f, w/f)."""
         return encode_latents(self.vae, images.to(device=self._execution_device))
 
-    def decode_flow(self, latents: torch.Tensor, decode_scale: int = 1) -> torch.Tensor:
+    def decode_flow(self, latents: torch.Tensor, decode_scale: int = 1, task: str | TaskSpec | None = None) -> torch.Tensor:
         """Flow latents (B, 4, h/f, w/f) -> flow float32, pixels of the processing resolution.
 
         With ``decode_scale = s > 1`` the latent is first resized (bilinear, antialiased) to
@@ -220,7 +265,7 @@ class StableMotionPipeline(DiffusionPipeline):
             lh, lw = latents.shape[-2:]
             small = (max(1, round(lh / decode_scale)), max(1, round(lw / decode_scale)))
             latents = F.interpolate(latents.float(), size=small, mode="bilinear", align_corners=False, antialias=True)
-        return decode_flow_latents(self.vae, latents, self.task.flow_gamma)
+        return decode_flow_latents(self.vae, latents, self.resolve_task(task).flow_gamma)
 
     # ------------------------------------------------------------------ validation
     def check_inputs(
@@ -238,8 +283,9 @@ class StableMotionPipeline(DiffusionPipeline):
         final_step: str = "x0",
         latents: torch.Tensor | None = None,
         processing_image: ImageInput | None = None,
+        task: TaskSpec | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[int, int], torch.Tensor | None]:
-        """Validate every argument before any compute.
+        """Validate every argument before any compute (``task``: the chosen task, default the model's).
 
         Returns:
             ``(images (B, 3, H, W) in [0, 1], {condition: (B, C, H, W)}, processing size (h, w),
@@ -261,15 +307,16 @@ class StableMotionPipeline(DiffusionPipeline):
             raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        unknown = set(conditions) - set(self.task.conditions) - {"image"}
+        spec = task or self.task
+        unknown = set(conditions) - set(spec.conditions) - {"image"}
         if unknown:
             raise ValueError(
-                f"task {self.task.name!r} takes conditions {list(self.task.conditions)}, got unknown {sorted(unknown)}"
+                f"task {spec.name!r} takes conditions {list(spec.conditions)}, got unknown {sorted(unknown)}"
             )
         images = to_image_batch(image, "image")
         n, (h, w) = images.shape[0], images.shape[-2:]
         conds: dict[str, torch.Tensor] = {}
-        for name in self.task.conditions:
+        for name in spec.conditions:
             if name == "image":
                 continue
             if conditions.get(name) is None:
@@ -279,7 +326,7 @@ class StableMotionPipeline(DiffusionPipeline):
                     if name in MASK_CONDITIONS
                     else ""
                 )
-                raise ValueError(f"task {self.task.name!r} needs the condition {name!r}{hint}; pass {name}=...")
+                raise ValueError(f"task {spec.name!r} needs the condition {name!r}{hint}; pass {name}=...")
             if name in MASK_CONDITIONS:
                 t = to_mask_batch(conditions[name], name, encoding=self.config.mask_encoding)
             else:
@@ -296,10 +343,10 @@ class StableMotionPipeline(DiffusionPipeline):
             conds[name] = t.expand(n, -1, -1, -1) if t.shape[0] == 1 else t
         proc = None
         if processing_image is not None:
-            if len(self.task.conditions) > 1:
+            if len(self.conditions) > 1:
                 raise ValueError(
-                    f"processing_image is for single-condition tasks (the released RS-Real protocol); task "
-                    f"{self.task.name!r} has conditions {list(self.task.conditions)}: pass processing_resolution instead"
+                    f"processing_image is for single-condition models (the released RS-Real protocol); this model "
+                    f"takes conditions {list(self.conditions)}: pass processing_resolution instead"
                 )
             proc = to_image_batch(processing_image, "processing_image")
             if proc.shape[0] != n:
@@ -358,6 +405,7 @@ class StableMotionPipeline(DiffusionPipeline):
         processing_image: ImageInput | None = None,
         output_flow_colored: bool = False,
         flow_regularization: str | None = None,
+        task: str | None = None,
     ) -> StableMotionOutput | tuple:
         """Estimate the rectifying flow of ``image`` and apply it.
 
@@ -399,11 +447,14 @@ class StableMotionPipeline(DiffusionPipeline):
                 ensemble, so straight lines stay straight; default from the config.
             output_flow_colored: also return the flow's colour picture (``flow_colored``;
                 visualisation costs time at full resolution, so it is off by default).
+            task: which of a multi-task model's tasks to run (``self.tasks``); ``None`` = the
+                default task (``self.task``, the only one of a single-task model).
 
         Returns:
             :class:`StableMotionOutput` (or a tuple ``(flow, image, flow_colored, uncertainty)``).
         """
         cfg = self.config
+        spec = self.resolve_task(task)
         steps = cfg.default_denoising_steps if num_inference_steps is None else num_inference_steps
         ens = cfg.default_ensemble_size if ensemble_size is None else ensemble_size
         mode = cfg.default_ensemble_mode if ensemble_mode is None else ensemble_mode
@@ -420,7 +471,7 @@ class StableMotionPipeline(DiffusionPipeline):
             conds_in["mask"] = mask
         images, conds, size, proc = self.check_inputs(
             image, conds_in, steps, ens, mode, res, batch_size, output_type, generator, decode_scale,
-            last, latents, processing_image,
+            last, latents, processing_image, spec,
         )
         if return_members and mode == "latent" and ens > 1:
             raise ValueError('return_members needs decoded members: use ensemble_mode "image" or "flow", not "latent"')
@@ -430,32 +481,32 @@ class StableMotionPipeline(DiffusionPipeline):
             "num_inference_steps": steps, "ensemble_size": ens, "ensemble_mode": mode,
             "processing_resolution": list(size), "final_step": last, "decode_scale": decode_scale,
             "mask_encoding": cfg.mask_encoding, "border_band": band,
-            "ensemble_rounding": cfg.ensemble_rounding, "flow_regularization": regularize,
+            "ensemble_rounding": cfg.ensemble_rounding, "flow_regularization": regularize, "task": spec.name,
         }
-        cond_latents = self.prepare_condition_latents(images, conds, size, proc, batch_size)
+        cond_latents = self.prepare_condition_latents(images, conds, size, proc, batch_size, spec)
         noise = self.prepare_latents(n * ens, cond_latents.shape[-2:], generator, latents)
         latent_mode = mode == "latent" and ens > 1
         final = self.denoise(cond_latents, noise, ens, steps, last, batch_size,
-                             show_progress_bar=show_progress_bar)
+                             show_progress_bar=show_progress_bar, task=spec)
         if latent_mode:  # median final latent of the members, one decode per image
             final = median(final.float().unflatten(0, (n, ens)), dim=1).to(final.dtype)
-        flow_lr = self.decode(final, size, decode_scale, batch_size)
+        flow_lr = self.decode(final, size, decode_scale, batch_size, spec)
         if regularize == "mesh":
-            flow_lr = mesh_regularize(flow_lr, tuple(cfg.mesh_cells), valid=self.content_region(conds, size, n, ens,
-                                                                                                 latent_mode))
+            region = self.content_region(conds, size, n, ens, latent_mode, spec)
+            flow_lr = mesh_regularize(flow_lr, tuple(cfg.mesh_cells), valid=region)
         members_out = 1 if latent_mode else ens
         flow, rect, uncertainty, member_flows = self.ensemble(images, flow_lr.unflatten(0, (n, members_out)),
-                                                              mode, band)
+                                                              mode, band, spec)
         self.maybe_free_model_hooks()
         return self._format_output(flow, rect, uncertainty, member_flows if return_members else None, settings,
                                    output_type, output_flow_colored, return_dict)
 
     def content_region(self, conds: Mapping[str, torch.Tensor], size: tuple[int, int], n: int, ensemble_size: int,
-                       latent_mode: bool) -> torch.Tensor | None:
+                       latent_mode: bool, task: TaskSpec | None = None) -> torch.Tensor | None:
         """Where the input has content, at the processing size: (members, h, w) bool, or None when
         the task has no mask condition. A processing pixel counts only if all of it is valid
         (area-averaged mask >= 0.99), so the mesh boundary kept on it stays on content at full size."""
-        names = [c for c in self.task.conditions if c in MASK_CONDITIONS]
+        names = [c for c in (task or self.task).conditions if c in MASK_CONDITIONS]
         if not names:
             return None
         mask = (conds[names[0]].float().mean(1, keepdim=True) >= 0.5).float()
@@ -470,22 +521,29 @@ class StableMotionPipeline(DiffusionPipeline):
         size: tuple[int, int],
         processing_image: torch.Tensor | None = None,
         batch_size: int | None = None,
+        task: TaskSpec | None = None,
     ) -> torch.Tensor:
-        """Condition latents in task order, encoded once and shared by the ensemble members.
+        """Condition latents in the model's condition order, encoded once and shared by the
+        ensemble members.
 
         Args:
             images: (B, 3, H, W) in [0, 1]; conds: the other conditions (B, C, H, W) in [0, 1].
             size: processing resolution (h, w); processing_image: (B, 3, h, w) to use instead
                 of the resized ``images``.
+            task: the chosen task; a condition of the model it lacks is fed as the constant
+                :func:`~stablemotion.tasks.missing_condition_value`.
 
         Returns:
-            (B, 4k, h/f, w/f) in the UNet's dtype, k = number of conditions.
+            (B, 4k, h/f, w/f) in the UNet's dtype, k = number of the model's conditions.
         """
         n = images.shape[0]
+        spec = task or self.task
         binary = self.config.mask_encoding == "binary"
         lowres = []
-        for name in self.task.conditions:
-            if name == "image":
+        for name in self.conditions:
+            if name not in spec.conditions:
+                lowres.append(to_vae_range(images.new_full((n, 3, *size), missing_condition_value(name))))
+            elif name == "image":
                 lowres.append(to_vae_range(resize_image(images, size) if processing_image is None else processing_image))
             elif name in MASK_CONDITIONS:
                 lowres.append(to_vae_range(resize_mask(conds[name], size, binarize=binary)))
@@ -523,8 +581,9 @@ class StableMotionPipeline(DiffusionPipeline):
         final_step: str = "x0",
         batch_size: int | None = None,
         show_progress_bar: bool = True,
+        task: TaskSpec | None = None,
     ) -> torch.Tensor:
-        """Run the scheduler from ``noise`` for every member.
+        """Run the scheduler from ``noise`` for every member (``task``: whose prompt; default the model's).
 
         Args:
             cond_latents: (B, 4k, h, w); member ``i * E + e`` uses row ``i``.
@@ -537,7 +596,7 @@ class StableMotionPipeline(DiffusionPipeline):
         device = self._execution_device
         total = noise.shape[0]
         index = torch.arange(cond_latents.shape[0], device=device).repeat_interleave(ensemble_size)
-        embedding = self.text_embedding(1).to(device=device, dtype=self.unet.dtype)
+        embedding = self.prompt_embedding(task).to(device=device, dtype=self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         step = batch_size or total
@@ -561,8 +620,17 @@ class StableMotionPipeline(DiffusionPipeline):
             bar.close()
         return torch.cat(finals)
 
+    def prompt_embedding(self, task: str | TaskSpec | None = None) -> torch.Tensor:
+        """The cross-attention input for ``task``: (1, L, D), the empty prompt of a single-task
+        model or the task's row of a multi-task model's :class:`TaskEmbedding`."""
+        spec = self.resolve_task(task)
+        if isinstance(self.text_embedding, TaskEmbedding):
+            return self.text_embedding(1, spec.name)
+        return self.text_embedding(1)
+
     def decode(
-        self, latents: torch.Tensor, size: tuple[int, int], decode_scale: int = 1, batch_size: int | None = None
+        self, latents: torch.Tensor, size: tuple[int, int], decode_scale: int = 1, batch_size: int | None = None,
+        task: TaskSpec | None = None,
     ) -> torch.Tensor:
         """Final latents (N, 4, h/f, w/f) -> flows (N, 2, h/s, w/s), pixels of the decoded size.
 
@@ -570,14 +638,14 @@ class StableMotionPipeline(DiffusionPipeline):
         :meth:`decode_flow`); the values are rescaled to pixels of the decoded grid so that
         :func:`~stablemotion.flow.resize_flow` scales them right.
         """
-        flow = torch.cat([self.decode_flow(c, decode_scale) for c in latents.split(batch_size or latents.shape[0])])
+        flow = torch.cat([self.decode_flow(c, decode_scale, task) for c in latents.split(batch_size or latents.shape[0])])
         if decode_scale != 1:
             fh, fw = flow.shape[-2:]
             flow = flow * torch.tensor([fw / size[1], fh / size[0]], device=flow.device).view(1, 2, 1, 1)
         return flow
 
     def ensemble(
-        self, images: torch.Tensor, member_flows_lr: torch.Tensor, mode: str, band: float
+        self, images: torch.Tensor, member_flows_lr: torch.Tensor, mode: str, band: float, task: TaskSpec | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Member flows at full resolution, the warp and the Adaptive Ensemble Strategy.
 
@@ -586,6 +654,7 @@ class StableMotionPipeline(DiffusionPipeline):
             member_flows_lr: (B, E, 2, h', w'), pixels of the decoded grid.
             mode: ``"image"``, ``"flow"`` or ``"latent"`` (E = 1 after the latent median).
             band: AES border band (see ``border_band``).
+            task: whose warp padding (default the model's task).
 
         Returns:
             ``(flow (B, 2, H, W) px, image (B, 3, H, W) in [0, 1], uncertainty (B, 1, H, W) px or
@@ -598,12 +667,12 @@ class StableMotionPipeline(DiffusionPipeline):
         full = images.to(member_flows.device)
         flow = ensemble_flows(member_flows)
         if mode == "image" and ens > 1:
-            warped = warp(full.repeat_interleave(ens, 0), member_flows.flatten(0, 1), padding=self.task.padding)
+            warped = warp(full.repeat_interleave(ens, 0), member_flows.flatten(0, 1), padding=(task or self.task).padding)
             if not cfg.scale_border_band:
                 band = (int(round(band)), int(round(band)))  # pixels of this image, as released
             rect = ensemble_images(warped.unflatten(0, (n, ens)), band=band, rounding=cfg.ensemble_rounding)
         else:
-            rect = warp(full, flow, padding=self.task.padding)
+            rect = warp(full, flow, padding=(task or self.task).padding)
         uncertainty = flow_uncertainty(member_flows, flow) if ens > 1 else None
         return flow, rect.clamp(0, 1), uncertainty, member_flows
 

@@ -18,9 +18,9 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from ._io import PathLike, umask_modes
-from .components import EmptyTextEmbedding, make_scheduler
+from .components import EmptyTextEmbedding, TaskEmbedding, make_scheduler
 from .pipeline import StableMotionPipeline
-from .tasks import TaskSpec, get_task
+from .tasks import TaskSpec, as_task_list, union_conditions
 
 __all__ = ["ARCH_KEYS", "norm_groups", "tiny_components", "tiny_pipeline", "save_tiny_base"]
 
@@ -76,7 +76,7 @@ def _tiny_vae(channels: Sequence[int], layers: int, attention: bool) -> Autoenco
 
 
 def tiny_components(
-    task: str | TaskSpec | None = "sir",
+    task: str | TaskSpec | Sequence[str | TaskSpec] | None = "sir",
     seed: int = 0,
     cross_attention_dim: int = 32,
     unet_channels: Sequence[int] = (32, 64),
@@ -92,8 +92,10 @@ def tiny_components(
     models (``configs/mini_*.yaml``).
 
     Args:
-        task: the task whose channel count the UNet gets; ``None`` keeps a 4-channel
-            "base" UNet (to test :func:`expand_conv_in`).
+        task: the task whose channel count the UNet gets; a list of tasks makes a multi-task
+            model (the union of their conditions, and a :class:`TaskEmbedding` started from
+            the empty prompt); ``None`` keeps a 4-channel "base" UNet (to test
+            :func:`expand_conv_in`).
         seed: weights are drawn from this seed without touching the global RNG.
         unet_channels / unet_layers: UNet block widths (one per level; the UNet
             downsamples by ``2 ** (levels - 1)``) and ResNet layers per block.
@@ -108,7 +110,8 @@ def tiny_components(
         of the VAE x UNet downsampling (4 with the defaults). The embedding is
         (1, 2, ``cross_attention_dim``).
     """
-    in_channels = 4 if task is None else get_task(task).unet_in_channels
+    specs = None if task is None else as_task_list(task)
+    in_channels = 4 if specs is None else 4 * (len(union_conditions(specs)) + 1)
     if unet_attention is None:
         unet_attention = [True] + [False] * (len(unet_channels) - 1)
     with torch.random.fork_rng(devices=[]):
@@ -116,6 +119,8 @@ def tiny_components(
         unet = _tiny_unet(in_channels, cross_attention_dim, unet_channels, unet_layers, unet_attention)
         vae = _tiny_vae(vae_channels, vae_layers, vae_attention)
         embedding = EmptyTextEmbedding.from_tensor(torch.randn(1, 2, cross_attention_dim))
+    if isinstance(task, (list, tuple)):
+        embedding = TaskEmbedding.from_empty([t.name for t in specs], embedding, seed=seed)
     scheduler = make_scheduler(
         {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "set_alpha_to_one": False,
          "steps_offset": 1, "num_train_timesteps": 1000}
@@ -123,17 +128,21 @@ def tiny_components(
     return {"unet": unet.eval(), "vae": vae.eval(), "scheduler": scheduler, "text_embedding": embedding.eval()}
 
 
-def tiny_pipeline(task: str | TaskSpec = "sir", seed: int = 0, **config: Any) -> StableMotionPipeline:
+def tiny_pipeline(task: str | TaskSpec | Sequence[str | TaskSpec] = "sir", seed: int = 0,
+                  **config: Any) -> StableMotionPipeline:
     """A :class:`~stablemotion.pipeline.StableMotionPipeline` on :func:`tiny_components`.
 
     ``config`` holds architecture keywords (:data:`ARCH_KEYS`, passed to
     :func:`tiny_components`) and pipeline config; the default processing resolution is
     32x32 unless ``config`` says otherwise.
     """
-    spec = get_task(task)
+    specs = as_task_list(task)
     arch = {k: config.pop(k) for k in ARCH_KEYS if k in config}
     config.setdefault("default_processing_resolution", [32, 32])
-    return StableMotionPipeline(**tiny_components(spec, seed, **arch), task=spec.to_dict(), **config)
+    multi = isinstance(task, (list, tuple))
+    comps = tiny_components([t.name for t in specs] if multi else specs[0], seed, **arch)
+    return StableMotionPipeline(**comps, task=specs[0].to_dict(), tasks=[t.to_dict() for t in specs] if multi else None,
+                                **config)
 
 
 def save_tiny_base(folder: PathLike, seed: int = 0) -> Path:

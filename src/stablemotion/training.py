@@ -15,6 +15,11 @@ Reproducibility and safety:
   afterwards (truncated weights, missing EMA state, corrupt optimizer state) is skipped
   with a warning naming it and why, and the previous one is used;
 * checkpoint and export files get the usual umask-based mode (0644 under umask 022).
+
+A multi-task run (``task:`` a list) trains one UNet and a learned prompt per task
+(:class:`~stablemotion.components.TaskEmbedding`) on every task's data: the steps go
+round-robin over the tasks (each task's batches are its own, with its own loss weights and warp
+padding), the conditions a task lacks are fed as constants, and validation reports each task.
 """
 
 from __future__ import annotations
@@ -54,9 +59,9 @@ from .losses import (
     x0_from_v,
 )
 from .metrics import psnr_torch, ssim_torch
-from .model import build_pipeline, load_pipeline
+from .model import build_pipeline, load_pipeline, retarget_pipeline
 from .regression import FlowRegressor
-from .tasks import MASK_CONDITIONS, TaskSpec
+from .tasks import MASK_CONDITIONS, TaskSpec, missing_condition_value, union_conditions
 from .tiny import tiny_pipeline
 
 __all__ = ["Trainer", "TrainResult", "CheckpointError", "find_checkpoints", "latest_checkpoint", "build_dataset"]
@@ -71,16 +76,19 @@ _EXPORT_FOLDERS = {"unet": "pipeline", "vae": "vae", "regression": "regressor"}
 
 
 # --------------------------------------------------------------------------- data
-def build_dataset(cfg: TrainConfig, split: str = "train") -> Dataset:
-    """The configured dataset (no augmentation); ``split`` is ``"train"`` or ``"val"``."""
-    root = cfg.data.train if split == "train" else cfg.data.val
+def build_dataset(cfg: TrainConfig, split: str = "train", task: str | None = None) -> Dataset:
+    """The configured dataset (no augmentation); ``split`` is ``"train"`` or ``"val"``;
+    ``task``: which task's data in a multi-task run (default: the run's task)."""
+    spec = cfg.task_spec if task is None else next(t for t in cfg.task_specs if t.name == task)
+    data = cfg.task_data(spec.name)
+    root = data.train if split == "train" else data.val
     if not root:
-        raise ValueError(f"no data.{split} folder configured")
-    spec = cfg.task_spec
-    if cfg.data.format == "dird":
-        flows: Any = cfg.data.flows if (split == "train" and cfg.data.flows) else None
+        where = f"data.tasks.{spec.name}" if cfg.is_multi_task else "data"
+        raise ValueError(f"no {where}.{split} folder configured")
+    if data.format == "dird":
+        flows: Any = data.flows if (split == "train" and data.flows) else None
         return DIRDDataset(root, split="", flow_dir=flows)
-    if cfg.data.format == "rsreal":
+    if data.format == "rsreal":
         return RSRealDataset(root)
     return TaskFolderDataset(root, spec)
 
@@ -131,6 +139,66 @@ class _AugmentedView(Dataset):
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 10_007 + index) % (2**63))
         sample = self.base[index]
         return Augment(self.size, self.hflip, self.vflip, mask_keys=self.masks, generator=g)(sample)
+
+
+class _TaskMix(Dataset):
+    """A multi-task run's training data: key ``(task index, epoch, index)`` -> that task's
+    augmented sample, with ``"task"`` (its name) and every model condition the task lacks filled
+    with its constant (:func:`~stablemotion.tasks.missing_condition_value`, in [-1, 1])."""
+
+    def __init__(self, views: list[_AugmentedView], specs: list[TaskSpec], conditions: tuple[str, ...]) -> None:
+        self.views, self.specs, self.conditions = views, specs, conditions
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.views)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
+        i, epoch, index = key
+        sample = dict(self.views[i][(epoch, index)])
+        like = sample["image"]
+        for name in self.conditions:
+            if name not in self.specs[i].conditions:
+                channels = 1 if name in MASK_CONDITIONS else 3
+                sample[name] = like.new_full((channels, *like.shape[-2:]), missing_condition_value(name) * 2 - 1)
+        sample["task"] = self.specs[i].name
+        return sample
+
+
+class _TaskRounds(Sampler[list[tuple[int, int, int]]]):
+    """Multi-task batches: micro-step ``s`` belongs to task ``schedule[s % len(schedule)]`` (each
+    task ``weight`` times per round) and is that task's ``n``-th batch, drawn from its own
+    :class:`_StepBatches` stream, so a resumed run sees the same batches."""
+
+    def __init__(self, streams: list[_StepBatches], weights: list[int], start_step: int, steps: int) -> None:
+        self.streams, self.start, self.steps = streams, start_step, steps
+        self.schedule = [i for i, w in enumerate(weights) for _ in range(w)]
+
+    def task_of(self, step: int) -> tuple[int, int]:
+        """(task index, that task's own step) of micro-step ``step``."""
+        rounds, pos = divmod(step, len(self.schedule))
+        task = self.schedule[pos]
+        return task, rounds * self.schedule.count(task) + self.schedule[:pos].count(task)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        for step in range(self.start, self.steps):
+            task, own = self.task_of(step)
+            yield [(task, epoch, index) for epoch, index in self.streams[task].batch_keys(own)]
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+
+class _PromptedUNet(torch.nn.Module):
+    """A multi-task model's trained parts, one module for ``accelerate.prepare`` (DDP): the
+    UNet and the per-task prompts it reads through cross-attention."""
+
+    def __init__(self, unet: torch.nn.Module, prompts: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet, self.prompts = unet, prompts
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, task: str) -> torch.Tensor:
+        emb = self.prompts(x.shape[0], task).to(x.dtype)
+        return self.unet(x, t, encoder_hidden_states=emb, return_dict=False)[0]
 
 
 def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -293,6 +361,10 @@ class Trainer:
         config.validate(check_paths=False)  # value ranges too, for configs built in code
         self.cfg = config
         self.task: TaskSpec = config.task_spec
+        #: The tasks trained, by name (one for a single-task run) and the model's conditions.
+        self.tasks: dict[str, TaskSpec] = {t.name: t for t in config.task_specs}
+        self.multi = config.is_multi_task
+        self.conditions = union_conditions(list(self.tasks.values()))
         self.out = Path(config.checkpoint.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         log_with = None
@@ -311,13 +383,18 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
             cpu=config.train.device == "cpu",
         )
-        self.weights = LossWeights.from_mapping(self.task.loss_weights, config.loss.weights)
+        self.task_weights: dict[str, LossWeights] = {n: config.loss_weights(t) for n, t in self.tasks.items()}
+        self.weights = self.task_weights[self.task.name]
         self.pipe = pipeline if pipeline is not None else self._build_pipeline()
-        self.train_ds = train_dataset if train_dataset is not None else build_dataset(config, "train")
-        self.val_ds = val_dataset
-        if self.val_ds is None and config.data.val:
-            self.val_ds = build_dataset(config, "val")
-        self._check_dataset(self.train_ds, "training")
+        if self.multi and list(self.pipe.tasks) != list(self.tasks):
+            raise ValueError(f"the pipeline serves {list(self.pipe.tasks)}, the config trains {list(self.tasks)}")
+        # One dataset per task (train_dataset / val_dataset: a dataset, or {task: dataset} in a multi-task run)
+        self.train_sets = self._datasets(train_dataset, "train")
+        self.val_sets = self._datasets(val_dataset, "val")
+        self.train_ds = self.train_sets[self.task.name]
+        self.val_ds = self.val_sets.get(self.task.name)
+        for name, ds in self.train_sets.items():
+            self._check_dataset(ds, f"{name} training" if self.multi else "training", self.tasks[name])
 
         self.stage = config.train.stage
         self.vae = self.pipe.vae.requires_grad_(False).eval()
@@ -328,6 +405,9 @@ class Trainer:
             if config.train.gradient_checkpointing:
                 self.unet.enable_gradient_checkpointing()
             self.model: torch.nn.Module = self.unet
+            if self.multi:  # the per-task prompts are learned with the UNet
+                self.pipe.text_embedding.embedding.requires_grad_(True)
+                self.model = _PromptedUNet(self.unet, self.pipe.text_embedding)
         elif self.stage == "regression":
             self.model = FlowRegressor.for_task(self.task, seed=config.model.seed, **config.model.tiny).train()
             if config.train.gradient_checkpointing:
@@ -344,7 +424,8 @@ class Trainer:
             self.model = _FlowCodec(self.vae, train_encoder=config.train.vae_train_encoder)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.perceptual = (PerceptualLoss(config.loss.vgg_weights)
-                           if (self.weights.vgg and self.stage in ("unet", "regression")) else None)
+                           if (any(w.vgg for w in self.task_weights.values()) and self.stage in ("unet", "regression"))
+                           else None)
 
         self.ema = None
         if config.train.ema:
@@ -362,7 +443,7 @@ class Trainer:
             num_training_steps=config.train.max_steps * self.acc.num_processes,
         )
         self.model, self.optimizer, self.lr_scheduler = self.acc.prepare(self.model, self.optimizer, self.lr_scheduler)
-        if self.stage == "unet":
+        if self.stage == "unet" and not self.multi:
             self.unet = self.model
         self.unet.to(self.acc.device)
         self.vae.to(self.acc.device)
@@ -370,7 +451,7 @@ class Trainer:
             self.perceptual.to(self.acc.device)
         if self.ema is not None:
             self.ema.to(self.acc.device)
-        self.embedding = self.pipe.text_embedding(1).detach().to(self.acc.device)
+        self.embedding = None if self.multi else self.pipe.text_embedding(1).detach().to(self.acc.device)
         self.alphas_cumprod = self.pipe.scheduler.alphas_cumprod.to(self.acc.device)
         self.num_train_timesteps = int(self.pipe.scheduler.config.num_train_timesteps)
         self.step = 0
@@ -378,14 +459,20 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _build_pipeline(self) -> Any:
         m = self.cfg.model
+        want: Any = list(self.tasks) if self.multi else self.task
         if m.init:
             pipe = load_pipeline(m.init, torch.float32, progress=False)
-            if pipe.task.name != self.task.name:
-                raise ValueError(f"model.init {m.init} is a {pipe.task.name!r} pipeline but the config trains {self.task.name!r}")
+            has = list(pipe.tasks) if pipe.config.get("tasks") else pipe.task.name
+            if has != (list(self.tasks) if self.multi else self.task.name):
+                if not m.retarget:
+                    raise ValueError(f"model.init {m.init} is a {has!r} pipeline but the config trains "
+                                     f"{want if self.multi else self.task.name!r}; set model.retarget: true to "
+                                     "re-map its weights to this run's task(s)")
+                pipe = retarget_pipeline(pipe, want, seed=m.seed)
         elif m.base == "tiny":
-            pipe = tiny_pipeline(self.task, seed=m.seed, **m.tiny)
+            pipe = tiny_pipeline(want, seed=m.seed, **m.tiny)
         else:
-            pipe = build_pipeline(m.base, self.task, revision=m.revision, local_files_only=m.local_files_only)
+            pipe = build_pipeline(m.base, want, revision=m.revision, local_files_only=m.local_files_only)
         if m.vae:
             from diffusers import AutoencoderKL
 
@@ -393,28 +480,53 @@ class Trainer:
         pipe.register_to_config(default_processing_resolution=list(self.cfg.resolution))
         return pipe
 
-    def _check_dataset(self, ds: Dataset, what: str) -> None:
+    def _datasets(self, given: Any, split: str) -> dict[str, Dataset]:
+        """{task: dataset} from ``given`` (one dataset, or a mapping in a multi-task run) or the config."""
+        if given is not None:
+            sets = dict(given) if isinstance(given, Mapping) else {self.task.name: given}
+            missing = set(self.tasks) - set(sets)
+            if split == "train" and missing:
+                raise ValueError(f"no {split} dataset for tasks {sorted(missing)}")
+            return sets
+        return {n: build_dataset(self.cfg, split, n) for n in self.tasks
+                if (self.cfg.task_data(n).train if split == "train" else self.cfg.task_data(n).val)}
+
+    def _check_dataset(self, ds: Dataset, what: str, task: TaskSpec | None = None) -> None:
+        task = task or self.task
         if len(ds) == 0:  # type: ignore[arg-type]
             raise ValueError(f"the {what} dataset is empty")
         sample = ds[0]
-        needed = set(self.task.conditions) | {"gt", "flow"}
+        needed = set(task.conditions) | {"gt", "flow"}
         missing = needed - set(sample)
         if missing:
             raise ValueError(
-                f"the {what} dataset gives {sorted(k for k in sample if k != 'name')} but task {self.task.name!r} "
+                f"the {what} dataset gives {sorted(k for k in sample if k != 'name')} but task {task.name!r} "
                 f"training needs {sorted(needed)} (missing {sorted(missing)}; flows: make them with "
                 "`stablemotion label-flows`)"
             )
 
     def _loader(self, start_step: int) -> DataLoader:
         c = self.cfg
-        sampler = _StepBatches(
-            len(self.train_ds), c.train.batch_size, self.acc.num_processes, self.acc.process_index,  # type: ignore[arg-type]
-            c.train.seed, start_step * c.train.grad_accum, c.train.max_steps * c.train.grad_accum,
-        )
-        masks = tuple(k for k in self.task.conditions if k in MASK_CONDITIONS)
-        view = _AugmentedView(self.train_ds, self.cfg.resolution, c.data.hflip, c.data.vflip, c.train.seed, masks)
-        return DataLoader(view, batch_sampler=sampler, num_workers=c.data.num_workers, collate_fn=_collate,
+        start, steps = start_step * c.train.grad_accum, c.train.max_steps * c.train.grad_accum
+
+        def stream(ds: Dataset, seed: int) -> _StepBatches:
+            return _StepBatches(len(ds), c.train.batch_size, self.acc.num_processes,  # type: ignore[arg-type]
+                                self.acc.process_index, seed, start, steps)
+
+        def view(ds: Dataset, spec: TaskSpec, seed: int) -> _AugmentedView:
+            masks = tuple(k for k in spec.conditions if k in MASK_CONDITIONS)
+            return _AugmentedView(ds, self.cfg.resolution, c.data.hflip, c.data.vflip, seed, masks)
+
+        if not self.multi:
+            return DataLoader(view(self.train_ds, self.task, c.train.seed), batch_sampler=stream(self.train_ds, c.train.seed),
+                              num_workers=c.data.num_workers, collate_fn=_collate, persistent_workers=False)
+        specs = list(self.tasks.values())
+        seeds = [c.train.seed * 31 + i for i in range(len(specs))]  # one data stream per task
+        mix = _TaskMix([view(self.train_sets[t.name], t, sd) for t, sd in zip(specs, seeds, strict=True)], specs,
+                       self.conditions)
+        rounds = _TaskRounds([stream(self.train_sets[t.name], sd) for t, sd in zip(specs, seeds, strict=True)],
+                             [self.cfg.task_data(t.name).weight for t in specs], start, steps)
+        return DataLoader(mix, batch_sampler=rounds, num_workers=c.data.num_workers, collate_fn=_collate,
                           persistent_workers=False)
 
     # ------------------------------------------------------------------ one step
@@ -422,9 +534,9 @@ class Trainer:
         return encode_latents(self.vae, x)
 
     def _condition_latents(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """(B, 4k, h, w): conditions in task order, encoded in one VAE batch."""
+        """(B, 4k, h, w): the model's conditions in order, encoded in one VAE batch."""
         imgs = []
-        for name in self.task.conditions:
+        for name in self.conditions:
             x = batch[name]
             imgs.append(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
         b, k = imgs[0].shape[0], len(imgs)
@@ -432,8 +544,10 @@ class Trainer:
         return lat.unflatten(0, (b, k)).flatten(1, 2)
 
     def compute_losses(self, batch: Mapping[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
-        """All loss terms for one batch (tensors in [-1, 1], flows in pixels)."""
+        """All loss terms for one batch (tensors in [-1, 1], flows in pixels; a multi-task
+        batch is one task's, named by its ``"task"`` entry)."""
         dev = self.acc.device
+        spec = self.tasks[batch["task"][0]] if self.multi else self.task
         batch = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         if self.stage == "vae":
             return self._codec_losses(batch)
@@ -445,7 +559,7 @@ class Trainer:
         g = torch.Generator().manual_seed((self.cfg.train.seed * 7_919 + step * 104_729 + self.acc.process_index) % (2**63))
         with torch.no_grad():
             cond = self._condition_latents(batch)
-            z0 = self._encode(encode_flow(batch["flow"], self.task.flow_gamma))
+            z0 = self._encode(encode_flow(batch["flow"], spec.flow_gamma))
         t_min, t_max = (int(v) for v in self.cfg.loss.timesteps)
         t_max = min(t_max, self.num_train_timesteps - 1)
         t = torch.randint(t_min, t_max + 1, (b,), generator=g)
@@ -460,17 +574,20 @@ class Trainer:
         noise = noise.to(dev, z0.dtype)
         sa = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(z0.dtype)
         z_t = sa.sqrt() * z0 + (1 - sa).sqrt() * noise
-        emb = self.embedding.expand(b, -1, -1)
         with self.acc.autocast():
-            v_hat = self.unet(torch.cat([cond, z_t], 1), t, encoder_hidden_states=emb, return_dict=False)[0]
+            if self.multi:
+                v_hat = self.model(torch.cat([cond, z_t], 1), t, spec.name)
+            else:
+                emb = self.embedding.expand(b, -1, -1)
+                v_hat = self.unet(torch.cat([cond, z_t], 1), t, encoder_hidden_states=emb, return_dict=False)[0]
         losses: dict[str, torch.Tensor] = {}
         losses["v"] = F.mse_loss(v_hat.float(), v_target(z0, noise, self.alphas_cumprod, t).float())
-        w = self.weights
+        w = self.task_weights[spec.name]
         if w.warp or w.mask or w.vgg:
             z0_hat = x0_from_v(z_t.float(), v_hat.float(), self.alphas_cumprod, t)
             with self.acc.autocast():
-                flow_hat = decode_flow_latents(self.vae, z0_hat, self.task.flow_gamma)
-            return self._image_losses(batch, flow_hat, losses)
+                flow_hat = decode_flow_latents(self.vae, z0_hat, spec.flow_gamma)
+            return self._image_losses(batch, flow_hat, losses, spec)
         losses["total"] = w.v * losses["v"]
         return losses
 
@@ -479,12 +596,14 @@ class Trainer:
         return torch.cat([batch[name] for name in self.task.conditions], 1)
 
     def _image_losses(
-        self, batch: Mapping[str, torch.Tensor], flow: torch.Tensor, losses: dict[str, torch.Tensor]
+        self, batch: Mapping[str, torch.Tensor], flow: torch.Tensor, losses: dict[str, torch.Tensor],
+        task: TaskSpec | None = None,
     ) -> dict[str, torch.Tensor]:
         """Add the warp / mask / perceptual terms of a predicted flow (pixels) and the total."""
-        w = self.weights
-        pad = self.task.padding
-        valid = gt_valid_region(batch["flow"]) if self.task.valid_region_loss else None
+        task = task or self.task
+        w = self.task_weights[task.name]
+        pad = task.padding
+        valid = gt_valid_region(batch["flow"]) if task.valid_region_loss else None
         if w.warp:
             losses["warp"] = warp_loss(batch["image"], flow, batch["gt"], padding=pad, valid=valid)
         if w.mask:
@@ -538,7 +657,7 @@ class Trainer:
             if self.acc.is_main_process:
                 if self.ema is not None:
                     torch.save(self.ema.state_dict(), tmp / _EMA_FILE)
-                state = {"step": self.step, "stage": self.stage, "task": self.task.to_dict(), "config": self.cfg.to_dict()}
+                state = {"step": self.step, "stage": self.stage, "task": self._task_record(), "config": self.cfg.to_dict()}
                 (tmp / _STATE_FILE).write_text(json.dumps(state, indent=1))
                 (tmp / COMPLETE_MARKER).write_text(f"{self.step}\n")
         if self.acc.is_main_process:
@@ -553,6 +672,18 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
         self.acc.wait_for_everyone()
         return final
+
+    def _task_record(self) -> dict[str, Any]:
+        """What a checkpoint records of the task(s): a task dict, or for a multi-task run the
+        task names joined by "+", the model's conditions and the tasks."""
+        if not self.multi:
+            return self.task.to_dict()
+        return {"name": "+".join(self.tasks), "conditions": list(self.conditions), "tasks": list(self.tasks)}
+
+    def _unet_module(self) -> torch.nn.Module:
+        """The trained UNet itself (unwrapped from DDP and, multi-task, from its prompts)."""
+        module = self.acc.unwrap_model(self.model)
+        return module.unet if isinstance(module, _PromptedUNet) else module
 
     def load_checkpoint(self, path: str | os.PathLike) -> int:
         """Restore model, optimizer, scheduler, RNG and EMA state; returns the step.
@@ -570,10 +701,11 @@ class Trainer:
         if problem is not None:
             raise CheckpointError(f"cannot resume from {path}: {problem}", problem)
         state = json.loads((path / _STATE_FILE).read_text())
-        if state.get("task", {}).get("conditions") != list(self.task.conditions):
+        rec, mine = state.get("task", {}), self._task_record()
+        if rec.get("conditions") != mine["conditions"] or rec.get("tasks") != mine.get("tasks"):
             raise ValueError(
-                f"checkpoint {path} was trained for task {state.get('task', {}).get('name')!r} "
-                f"(conditions {state.get('task', {}).get('conditions')}), this run is {self.task.name!r}"
+                f"checkpoint {path} was trained for task {rec.get('name')!r} "
+                f"(conditions {rec.get('conditions')}), this run is {mine['name']!r} (conditions {mine['conditions']})"
             )
         if state.get("stage", "unet") != self.stage:
             raise ValueError(f"checkpoint {path} is from a {state.get('stage')!r} stage run, this run is {self.stage!r}")
@@ -667,67 +799,86 @@ class Trainer:
         """Validation on the main process with the EMA weights.
 
         UNet stage: one-step inference, PSNR/SSIM of the prediction and of the identity
-        (input vs gt), and an image grid (input | prediction | gt | flow colours).
+        (input vs gt), and an image grid (input | prediction | gt | flow colours); a multi-task
+        run does it for each task, under ``val/<task>/``.
         VAE stage: end-point error of the flow round trip and PSNR of the warp with the
         round-tripped flow vs with the exact flow.
         """
-        if self.val_ds is None:
+        if not self.val_sets or not self.acc.is_main_process:
             return {}
-        n = min(len(self.val_ds), max_samples or self.cfg.data.val_samples)  # type: ignore[arg-type]
-        if n == 0 or not self.acc.is_main_process:
-            return {}
-        masks = tuple(k for k in self.task.conditions if k in MASK_CONDITIONS)
-        aug = Augment(self.cfg.resolution, 0.0, 0.0, mask_keys=masks)
-        rows = []
-        grid = []
+        limit = max_samples or self.cfg.data.val_samples
         with self.ema_weights():
             if self.stage == "vae":
-                codec = self.acc.unwrap_model(self.model)
-                for i in range(n):
-                    s = aug(self.val_ds[i])
-                    flow = s["flow"][None].to(self.acc.device)
-                    rec = decode_flow(codec(encode_flow(flow, self.task.flow_gamma)), self.task.flow_gamma).float()
-                    inp, gt = s["image"][None].to(self.acc.device), s["gt"][None].to(self.acc.device)
-                    pad = self.task.padding
-                    rows.append([float(end_point_error(rec, flow)[0]),
-                                 float(psnr_torch(warp(inp, rec, padding=pad, fill=-1.0), gt)),
-                                 float(psnr_torch(warp(inp, flow, padding=pad, fill=-1.0), gt))])
-                r = np.asarray(rows)
-                return {"val/codec_epe": float(r[:, 0].mean()), "val/codec_warp_psnr": float(r[:, 1].mean()),
-                        "val/exact_flow_warp_psnr": float(r[:, 2].mean())}
+                return self._validate_codec(min(len(self.val_ds), limit))  # type: ignore[arg-type]
             if self.stage == "unet":
-                self.pipe.unet = self.acc.unwrap_model(self.model)
-            for i in range(n):
-                s = aug(self.val_ds[i])
-                gt, inp = s["gt"][None], s["image"][None]
-                if self.stage == "regression":
-                    cond = self._stack_conditions({k: s[k][None] for k in self.task.conditions}).to(self.acc.device)
-                    flow = self.acc.unwrap_model(self.model)(cond).float().cpu()
-                    pred = warp(inp, flow, padding=self.task.padding, fill=-1.0).clamp(-1, 1)
-                else:
-                    conds = {k: (s[k][None] + 1) / 2 for k in self.task.conditions if k != "image"}
-                    out = self.pipe(
-                        (s["image"][None] + 1) / 2, conditions=conds, num_inference_steps=self.cfg.validation.steps,
-                        generator=torch.Generator().manual_seed(i), show_progress_bar=False, output_type="pt",
-                    )
-                    pred = out.image.to(torch.float32) * 2 - 1
-                    flow = out.flow
-                rows.append([
-                    float(psnr_torch(pred, gt)), float(ssim_torch(pred, gt)),
-                    float(psnr_torch(inp, gt)), float(ssim_torch(inp, gt)),
-                ])
-                if i < self.cfg.validation.grid_samples:
-                    col = torch.from_numpy(flow_to_color(flow[0])).permute(2, 0, 1).float() / 127.5 - 1
-                    grid.append(torch.cat([inp[0], pred[0], gt[0], col], dim=2))
+                self.pipe.unet = self._unet_module()
+            out: dict[str, float] = {}
+            for name, ds in self.val_sets.items():
+                n = min(len(ds), limit)  # type: ignore[arg-type]
+                if n == 0:
+                    continue
+                res = self._validate_task(ds, self.tasks[name], n, grid_name=f"{name}-" if self.multi else "")
+                out.update({k.replace("val/", f"val/{name}/") if self.multi else k: v for k, v in res.items()})
+            return out
+
+    def _validate_codec(self, n: int) -> dict[str, float]:
+        """VAE stage validation (inside :meth:`ema_weights`)."""
+        if n == 0:
+            return {}
+        aug = Augment(self.cfg.resolution, 0.0, 0.0, mask_keys=tuple(k for k in self.task.conditions if k in MASK_CONDITIONS))
+        codec = self.acc.unwrap_model(self.model)
+        rows = []
+        for i in range(n):
+            s = aug(self.val_ds[i])
+            flow = s["flow"][None].to(self.acc.device)
+            rec = decode_flow(codec(encode_flow(flow, self.task.flow_gamma)), self.task.flow_gamma).float()
+            inp, gt = s["image"][None].to(self.acc.device), s["gt"][None].to(self.acc.device)
+            pad = self.task.padding
+            rows.append([float(end_point_error(rec, flow)[0]),
+                         float(psnr_torch(warp(inp, rec, padding=pad, fill=-1.0), gt)),
+                         float(psnr_torch(warp(inp, flow, padding=pad, fill=-1.0), gt))])
+        r = np.asarray(rows)
+        return {"val/codec_epe": float(r[:, 0].mean()), "val/codec_warp_psnr": float(r[:, 1].mean()),
+                "val/exact_flow_warp_psnr": float(r[:, 2].mean())}
+
+    def _validate_task(self, ds: Dataset, task: TaskSpec, n: int, grid_name: str = "") -> dict[str, float]:
+        """One task's validation (inside :meth:`ema_weights`): PSNR/SSIM of one-step inference
+        and of the identity, and the image grid ``validation/<grid_name>step-N.png``."""
+        masks = tuple(k for k in task.conditions if k in MASK_CONDITIONS)
+        aug = Augment(self.cfg.resolution, 0.0, 0.0, mask_keys=masks)
+        rows, grid = [], []
+        for i in range(n):
+            s = aug(ds[i])
+            gt, inp = s["gt"][None], s["image"][None]
+            if self.stage == "regression":
+                cond = self._stack_conditions({k: s[k][None] for k in task.conditions}).to(self.acc.device)
+                flow = self.acc.unwrap_model(self.model)(cond).float().cpu()
+                pred = warp(inp, flow, padding=task.padding, fill=-1.0).clamp(-1, 1)
+            else:
+                conds = {k: (s[k][None] + 1) / 2 for k in task.conditions if k != "image"}
+                out = self.pipe(
+                    (s["image"][None] + 1) / 2, conditions=conds, num_inference_steps=self.cfg.validation.steps,
+                    generator=torch.Generator().manual_seed(i), show_progress_bar=False, output_type="pt",
+                    task=task.name,
+                )
+                pred = out.image.to(torch.float32) * 2 - 1
+                flow = out.flow
+            rows.append([
+                float(psnr_torch(pred, gt)), float(ssim_torch(pred, gt)),
+                float(psnr_torch(inp, gt)), float(ssim_torch(inp, gt)),
+            ])
+            if i < self.cfg.validation.grid_samples:
+                col = torch.from_numpy(flow_to_color(flow[0])).permute(2, 0, 1).float() / 127.5 - 1
+                grid.append(torch.cat([inp[0], pred[0], gt[0], col], dim=2))
         r = np.asarray(rows)
         metrics = {"val/psnr": r[:, 0].mean(), "val/ssim": r[:, 1].mean(),
                    "val/psnr_identity": r[:, 2].mean(), "val/ssim_identity": r[:, 3].mean()}
         if grid:
             img = ((torch.cat(grid, dim=1).clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-            save_image(img, self.out / "validation" / f"step-{self.step:07d}.png")
+            save_image(img, self.out / "validation" / f"{grid_name}step-{self.step:07d}.png")
             for tracker in self.acc.trackers:
                 if tracker.name == "tensorboard":
-                    tracker.writer.add_image("val/grid", img, self.step, dataformats="HWC")
+                    tracker.writer.add_image(f"val/{grid_name}grid", img, self.step, dataformats="HWC")
         return {k: float(v) for k, v in metrics.items()}
 
     # ------------------------------------------------------------------ export
@@ -745,7 +896,7 @@ class Trainer:
                     shutil.rmtree(tmp)
                 with umask_modes(tmp):  # safetensors writes 0600 files
                     if self.stage == "unet":
-                        self.pipe.unet = self.acc.unwrap_model(self.model)
+                        self.pipe.unet = self._unet_module()
                         self.pipe.save_pretrained(str(tmp))
                     elif self.stage == "regression":
                         self.acc.unwrap_model(self.model).save_pretrained(str(tmp))

@@ -229,8 +229,9 @@ def load_model(model: str | None, task: str | None, dtype: torch.dtype, quiet: b
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"cannot load --model {model} ({type(exc).__name__}: {first}); the folder is damaged "
                          "or not a StableMotion pipeline") from None
-    if task is not None and pipe.task.name != task:
-        raise ValueError(f"--task {task} but the model {model} is a {pipe.task.name!r} model")
+    if task is not None and task not in pipe.tasks:
+        what = f"a {pipe.task.name!r} model" if len(pipe.tasks) == 1 else f"a model of the tasks {list(pipe.tasks)}"
+        raise ValueError(f"--task {task} but the model {model} is {what}")
     return pipe
 
 

@@ -19,7 +19,7 @@ from ._options import Dist, add_device_options, add_inference_options, inference
 def _common(p: argparse.ArgumentParser, study: bool = False) -> None:
     p.add_argument("--model", required=True, help="pipeline folder (see import-checkpoint / tiny-model)")
     p.add_argument("--dataset", required=True, type=Path, help="DIR-D / RS-Real / task-folder test split (or its root)")
-    p.add_argument("--task", choices=available_tasks(), default=None, help="check the model is for this task")
+    p.add_argument("--task", choices=available_tasks(), default=None, help="check the model is for this task (a multi-task model: which of its tasks to evaluate)")
     p.add_argument("--split", default=None, help="split folder (default: testing for DIR-D, test for RS-Real)")
     p.add_argument("--format", dest="kind", choices=("auto", "dird", "rsreal", "folder"), default="auto",
                    help="dataset layout (default: detected)")
@@ -98,7 +98,8 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Dist]:
     if not args.dataset.exists():
         raise FileNotFoundError(f"--dataset {args.dataset}: no such folder")
     pipe = load_model(args.model, args.task, resolve_dtype(args.dtype), quiet=True)
-    eval_set = open_eval_set(args.dataset, pipe.task.name, split=args.split, kind=args.kind)
+    task = pipe.resolve_task(args.task).name  # a multi-task model: --task picks which
+    eval_set = open_eval_set(args.dataset, task, split=args.split, kind=args.kind)
     prepare_for_inference(pipe, dist.device, args.channels_last)
     settings = EvalSettings(
         steps=kwargs["num_inference_steps"],
@@ -110,6 +111,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Dist]:
         dtype=args.dtype,
         final_step=kwargs["final_step"],
         flow_regularization=kwargs["flow_regularization"],
+        task=task if len(pipe.tasks) > 1 else None,
     )
     return pipe, eval_set, settings, dist
 

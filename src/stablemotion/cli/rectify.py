@@ -292,7 +292,7 @@ def _rectify_auto(args: argparse.Namespace, dist: Dist, items: list[tuple[str, P
 
     order = ("sir", "rsc", "rotation", "lens")
     tasks = "|".join(sorted(available_tasks(), key=lambda t: (order.index(t) if t in order else len(order), t)))
-    model_task = _task_of(argparse.Namespace(**{**vars(args), "task": None})).name if args.model else None
+    model_tasks = _task_of(argparse.Namespace(**{**vars(args), "task": None})).serves if args.model else None
     groups: dict[str, list[tuple[str, Path]]] = {}
     failures: dict[str, str] = {}
     for stem, path in items:
@@ -311,10 +311,11 @@ def _rectify_auto(args: argparse.Namespace, dist: Dist, items: list[tuple[str, P
         elif choice.task == "none":
             failures[stem] = ("no distortion recognised (the classifier sees an ordinary photo); pass --task "
                               f"{tasks} to rectify it anyway")
-        elif model_task is not None and choice.task != model_task:
+        elif model_tasks is not None and choice.task not in model_tasks:
             failures[stem] = (f"the image looks like a {choice.task} task ({choice.confidence:.0%}) but --model "
-                              f"{args.model} is a {model_task} model; pass --task {model_task} to use it anyway")
-        elif model_task is None and choice.task not in BUNDLED_MODELS:
+                              f"{args.model} is a {'/'.join(model_tasks)} model; pass --task {model_tasks[0]} to use "
+                              "it anyway")
+        elif model_tasks is None and choice.task not in BUNDLED_MODELS:
             failures[stem] = (f"the image looks like a {choice.task} task ({choice.confidence:.0%}) but no "
                               f"{choice.task} model is bundled; pass --model with a {choice.task} model")
         else:
@@ -336,6 +337,7 @@ class _TaskInfo:
     name: str
     needs_mask: bool
     ensemble: int
+    serves: tuple[str, ...] = ()  # every task of the model (several for a multi-task model)
 
 
 def _task_of(args: argparse.Namespace) -> _TaskInfo:
@@ -352,19 +354,22 @@ def _task_of(args: argparse.Namespace) -> _TaskInfo:
         if not folder.is_dir():  # a hub id: resolved when it loads
             name = args.task or "sir"
             spec = get_task(name)
-            return _TaskInfo(spec.name, any(c in MASK_CONDITIONS for c in spec.conditions), 1)
+            return _TaskInfo(spec.name, any(c in MASK_CONDITIONS for c in spec.conditions), 1, (spec.name,))
     config = json.loads((folder / "model_index.json").read_text())
     try:
-        spec = get_task(config["task"])
+        default = get_task(config["task"])
+        serves = {t.name: t for t in map(get_task, config.get("tasks") or [config["task"]])}
     except (KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"{folder}/model_index.json has no valid task description ({exc})") from None
-    if args.task is not None and spec.name != args.task:
-        raise ValueError(f"--task {args.task} but the model {args.model} is a {spec.name!r} model")
+    if args.task is not None and args.task not in serves:
+        what = f"a {default.name!r} model" if len(serves) == 1 else f"a model of the tasks {list(serves)}"
+        raise ValueError(f"--task {args.task} but the model {args.model or folder} is {what}")
+    spec = serves[args.task] if args.task is not None else default
     extra = [c for c in spec.conditions if c not in MASK_CONDITIONS and c != "image"]
     if extra:
         raise ValueError(f"the command line supports image and mask conditions only; task needs {extra}")
     return _TaskInfo(spec.name, any(c in MASK_CONDITIONS for c in spec.conditions),
-                     int(config.get("default_ensemble_size", 1)))
+                     int(config.get("default_ensemble_size", 1)), tuple(serves))
 
 
 def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str, Any],
@@ -381,7 +386,8 @@ def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str
 
     failures: dict[str, str] = {}
     processed = 0
-    needs_mask = any(c in MASK_CONDITIONS for c in pipe.task.conditions)
+    spec = pipe.resolve_task(args.task)  # a multi-task model runs the chosen task
+    needs_mask = any(c in MASK_CONDITIONS for c in spec.conditions)
     bar = tqdm(jobs, desc="rectify" if dist.world == 1 else f"rectify [{dist.rank}/{dist.world}]", unit="img",
                disable=not dist.main)
     for job in bar:
@@ -408,7 +414,7 @@ def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str
                 if job.mask is None:
                     bar.write(f"{job.stem}: {note}")
             out = pipe(image, mask=mask, generator=torch.Generator().manual_seed(args.seed), output_type="np",
-                       show_progress_bar=False, **kwargs)
+                       show_progress_bar=False, task=spec.name, **kwargs)
             if not np.isfinite(out.flow).all():
                 raise ValueError(f"{job.image}: the model produced a non-finite flow (NaN/inf); try --dtype fp32")
             paths = job.outputs

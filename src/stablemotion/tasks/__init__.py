@@ -25,6 +25,8 @@ from __future__ import annotations
 from ._spec import (
     LAYOUT_KINDS,
     MASK_CONDITIONS,
+    MISSING_IMAGE_VALUE,
+    MISSING_MASK_VALUE,
     PROTOCOL_METRICS,
     RELEASED_TASKS,
     EvalProtocol,
@@ -33,14 +35,17 @@ from ._spec import (
     SynthSpec,
     TaskEntry,
     TaskSpec,
+    as_task_list,
     available_tasks,
     declare_task,
     get_entry,
     get_generator,
     get_protocol,
     get_task,
+    missing_condition_value,
     register_task,
     synth_tasks,
+    union_conditions,
 )
 from .lens import LENS
 from .rotation import ROTATION
@@ -70,4 +75,9 @@ __all__ = [
     "PROTOCOL_METRICS",
     "LAYOUT_KINDS",
     "RELEASED_TASKS",
+    "union_conditions",
+    "as_task_list",
+    "missing_condition_value",
+    "MISSING_MASK_VALUE",
+    "MISSING_IMAGE_VALUE",
 ]

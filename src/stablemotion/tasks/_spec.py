@@ -106,6 +106,48 @@ class TaskSpec:
         return dataclasses.replace(self, **changes)
 
 
+# --------------------------------------------------------------------------- several tasks, one model
+#: What a multi-task model is fed for a condition the current task lacks, in [0, 1]: an all-valid
+#: mask (1) for a mask condition, mid grey (0.5) for any other condition image. Constants keep
+#: ``conv_in`` the same for every task; the task embedding tells the tasks apart.
+MISSING_MASK_VALUE = 1.0
+MISSING_IMAGE_VALUE = 0.5
+
+
+def missing_condition_value(name: str) -> float:
+    """The constant fed, in [0, 1], for condition ``name`` when a task of a multi-task model
+    lacks it (:data:`MISSING_MASK_VALUE` for masks, :data:`MISSING_IMAGE_VALUE` otherwise)."""
+    return MISSING_MASK_VALUE if name in MASK_CONDITIONS else MISSING_IMAGE_VALUE
+
+
+def as_task_list(task: Any) -> list[TaskSpec]:
+    """One task (name, spec or dict) or a list of them -> a list of specs (a list of one for a
+    single task; several distinct tasks make a multi-task model)."""
+    items = list(task) if isinstance(task, (list, tuple)) else [task]
+    specs = [get_task(t) for t in items]
+    names = [t.name for t in specs]
+    if not specs or len(set(names)) != len(names):
+        raise ValueError(f"expected one task or a list of distinct tasks, got {names}")
+    return specs
+
+
+def union_conditions(tasks: Any) -> tuple[str, ...]:
+    """The conditions of a model serving ``tasks`` (names or specs), in a fixed order: the
+    tasks in the given order, each task's conditions in its own order, first occurrence kept.
+
+    ``union_conditions(["sir", "rsc", "rotation", "lens"]) == ("mask", "image")``: the UNet
+    then takes ``4 * (2 + 1)`` input channels, as a SIR model does.
+    """
+    out: list[str] = []
+    for task in tasks:
+        for name in get_task(task).conditions:
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise ValueError("a model needs at least one task")
+    return tuple(out)
+
+
 # --------------------------------------------------------------------------- evaluation protocol
 #: Metrics an :class:`EvalProtocol` may name: PSNR / SSIM of the rectified image against the gt
 #: (scikit-image on uint8, full resolution) and EPE (mean end-point error of the flow, pixels).
