@@ -292,3 +292,25 @@ def test_rectify_honest_about_what_it_cannot_do(sir_model: Path, photo: np.ndarr
     assert code == 0, text
     notes = [line for line in text.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "does not correct rolling shutter" in notes[0] and "import-checkpoint" in notes[0]
+
+
+def test_rectify_with_a_multi_task_model_runs_the_chosen_task(photo: np.ndarray, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    model = tmp_path / "multi"
+    assert main(["tiny-model", "--task", "sir", "rotation", "lens", "--out", str(model)]) == 0
+    save_image(np.ascontiguousarray(photo[:40, :56]), tmp_path / "in" / "tilted.png")
+    runs = {}
+    for task in ("rotation", "lens"):
+        out = tmp_path / f"out_{task}"
+        code, text = _run(["rectify", str(tmp_path / "in"), "--model", str(model), "--task", task, "--out", str(out),
+                           "--save-flow"], capsys)
+        assert code == 0, text
+        runs[task] = read_flow(out / "tilted_flow.npy")
+    assert not np.allclose(runs["rotation"], runs["lens"])  # each task's prompt
+    # no --task: the model's default task (sir), which derives a mask; a task the model lacks is refused
+    code, text = _run(["rectify", str(tmp_path / "in"), "--model", str(model), "--task", "rsc", "--out",
+                       str(tmp_path / "o3")], capsys)
+    assert code != 0 and "is a model of the tasks ['sir', 'rotation', 'lens']" in text
+    code, text = _run(["rectify", str(tmp_path / "in"), "--model", str(model), "--task", "lens", "--mask",
+                       str(tmp_path / "in" / "tilted.png"), "--out", str(tmp_path / "o4")], capsys)
+    assert code != 0 and "takes no mask" in text

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("tiny-model", help="write a tiny random-weight pipeline folder (tests, CPU experiments)")
     p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
-    p.add_argument("--task", choices=available_tasks(), default="sir")
+    p.add_argument("--task", nargs="+", choices=available_tasks(), default=["sir"],
+                   help="the task; several tasks make a multi-task model (one UNet, a prompt per task)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", nargs="+", default=["32", "32"], metavar="N",
                    help="default processing resolution stored in the config: H W, HxW or N (multiples of 4)")
@@ -93,8 +94,9 @@ def _tiny(args: argparse.Namespace) -> int:
     res = parse_size(args.resolution if len(args.resolution) > 1 else args.resolution[0], "--resolution")
     if res[0] % 4 or res[1] % 4:
         raise ValueError(f"--resolution must be multiples of 4 for the tiny model, got {res[0]}x{res[1]}")
-    pipe = tiny_pipeline(args.task, seed=args.seed, default_processing_resolution=list(res))
+    task = args.task[0] if len(args.task) == 1 else list(args.task)
+    pipe = tiny_pipeline(task, seed=args.seed, default_processing_resolution=list(res))
     with umask_modes(out):  # safetensors writes 0600 files; give the weights the usual mode
         pipe.save_pretrained(out)
-    print(f"wrote tiny {args.task} pipeline folder {out} (random weights)")
+    print(f"wrote tiny {'+'.join(args.task)} pipeline folder {out} (random weights)")
     return 0
