@@ -201,3 +201,23 @@ def test_study_ensemble_rows_per_mode_and_size(dird: Path, sir_pipe, tmp_path: P
     assert res.rows[0]["psnr"] == res.rows[2]["psnr"]  # size 1 is one shared run
     assert sorted(p.name for p in (tmp_path / "en").iterdir() if p.is_dir()) == ["aes_1", "aes_image_2", "aes_latent_2"]
     assert res.plot.is_file() and res.csv.read_text().startswith("mode,size,psnr,ssim,seconds_per_image,images")
+
+
+def test_evaluate_runs_the_chosen_task_of_a_multi_task_model(tmp_path: Path) -> None:
+    from stablemotion.synth import write_dataset
+
+    write_dataset("lens", tmp_path / "lens", 2, size=(32, 32), split="test", seed=0)
+    multi = tiny_pipeline(["sir", "lens"], seed=0)
+    multi.set_progress_bar_config(disable=True)
+    seen = []
+
+    class Spy(CountingPipe):
+        def __call__(self, *args, **kwargs):
+            seen.append(kwargs.get("task"))
+            return super().__call__(*args, **kwargs)
+
+    es = open_eval_set(tmp_path / "lens", "lens", split="test", kind="folder")
+    summary = evaluate(Spy(multi), es, tmp_path / "run", EvalSettings(task="lens"))
+    assert summary is not None and seen == ["lens", "lens"]  # the lens prompt, no mask needed
+    with pytest.raises(ValueError, match="serves"):
+        evaluate(multi, es, tmp_path / "run2", EvalSettings(task="rsc"))
