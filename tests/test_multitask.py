@@ -256,3 +256,15 @@ def test_model_init_of_another_task_needs_retarget(tmp_path, photo):
         Trainer(load_config(path))
     trainer = Trainer(load_config(path, overrides=["model.retarget=true"]))
     assert list(trainer.pipe.tasks) == ["sir", "lens"]
+
+
+def test_set_default_task_is_what_calls_without_task_run_and_is_saved(photo, tmp_path):
+    pipe = tiny_pipeline(["sir", "lens"], seed=0)
+    image = torch.from_numpy(photo[:32, :32]).permute(2, 0, 1).float()[None] / 255
+    pipe.set_default_task("lens")
+    assert pipe.task.name == "lens"
+    assert torch.equal(_run(pipe, image).flow, _run(pipe, image, "lens").flow)  # no mask needed: lens
+    pipe.save_pretrained(tmp_path / "m")
+    assert load_pipeline(tmp_path / "m", progress=False).task.name == "lens"
+    with pytest.raises(ValueError, match="serves"):
+        pipe.set_default_task("rsc")

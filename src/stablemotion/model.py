@@ -235,8 +235,10 @@ def load_bundled_pipeline(
     task: str | TaskSpec = "sir", torch_dtype: torch.dtype = torch.float32
 ) -> StableMotionPipeline:
     """The bundled ``stablemotion-mini`` pipeline for ``task``, cast to ``torch_dtype``
-    (weights are stored in fp16; float32 is the right choice on CPU)."""
-    return load_pipeline(bundled_model_path(task), torch_dtype, progress=False)
+    (weights are stored in fp16; float32 is the right choice on CPU). When a multi-task model
+    serves ``task``, it comes with ``task`` as its default (calls without ``task=`` run it)."""
+    name = get_task(task).name
+    return load_pipeline(bundled_model_path(name), torch_dtype, progress=False).set_default_task(name)
 
 
 def load_pipeline(folder: PathLike, torch_dtype: torch.dtype | None = None,

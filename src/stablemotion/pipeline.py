@@ -227,6 +227,14 @@ class StableMotionPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     # ------------------------------------------------------------------ helpers
+    def set_default_task(self, task: str | TaskSpec) -> StableMotionPipeline:
+        """Make ``task`` (one this model serves) what calls without ``task=`` run; saved with the
+        config. Returns the pipeline."""
+        spec = self.resolve_task(task)
+        self.task = spec
+        self.register_to_config(task=spec.to_dict())
+        return self
+
     def resolve_task(self, task: str | TaskSpec | None = None) -> TaskSpec:
         """The spec of ``task`` (a name this model serves; ``None`` = the default task)."""
         if task is None:

@@ -215,7 +215,7 @@ def load_model(model: str | None, task: str | None, dtype: torch.dtype, quiet: b
                   "trained on synthetic data only, see the README for full models")
             if name in BUNDLED_LIMITS:
                 print(f"note: {BUNDLED_LIMITS[name]}")
-        return load_pipeline(path, dtype, progress=False)
+        return load_pipeline(path, dtype, progress=False).set_default_task(name)
     check_model_folder(model)
     try:
         pipe = load_pipeline(model, dtype)
