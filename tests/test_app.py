@@ -33,6 +33,8 @@ from stablemotion.cli import build_parser, main
 from stablemotion.flow import flow_to_color, read_flo, read_flow, warp
 from stablemotion.metrics import psnr
 from stablemotion.synth import bundled_photo_paths, make_sample
+from stablemotion.task_choice import TaskChoice
+from stablemotion.tasks import get_task
 
 CHROMIUM = os.environ.get("STABLEMOTION_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -68,6 +70,22 @@ class FakePipe:
             flow_colored=np.full((1, h, w, 3), 200, np.uint8),
             uncertainty=np.linspace(0, 2, h * w, dtype=np.float32).reshape(1, h, w, 1) if e > 1 else None,
         )
+
+
+class MultiPipe(FakePipe):
+    """A multi-task pipeline double: serves ``tasks`` (the first is its default) and is called with ``task=``."""
+
+    def __init__(self, *tasks: str, name: str = "multi-double") -> None:
+        super().__init__()
+        self.tasks = {t: get_task(t) for t in tasks}
+        self.task = self.tasks[tasks[0]]
+        self.name_or_path = name
+
+    def set_progress_bar_config(self, **kw) -> None:
+        pass
+
+    def to(self, device) -> MultiPipe:
+        return self
 
 
 def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -172,6 +190,7 @@ def test_page_and_info(client: TestClient) -> None:
     info = client.get("/api/info").json()
     assert [t["name"] for t in info["tasks"]] == ["sir", "rsc"]
     assert [t["mask"] for t in info["tasks"]] == [True, False]
+    assert info["auto"]["name"] == "auto" and info["auto"]["label"] == "auto (detect the task)"
     assert info["limits"]["max_upload_bytes"] == 64 * 1024 and info["limits"]["max_side"] == 256
     assert info["formats"] == ["PNG", "JPEG", "WebP", "BMP", "TIFF"]
     assert client.get("/api/status").json() == {"busy": False, "pending": 0, "max_queue": 8}
@@ -657,8 +676,13 @@ def test_end_to_end_in_chromium(browser, tmp_path: Path) -> None:
         page.goto(url)
         page.wait_for_selector("#task option[value=sir]", state="attached")
         assert page.is_visible("#mask-row")
+        assert page.input_value("#task") == "sir"  # the first task stays the default; auto is listed after the tasks
+        assert page.inner_text("#task option[value=auto]") == "auto (detect the task)"
         page.select_option("#task", "rsc")
         assert not page.is_visible("#mask-row")  # RSC takes no mask
+        assert page.inner_text("#task-hint") == get_task("rsc").description
+        page.select_option("#task", "auto")
+        assert page.is_visible("#mask-row") and "only if the task detected is SIR" in page.inner_text("#mask-hint")
         page.select_option("#task", "sir")
         page.set_input_files("#image", str(image_file))
         page.set_input_files("#mask", str(mask_file))
@@ -684,6 +708,17 @@ def test_end_to_end_in_chromium(browser, tmp_path: Path) -> None:
         status, flo = http(url + flo_href)
         (tmp_path / "flow.flo").write_bytes(flo)
         assert read_flo(tmp_path / "flow.flo").shape == (96, 128, 2)
+        assert page.inner_text("#meta").startswith("task SIR \u00b7 model stablemotion-mini-sir (bundled)")
+
+        # auto: the black border says SIR (the real choice, no classifier needed); the mask is derived
+        page.select_option("#task", "auto")
+        page.set_input_files("#mask", [])
+        page.click("#rectify")
+        page.wait_for_function("() => document.getElementById('meta').textContent.includes('detected')",
+                               timeout=120_000)
+        assert not page.is_visible("#error")
+        meta = page.inner_text("#meta")
+        assert meta.startswith("task SIR detected (100%: flat empty border") and "mask derived from" in meta
 
         # a bad upload shows the server's message on the page
         bad = tmp_path / "upload" / "notes.png"
@@ -755,8 +790,11 @@ def test_serve_cli_model_replaces_its_task(monkeypatch, capsys) -> None:
     with TestClient(served["app"], base_url="http://127.0.0.1:7999") as c:  # the address it is bound to
         info = c.get("/api/info").json()
         assert c.get("/api/info", headers={"Host": "testserver"}).status_code == 400  # not a name it answers to
+    from stablemotion.catalog import BUNDLED_MODELS
+
     models = {t["name"]: t["model"] for t in info["tasks"]}
-    assert models == {"sir": "stablemotion-mini-sir (bundled)", "rsc": path}
+    assert models == {**{t: f"{BUNDLED_MODELS[t]} (bundled)" for t in BUNDLED_MODELS}, "rsc": path}
+    assert models["sir"] == "stablemotion-mini-sir (bundled)"
     assert info["limits"]["max_side"] == 512
 
 
@@ -817,3 +855,177 @@ def test_sir_without_an_empty_border_is_returned_unchanged(client: TestClient, f
     np.testing.assert_array_equal(decode(client.get(out["urls"]["rectified.png"]).content), plain)
     r = post(client, encode(plain), mask=encode(np.full((48, 64), 255, np.uint8)), task="sir")
     assert r.status_code == 200 and len(fake.calls) == before + 1
+
+
+# --------------------------------------------------------------------------- task=auto and multi-task models
+@pytest.fixture
+def choose(monkeypatch) -> SimpleNamespace:
+    """Replaces the automatic task choice: set ``.result`` (a TaskChoice); ``.calls`` records each call."""
+    from stablemotion import task_choice
+
+    state = SimpleNamespace(result=None, calls=[])
+
+    def fake_choose(image, classifier=None, threshold=0.6, **kw):
+        state.calls.append({"shape": image.shape, "threshold": threshold, "thread": threading.current_thread().name})
+        return state.result
+
+    monkeypatch.setattr(task_choice, "choose_task", fake_choose)
+    return state
+
+
+def test_info_and_page_list_every_task_and_auto(tmp_path: Path) -> None:
+    multi = MultiPipe("rotation", "lens")
+    app = create_app({"sir": FakePipe(), "rsc": FakePipe(), "rotation": multi, "lens": multi}, result_root=tmp_path,
+                     allowed_hosts=TEST_HOSTS, task_threshold=0.7)
+    with TestClient(app) as c:
+        info = c.get("/api/info").json()
+        page = c.get("/").text
+    assert [t["name"] for t in info["tasks"]] == ["sir", "rsc", "rotation", "lens"]
+    assert [t["mask"] for t in info["tasks"]] == [True, False, False, False]
+    assert [t["description"] for t in info["tasks"]] == [get_task(t).description
+                                                         for t in ("sir", "rsc", "rotation", "lens")]
+    assert [t["model"] for t in info["tasks"]][2:] == ["multi-double", "multi-double"]
+    assert info["auto"]["name"] == "auto" and info["auto"]["threshold"] == 0.7 and info["auto"]["mask"] is True
+    assert "info.auto" in page and 'id="task-hint"' in page  # the selector adds auto after the tasks
+
+
+def test_auto_picks_the_task_on_the_worker(picture: np.ndarray, tmp_path: Path, choose: SimpleNamespace) -> None:
+    fake, multi = FakePipe(), MultiPipe("rotation", "lens")
+    app = create_app({"sir": fake, "rsc": fake, "rotation": multi, "lens": multi}, result_root=tmp_path,
+                     allowed_hosts=TEST_HOSTS, task_threshold=0.7)
+    choose.result = TaskChoice("lens", 0.834, "classifier (lens)", {"lens": 0.834}, "lens")
+    with TestClient(app) as c:
+        r = post(c, encode(picture), task="auto", ensemble=2)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert (out["task"], out["model"]) == ("lens", "multi-double")
+        assert out["auto"] == {"confidence": 0.834, "reason": "classifier (lens)"} and out["mask"] == ""
+        assert "mask.png" not in out["urls"]
+        np.testing.assert_array_equal(decode(c.get(out["urls"]["rectified.png"]).content), np.roll(picture, 1, axis=1))
+        explicit = post(c, encode(picture), task="rsc").json()
+    assert [(call["shape"], call["threshold"]) for call in choose.calls] == [((48, 64, 3), 0.7)]
+    assert choose.calls[0]["thread"].startswith("stablemotion-inference")  # not the event loop, not the validation pool
+    assert multi.calls[-1]["task"] == "lens" and multi.calls[-1]["mask"] is None and multi.calls[-1]["ensemble"] == 2
+    assert (explicit["task"], explicit["auto"]) == ("rsc", None) and len(choose.calls) == 1
+    assert "task" not in fake.calls[-1]  # a double without ``tasks`` is called as before
+
+
+def test_auto_sir_uses_the_derived_or_uploaded_mask(client: TestClient, picture: np.ndarray, fake: FakePipe,
+                                                    choose: SimpleNamespace) -> None:
+    choose.result = TaskChoice("sir", 1.0, "flat empty border (12.5% of the pixels)", {"sir": 1.0}, "sir")
+    r = post(client, encode(picture), task="auto")
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["task"] == "sir" and out["auto"]["reason"].startswith("flat empty border")
+    assert out["mask"].startswith("mask derived from the black border") and "mask.png" in out["urls"]
+    assert (fake.calls[-1]["mask"][:6] == 0).all() and (fake.calls[-1]["mask"][6:] == 255).all()
+    mask = np.full((48, 64), 255, np.uint8)
+    mask[:10] = 0
+    r = post(client, encode(picture), mask=encode(mask), task="auto")
+    assert r.status_code == 200 and r.json()["mask"] == "uploaded mask (20.8% empty)"
+    np.testing.assert_array_equal(fake.calls[-1]["mask"], mask)
+
+
+def test_auto_refuses_a_mask_for_a_task_without_one(client: TestClient, picture: np.ndarray, fake: FakePipe,
+                                                    choose: SimpleNamespace) -> None:
+    choose.result = TaskChoice("rsc", 0.9, "classifier (rsc)", {"rsc": 0.9}, "rsc")
+    r = post(client, encode(picture), mask=encode(np.full((48, 64), 255, np.uint8)), task="auto")
+    assert r.status_code == 400
+    assert r.json()["detail"] == ("the rsc task takes no mask; remove the mask file "
+                                  "(the task was chosen automatically: classifier (rsc))")
+    assert not fake.calls and len(choose.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("choice", "message"),
+    [
+        (TaskChoice(None, 0.48, "classifier unsure: best guess lens at 48% < 60%", {"lens": 0.48}, "lens"),
+         "cannot tell the task (best guess lens at 48%): choose the task"),
+        (TaskChoice("none", 0.9, "classifier (no distortion seen)", {"none": 0.9}, "none"),
+         "no distortion recognised (the classifier sees an ordinary photo); choose a task to rectify it anyway"),
+        (TaskChoice("rotation", 0.91, "classifier (rotation)", {"rotation": 0.91}, "rotation"),
+         "the image looks like a rotation task (91%) but this server has no rotation model (it has sir, rsc); "
+         "choose a task to rectify it anyway"),
+    ],
+    ids=["undecided", "none", "no-model"],
+)
+def test_auto_without_a_task_to_run_is_422(client: TestClient, picture: np.ndarray, fake: FakePipe,
+                                           choose: SimpleNamespace, choice: TaskChoice, message: str) -> None:
+    choose.result = choice
+    r = post(client, encode(picture), task="auto")
+    assert r.status_code == 422
+    assert r.json()["detail"] == message
+    assert not fake.calls and len(choose.calls) == 1
+    assert not any(Path(client.app.state.results.root).iterdir())  # no result folder for a refused request
+
+
+def test_multi_task_model_is_loaded_once(picture: np.ndarray, tmp_path: Path, monkeypatch) -> None:
+    """Tasks given one folder share one loaded pipeline, called with the request's task; so do bundled
+    tasks mapped to one folder; a model that does not serve its task is refused."""
+    import stablemotion.catalog as catalog
+    import stablemotion.model as model_module
+
+    loaded: list[str] = []
+    doubles = {"mini-sir": MultiPipe("sir"), "mini-multi": MultiPipe("rotation", "lens")}
+
+    def load_pipeline(path, dtype=None, progress=True):
+        loaded.append(Path(path).name)
+        return doubles[Path(path).name]
+
+    monkeypatch.setattr(model_module, "load_pipeline", load_pipeline)
+    for name in doubles:
+        (tmp_path / name).mkdir()
+    folder = str(tmp_path / "mini-multi")
+    app = create_app({"rotation": folder, "lens": tmp_path / "mini-sir" / ".." / "mini-multi", "sir": str(tmp_path / "mini-sir")},
+                     result_root=tmp_path, allowed_hosts=TEST_HOSTS)
+    multi = doubles["mini-multi"]
+    with TestClient(app) as c:
+        for task in ("rotation", "lens", "rotation"):
+            assert post(c, encode(picture), task=task).status_code == 200
+        assert c.app.state.models.loads == 1 and loaded == ["mini-multi"]
+        assert [call["task"] for call in multi.calls] == ["rotation", "lens", "rotation"]
+
+    # the default: every bundled task; rotation and lens share one bundled folder
+    loaded.clear()
+    monkeypatch.setattr(catalog, "BUNDLED_MODELS", {"sir": "mini-sir", "rotation": "mini-multi", "lens": "mini-multi"})
+    monkeypatch.setattr(catalog, "bundled_model_path", lambda task: tmp_path / catalog.BUNDLED_MODELS[task])
+    with TestClient(create_app(result_root=tmp_path, allowed_hosts=TEST_HOSTS)) as c:
+        info = c.get("/api/info").json()
+        assert [(t["name"], t["model"]) for t in info["tasks"]] == [
+            ("sir", "mini-sir (bundled)"), ("rotation", "mini-multi (bundled)"), ("lens", "mini-multi (bundled)")]
+        for task in ("lens", "sir", "rotation"):
+            assert post(c, encode(picture), task=task).status_code == 200
+        assert sorted(loaded) == ["mini-multi", "mini-sir"]
+        assert doubles["mini-sir"].calls[-1]["task"] == "sir" and multi.calls[-1]["task"] == "rotation"
+
+    # a folder whose model does not serve the task it was given for
+    with TestClient(create_app({"rsc": folder}, result_root=tmp_path, allowed_hosts=TEST_HOSTS)) as c:
+        r = post(c, encode(picture), task="rsc")
+    assert r.status_code == 500
+    assert f"the model {folder} is a model of the tasks ['rotation', 'lens'], not 'rsc'" in r.json()["detail"]
+    with pytest.raises(ValueError, match=r"the model multi-double is a 'sir' model, not 'lens'"):
+        create_app({"lens": MultiPipe("sir")})  # a ready pipeline is checked at once
+    with pytest.raises(ValueError, match="automatic task choice"):
+        create_app({"auto": FakePipe()})
+
+
+def test_serve_cli_multi_task_model_serves_all_its_tasks(monkeypatch, capsys) -> None:
+    from stablemotion.catalog import BUNDLED_MODELS
+    from stablemotion.cli import _options
+
+    multi = MultiPipe("rotation", "lens", name="models/multi")
+    served = {}
+    monkeypatch.setattr(_options, "load_model", lambda spec, task, dtype, quiet=False: multi)
+    monkeypatch.setattr(_options, "prepare_for_inference", lambda pipe, device, channels_last=True: None)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    assert main(["serve", "--model", "models/multi", "--device", "cpu", "--task-threshold", "0.8"]) == 0
+    assert "rotation, lens: serving models/multi" in capsys.readouterr().out
+    with TestClient(served["app"], base_url="http://127.0.0.1:7860") as c:
+        info = c.get("/api/info").json()
+        registry = c.app.state.models
+        assert registry.get("rotation") is multi and registry.get("lens") is multi
+    models = {t["name"]: t["model"] for t in info["tasks"]}
+    assert models["rotation"] == models["lens"] == "models/multi"
+    assert set(models) == {*BUNDLED_MODELS, "rotation", "lens"} and info["auto"]["threshold"] == 0.8
+    assert main(["serve", "--task-threshold", "1.5"]) == 2
+    assert "--task-threshold must be in [0, 1], got 1.5" in capsys.readouterr().err

@@ -4,11 +4,15 @@
 (``assets/app/index.html``, no external resources: it works offline) and a small JSON API:
 
 * ``GET /`` -- the page.
-* ``GET /api/info`` -- tasks, their models and the input limits (the page builds its form from it).
+* ``GET /api/info`` -- ``tasks`` (name, model, description, whether it takes a mask), ``auto``
+  (the automatic choice: label, description, threshold), the input limits and formats (the
+  page builds its form from it).
 * ``GET /api/status`` -- the inference queue: ``{"busy", "pending", "max_queue"}``.
 * ``POST /api/rectify`` -- multipart form: ``image`` (file), ``mask`` (file, SIR only, optional:
-  derived from the empty border when absent), ``task``, ``steps``, ``ensemble``, ``seed``.
-  Returns JSON with the result's id, size, timings and the URLs of its files.
+  derived from the empty border when absent), ``task`` (a task of ``/api/info`` or ``auto``;
+  default: the first task), ``steps``, ``ensemble``, ``seed``. Returns JSON with the result's
+  id, the task used (``task``; with ``auto``, ``"auto": {"confidence", "reason"}`` says why,
+  else ``"auto": null``), size, timings and the URLs of its files.
 * ``GET /api/results/{id}/{file}`` -- ``rectified.png``, ``flow.png`` (Middlebury colours),
   ``uncertainty.png`` (ensemble spread, inferno colour map; ensemble > 1 only),
   ``mask.png`` (SIR: the mask used), ``flow.npy`` / ``flow.flo`` (backward flow (H, W, 2), px).
@@ -18,15 +22,27 @@ slow inference runs): at most ``max_upload_bytes`` per file (the request body is
 past twice that), formats PNG/JPEG/WebP/BMP/TIFF by content (not by file name), at most
 ``max_side`` pixels per side (checked from the header, before decoding), RGB only (the
 library's rule: grey/RGBA are refused with a message), a SIR mask of the image's size,
-no mask for RSC (refused: the page hides the field), ``steps`` / ``ensemble`` in range.
-Errors are JSON ``{"detail": message}`` with status 400 (bad input), 413 (too large),
-415 (file type) or 503 (queue full; checked before the upload is decoded).
+no mask for tasks without one (RSC, rotation, lens: refused; the page hides the field),
+``steps`` / ``ensemble`` in range. Errors are JSON ``{"detail": message}`` with status 400
+(bad input), 413 (too large), 415 (file type), 422 (``auto`` found no task to run) or 503
+(queue full; checked before the upload is decoded).
+
+**Automatic task choice** (``task=auto``). On the inference worker, after validation,
+:func:`~stablemotion.task_choice.choose_task` looks at the image (a flat empty border means
+SIR, otherwise the bundled task classifier; ``create_app(task_threshold=...)`` is its least
+confidence), then the request runs as if that task had been chosen (SIR: the mask derived
+from the border, or the uploaded one). An uploaded mask is accepted only when SIR is chosen.
+The choice fails with 422 and the message of ``rectify --task auto`` when the classifier is
+unsure (``cannot tell the task (best guess lens at 48%): choose the task``), sees no
+distortion, or picks a task this server has no model for.
 
 Inference runs on one worker thread (one model in memory, the CPU/GPU used by one request
 at a time); requests queue for it, at most ``max_queue`` waiting or running, and the event
 loop stays free for pages, status polls and validation errors meanwhile. Models load lazily
-on first use, one per task, in that worker. Results are kept on disk in a temporary
-folder, the newest ``max_results`` of them.
+on first use, in that worker, once per model: the tasks of a multi-task model (one folder,
+hub id or pipeline object given for several tasks, e.g. one bundled folder serving rotation
+and lens) share one loaded pipeline, which is called with the request's ``task``. Results
+are kept on disk in a temporary folder, the newest ``max_results`` of them.
 
 **Working size (memory per request).** The pipeline's memory grows with pixels x ensemble
 members: it upsamples every member's flow to the input size and warps the input once per
@@ -96,7 +112,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -137,6 +153,11 @@ MAX_WORK_PIXELS = 1024 * 1024
 MIN_WORK_PIXELS = 64 * 64
 #: Pixels per strip of the full-size warp and colouring (64 rows of a 4096 px wide image).
 STRIP_PIXELS = 1 << 18
+#: The ``task`` form value that chooses the task from the image (:mod:`stablemotion.task_choice`).
+AUTO = "auto"
+#: What ``/api/info`` and the page say about it.
+AUTO_DESCRIPTION = ("detect the task from the image: a flat empty border means sir, otherwise a small classifier "
+                    "tells rsc, rotation, lens or no distortion")
 #: Host names always allowed when the server listens on a loopback or wildcard address.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -307,19 +328,43 @@ class _HostCheck:
 
 
 # --------------------------------------------------------------------------- models
+def _served(pipe: Any) -> tuple[str, ...] | None:
+    """The tasks a pipeline serves (``pipe.tasks``, else ``pipe.task``), or None when it does not say (a test double)."""
+    tasks = getattr(pipe, "tasks", None)
+    if isinstance(tasks, Mapping) and tasks:
+        return tuple(tasks)
+    name = getattr(getattr(pipe, "task", None), "name", None)
+    return (name,) if isinstance(name, str) else None
+
+
+def _check_serves(pipe: Any, task: str, what: str) -> None:
+    """Raise ``ValueError`` unless ``pipe`` serves ``task`` (pipelines that do not say are trusted)."""
+    served = _served(pipe)
+    if served is not None and task not in served:
+        kind = f"a {served[0]!r} model" if len(served) == 1 else f"a model of the tasks {list(served)}"
+        raise ValueError(f"the model {what} is {kind}, not {task!r}")
+
+
 class _Models:
-    """The model of each task, loaded on first use (in the inference thread) and kept."""
+    """The model of each task, loaded on first use (in the inference thread) and kept.
+
+    Tasks given the same model (one bundled folder, one path, one pipeline object) share one
+    loaded pipeline: a multi-task model is loaded once however many of its tasks are served.
+    """
 
     def __init__(self, models: Mapping[str, ModelSpec], device: str | torch.device, dtype: torch.dtype) -> None:
         from .catalog import BUNDLED_MODELS
 
         self._specs = dict(models)
         self.inference: dict[str, Any] = {}  # pipeline keywords for every request (serve's options)
-        self._loaded: dict[str, Any] = {}
+        self._loaded: dict[tuple[str, str], Any] = {}  # by _key: one pipeline per folder / hub id / object
+        self.loads = 0  # pipelines loaded from disk or the hub
         self._lock = threading.Lock()
         self.device, self.dtype = torch.device(device), dtype
         self.names: dict[str, str] = {}
         for task, spec in self._specs.items():
+            if task == AUTO:
+                raise ValueError(f"{AUTO!r} is the app's automatic task choice; it cannot name a task model")
             get_task(task)  # unknown task names fail here
             if spec is None:
                 if task not in BUNDLED_MODELS:
@@ -330,6 +375,7 @@ class _Models:
             else:
                 self.names[task] = getattr(spec, "name_or_path", None) or getattr(
                     getattr(spec, "config", None), "_name_or_path", None) or type(spec).__name__
+                _check_serves(spec, task, self.names[task])  # a ready pipeline: checked now
         if not self._specs:
             raise ValueError("the app needs at least one task model")
 
@@ -337,11 +383,29 @@ class _Models:
     def tasks(self) -> list[str]:
         return list(self._specs)
 
+    def _key(self, task: str) -> tuple[str, str]:
+        """What identifies the model of ``task``: its resolved folder, its hub id or the object's identity."""
+        from .catalog import bundled_model_path
+
+        spec = self._specs[task]
+        if spec is None:
+            return "path", str(bundled_model_path(task).resolve())
+        if isinstance(spec, (str, os.PathLike)):
+            path = Path(spec)
+            return ("path", str(path.resolve())) if path.exists() else ("hub", str(spec))
+        return "object", str(id(spec))
+
     def get(self, task: str) -> Any:
         with self._lock:
-            if task not in self._loaded:
-                self._loaded[task] = self._load(task, self._specs[task])
-            return self._loaded[task]
+            key = self._key(task)
+            if key not in self._loaded:
+                self._loaded[key] = self._load(task, self._specs[task])
+            pipe = self._loaded[key]  # kept even when it does not serve ``task``: it may serve others
+        try:
+            _check_serves(pipe, task, key[1] if key[0] != "object" else self.names[task])
+        except ValueError as exc:  # the server's models are wrong, not the request: a 500
+            raise RuntimeError(str(exc)) from None
+        return pipe
 
     def _load(self, task: str, spec: ModelSpec) -> Any:
         from .catalog import bundled_model_path
@@ -352,8 +416,7 @@ class _Models:
         path = bundled_model_path(task) if spec is None else spec
         log.info("loading the %s model from %s", task, path)
         pipe = load_pipeline(path, self.dtype, progress=spec is not None)
-        if pipe.task.name != task:
-            raise ValueError(f"the model {path} is a {pipe.task.name!r} model, not {task!r}")
+        self.loads += 1
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)
 
@@ -451,8 +514,8 @@ def _int_field(form: Mapping[str, Any], key: str, label: str, low: int, high: in
 
 def _parse_params(form: Mapping[str, Any], tasks: list[str], limits: AppLimits) -> _Params:
     task = form.get("task") or tasks[0]
-    if not isinstance(task, str) or task not in tasks:
-        raise _InputError(f"unknown task {str(task)[:20]!r}; this server has {', '.join(tasks)}")
+    if not isinstance(task, str) or task not in (*tasks, AUTO):
+        raise _InputError(f"unknown task {str(task)[:20]!r}; this server has {', '.join(tasks)} (or {AUTO})")
     steps = _int_field(form, "steps", "steps", 1, limits.max_steps)
     ensemble = _int_field(form, "ensemble", "ensemble size", 1, limits.max_ensemble)
     seed = _int_field(form, "seed", "seed", 0, 2**32 - 1)
@@ -500,26 +563,61 @@ def _open_image(data: bytes, label: str, limits: AppLimits) -> Image.Image:
         raise _InputError(f"the {label} file is corrupt or truncated ({im.format}: {exc})") from None
 
 
+def _needs_mask(task: str) -> bool:
+    return any(c in MASK_CONDITIONS for c in get_task(task).conditions)
+
+
 def _decode_inputs(
-    image_data: bytes, mask_data: bytes | None, task: str, limits: AppLimits
-) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """-> image uint8 (H, W, 3), mask uint8 (H, W[, 3]) white = valid (as uploaded) or None, a note on the mask."""
+    image_data: bytes, mask_data: bytes | None, task: str | None, limits: AppLimits
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """-> image uint8 (H, W, 3), the uploaded mask as read (uint8 (H, W[, 3]), white = valid) or None.
+
+    ``task`` None (auto: not chosen yet): an uploaded mask is read whatever the task turns out to be;
+    otherwise a task without a mask refuses one before reading it.
+    """
     try:
         image = pil_to_rgb(_open_image(image_data, "image", limits), name="the image")
     except ValueError as exc:  # grey / RGBA / CMYK: the library's message
         raise _InputError(str(exc)) from None
-    needs_mask = any(c in MASK_CONDITIONS for c in get_task(task).conditions)
-    h, w = image.shape[:2]
-    if mask_data is not None and not needs_mask:
+    if task is not None and mask_data is not None and not _needs_mask(task):
         raise _InputError(f"the {task} task takes no mask; remove the mask file")
-    if not needs_mask:
-        return image, None, ""
-    given = None if mask_data is None else mask_array(_open_image(mask_data, "mask", limits))
+    return image, None if mask_data is None else mask_array(_open_image(mask_data, "mask", limits))
+
+
+def _task_mask(image: np.ndarray, given: np.ndarray | None, task: str, why: str = "") -> tuple[np.ndarray | None, str]:
+    """-> the mask ``task`` runs with (SIR: ``given`` checked, or derived from the empty border; else None)
+    and a note on it. ``why`` ends the "takes no mask" message (auto: how the task was chosen)."""
+    if not _needs_mask(task):
+        if given is not None:
+            raise _InputError(f"the {task} task takes no mask; remove the mask file{why}")
+        return None, ""
     try:
         mask, note = prepare_mask(image, given)
     except ValueError as exc:
         raise _InputError(str(exc)) from None
-    return image, mask, note.replace("derived mask from", "mask derived from")
+    return mask, note.replace("derived mask from", "mask derived from")
+
+
+def _choose_task(image: np.ndarray, tasks: Sequence[str], threshold: float) -> Any:
+    """Run on the inference worker: :func:`~stablemotion.task_choice.choose_task` for ``image``.
+
+    Returns its :class:`~stablemotion.task_choice.TaskChoice` when it names a task of this
+    server; otherwise raises a 422 saying why (the messages of ``rectify --task auto``).
+    """
+    from .task_choice import choose_task
+
+    choice = choose_task(image, threshold=threshold)
+    log.info("auto: task %s (%.0f%%): %s", choice.task or "undecided", 100 * choice.confidence, choice.reason)
+    if choice.task is None:
+        raise _InputError(f"cannot tell the task (best guess {choice.best} at {choice.confidence:.0%}): "
+                          "choose the task", 422)
+    if choice.task == "none":
+        raise _InputError("no distortion recognised (the classifier sees an ordinary photo); choose a task to "
+                          "rectify it anyway", 422)
+    if choice.task not in tasks:
+        raise _InputError(f"the image looks like a {choice.task} task ({choice.confidence:.0%}) but this server has "
+                          f"no {choice.task} model (it has {', '.join(tasks)}); choose a task to rectify it anyway", 422)
+    return choice
 
 
 # --------------------------------------------------------------------------- inference
@@ -687,6 +785,11 @@ def _rectify(
     work = working_size(h, w, max_work_pixels)
     capped = work != (h, w)
     kwargs: dict[str, Any] = dict(getattr(models, "inference", {}))
+    served = getattr(pipe, "tasks", None)
+    if served is not None:  # a StableMotionPipeline (multi-task or not) runs the task asked for
+        kwargs["task"] = params.task
+    spec = served.get(params.task) if isinstance(served, Mapping) else None
+    padding = (spec or get_task(params.task)).padding
     t0 = time.perf_counter()
     if capped:
         # Area averaging on uint8 (not the pipeline's float resize_image): a float copy of a
@@ -712,7 +815,7 @@ def _rectify(
     if capped:
         flow = _upsample_flow(out.flow[0], (h, w))
         del out
-        rectified = _warp_strips(image, flow, get_task(params.task).padding)
+        rectified = _warp_strips(image, flow, padding)
         colours, flow_max = _flow_colours(flow)
         if spread is not None:
             spread = _upsample_spread(spread, (h, w))
@@ -761,13 +864,16 @@ def create_app(
     result_root: PathLike | None = None,
     allowed_hosts: Sequence[str] | None = None,
     inference: Mapping[str, Any] | None = None,
+    task_threshold: float = 0.6,
 ) -> FastAPI:
     """The web app (a FastAPI/ASGI application; serve it with ``uvicorn``).
 
     Args:
         models: task name -> model (see :data:`ModelSpec`); default: the bundled
-            ``stablemotion-mini`` models for ``sir`` and ``rsc``. The page lists the tasks
-            in this order; the first is the default.
+            ``stablemotion-mini`` model of every task that has one
+            (:data:`~stablemotion.catalog.BUNDLED_MODELS`). Tasks given the same model (a
+            multi-task model's folder or pipeline) share one loaded copy. The page lists the
+            tasks in this order, then ``auto``; the first is the default.
         max_upload_bytes, max_side, min_side, max_steps, max_ensemble, max_queue: input
             limits (:class:`AppLimits`).
         max_work_pixels: images with more pixels run the pipeline shrunk to this many and
@@ -780,11 +886,15 @@ def create_app(
         allowed_hosts: the ``Host`` names (without port) the app answers to; others get 400
             (DNS-rebinding protection). Default: ``localhost``, ``127.0.0.1``, ``::1``, as
             :func:`allowed_hosts_for` gives for a server bound to 127.0.0.1; ``"*"`` allows any.
+        task_threshold: ``task=auto``: the task classifier's least confidence to act on
+            (:func:`~stablemotion.task_choice.choose_task`'s ``threshold``).
     """
     from .catalog import BUNDLED_MODELS
 
     limits = AppLimits(max_upload_bytes=max_upload_bytes, max_side=max_side, min_side=min_side, max_steps=max_steps,
                        max_ensemble=max_ensemble, max_queue=max_queue, max_work_pixels=max_work_pixels)
+    if not 0.0 <= task_threshold <= 1.0:
+        raise ValueError(f"task_threshold must be in [0, 1], got {task_threshold}")
     hosts = list(LOOPBACK_HOSTS) if allowed_hosts is None else [normalise_host(h) for h in allowed_hosts]
     if not hosts:
         raise ValueError("allowed_hosts is empty: the app would refuse every request (give '*' to allow any host)")
@@ -812,12 +922,11 @@ def create_app(
 
     @app.get("/api/info")
     async def info() -> dict[str, Any]:
-        tasks = []
-        for name in registry.tasks:
-            spec = get_task(name)
-            tasks.append({"name": name, "model": registry.names[name], "description": spec.description,
-                          "mask": any(c in MASK_CONDITIONS for c in spec.conditions)})
-        return {"tasks": tasks, "limits": asdict(limits), "formats": list(ACCEPTED_FORMATS.values())}
+        tasks = [{"name": name, "model": registry.names[name], "description": get_task(name).description,
+                  "mask": _needs_mask(name)} for name in registry.tasks]
+        auto = {"name": AUTO, "label": f"{AUTO} (detect the task)", "description": AUTO_DESCRIPTION,
+                "threshold": task_threshold, "mask": any(t["mask"] for t in tasks)}  # a mask is used if SIR is chosen
+        return {"tasks": tasks, "auto": auto, "limits": asdict(limits), "formats": list(ACCEPTED_FORMATS.values())}
 
     @app.get("/api/status")
     async def status() -> dict[str, Any]:
@@ -832,22 +941,33 @@ def create_app(
         if image_data is None:
             raise _InputError("no image uploaded (form field 'image')")
         queue.check()  # before decoding: a full queue should not cost memory
-        image, mask, mask_note = await run_in_threadpool(_decode_inputs, image_data, mask_data, params.task, limits)
+        auto = params.task == AUTO
 
-        # SIR with no empty border and no uploaded mask: nothing to rectangle; never warp it anyway.
-        unchanged = mask is not None and mask_data is None and bool(mask_valid(mask).all())
-        if unchanged:
-            mask_note = ("no empty border found: nothing to rectangle, the image is returned unchanged "
-                         "(upload a mask to force a run)")
+        def decode() -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, str]:
+            image, given = _decode_inputs(image_data, mask_data, None if auto else params.task, limits)
+            mask, note = (None, "") if auto else _task_mask(image, given, params.task)
+            return image, given, mask, note
 
-        def job() -> tuple[str, dict[str, Any]]:
+        image, given, mask, mask_note = await run_in_threadpool(decode)
+
+        def job() -> dict[str, Any]:
+            task, choice, work_mask, note = params.task, None, mask, mask_note
+            if auto:  # chosen here, on the worker: the classifier is a model too
+                choice = _choose_task(image, registry.tasks, task_threshold)
+                task = choice.task
+                work_mask, note = _task_mask(image, given, task, f" (the task was chosen automatically: {choice.reason})")
             rid, folder = results.new()
-            if unchanged:
-                return rid, _unchanged(image, mask, folder)
-            return rid, _rectify(registry, params, image, mask, folder, limits.max_work_pixels)
+            if work_mask is not None and given is None and bool(mask_valid(work_mask).all()):
+                # SIR with no empty border and no uploaded mask: nothing to rectangle; never warp it anyway.
+                note = ("no empty border found: nothing to rectangle, the image is returned unchanged "
+                        "(upload a mask to force a run)")
+                meta = _unchanged(image, work_mask, folder)
+            else:
+                meta = _rectify(registry, replace(params, task=task), image, work_mask, folder, limits.max_work_pixels)
+            return {"id": rid, "task": task, "choice": choice, "mask": note, "meta": meta}
 
         try:
-            (rid, meta), ahead = await queue.run(job)
+            done, ahead = await queue.run(job)
         except HTTPException:
             raise
         except ValueError as exc:  # the pipeline refused the input
@@ -855,12 +975,15 @@ def create_app(
         except Exception as exc:
             log.exception("rectification failed")
             raise HTTPException(500, f"rectification failed: {type(exc).__name__}: {exc}") from None
+        rid, task, choice, meta = done["id"], done["task"], done["choice"], done["meta"]
         urls = {name: f"/api/results/{rid}/{name}" for name in meta.pop("files")}
         return {
-            "id": rid, "task": params.task, "model": registry.names[params.task],
+            "id": rid, "task": task, "model": registry.names[task],
+            "auto": None if choice is None else {"confidence": round(float(choice.confidence), 3),
+                                                 "reason": choice.reason},
             "width": int(image.shape[1]), "height": int(image.shape[0]),
             "steps": params.steps, "ensemble": params.ensemble, "seed": params.seed,
-            "mask": mask_note, "queued_behind": ahead, "urls": urls, **meta,
+            "mask": done["mask"], "queued_behind": ahead, "urls": urls, **meta,
         }
 
     @app.get("/api/results/{rid}/{name}")

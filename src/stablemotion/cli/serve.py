@@ -1,9 +1,11 @@
 """``stablemotion serve``: the web app (see :mod:`stablemotion.app`).
 
 Serves a page on http://HOST:PORT/ where you upload an image (and, for SIR, optionally a
-mask), pick the task, steps and ensemble size, and get the rectified image, the flow
-colours and the uncertainty map, with downloads of the image and the flow. Runs offline
-with the bundled models; binds to 127.0.0.1 (this machine only) unless --host says
+mask), pick the task (or "auto": detected from the image, as rectify --task auto does),
+steps and ensemble size, and get the rectified image, the flow colours and the uncertainty
+map, with downloads of the image and the flow. Runs offline with the bundled models (every
+task that has one); --model replaces the model of its task, or of all its tasks for a
+multi-task model (loaded once). Binds to 127.0.0.1 (this machine only) unless --host says
 otherwise. Needs the web extra: pip install 'stablemotion[app]'.
 
 Memory: an image over --max-work-pixels (default 1048576 = 1024 x 1024) runs the model
@@ -50,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", action="append", default=[], metavar="M",
-                   help="pipeline folder or hub id; replaces the bundled model of its task (repeat for both tasks)")
+                   help="pipeline folder or hub id; replaces the bundled model of its task (every task of a "
+                        "multi-task model); repeat for models of other tasks")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the app)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -65,6 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-work-pixels", type=int, default=1024 * 1024, metavar="N",
                    help="larger images run the model at N pixels (aspect kept) and are warped at full size: "
                         "bounds memory per request (default 1048576 = 1024x1024; see above)")
+    p.add_argument("--task-threshold", type=float, default=0.6,
+                   help="task 'auto': the task classifier's least confidence to act on (default 0.6)")
     p.add_argument("--allowed-hosts", nargs="+", action="extend", default=[], metavar="HOST",
                    help="more host names/addresses (no port) the app answers to, besides the bound address "
                         "(and localhost when bound to loopback or 0.0.0.0); '*' = any (see above)")
@@ -91,6 +96,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    if not 0.0 <= args.task_threshold <= 1.0:
+        raise ValueError(f"--task-threshold must be in [0, 1], got {args.task_threshold}")
     from ..app import MIN_WORK_PIXELS, allowed_hosts_for, create_app
 
     if args.max_work_pixels < MIN_WORK_PIXELS:
@@ -107,8 +114,10 @@ def _serve(args: argparse.Namespace) -> int:
     for spec in args.model:  # loaded now, so that a bad --model fails before serving
         pipe = load_model(spec, None, dtype, quiet=True)
         prepare_for_inference(pipe, device, args.channels_last)
-        models[pipe.task.name] = pipe
-        print(f"{pipe.task.name}: serving {spec}")
+        served = list(getattr(pipe, "tasks", None) or [pipe.task.name])  # a multi-task model serves all its tasks
+        for task in served:
+            models[task] = pipe  # one object: the app loads and keeps it once
+        print(f"{', '.join(served)}: serving {spec}")
     for task, spec in models.items():
         if spec is None and task in BUNDLED_LIMITS:
             print(f"note: {BUNDLED_LIMITS[task]}")
@@ -124,6 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
         torch_dtype=dtype,
         allowed_hosts=hosts,
         inference={k: kwargs[k] for k in ("processing_resolution", "decode_scale", "final_step", "flow_regularization")},
+        task_threshold=args.task_threshold,
     )
     if args.host not in _LOOPBACK:
         print(f"warning: binding to {args.host}: anyone who can reach this port can use the app (no authentication)")
