@@ -105,6 +105,13 @@ def run_regressor(folder: str, task: str, samples, padding: str) -> tuple[list[n
     return images, flows
 
 
+def quality_table(rows: list[dict], method: str = "method") -> str:
+    """The markdown table of score rows (task, method, psnr, gain_db, ssim, epe)."""
+    return markdown_table(["task", method, "PSNR (dB)", "gain (dB)", "SSIM", "flow EPE (px)"],
+                          [[r["task"], r["method"], f"{r['psnr']:.2f}", f"{r['gain_db']:+.2f}", f"{r['ssim']:.4f}",
+                            f"{r['epe']:.2f}"] for r in rows])
+
+
 def targets(rows: list[dict]) -> str:
     """The issue's targets, checked against the 1-step rows: SIR >= 10 dB over the identity and
     no more than 1 dB under the regression ablation (when it was run); RSC >= 2 dB over identity."""
@@ -213,9 +220,7 @@ def main() -> None:
         "The labeller sees the ground truth (a reference, not a competitor). For RSC, warping by the exact flow scores "
         "below the identity in PSNR (the zero-padded pixels the rolling-shutter camera never saw are charged), so "
         "EPE and SSIM say whether a model reads the motion.\n\n"
-        + markdown_table(["task", "method", "PSNR (dB)", "gain (dB)", "SSIM", "flow EPE (px)"],
-                         [[r["task"], r["method"], f"{r['psnr']:.2f}", f"{r['gain_db']:+.2f}", f"{r['ssim']:.4f}",
-                           f"{r['epe']:.2f}"] for r in rows])
+        + quality_table(rows)
         + "\n\n" + targets(rows)
         + (f"\n\n{args.note}" if args.note else "")
     )

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import markdown_table, write_section  # noqa: E402
-from mini_models import run_pipeline, score  # noqa: E402
+from _report import write_section  # noqa: E402
+from mini_models import quality_table, run_pipeline, score  # noqa: E402
 
 TASKS = ("sir", "rsc", "rotation", "lens")
 TOLERANCE_DB = 0.5
@@ -135,9 +135,7 @@ def main() -> None:
         "strengths. One step, each model's own defaults (mesh regularisation). PSNR/SSIM against the ground truth "
         "(uint8, whole frame), gain = PSNR minus the identity's, EPE = mean end-point error of the flow against the "
         "exact synthetic flow (px).\n\n"
-        + markdown_table(["task", "model", "PSNR (dB)", "gain (dB)", "SSIM", "flow EPE (px)"],
-                         [[r["task"], r["method"], f"{r['psnr']:.2f}", f"{r['gain_db']:+.2f}", f"{r['ssim']:.4f}",
-                           f"{r['epe']:.2f}"] for r in rows])
+        + quality_table(rows, method="model")
         + "\n\nTarget (the multi-task model within 0.5 dB of the single-task model of the same size and budget):\n\n"
         + "\n".join(verdicts)
         + "\n\nThe automatic task choice that picks the task for `rectify --task auto` is measured in the section "

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from stablemotion.components import EmptyTextEmbedding, TaskEmbedding, adapt_conv_in
-from stablemotion.config import ConfigError, load_config
+from stablemotion.config import ConfigError, apply_overrides, load_config
 from stablemotion.model import build_pipeline, load_pipeline, retarget_pipeline
 from stablemotion.tasks import MISSING_MASK_VALUE, missing_condition_value, union_conditions
 from stablemotion.tiny import tiny_pipeline
@@ -178,12 +178,7 @@ def _multi_config(tmp_path: Path, photo: np.ndarray, **extra) -> Path:
         "logging": {"every": 1, "tensorboard": False},
         "validation": {"every": 0},
     }
-    for key, val in extra.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = val
+    apply_overrides(cfg, [f"{k}={v}" for k, v in extra.items()])
     path = tmp_path / "multi.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
