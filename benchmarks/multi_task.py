@@ -65,6 +65,62 @@ def test_set(task: str, num: int, size: tuple[int, int], seed: int) -> tuple[lis
     return out, photos
 
 
+def opencv_lens_set(num: int, size: tuple[int, int], seed: int, photos: str) -> list[dict[str, np.ndarray]]:
+    """Barrel distortion as OpenCV models a real lens (Brown-Conrady polynomial, ``k1`` in
+    [-0.4, -0.15], ``k2 = 0.1 k1^2``, focal length = the image width), not our generator's
+    division model, on held-out photos at ``size``. The gt is the rectilinear scene scaled to
+    fill the frame (the lens task's convention); the flow ``gt(p) = input(p + flow(p))`` is exact.
+    """
+    import cv2
+
+    from stablemotion._io import load_image
+    from stablemotion.synth import resolve_photos
+
+    h, w = size
+    c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    f = float(w)
+    rng = np.random.default_rng(seed)
+    paths = [str(p) for p in resolve_photos(photos)]
+    out = []
+    for i in range(num):
+        k1 = rng.uniform(-0.4, -0.15)
+        coeffs = np.array([k1, 0.1 * k1 * k1, 0.0, 0.0, 0.0])
+        cam = np.array([[f, 0, c[0]], [0, f, c[1]], [0, 0, 1]])
+
+        def distort(u: np.ndarray, k: np.ndarray = coeffs) -> np.ndarray:  # rectilinear -> distorted pixels
+            v = (u - c) / f
+            r2 = (v**2).sum(-1, keepdims=True)
+            return c + f * v * (1 + k[0] * r2 + k[1] * r2 * r2)
+
+        qs = np.stack(np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)), -1)
+        und = cv2.undistortPoints(qs.reshape(-1, 1, 2), cam, coeffs, P=cam).reshape(h, w, 2)  # U(q)
+        reach = np.abs(und - c).max(axis=(0, 1)) + 2.0  # half extent of the scene the input sees
+        photo = load_image(paths[i % len(paths)], mode="RGB")
+        sh, sw = int(np.ceil(2 * reach[1])) + 1, int(np.ceil(2 * reach[0])) + 1
+        scale = max(sh / photo.shape[0], sw / photo.shape[1])
+        big = cv2.resize(photo, (int(np.ceil(photo.shape[1] * scale)), int(np.ceil(photo.shape[0] * scale))),
+                         interpolation=cv2.INTER_AREA)
+        origin = np.array([(big.shape[1] - 1) / 2.0, (big.shape[0] - 1) / 2.0]) - c  # scene pixel of frame pixel 0
+
+        def sample(points: np.ndarray, big: np.ndarray = big, origin: np.ndarray = origin) -> np.ndarray:
+            m = (points + origin).astype(np.float32)
+            return cv2.remap(big, m[..., 0], m[..., 1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+
+        image = sample(und)
+        edge = np.concatenate([qs[0], qs[-1], qs[:, 0], qs[:, -1]]) - c
+        lo, hi = 0.05, 2.0
+        for _ in range(40):  # the largest fill scale whose frame stays inside the distorted image
+            mid = 0.5 * (lo + hi)
+            q = distort(c + mid * edge)
+            ok = (q[:, 0] >= 0).all() and (q[:, 0] <= w - 1).all() and (q[:, 1] >= 0).all() and (q[:, 1] <= h - 1).all()
+            lo, hi = (mid, hi) if ok else (lo, mid)
+        rect = c + lo * (qs - c)
+        gt = sample(rect)
+        flow = (distort(rect) - qs).astype(np.float32)
+        out.append({"image": image, "gt": gt, "flow": flow})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--multi", default=None, help="multi-task pipeline folder (default: bundled, else runs/mini_multi)")
@@ -74,6 +130,10 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=64, help="test samples per task (default 64)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--opencv-lens", type=int, default=32,
+                    help="also score lens correction on this many held-out photos at 384x512 distorted by OpenCV's "
+                         "polynomial lens model (0: skip)")
+    ap.add_argument("--opencv-size", default="384x512", help="HxW of the OpenCV lens samples")
     ap.add_argument("--note", default="", help="a line added under the tables")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
@@ -114,8 +174,33 @@ def main() -> None:
             rows.append({"task": task, "method": label, "psnr": p, "ssim": s, "gain_db": p - ident, "epe": e})
             print(f"{task:8s} {label:60s} PSNR {p:6.2f} ({p - ident:+5.2f})  SSIM {s:.4f}  EPE {e:.2f}", flush=True)
         print(f"{task}: {time.perf_counter() - t0:.0f} s", flush=True)
+    cv_rows = []
+    if args.opencv_lens and "lens" in args.tasks:
+        cv_size = tuple(int(v) for v in args.opencv_size.lower().split("x"))
+        photos = sources.get("sir", "bundled-test") if "debian" in sources.get("sir", "") else "bundled-test"
+        samples = opencv_lens_set(args.opencv_lens, cv_size, args.seed, photos)
+        results = [("identity", ([s["image"] for s in samples], [np.zeros_like(s["flow"]) for s in samples]))]
+        single_dir = Path(args.single.format(task="lens"))
+        if (single_dir / "model_index.json").is_file():
+            pipe = load_pipeline(single_dir, torch.float32, progress=False)
+            results.append((f"single-task ({single_dir})", run_pipeline(pipe, samples, 1, 1)))
+        results.append((f"multi-task ({multi_dir})", run_pipeline(multi, samples, 1, 1, task="lens")))
+        ident = None
+        for label, (preds, flows) in results:
+            p, s_, e = score(preds, flows, samples)
+            ident = p if ident is None else ident
+            cv_rows.append({"task": "lens (OpenCV)", "method": label, "psnr": p, "ssim": s_, "gain_db": p - ident,
+                            "epe": e})
+            print(f"opencv-lens {label:57s} PSNR {p:6.2f} ({p - ident:+5.2f})  SSIM {s_:.4f}  EPE {e:.2f}", flush=True)
+        cv_note = (f"\n\nLens correction on distortion our generator did not make: {args.opencv_lens} held-out photos "
+                   f"({photos}) at {cv_size[0]}x{cv_size[1]} (the models run at 96x128 and their flow is upsampled), "
+                   "barrel-distorted with OpenCV's polynomial lens model (`cv2.undistortPoints`; k1 in [-0.4, -0.15], "
+                   "k2 = 0.1 k1^2, focal length = width); the gt is the rectilinear scene scaled to fill the frame.\n\n"
+                   + quality_table(cv_rows, method="model"))
+    else:
+        cv_note = ""
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps(rows + cv_rows, indent=1))
     verdicts = []
     for task in args.tasks:
         by = {r["method"].split(" (")[0]: r for r in rows if r["task"] == task}
@@ -138,6 +223,7 @@ def main() -> None:
         + quality_table(rows, method="model")
         + "\n\nTarget (the multi-task model within 0.5 dB of the single-task model of the same size and budget):\n\n"
         + "\n".join(verdicts)
+        + cv_note
         + "\n\nThe automatic task choice that picks the task for `rectify --task auto` is measured in the section "
         "\"Automatic task choice\" below."
         + (f"\n\n{args.note}" if args.note else "")

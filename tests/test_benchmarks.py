@@ -167,7 +167,8 @@ def test_multi_task_benchmark_compares_single_and_multi_task_models(tmp_path: Pa
     tiny_pipeline("lens", seed=1, **tiny).save_pretrained(tmp_path / "single_lens")
     out = tmp_path / "rows.json"
     proc = _run("multi_task.py", "--multi", str(tmp_path / "multi"), "--single", str(tmp_path / "single_{task}"),
-                "--tasks", "lens", "rsc", "--num", "2", "--no-write", "--json", str(out), cwd=tmp_path)
+                "--tasks", "lens", "rsc", "--num", "2", "--opencv-lens", "1", "--opencv-size", "48x64", "--no-write",
+                "--json", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())
     lens = [r["method"].split(" (")[0] for r in rows if r["task"] == "lens"]
@@ -175,4 +176,6 @@ def test_multi_task_benchmark_compares_single_and_multi_task_models(tmp_path: Pa
     rsc = [r["method"].split(" (")[0] for r in rows if r["task"] == "rsc"]
     assert rsc == ["identity", "bundled stablemotion-mini-rsc", "multi-task"]  # no single-task folder for rsc
     assert all(np.isfinite(r["psnr"]) and r["epe"] >= 0 for r in rows)
+    cv = [r["method"].split(" (")[0] for r in rows if r["task"] == "lens (OpenCV)"]
+    assert cv == ["identity", "single-task", "multi-task"]
     assert "- lens: multi-task" in proc.stdout and "rsc: multi-task" not in proc.stdout
