@@ -147,7 +147,9 @@ def main() -> None:
     )
     from stablemotion.model import load_pipeline
 
-    multi_dir = args.multi or str(bundled_multi_task_path() or "runs/mini_multi/pipeline")
+    bundled_multi = bundled_multi_task_path() if args.multi is None else None
+    multi_dir = args.multi or str(bundled_multi or "runs/mini_multi/pipeline")
+    multi_label = f"multi-task (bundled {BUNDLED_MULTI_TASK})" if bundled_multi else f"multi-task ({multi_dir})"
     multi = load_pipeline(multi_dir, torch.float32, progress=False)
     size = (96, 128)
     rows, sources = [], {}
@@ -162,7 +164,7 @@ def main() -> None:
         if bundled_single is not None and bundled_single != BUNDLED_MULTI_TASK:
             models.append((f"bundled {bundled_single}", load_pipeline(bundled_model_path(task), torch.float32,
                                                                    progress=False)))
-        models.append((f"multi-task ({multi_dir})", multi))
+        models.append((multi_label, multi))
         results = [("identity", ([s["image"] for s in samples], [np.zeros_like(s["flow"]) for s in samples]))]
         for label, pipe in models:
             pipe.set_progress_bar_config(disable=True)
@@ -184,7 +186,7 @@ def main() -> None:
         if (single_dir / "model_index.json").is_file():
             pipe = load_pipeline(single_dir, torch.float32, progress=False)
             results.append((f"single-task ({single_dir})", run_pipeline(pipe, samples, 1, 1)))
-        results.append((f"multi-task ({multi_dir})", run_pipeline(multi, samples, 1, 1, task="lens")))
+        results.append((multi_label, run_pipeline(multi, samples, 1, 1, task="lens")))
         ident = None
         for label, (preds, flows) in results:
             p, s_, e = score(preds, flows, samples)
@@ -225,7 +227,7 @@ def main() -> None:
         + "\n".join(verdicts)
         + cv_note
         + "\n\nThe automatic task choice that picks the task for `rectify --task auto` is measured in the section "
-        "\"Automatic task choice\" below."
+        "\"Automatic task choice\"."
         + (f"\n\n{args.note}" if args.note else "")
     )
     write_section("multi_task", "Multi-task mini: one model for four tasks vs one model per task", body)

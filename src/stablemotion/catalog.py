@@ -20,8 +20,14 @@ DEFAULT_BASE = "stabilityai/stable-diffusion-2"
 RELEASED_REPO = "ivowang/StableMotion"
 RELEASED_SUBFOLDERS = {"sir": "StableMotion_SIR", "rsc": "StableMotion_RSC"}
 #: The ``stablemotion-mini`` pipelines shipped inside the package (fp16 safetensors), by task.
-#: Trained on synthetic data by the recipe in ``configs/mini_*.yaml`` (see the README).
-BUNDLED_MODELS = {"sir": "stablemotion-mini-sir", "rsc": "stablemotion-mini-rsc"}
+#: Trained on synthetic data by the recipe in ``configs/mini_*.yaml`` (see the README). Rotation and
+#: lens correction are served by the multi-task mini (:data:`BUNDLED_MULTI_TASK`); SIR and RSC keep
+#: their single-task minis, which score at least as well on their tasks (BENCHMARKS.md, "Multi-task").
+#: The bundled multi-task mini: one model, a learned prompt per task for sir, rsc, rotation and lens
+#: (configs/mini_multi.yaml). Tasks without a single-task mini map to it in :data:`BUNDLED_MODELS`.
+BUNDLED_MULTI_TASK = "stablemotion-mini-multi"
+BUNDLED_MODELS = {"sir": "stablemotion-mini-sir", "rsc": "stablemotion-mini-rsc",
+                  "rotation": "stablemotion-mini-multi", "lens": "stablemotion-mini-multi"}
 #: What a bundled model cannot do well, said in one line wherever it is used (rectify, serve, demo).
 BUNDLED_LIMITS = {
     "rsc": (
@@ -29,10 +35,11 @@ BUNDLED_LIMITS = {
         "motion its flow is 9% further from the truth than no correction); for real frames import the released model: "
         f"stablemotion import-checkpoint {RELEASED_REPO} --subfolder StableMotion_RSC --out models/rsc"
     ),
+    "rotation": (
+        "the bundled stablemotion-mini-multi model does not correct rotation (on held-out tilted photos its flow is "
+        "5% further from the truth than no correction); train a rotation model on your data (docs/tasks.md)"
+    ),
 }
-#: The bundled multi-task mini: one model, a learned prompt per task (configs/mini_multi.yaml). Tasks
-#: without a single-task mini map to it in :data:`BUNDLED_MODELS`.
-BUNDLED_MULTI_TASK = "stablemotion-mini-multi"
 #: The task classifier of ``rectify --task auto`` (:mod:`stablemotion.task_choice`), shipped in the package.
 #: Trained by ``stablemotion train-task-classifier`` (see the README).
 BUNDLED_TASK_CLASSIFIER = "task-classifier"
