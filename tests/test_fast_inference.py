@@ -27,7 +27,7 @@ def test_latent_mode_decodes_the_median_member_latent_once(pipe, monkeypatch: py
     seen: list[torch.Tensor] = []
     orig = pipe.decode_flow
 
-    def spy(latents: torch.Tensor, decode_scale: int = 1) -> torch.Tensor:
+    def spy(latents: torch.Tensor, decode_scale: int = 1, task=None) -> torch.Tensor:
         seen.append(latents.clone())
         return orig(latents, decode_scale)
 

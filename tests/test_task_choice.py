@@ -166,5 +166,11 @@ def test_rectify_auto_task_without_bundled_model(photo: np.ndarray, tmp_path: Pa
     save_image(np.clip(photo, 40, 215).astype(np.uint8), tmp_path / "in" / "fish.png")
     code, text = _run(["rectify", str(tmp_path / "in" / "fish.png"), "--task", "auto", "--out",
                        str(tmp_path / "out")], capsys)
+    assert code == 0 and "using the bundled stablemotion-mini-multi model" in text, text  # lens: the multi-task mini
+    from stablemotion import catalog
+
+    monkeypatch.setattr(catalog, "BUNDLED_MODELS", {"sir": "stablemotion-mini-sir", "rsc": "stablemotion-mini-rsc"})
+    code, text = _run(["rectify", str(tmp_path / "in" / "fish.png"), "--task", "auto", "--out",
+                       str(tmp_path / "out2")], capsys)
     assert code == 1, text
     assert "failed fish:" in text and "no lens model is bundled; pass --model" in text

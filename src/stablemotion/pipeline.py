@@ -646,7 +646,7 @@ class StableMotionPipeline(DiffusionPipeline):
         :meth:`decode_flow`); the values are rescaled to pixels of the decoded grid so that
         :func:`~stablemotion.flow.resize_flow` scales them right.
         """
-        flow = torch.cat([self.decode_flow(c, decode_scale, task) for c in latents.split(batch_size or latents.shape[0])])
+        flow = torch.cat([self.decode_flow(c, decode_scale, task=task) for c in latents.split(batch_size or latents.shape[0])])
         if decode_scale != 1:
             fh, fw = flow.shape[-2:]
             flow = flow * torch.tensor([fw / size[1], fh / size[0]], device=flow.device).view(1, 2, 1, 1)
