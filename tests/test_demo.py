@@ -122,3 +122,15 @@ def test_rectify_without_model_uses_the_bundled_model_offline(tmp_path, capsys, 
     assert pred.shape == s.input.shape and psnr(pred, s.gt) > psnr(s.input, s.gt) + 3.0
     assert main(["rectify", str(tmp_path / "stitched.png"), "--task", "rsc", "--out", str(tmp_path / "o2")]) == 0
     assert "using the bundled stablemotion-mini-rsc model" in capsys.readouterr().out
+
+
+def test_demo_shows_the_multi_task_models_tasks(tmp_path, capsys):
+    from stablemotion.cli import main
+
+    assert main(["demo", "--task", "lens", "rotation", "--num", "1", "--out", str(tmp_path / "d")]) == 0
+    text = capsys.readouterr().out
+    assert "lens: PSNR identity" in text and "rotation: PSNR identity" in text
+    assert "does not correct rotation" in text  # the limit line of the bundled model
+    assert (tmp_path / "d" / "images" / "lens_00_rectified.png").is_file()
+    with pytest.raises(ValueError, match="the demo covers tasks with a bundled model and a generator"):
+        run_demo(tmp_path / "e", num=1, tasks=["nope"])

@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,12 +23,12 @@ from ._io import PathLike, atomic_path, save_image
 from .flow import flow_to_color
 from .metrics import psnr, ssim
 from .synth import bundled_photo_paths, make_sample
+from .tasks import get_generator
 
 __all__ = ["DemoRow", "DemoReport", "run_demo"]
 
 #: Seed of the demo's samples (the benchmark's test set uses seed 1: these are other draws).
 DEMO_SEED = 2026
-_SYNTH_TASK = {"sir": "rectangling", "rsc": "rolling_shutter"}
 
 
 @dataclass
@@ -71,7 +72,8 @@ def run_demo(
         out: report folder (created); existing demo files in it are replaced.
         num: examples per task.
         size: (H, W) of the examples in pixels (the models process them at 96 x 128).
-        tasks: any of ``"sir"``, ``"rsc"``.
+        tasks: tasks with a bundled model and a generator (``"sir"``, ``"rsc"``, ``"lens"``,
+            ``"rotation"``).
         seed: sample ``i`` of a task depends only on ``(seed, i)``.
 
     Returns:
@@ -86,14 +88,15 @@ def run_demo(
     photos = [str(p) for p in bundled_photo_paths("bundled-test")]
     rows: list[DemoRow] = []
     for task in tasks:
-        if task not in _SYNTH_TASK:
-            raise ValueError(f"the demo covers tasks {sorted(_SYNTH_TASK)}, got {task!r}")
+        if task not in BUNDLED_MODELS or not _has_generator(task):
+            covered = sorted(t for t in BUNDLED_MODELS if _has_generator(t))
+            raise ValueError(f"the demo covers tasks with a bundled model and a generator {covered}, got {task!r}")
         pipe = load_bundled_pipeline(task)
         pipe.set_progress_bar_config(disable=True)
         for i in range(num):
-            s = make_sample(_SYNTH_TASK[task], seed, i, size, photos)
-            image, gt = (s.input, s.gt) if task == "sir" else (s.rs, s.gs)
-            mask = s.mask if task == "sir" else None
+            s = make_sample(task, seed, i, size, photos)
+            image, gt = _input_and_gt(s)
+            mask = getattr(s, "mask", None)
             res = pipe(image, mask=mask, generator=torch.Generator().manual_seed(0), output_type="np",
                        show_progress_bar=False, output_flow_colored=True)
             pred = (res.image[0] * 255.0).round().astype(np.uint8)
@@ -116,6 +119,21 @@ def run_demo(
     with atomic_path(out / "summary.json", overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps([asdict(r) for r in rows], indent=1))
     return DemoReport(out, report, overview, rows)
+
+
+def _has_generator(task: str) -> bool:
+    try:
+        get_generator(task)
+    except (KeyError, ValueError):
+        return False
+    return True
+
+
+def _input_and_gt(sample: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic sample's distorted input and ground truth (RSC samples name them rs / gs)."""
+    if hasattr(sample, "rs"):
+        return sample.rs, sample.gs
+    return sample.input, sample.gt
 
 
 def _montage(out: Path, rows: list[DemoRow], per_task: int = 2) -> np.ndarray:
