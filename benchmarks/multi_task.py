@@ -135,6 +135,8 @@ def main() -> None:
                          "polynomial lens model (0: skip)")
     ap.add_argument("--opencv-size", default="384x512", help="HxW of the OpenCV lens samples")
     ap.add_argument("--note", default="", help="a line added under the tables")
+    ap.add_argument("--section", default="multi_task", help="BENCHMARKS.md section to (re)write")
+    ap.add_argument("--title", default="Multi-task mini: one model for four tasks vs one model per task")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args()
@@ -230,7 +232,7 @@ def main() -> None:
         "\"Automatic task choice\"."
         + (f"\n\n{args.note}" if args.note else "")
     )
-    write_section("multi_task", "Multi-task mini: one model for four tasks vs one model per task", body)
+    write_section(args.section, args.title, body)
 
 
 if __name__ == "__main__":
