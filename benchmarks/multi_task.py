@@ -40,6 +40,18 @@ TASKS = ("sir", "rsc", "rotation", "lens")
 TOLERANCE_DB = 0.5
 
 
+def pool_photos() -> str:
+    """Held-out real photos: the Debian pool's test split with the bundled ones when the pool is
+    installed (configs/install_photos.sh), else the bundled test photos."""
+    from stablemotion.synth import resolve_photos
+
+    try:
+        resolve_photos("debian-test")
+        return "debian-test+bundled-test"
+    except (ValueError, FileNotFoundError, KeyError):
+        return "bundled-test"
+
+
 def test_set(task: str, num: int, size: tuple[int, int], seed: int) -> tuple[list[dict[str, np.ndarray]], str]:
     """``num`` held-out samples of ``task`` -> (samples, photo sources used)."""
     from stablemotion.synth import make_sample, resolve_photos
@@ -47,11 +59,7 @@ def test_set(task: str, num: int, size: tuple[int, int], seed: int) -> tuple[lis
     photos, options = "bundled-test", {}
     if task == "sir":
         options = {"style": "panorama", "white_fraction": 0.3}
-        try:
-            resolve_photos("debian-test")
-            photos = "debian-test+bundled-test"
-        except (ValueError, FileNotFoundError, KeyError):
-            pass
+        photos = pool_photos()
     paths = [str(p) for p in resolve_photos(photos)]
     out = []
     for i in range(num):
@@ -181,7 +189,7 @@ def main() -> None:
     cv_rows = []
     if args.opencv_lens and "lens" in args.tasks:
         cv_size = tuple(int(v) for v in args.opencv_size.lower().split("x"))
-        photos = sources.get("sir", "bundled-test") if "debian" in sources.get("sir", "") else "bundled-test"
+        photos = pool_photos()
         samples = opencv_lens_set(args.opencv_lens, cv_size, args.seed, photos)
         results = [("identity", ([s["image"] for s in samples], [np.zeros_like(s["flow"]) for s in samples]))]
         single_dir = Path(args.single.format(task="lens"))
