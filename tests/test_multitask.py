@@ -263,3 +263,21 @@ def test_set_default_task_is_what_calls_without_task_run_and_is_saved(photo, tmp
     assert load_pipeline(tmp_path / "m", progress=False).task.name == "lens"
     with pytest.raises(ValueError, match="serves"):
         pipe.set_default_task("rsc")
+
+
+def test_multi_task_mini_and_its_baselines_share_start_data_and_budget():
+    """configs/mini_multi.yaml vs configs/mini_single.yaml: what BENCHMARKS.md's comparison claims."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    multi = load_config(root / "mini_multi.yaml", check_paths=False)
+    single = load_config(root / "mini_single.yaml", check_paths=False)
+    names = [t.name for t in multi.task_specs]
+    assert names == TASKS and multi.model.init == single.model.init and multi.model.retarget and single.model.retarget
+    assert multi.optim == single.optim and multi.loss == single.loss and multi.data.resolution == single.data.resolution
+    assert multi.train.batch_size == single.train.batch_size and multi.train.ema_decay == single.train.ema_decay
+    weights = [multi.task_data(n).weight for n in names]
+    assert multi.train.max_steps == single.train.max_steps * sum(weights) and set(weights) == {1}
+    assert multi.task_data("sir").train == single.data.train  # the recipe overrides the others' data per task
+    recipe = (root / "mini_multi_recipe.sh").read_text()
+    for name in names[1:]:
+        td = multi.task_data(name)
+        assert f"{name}:{td.format}:{td.train}:{td.val}" in recipe
