@@ -281,3 +281,28 @@ def test_multi_task_mini_and_its_baselines_share_start_data_and_budget():
     for name in names[1:]:
         td = multi.task_data(name)
         assert f"{name}:{td.format}:{td.train}:{td.val}" in recipe
+
+
+def test_a_task_can_train_and_run_at_its_own_resolution(tmp_path, photo, monkeypatch):
+    from stablemotion.training import Trainer
+
+    path = _multi_config(tmp_path, photo, **{"train.max_steps": 3, "data.tasks.lens.resolution": "[24, 32]"})
+    cfg = load_config(path)
+    assert cfg.task_resolution("lens") == (24, 32) and cfg.task_resolution("sir") == (32, 32)
+    trainer = Trainer(cfg)
+    shapes = {}
+    real = trainer.compute_losses
+    monkeypatch.setattr(trainer, "compute_losses",
+                        lambda batch, step: (shapes.setdefault(batch["task"][0], tuple(batch["image"].shape[-2:])),
+                                             real(batch, step))[1])
+    result = trainer.train(show_progress=False)
+    assert shapes == {"sir": (32, 32), "lens": (24, 32)}
+    pipe = load_pipeline(result.pipeline_dir, progress=False)
+    assert pipe.config.task_resolutions == {"lens": [24, 32]}
+    image = torch.from_numpy(photo[:48, :64]).permute(2, 0, 1).float()[None] / 255
+    assert _run(pipe, image, "lens").settings["processing_resolution"] == [24, 32]
+    assert _run(pipe, image, "sir", mask=torch.ones(1, 1, 48, 64)).settings["processing_resolution"] == [32, 32]
+    single = retarget_pipeline(pipe, "lens")  # one task left: its own size becomes the default
+    assert single.config.default_processing_resolution == [24, 32] and single.config.task_resolutions is None
+    with pytest.raises(ConfigError, match=r"data.tasks.lens.resolution must be \[height, width\]"):
+        load_config(path, overrides=["data.tasks.lens.resolution=[20, 32]"])

@@ -76,14 +76,16 @@ class DataConfig:
 @dataclass
 class TaskDataConfig:
     """One task's dataset in a multi-task run (``data.tasks.<name>``): the keys of
-    :class:`DataConfig` that say where the data is, and ``weight``, the task's share of the
-    training steps relative to the others (steps go round-robin, each task ``weight`` steps per round)."""
+    :class:`DataConfig` that say where the data is, ``weight``, the task's share of the
+    training steps relative to the others (steps go round-robin, each task ``weight`` steps per
+    round), and ``resolution``, the task's own network resolution (None = ``data.resolution``)."""
 
     format: str = "dird"
     train: str = ""
     val: str | None = None
     flows: str | None = None
     weight: int = 1
+    resolution: list[int] | None = None
 
 
 @dataclass
@@ -210,6 +212,12 @@ class TrainConfig:
         """The task (a multi-task run: the first, the model's default task)."""
         return self.task_specs[0] if self.is_multi_task else get_task(self.task)
 
+    def task_resolution(self, name: str) -> tuple[int, int]:
+        """(H, W) that task ``name`` trains at: its ``data.tasks.<name>.resolution`` in a
+        multi-task run, else :attr:`resolution`."""
+        res = self.task_data(name).resolution if self.is_multi_task else None
+        return (int(res[0]), int(res[1])) if res else self.resolution
+
     def task_data(self, name: str) -> TaskDataConfig:
         """Where task ``name``'s data is: ``data.tasks.<name>`` (multi-task) or ``data``."""
         if not self.is_multi_task:
@@ -272,6 +280,11 @@ class TrainConfig:
             if fmt == "dird" and set(s.conditions) - {"image", "mask"}:
                 raise ConfigError(f"{src}: {where}format 'dird' has image and mask only; task {s.name!r} needs {s.conditions}")
             _check_range(src, f"{where}weight", td.weight, low=1)
+            tres = td.resolution
+            if tres is not None and (len(tres) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 8 or v % 8
+                                                           for v in tres)):
+                raise ConfigError(f"{src}: {where}resolution must be [height, width] in pixels, multiples of 8, "
+                                  f"got {tres}")
         res = self.data.resolution
         if res is not None and (len(res) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in res)):
             raise ConfigError(f"{src}: data.resolution must be [height, width] in pixels (two integers), got {res}")

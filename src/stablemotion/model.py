@@ -225,6 +225,11 @@ def retarget_pipeline(pipe: StableMotionPipeline, task: str | TaskSpec | list[st
     adapt_conv_in(pipe.unet, pipe.conditions, union_conditions(specs))
     config = {k: v for k, v in pipe.config.items() if not k.startswith("_") and k not in _TASK_KEYS
               and k not in ("unet", "vae", "scheduler", "text_embedding")}
+    own = {n: r for n, r in (config.pop("task_resolutions", None) or {}).items() if n in names}
+    if multi:
+        config["task_resolutions"] = own or None
+    elif names[0] in own:  # one task left: its own resolution becomes the default
+        config["default_processing_resolution"] = own[names[0]]
     return StableMotionPipeline(unet=pipe.unet, vae=pipe.vae, scheduler=pipe.scheduler,
                                 text_embedding=embedding, task=specs[0].to_dict(),
                                 tasks=[t.to_dict() for t in specs] if multi else None, **config)

@@ -134,6 +134,9 @@ class StableMotionPipeline(DiffusionPipeline):
             fixed width in pixels).
         default_flow_regularization: ``"none"`` or ``"mesh"`` (see :data:`FLOW_REGULARIZATIONS`).
         mesh_cells: ``[rows, cols]`` of the ``"mesh"`` regularisation, at the processing resolution.
+        task_resolutions: a multi-task model's per-task default processing resolution
+            ``{task: [H, W]}`` (tasks trained at their own size); others use
+            ``default_processing_resolution``.
     """
 
     model_cpu_offload_seq = "unet->vae"
@@ -158,6 +161,7 @@ class StableMotionPipeline(DiffusionPipeline):
         scale_border_band: bool = True,
         default_flow_regularization: str = "none",
         mesh_cells: list[int] | tuple[int, int] = (12, 16),
+        task_resolutions: dict | None = None,
     ) -> None:
         super().__init__()
         in_channels = int(unet.config.in_channels)
@@ -203,6 +207,11 @@ class StableMotionPipeline(DiffusionPipeline):
         if ensemble_rounding not in ENSEMBLE_ROUNDINGS:
             raise ValueError(f"ensemble_rounding must be one of {ENSEMBLE_ROUNDINGS}, got {ensemble_rounding!r}")
         resolution = list(spec.resolution if default_processing_resolution is None else default_processing_resolution)
+        own = {str(k): [int(v) for v in r] for k, r in dict(task_resolutions or {}).items()}
+        names = [t.name for t in specs] or [spec.name]
+        for name, r in own.items():
+            if name not in names or len(r) != 2 or min(r) < 1:
+                raise ValueError(f"task_resolutions must map the model's tasks {names} to [H, W], got {name!r}: {r}")
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_embedding=text_embedding)
         self.register_to_config(
             task=spec.to_dict(),
@@ -218,6 +227,7 @@ class StableMotionPipeline(DiffusionPipeline):
             scale_border_band=bool(scale_border_band),
             default_flow_regularization=default_flow_regularization,
             mesh_cells=[int(c) for c in mesh_cells],
+            task_resolutions=own or None,
         )
         self.task: TaskSpec = spec
         #: The tasks this model serves, by name (one for a single-task model).
@@ -466,7 +476,9 @@ class StableMotionPipeline(DiffusionPipeline):
         steps = cfg.default_denoising_steps if num_inference_steps is None else num_inference_steps
         ens = cfg.default_ensemble_size if ensemble_size is None else ensemble_size
         mode = cfg.default_ensemble_mode if ensemble_mode is None else ensemble_mode
-        res = cfg.default_processing_resolution if processing_resolution is None else processing_resolution
+        res = processing_resolution
+        if res is None:
+            res = (cfg.get("task_resolutions") or {}).get(spec.name, cfg.default_processing_resolution)
         band = cfg.default_border_band if border_band is None else border_band
         last = cfg.default_final_step if final_step is None else final_step
         regularize = cfg.default_flow_regularization if flow_regularization is None else flow_regularization

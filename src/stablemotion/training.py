@@ -478,6 +478,10 @@ class Trainer:
 
             pipe.vae = AutoencoderKL.from_pretrained(m.vae)
         pipe.register_to_config(default_processing_resolution=list(self.cfg.resolution))
+        if self.multi:  # tasks trained at their own resolution run at it by default
+            own = {n: list(self.cfg.task_resolution(n)) for n in self.tasks}
+            pipe.register_to_config(task_resolutions={n: r for n, r in own.items() if r != list(self.cfg.resolution)}
+                                    or None)
         return pipe
 
     def _datasets(self, given: Any, split: str) -> dict[str, Dataset]:
@@ -515,7 +519,7 @@ class Trainer:
 
         def view(ds: Dataset, spec: TaskSpec, seed: int) -> _AugmentedView:
             masks = tuple(k for k in spec.conditions if k in MASK_CONDITIONS)
-            return _AugmentedView(ds, self.cfg.resolution, c.data.hflip, c.data.vflip, seed, masks)
+            return _AugmentedView(ds, self.cfg.task_resolution(spec.name), c.data.hflip, c.data.vflip, seed, masks)
 
         if not self.multi:
             return DataLoader(view(self.train_ds, self.task, c.train.seed), batch_sampler=stream(self.train_ds, c.train.seed),
@@ -845,7 +849,7 @@ class Trainer:
         """One task's validation (inside :meth:`ema_weights`): PSNR/SSIM of one-step inference
         and of the identity, and the image grid ``validation/<grid_name>step-N.png``."""
         masks = tuple(k for k in task.conditions if k in MASK_CONDITIONS)
-        aug = Augment(self.cfg.resolution, 0.0, 0.0, mask_keys=masks)
+        aug = Augment(self.cfg.task_resolution(task.name), 0.0, 0.0, mask_keys=masks)
         rows, grid = [], []
         for i in range(n):
             s = aug(ds[i])
