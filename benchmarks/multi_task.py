@@ -129,6 +129,23 @@ def opencv_lens_set(num: int, size: tuple[int, int], seed: int, photos: str) -> 
     return out
 
 
+def score_models(label: str, task: str, samples: list[dict[str, np.ndarray]],
+                 models: list[tuple[str, object]]) -> list[dict]:
+    """Score rows for the identity and each ``(name, pipeline)`` on ``samples`` of ``task`` (one
+    step; a multi-task pipeline runs ``task``); ``label`` is the rows' task column."""
+    results = [("identity", ([s["image"] for s in samples], [np.zeros_like(s["flow"]) for s in samples]))]
+    for name, pipe in models:
+        pipe.set_progress_bar_config(disable=True)
+        results.append((name, run_pipeline(pipe, samples, 1, 1, task=task if len(pipe.tasks) > 1 else None)))
+    rows, ident = [], None
+    for name, (preds, flows) in results:
+        p, s, e = score(preds, flows, samples)
+        ident = p if ident is None else ident
+        rows.append({"task": label, "method": name, "psnr": p, "ssim": s, "gain_db": p - ident, "epe": e})
+        print(f"{label:14s} {name:56s} PSNR {p:6.2f} ({p - ident:+5.2f})  SSIM {s:.4f}  EPE {e:.2f}", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--multi", default=None, help="multi-task pipeline folder (default: bundled, else runs/mini_multi)")
@@ -163,54 +180,35 @@ def main() -> None:
     multi = load_pipeline(multi_dir, torch.float32, progress=False)
     size = (96, 128)
     rows, sources = [], {}
+    singles = {}  # task -> its single-task pipeline, loaded once
     for task in args.tasks:
         t0 = time.perf_counter()
         samples, sources[task] = test_set(task, args.num, size, args.seed)
         models = []
         single_dir = Path(args.single.format(task=task))
         if (single_dir / "model_index.json").is_file():
-            models.append((f"single-task ({single_dir})", load_pipeline(single_dir, torch.float32, progress=False)))
+            singles[task] = load_pipeline(single_dir, torch.float32, progress=False)
+            models.append((f"single-task ({single_dir})", singles[task]))
         bundled_single = BUNDLED_MODELS.get(task)
         if bundled_single is not None and bundled_single != BUNDLED_MULTI_TASK:
             models.append((f"bundled {bundled_single}", load_pipeline(bundled_model_path(task), torch.float32,
                                                                    progress=False)))
         models.append((multi_label, multi))
-        results = [("identity", ([s["image"] for s in samples], [np.zeros_like(s["flow"]) for s in samples]))]
-        for label, pipe in models:
-            pipe.set_progress_bar_config(disable=True)
-            results.append((label, run_pipeline(pipe, samples, 1, 1, task=task if len(pipe.tasks) > 1 else None)))
-        ident = None
-        for label, (preds, flows) in results:
-            p, s, e = score(preds, flows, samples)
-            ident = p if ident is None else ident
-            rows.append({"task": task, "method": label, "psnr": p, "ssim": s, "gain_db": p - ident, "epe": e})
-            print(f"{task:8s} {label:60s} PSNR {p:6.2f} ({p - ident:+5.2f})  SSIM {s:.4f}  EPE {e:.2f}", flush=True)
+        rows += score_models(task, task, samples, models)
         print(f"{task}: {time.perf_counter() - t0:.0f} s", flush=True)
     cv_rows = []
+    cv_note = ""
     if args.opencv_lens and "lens" in args.tasks:
         cv_size = tuple(int(v) for v in args.opencv_size.lower().split("x"))
         photos = pool_photos()
         samples = opencv_lens_set(args.opencv_lens, cv_size, args.seed, photos)
-        results = [("identity", ([s["image"] for s in samples], [np.zeros_like(s["flow"]) for s in samples]))]
-        single_dir = Path(args.single.format(task="lens"))
-        if (single_dir / "model_index.json").is_file():
-            pipe = load_pipeline(single_dir, torch.float32, progress=False)
-            results.append((f"single-task ({single_dir})", run_pipeline(pipe, samples, 1, 1)))
-        results.append((multi_label, run_pipeline(multi, samples, 1, 1, task="lens")))
-        ident = None
-        for label, (preds, flows) in results:
-            p, s_, e = score(preds, flows, samples)
-            ident = p if ident is None else ident
-            cv_rows.append({"task": "lens (OpenCV)", "method": label, "psnr": p, "ssim": s_, "gain_db": p - ident,
-                            "epe": e})
-            print(f"opencv-lens {label:57s} PSNR {p:6.2f} ({p - ident:+5.2f})  SSIM {s_:.4f}  EPE {e:.2f}", flush=True)
+        models = [(f"single-task ({args.single.format(task='lens')})", singles["lens"])] if "lens" in singles else []
+        cv_rows = score_models("lens (OpenCV)", "lens", samples, models + [(multi_label, multi)])
         cv_note = (f"\n\nLens correction on distortion our generator did not make: {args.opencv_lens} held-out photos "
                    f"({photos}) at {cv_size[0]}x{cv_size[1]} (the models run at 96x128 and their flow is upsampled), "
                    "barrel-distorted with OpenCV's polynomial lens model (`cv2.undistortPoints`; k1 in [-0.4, -0.15], "
                    "k2 = 0.1 k1^2, focal length = width); the gt is the rectilinear scene scaled to fill the frame.\n\n"
                    + quality_table(cv_rows, method="model"))
-    else:
-        cv_note = ""
     if args.json:
         args.json.write_text(json.dumps(rows + cv_rows, indent=1))
     verdicts = []

@@ -131,7 +131,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ._io import PathLike, mask_array
 from .flow import RELEASED_FLOW_RESIZE, check_flow, flow_to_color, resize_flow, write_flow
 from .image_processing import mask_valid, pil_to_rgb, prepare_mask
-from .tasks import MASK_CONDITIONS, get_task
+from .tasks import MASK_CONDITIONS, describe_model_tasks, get_task
 from .visualize import scalar_to_color
 
 __all__ = ["AppLimits", "ModelSpec", "allowed_hosts_for", "create_app", "memory_bound", "working_size"]
@@ -341,8 +341,7 @@ def _check_serves(pipe: Any, task: str, what: str) -> None:
     """Raise ``ValueError`` unless ``pipe`` serves ``task`` (pipelines that do not say are trusted)."""
     served = _served(pipe)
     if served is not None and task not in served:
-        kind = f"a {served[0]!r} model" if len(served) == 1 else f"a model of the tasks {list(served)}"
-        raise ValueError(f"the model {what} is {kind}, not {task!r}")
+        raise ValueError(f"the model {what} is {describe_model_tasks(served)}, not {task!r}")
 
 
 class _Models:

@@ -87,27 +87,45 @@ RELEASED_INFERENCE: dict[str, Any] = {
 }
 
 
+def _stored_embedding(base: PathLike) -> EmptyTextEmbedding | TaskEmbedding | None:
+    """A pipeline folder's stored ``text_embedding/`` (the empty prompt, or a multi-task model's
+    prompts), or None when ``base`` has none."""
+    folder = Path(base) / "text_embedding"
+    if not folder.is_dir():
+        return None
+    cfg = json.loads((folder / "config.json").read_text())
+    cls = TaskEmbedding if cfg.get("_class_name") == "TaskEmbedding" else EmptyTextEmbedding
+    return cls.from_pretrained(str(folder))
+
+
+def _text_encoder(base: PathLike, what: str, **hub_kwargs: Any) -> tuple[Any, Any]:
+    """``(tokenizer, text_encoder)`` of a base checkpoint (folder or hub id), the encoder in eval
+    mode; ``what`` names what they are for in the error of a folder that has neither."""
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    base_path = Path(base)
+    if base_path.is_dir() and not ((base_path / "text_encoder").is_dir() and (base_path / "tokenizer").is_dir()):
+        raise FileNotFoundError(
+            f"{base} has neither text_embedding/ nor text_encoder/ + tokenizer/: cannot compute {what}"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(base), subfolder="tokenizer", **hub_kwargs)
+    return tokenizer, CLIPTextModel.from_pretrained(str(base), subfolder="text_encoder", **hub_kwargs).eval()
+
+
 def load_text_embedding(base: PathLike, **hub_kwargs: Any) -> EmptyTextEmbedding:
     """The empty-prompt embedding of a base checkpoint (folder or hub id).
 
     Uses a stored ``text_embedding/`` component if present (a StableMotion pipeline
-    folder), otherwise encodes the empty prompt with its ``text_encoder/`` + ``tokenizer/``.
+    folder; a multi-task model's first prompt), otherwise encodes the empty prompt with its
+    ``text_encoder/`` + ``tokenizer/``.
     """
-    base_path = Path(base)
-    if base_path.is_dir() and (base_path / "text_embedding").is_dir():
-        return EmptyTextEmbedding.from_pretrained(base_path / "text_embedding")
-    from transformers import AutoTokenizer, CLIPTextModel
-
-    src = str(base)
-    if base_path.is_dir() and not ((base_path / "text_encoder").is_dir() and (base_path / "tokenizer").is_dir()):
-        raise FileNotFoundError(
-            f"{base} has neither text_embedding/ nor text_encoder/ + tokenizer/: cannot compute the empty-prompt embedding"
-        )
-    tokenizer = AutoTokenizer.from_pretrained(src, subfolder="tokenizer", **hub_kwargs)
-    text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **hub_kwargs)
-    emb = empty_text_embedding(text_encoder.eval(), tokenizer)
-    del text_encoder
-    return EmptyTextEmbedding.from_tensor(emb)
+    stored = _stored_embedding(base)
+    if isinstance(stored, TaskEmbedding):
+        return EmptyTextEmbedding.from_tensor(stored.embedding[:1])
+    if stored is not None:
+        return stored
+    tokenizer, text_encoder = _text_encoder(base, "the empty-prompt embedding", **hub_kwargs)
+    return EmptyTextEmbedding.from_tensor(empty_text_embedding(text_encoder, tokenizer))
 
 
 def _hub_kwargs(local_files_only: bool | None, cache_dir: PathLike | None, revision: str | None) -> dict[str, Any]:
@@ -123,26 +141,12 @@ def _hub_kwargs(local_files_only: bool | None, cache_dir: PathLike | None, revis
 
 def _task_embedding(base: PathLike, names: list[str], **hub_kwargs: Any) -> TaskEmbedding:
     """Per-task prompts of a base checkpoint: its text encoder's encoding of each task's
-    description, or (a folder with a stored ``text_embedding/`` only) the empty prompt plus noise."""
-    base_path = Path(base)
-    stored = base_path / "text_embedding"
-    if base_path.is_dir() and stored.is_dir():
-        emb = load_pipeline_component_embedding(stored)
-        if isinstance(emb, TaskEmbedding):
-            return TaskEmbedding.from_empty(names, emb.embedding[:1])
-        return TaskEmbedding.from_empty(names, emb)
-    from transformers import AutoTokenizer, CLIPTextModel
-
-    tokenizer = AutoTokenizer.from_pretrained(str(base), subfolder="tokenizer", **hub_kwargs)
-    text_encoder = CLIPTextModel.from_pretrained(str(base), subfolder="text_encoder", **hub_kwargs)
-    return TaskEmbedding.from_text_encoder(names, text_encoder.eval(), tokenizer)
-
-
-def load_pipeline_component_embedding(folder: PathLike) -> EmptyTextEmbedding | TaskEmbedding:
-    """A stored ``text_embedding/`` folder: the empty prompt or a multi-task model's prompts."""
-    cfg = json.loads((Path(folder) / "config.json").read_text())
-    cls = TaskEmbedding if cfg.get("_class_name") == "TaskEmbedding" else EmptyTextEmbedding
-    return cls.from_pretrained(str(folder))
+    description, or (a pipeline folder, no text encoder) its stored prompt plus noise."""
+    stored = _stored_embedding(base)
+    if stored is not None:
+        return TaskEmbedding.from_empty(names, stored.embedding[:1])
+    tokenizer, text_encoder = _text_encoder(base, "the task prompts", **hub_kwargs)
+    return TaskEmbedding.from_text_encoder(names, text_encoder, tokenizer)
 
 
 def build_pipeline(

@@ -459,15 +459,15 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _build_pipeline(self) -> Any:
         m = self.cfg.model
-        want: Any = list(self.tasks) if self.multi else self.task
+        want: Any = list(self.tasks.values()) if self.multi else self.task  # specs: custom tasks need no registry
+        names: Any = list(self.tasks) if self.multi else self.task.name
         if m.init:
             pipe = load_pipeline(m.init, torch.float32, progress=False)
             has = list(pipe.tasks) if pipe.config.get("tasks") else pipe.task.name
-            if has != (list(self.tasks) if self.multi else self.task.name):
+            if has != names:
                 if not m.retarget:
-                    raise ValueError(f"model.init {m.init} is a {has!r} pipeline but the config trains "
-                                     f"{want if self.multi else self.task.name!r}; set model.retarget: true to "
-                                     "re-map its weights to this run's task(s)")
+                    raise ValueError(f"model.init {m.init} is a {has!r} pipeline but the config trains {names!r}; "
+                                     "set model.retarget: true to re-map its weights to this run's task(s)")
                 pipe = retarget_pipeline(pipe, want, seed=m.seed)
         elif m.base == "tiny":
             pipe = tiny_pipeline(want, seed=m.seed, **m.tiny)

@@ -206,6 +206,7 @@ def load_model(model: str | None, task: str | None, dtype: torch.dtype, quiet: b
     ``--task``; every failure is one line naming the folder."""
     from ..catalog import BUNDLED_LIMITS, BUNDLED_MODELS, bundled_model_path
     from ..model import load_pipeline
+    from ..tasks import describe_model_tasks
 
     if model is None:
         name = task or "sir"
@@ -230,8 +231,7 @@ def load_model(model: str | None, task: str | None, dtype: torch.dtype, quiet: b
         raise ValueError(f"cannot load --model {model} ({type(exc).__name__}: {first}); the folder is damaged "
                          "or not a StableMotion pipeline") from None
     if task is not None and task not in pipe.tasks:
-        what = f"a {pipe.task.name!r} model" if len(pipe.tasks) == 1 else f"a model of the tasks {list(pipe.tasks)}"
-        raise ValueError(f"--task {task} but the model {model} is {what}")
+        raise ValueError(f"--task {task} but the model {model} is {describe_model_tasks(pipe.tasks)}")
     return pipe
 
 

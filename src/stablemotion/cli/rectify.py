@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, SIDE_FILE_SUFFIXES, list_images
-from ..tasks import available_tasks
+from ..tasks import available_tasks, describe_model_tasks
 from ._options import Dist, add_device_options, add_inference_options, inference_kwargs
 
 _STATE = ".stablemotion-rectify"
@@ -362,8 +362,7 @@ def _task_of(args: argparse.Namespace) -> _TaskInfo:
     except (KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"{folder}/model_index.json has no valid task description ({exc})") from None
     if args.task is not None and args.task not in serves:
-        what = f"a {default.name!r} model" if len(serves) == 1 else f"a model of the tasks {list(serves)}"
-        raise ValueError(f"--task {args.task} but the model {args.model or folder} is {what}")
+        raise ValueError(f"--task {args.task} but the model {args.model or folder} is {describe_model_tasks(serves)}")
     spec = serves[args.task] if args.task is not None else default
     extra = [c for c in spec.conditions if c not in MASK_CONDITIONS and c != "image"]
     if extra:

@@ -120,6 +120,12 @@ def missing_condition_value(name: str) -> float:
     return MISSING_MASK_VALUE if name in MASK_CONDITIONS else MISSING_IMAGE_VALUE
 
 
+def describe_model_tasks(names: Any) -> str:
+    """How errors name what a model serves: "a 'sir' model" or "a model of the tasks ['sir', 'lens']"."""
+    names = list(names)
+    return f"a {names[0]!r} model" if len(names) == 1 else f"a model of the tasks {names}"
+
+
 def as_task_list(task: Any) -> list[TaskSpec]:
     """One task (name, spec or dict) or a list of them -> a list of specs (a list of one for a
     single task; several distinct tasks make a multi-task model)."""
