@@ -28,6 +28,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from stablemotion import app as app_module
+from stablemotion import large_image
 from stablemotion.app import allowed_hosts_for, create_app, memory_bound, working_size
 from stablemotion.cli import build_parser, main
 from stablemotion.flow import flow_to_color, read_flo, read_flow, warp
@@ -439,19 +440,19 @@ def test_strip_warp_matches_the_pipelines_warp(padding: str) -> None:
     yy, xx = np.mgrid[0:70, 0:90].astype(np.float32)
     # large vertical motion that varies along the rows, samples outside the frame on every side
     flow = np.stack([12 * np.sin(yy / 9) + 0.3 * xx - 10, 25 * np.cos(xx / 13) - 0.2 * yy + 5], axis=-1)
-    got = app_module._warp_strips(image, flow.astype(np.float32), padding, strip_pixels=90 * 4)  # 18 strips
+    got = large_image.warp_strips(image, flow.astype(np.float32), padding, strip_pixels=90 * 4)  # 18 strips
     diff = np.abs(got.astype(int) - full_size_warp(image, flow.astype(np.float32), padding))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # float32 rounding of the sample coordinates only
     flow[5, 5, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        app_module._warp_strips(image, flow.astype(np.float32), padding)
+        large_image.warp_strips(image, flow.astype(np.float32), padding)
 
 
 def test_full_size_work_is_done_in_strips(fake: FakePipe, tmp_path: Path, monkeypatch) -> None:
     """The full-size float work (warp, flow colours, uncertainty colours) never sees more than a strip."""
-    monkeypatch.setattr(app_module, "STRIP_PIXELS", 512 * 8)  # 8 rows of the 512 px wide image
+    monkeypatch.setattr(large_image, "STRIP_PIXELS", 512 * 8)  # 8 rows of the 512 px wide image
     seen: dict[str, list[tuple[int, ...]]] = {"warp input": [], "warp grid": [], "flow colours": [], "uncertainty": []}
-    grid_sample, to_color, color_map = torch.nn.functional.grid_sample, app_module.flow_to_color, app_module.cv2.applyColorMap
+    grid_sample, to_color, color_map = torch.nn.functional.grid_sample, large_image.flow_to_color, large_image.cv2.applyColorMap
 
     def spy_grid_sample(x, grid, *args, **kwargs):
         seen["warp input"].append(tuple(x.shape))
@@ -466,9 +467,9 @@ def test_full_size_work_is_done_in_strips(fake: FakePipe, tmp_path: Path, monkey
         seen["uncertainty"].append(values.shape)
         return color_map(values, *args)
 
-    monkeypatch.setattr(app_module.F, "grid_sample", spy_grid_sample)
-    monkeypatch.setattr(app_module, "flow_to_color", spy_color)
-    monkeypatch.setattr(app_module.cv2, "applyColorMap", spy_map)
+    monkeypatch.setattr(large_image.F, "grid_sample", spy_grid_sample)
+    monkeypatch.setattr(large_image, "flow_to_color", spy_color)
+    monkeypatch.setattr(large_image.cv2, "applyColorMap", spy_map)
     app = create_app({"rsc": fake}, max_upload_bytes=256 * 1024, max_side=512, max_work_pixels=4096,
                      result_root=tmp_path, allowed_hosts=TEST_HOSTS)
     with TestClient(app) as c:

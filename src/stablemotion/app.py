@@ -102,25 +102,21 @@ import contextlib
 import io
 import ipaddress
 import logging
-import math
 import os
 import secrets
 import shutil
 import tempfile
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -129,10 +125,18 @@ from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._io import PathLike, mask_array
-from .flow import RELEASED_FLOW_RESIZE, check_flow, flow_to_color, resize_flow, write_flow
+from .flow import write_flow
 from .image_processing import mask_valid, pil_to_rgb, prepare_mask
+from .large_image import (
+    MAX_WORK_PIXELS,
+    MIN_WORK_PIXELS,
+    flow_colours,
+    memory_bound,
+    rectify_capped,
+    uncertainty_colours,
+    working_size,
+)
 from .tasks import MASK_CONDITIONS, describe_model_tasks, get_task
-from .visualize import scalar_to_color
 
 __all__ = ["AppLimits", "ModelSpec", "allowed_hosts_for", "create_app", "memory_bound", "working_size"]
 
@@ -147,12 +151,6 @@ ModelSpec = Any
 ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "BMP": "BMP", "TIFF": "TIFF"}
 #: Files a result may have (``GET /api/results/{id}/{name}``).
 RESULT_FILES = ("rectified.png", "flow.png", "uncertainty.png", "mask.png", "flow.npy", "flow.flo")
-#: Default cap on the pixels the pipeline works at (1024 x 1024); larger images are shrunk to it.
-MAX_WORK_PIXELS = 1024 * 1024
-#: Smallest accepted ``max_work_pixels`` (64 x 64).
-MIN_WORK_PIXELS = 64 * 64
-#: Pixels per strip of the full-size warp and colouring (64 rows of a 4096 px wide image).
-STRIP_PIXELS = 1 << 18
 #: The ``task`` form value that chooses the task from the image (:mod:`stablemotion.task_choice`).
 AUTO = "auto"
 #: What ``/api/info`` and the page say about it.
@@ -620,136 +618,6 @@ def _choose_task(image: np.ndarray, tasks: Sequence[str], threshold: float) -> A
 
 
 # --------------------------------------------------------------------------- inference
-def working_size(height: int, width: int, max_pixels: int) -> tuple[int, int]:
-    """The (H, W) the pipeline runs at: the input's own size within ``max_pixels``, else the
-    largest size with the input's aspect ratio (rounded down) that fits in it."""
-    if height * width <= max_pixels:
-        return height, width
-    scale = math.sqrt(max_pixels / (height * width))
-    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
-
-
-def memory_bound(height: int, width: int, ensemble: int, max_work_pixels: int = MAX_WORK_PIXELS) -> int:
-    """Documented upper estimate of one request's peak memory above the loaded model, bytes (CPU, float32).
-
-    ``100 B x work pixels x ensemble`` (the pipeline's member flows, warps and median at the
-    working size; measured ~70 B) ``+ 60 B x H x W`` (decoded image and mask, mask
-    derivation, the full-size flow and its upsampling, the output; measured ~30 B) ``+ 128 MiB``
-    (strips, decoding and PNG encoding buffers, allocator slack; measured 60-100 MB). Not included: the network's own activations
-    for the ensemble at its processing resolution, which do not depend on the image size.
-    With the default limits (4096 x 4096, ensemble 8, 1 Mpx) this is 1.8 GiB; the measured
-    peak of such a request with the bundled SIR model is 0.52-0.64 GB (README, "Web app").
-    """
-    work = min(height * width, max_work_pixels)
-    return 100 * work * ensemble + 60 * height * width + 128 * 2**20
-
-
-def _strips(height: int, width: int, strip_pixels: int | None = None) -> Iterator[tuple[int, int]]:
-    """Row ranges [r0, r1) of about ``strip_pixels`` (default :data:`STRIP_PIXELS`) pixels, at least
-    2 rows each, covering ``height``."""
-    rows = max(2, (STRIP_PIXELS if strip_pixels is None else strip_pixels) // max(width, 1))
-    for r0 in range(0, height, rows):
-        yield r0, min(height, r0 + rows)
-
-
-def _config(pipe: Any, key: str, default: Any) -> Any:
-    """A pipeline config value (``default`` for test doubles and pipelines without a config)."""
-    config = getattr(pipe, "config", None)
-    return config.get(key, default) if isinstance(config, Mapping) else default
-
-
-def _shrink_mask(mask: np.ndarray, size: tuple[int, int], encoding: str) -> np.ndarray:
-    """A uint8 mask (H, W[, 3]) shrunk to ``size`` (H', W') by area averaging.
-
-    ``"binary"`` (the pipeline's default encoding): thresholded as the pipeline reads it
-    (channel mean >= 0.5) before and after the shrink, as the pipeline's own resize does;
-    ``"as_read"``: the grey levels are kept (the pipeline takes them as they are).
-    """
-    if encoding == "binary":
-        mask = mask_valid(mask).astype(np.uint8) * np.uint8(255)  # the package's one mask rule
-    small = cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    if encoding == "binary":
-        small = np.where(small >= 128, np.uint8(255), np.uint8(0))
-    return small
-
-
-def _upsample_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w, 2) flow in pixels of (h, w) -> (H, W, 2) float32 in pixels of ``size``, the pipeline's rule."""
-    small = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).permute(2, 0, 1)
-    full = resize_flow(small, size, **RELEASED_FLOW_RESIZE)  # (2, H, W)
-    out = np.empty((*size, 2), np.float32)
-    for r0, r1 in _strips(*size):  # (2, H, W) -> (H, W, 2) without a second full-size temporary
-        out[r0:r1] = full[:, r0:r1].permute(1, 2, 0).numpy()
-    return out
-
-
-def _warp_strips(image: np.ndarray, flow: np.ndarray, padding: str, strip_pixels: int | None = None) -> np.ndarray:
-    """Backward-warp a uint8 (H, W, 3) image with an (H, W, 2) pixel flow, a strip of rows at a time.
-
-    The same result as the pipeline's ``warp`` of the image in [0, 1] (bilinear,
-    ``align_corners=True``, ``padding``), clamped and rounded to uint8, up to float32
-    rounding of the sample coordinates. Each strip samples only the band of input rows its
-    flow reaches (all rows for ``"reflection"`` padding when it reaches outside), so the
-    float work is the strip plus that band, not the whole image.
-    """
-    h, w = image.shape[:2]
-    out = np.empty_like(image)
-    xs = torch.arange(w, dtype=torch.float32)
-    for r0, r1 in _strips(h, w, strip_pixels):
-        f = torch.from_numpy(flow[r0:r1])  # (R, W, 2)
-        check_flow(f.permute(2, 0, 1))
-        x = xs + f[..., 0]
-        y = torch.arange(r0, r1, dtype=torch.float32)[:, None] + f[..., 1]
-        low, high = float(y.min()), float(y.max())
-        if padding == "reflection" and (low < 0 or high > h - 1):
-            s0, s1 = 0, h  # reflected samples may land anywhere
-        else:  # bilinear reads rows floor(y) and floor(y) + 1; rows outside [0, H) are padding anyway
-            s0 = min(max(math.floor(low), 0), h - 1)
-            s1 = min(max(math.floor(high) + 2, s0 + 1), h)
-            if s1 - s0 < 2 <= h:
-                s0, s1 = (s0, s0 + 2) if s0 + 2 <= h else (h - 2, h)
-        band = torch.from_numpy(image[s0:s1]).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        gx = 2.0 * x / max(w - 1, 1) - 1.0
-        gy = 2.0 * (y - s0) / max(s1 - s0 - 1, 1) - 1.0
-        grid = torch.stack((gx, gy), dim=-1).unsqueeze(0)
-        warped = F.grid_sample(band, grid, mode="bilinear", padding_mode=padding, align_corners=True)
-        out[r0:r1] = warped[0].clamp_(0, 1).mul_(255.0).round_().permute(1, 2, 0).to(torch.uint8).numpy()
-    return out
-
-
-def _flow_colours(flow: np.ndarray) -> tuple[np.ndarray, float]:
-    """(H, W, 2) flow -> its Middlebury colours (as the pipeline's ``flow_colored``), a strip at a time,
-    and its largest magnitude in pixels."""
-    h, w = flow.shape[:2]
-    top = 0.0
-    for r0, r1 in _strips(h, w):
-        f = flow[r0:r1].astype(np.float64)
-        top = max(top, float(np.sqrt(f[..., 0] ** 2 + f[..., 1] ** 2).max(initial=0.0)))
-    out = np.empty((h, w, 3), np.uint8)
-    for r0, r1 in _strips(h, w):
-        out[r0:r1] = flow_to_color(flow[r0:r1], max_radius=top if top > 0 else None)
-    return out, top
-
-
-def _uncertainty_png(spread: np.ndarray) -> tuple[np.ndarray, float]:
-    """(H, W) spread in px -> inferno colours scaled to its maximum (RGB uint8), and that maximum."""
-    top = float(spread.max(initial=0.0))
-    h, w = spread.shape
-    out = np.empty((h, w, 3), np.uint8)
-    for r0, r1 in _strips(h, w):
-        out[r0:r1] = scalar_to_color(spread[r0:r1], top)[0]
-    return out, top
-
-
-def _upsample_spread(spread: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w) ensemble spread in pixels of (h, w) -> (H, W) in pixels of ``size`` (bilinear, as the flow)."""
-    h, w = spread.shape
-    scale = (size[0] / h + size[1] / w) / 2.0  # the aspect ratio is kept: both nearly equal
-    small = torch.from_numpy(np.ascontiguousarray(spread, dtype=np.float32))[None, None]
-    full = F.interpolate(small, size=size, mode="bilinear", align_corners=True)[0, 0]
-    return full.mul_(scale).numpy()
-
-
 def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", compress_level=3)
 
@@ -759,7 +627,7 @@ def _unchanged(image: np.ndarray, mask: np.ndarray, folder: Path) -> dict[str, A
     h, w = image.shape[:2]
     flow = np.zeros((h, w, 2), np.float32)
     _save_png(image, folder / "rectified.png")
-    _save_png(_flow_colours(flow)[0], folder / "flow.png")
+    _save_png(flow_colours(flow)[0], folder / "flow.png")
     write_flow(folder / "flow.npy", flow)
     _save_png(mask, folder / "mask.png")
     return {"seconds": 0.0, "flow_max_px": 0.0, "work_width": w, "work_height": h,
@@ -780,50 +648,17 @@ def _rectify(
     at full size with its flow (see the module docstring); the others as ``rectify`` does.
     """
     pipe = models.get(params.task)
-    h, w = image.shape[:2]
-    work = working_size(h, w, max_work_pixels)
-    capped = work != (h, w)
     kwargs: dict[str, Any] = dict(getattr(models, "inference", {}))
     served = getattr(pipe, "tasks", None)
     if served is not None:  # a StableMotionPipeline (multi-task or not) runs the task asked for
         kwargs["task"] = params.task
     spec = served.get(params.task) if isinstance(served, Mapping) else None
     padding = (spec or get_task(params.task)).padding
-    t0 = time.perf_counter()
-    if capped:
-        # Area averaging on uint8 (not the pipeline's float resize_image): a float copy of a
-        # 4096 x 4096 upload alone would take 200 MB of the memory bound.
-        work_image = cv2.resize(image, (work[1], work[0]), interpolation=cv2.INTER_AREA)
-        work_mask = None if mask is None else _shrink_mask(mask, work, _config(pipe, "mask_encoding", "binary"))
-        if _config(pipe, "default_ensemble_mode", None) == "image":
-            # The same ensemble flow and spread; skips the E member warps whose image is not used here.
-            kwargs["ensemble_mode"] = "flow"
-    else:
-        work_image, work_mask = image, mask
-    out = pipe(
-        work_image,
-        mask=work_mask,
-        num_inference_steps=params.steps,
-        ensemble_size=params.ensemble,
-        generator=torch.Generator().manual_seed(params.seed),
-        output_type="np",
-        show_progress_bar=False,
-        **kwargs,
-    )
-    spread = None if out.uncertainty is None else np.asarray(out.uncertainty[0, ..., 0], dtype=np.float32)
-    if capped:
-        flow = _upsample_flow(out.flow[0], (h, w))
-        del out
-        rectified = _warp_strips(image, flow, padding)
-        colours, flow_max = _flow_colours(flow)
-        if spread is not None:
-            spread = _upsample_spread(spread, (h, w))
-    else:
-        rectified = (np.clip(out.image[0], 0, 1) * 255.0).round().astype(np.uint8)
-        flow = np.asarray(out.flow[0], dtype=np.float32)
-        del out
-        colours, flow_max = _flow_colours(flow)
-    seconds = time.perf_counter() - t0
+    res = rectify_capped(pipe, image, mask, padding, max_work_pixels, num_inference_steps=params.steps,
+                         ensemble_size=params.ensemble, generator=torch.Generator().manual_seed(params.seed), **kwargs)
+    rectified, colours, flow, flow_max, spread, work = (res.image, res.flow_colours, res.flow, res.flow_max,
+                                                        res.spread, res.work_size)
+    seconds = res.seconds
     _save_png(rectified, folder / "rectified.png")
     _save_png(colours, folder / "flow.png")
     write_flow(folder / "flow.npy", flow)
@@ -831,7 +666,7 @@ def _rectify(
     info: dict[str, Any] = {"seconds": round(seconds, 3), "flow_max_px": round(flow_max, 3),
                             "work_width": work[1], "work_height": work[0]}
     if spread is not None:
-        colours, top = _uncertainty_png(spread)
+        colours, top = uncertainty_colours(spread)
         _save_png(colours, folder / "uncertainty.png")
         files.append("uncertainty.png")
         info["uncertainty_max_px"] = round(top, 3)

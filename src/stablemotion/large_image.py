@@ -1,0 +1,251 @@
+"""Rectify an image of any size within bounded memory: the working size and the strip warp.
+
+The network runs at a *working size* of at most ``max_work_pixels`` pixels (the input's
+aspect ratio kept); its flow is upsampled to the input's size and the input is warped at
+full size a strip of rows at a time, so the float work never holds more than a strip plus
+the band of rows its flow reaches. Used by the web app and by ``stablemotion rectify``.
+
+Example:
+    >>> from stablemotion.large_image import working_size
+    >>> working_size(4000, 6000, 1024 * 1024)
+    (836, 1254)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .flow import RELEASED_FLOW_RESIZE, check_flow, flow_to_color, resize_flow
+from .image_processing import mask_valid
+from .visualize import scalar_to_color
+
+__all__ = [
+    "MAX_WORK_PIXELS", "MIN_WORK_PIXELS", "STRIP_PIXELS", "CappedResult", "flow_colours", "memory_bound",
+    "rectify_capped", "shrink_mask", "strips", "uncertainty_colours", "upsample_flow", "upsample_spread",
+    "warp_strips", "working_size",
+]
+
+#: Default cap on the pixels the pipeline works at (1024 x 1024); larger images are shrunk to it.
+MAX_WORK_PIXELS = 1024 * 1024
+#: Smallest accepted ``max_work_pixels`` (64 x 64).
+MIN_WORK_PIXELS = 64 * 64
+#: Pixels per strip of the full-size warp and colouring (64 rows of a 4096 px wide image).
+STRIP_PIXELS = 1 << 18
+
+
+def working_size(height: int, width: int, max_pixels: int) -> tuple[int, int]:
+    """The (H, W) the pipeline runs at: the input's own size within ``max_pixels``, else the
+    largest size with the input's aspect ratio (rounded down) that fits in it."""
+    if height * width <= max_pixels:
+        return height, width
+    scale = math.sqrt(max_pixels / (height * width))
+    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
+
+
+def memory_bound(height: int, width: int, ensemble: int, max_work_pixels: int = MAX_WORK_PIXELS) -> int:
+    """Documented upper estimate of one request's peak memory above the loaded model, bytes (CPU, float32).
+
+    ``100 B x work pixels x ensemble`` (the pipeline's member flows, warps and median at the
+    working size; measured ~70 B) ``+ 60 B x H x W`` (decoded image and mask, mask
+    derivation, the full-size flow and its upsampling, the output; measured ~30 B) ``+ 128 MiB``
+    (strips, decoding and PNG encoding buffers, allocator slack; measured 60-100 MB). Not included: the network's own activations
+    for the ensemble at its processing resolution, which do not depend on the image size.
+    With the default limits (4096 x 4096, ensemble 8, 1 Mpx) this is 1.8 GiB; the measured
+    peak of such a request with the bundled SIR model is 0.52-0.64 GB (README, "Web app").
+    """
+    work = min(height * width, max_work_pixels)
+    return 100 * work * ensemble + 60 * height * width + 128 * 2**20
+
+
+def strips(height: int, width: int, strip_pixels: int | None = None) -> Iterator[tuple[int, int]]:
+    """Row ranges [r0, r1) of about ``strip_pixels`` (default :data:`STRIP_PIXELS`) pixels, at least
+    2 rows each, covering ``height``."""
+    rows = max(2, (STRIP_PIXELS if strip_pixels is None else strip_pixels) // max(width, 1))
+    for r0 in range(0, height, rows):
+        yield r0, min(height, r0 + rows)
+
+
+def pipeline_config(pipe: Any, key: str, default: Any) -> Any:
+    """A pipeline config value (``default`` for test doubles and pipelines without a config)."""
+    config = getattr(pipe, "config", None)
+    return config.get(key, default) if isinstance(config, Mapping) else default
+
+
+def shrink_mask(mask: np.ndarray, size: tuple[int, int], encoding: str) -> np.ndarray:
+    """A uint8 mask (H, W[, 3]) shrunk to ``size`` (H', W') by area averaging.
+
+    ``"binary"`` (the pipeline's default encoding): thresholded as the pipeline reads it
+    (channel mean >= 0.5) before and after the shrink, as the pipeline's own resize does;
+    ``"as_read"``: the grey levels are kept (the pipeline takes them as they are).
+    """
+    if encoding == "binary":
+        mask = mask_valid(mask).astype(np.uint8) * np.uint8(255)  # the package's one mask rule
+    small = cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    if encoding == "binary":
+        small = np.where(small >= 128, np.uint8(255), np.uint8(0))
+    return small
+
+
+def upsample_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w, 2) flow in pixels of (h, w) -> (H, W, 2) float32 in pixels of ``size``, the pipeline's rule."""
+    small = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).permute(2, 0, 1)
+    full = resize_flow(small, size, **RELEASED_FLOW_RESIZE)  # (2, H, W)
+    out = np.empty((*size, 2), np.float32)
+    for r0, r1 in strips(*size):  # (2, H, W) -> (H, W, 2) without a second full-size temporary
+        out[r0:r1] = full[:, r0:r1].permute(1, 2, 0).numpy()
+    return out
+
+
+def warp_strips(image: np.ndarray, flow: np.ndarray, padding: str, strip_pixels: int | None = None) -> np.ndarray:
+    """Backward-warp a uint8 (H, W, 3) image with an (H, W, 2) pixel flow, a strip of rows at a time.
+
+    The same result as the pipeline's ``warp`` of the image in [0, 1] (bilinear,
+    ``align_corners=True``, ``padding``), clamped and rounded to uint8, up to float32
+    rounding of the sample coordinates. Each strip samples only the band of input rows its
+    flow reaches (all rows for ``"reflection"`` padding when it reaches outside), so the
+    float work is the strip plus that band, not the whole image.
+    """
+    h, w = image.shape[:2]
+    out = np.empty_like(image)
+    xs = torch.arange(w, dtype=torch.float32)
+    for r0, r1 in strips(h, w, strip_pixels):
+        f = torch.from_numpy(flow[r0:r1])  # (R, W, 2)
+        check_flow(f.permute(2, 0, 1))
+        x = xs + f[..., 0]
+        y = torch.arange(r0, r1, dtype=torch.float32)[:, None] + f[..., 1]
+        low, high = float(y.min()), float(y.max())
+        if padding == "reflection" and (low < 0 or high > h - 1):
+            s0, s1 = 0, h  # reflected samples may land anywhere
+        else:  # bilinear reads rows floor(y) and floor(y) + 1; rows outside [0, H) are padding anyway
+            s0 = min(max(math.floor(low), 0), h - 1)
+            s1 = min(max(math.floor(high) + 2, s0 + 1), h)
+            if s1 - s0 < 2 <= h:
+                s0, s1 = (s0, s0 + 2) if s0 + 2 <= h else (h - 2, h)
+        band = torch.from_numpy(image[s0:s1]).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        gx = 2.0 * x / max(w - 1, 1) - 1.0
+        gy = 2.0 * (y - s0) / max(s1 - s0 - 1, 1) - 1.0
+        grid = torch.stack((gx, gy), dim=-1).unsqueeze(0)
+        warped = F.grid_sample(band, grid, mode="bilinear", padding_mode=padding, align_corners=True)
+        out[r0:r1] = warped[0].clamp_(0, 1).mul_(255.0).round_().permute(1, 2, 0).to(torch.uint8).numpy()
+    return out
+
+
+def flow_colours(flow: np.ndarray) -> tuple[np.ndarray, float]:
+    """(H, W, 2) flow -> its Middlebury colours (as the pipeline's ``flow_colored``), a strip at a time,
+    and its largest magnitude in pixels."""
+    h, w = flow.shape[:2]
+    top = 0.0
+    for r0, r1 in strips(h, w):
+        f = flow[r0:r1].astype(np.float64)
+        top = max(top, float(np.sqrt(f[..., 0] ** 2 + f[..., 1] ** 2).max(initial=0.0)))
+    out = np.empty((h, w, 3), np.uint8)
+    for r0, r1 in strips(h, w):
+        out[r0:r1] = flow_to_color(flow[r0:r1], max_radius=top if top > 0 else None)
+    return out, top
+
+
+def uncertainty_colours(spread: np.ndarray) -> tuple[np.ndarray, float]:
+    """(H, W) spread in px -> inferno colours scaled to its maximum (RGB uint8), and that maximum."""
+    top = float(spread.max(initial=0.0))
+    h, w = spread.shape
+    out = np.empty((h, w, 3), np.uint8)
+    for r0, r1 in strips(h, w):
+        out[r0:r1] = scalar_to_color(spread[r0:r1], top)[0]
+    return out, top
+
+
+def upsample_spread(spread: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) ensemble spread in pixels of (h, w) -> (H, W) in pixels of ``size`` (bilinear, as the flow)."""
+    h, w = spread.shape
+    scale = (size[0] / h + size[1] / w) / 2.0  # the aspect ratio is kept: both nearly equal
+    small = torch.from_numpy(np.ascontiguousarray(spread, dtype=np.float32))[None, None]
+    full = F.interpolate(small, size=size, mode="bilinear", align_corners=True)[0, 0]
+    return full.mul_(scale).numpy()
+
+
+@dataclass
+class CappedResult:
+    """What :func:`rectify_capped` returns, all at the input's full size (H, W).
+
+    Attributes:
+        image: (H, W, 3) uint8, the rectified image.
+        flow: (H, W, 2) float32, backward flow in pixels of the input.
+        flow_colours: (H, W, 3) uint8, the flow's Middlebury colours.
+        flow_max: largest flow magnitude, pixels.
+        spread: (H, W) float32 ensemble spread in pixels, or ``None`` (no ensemble).
+        work_size: the (H, W) the network ran at.
+        seconds: wall time of the inference and the full-size warp.
+    """
+
+    image: np.ndarray
+    flow: np.ndarray
+    flow_colours: np.ndarray
+    flow_max: float
+    spread: np.ndarray | None
+    work_size: tuple[int, int]
+    seconds: float
+
+
+def rectify_capped(
+    pipe: Any,
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    padding: str,
+    max_work_pixels: int = MAX_WORK_PIXELS,
+    **pipe_kwargs: Any,
+) -> CappedResult:
+    """Rectify a uint8 (H, W, 3) image with ``pipe``, running the network at :func:`working_size`.
+
+    Images within ``max_work_pixels`` run as they are (the pipeline's own warp); larger ones
+    are shrunk by area averaging (the mask as the pipeline reads it), the flow is upsampled
+    with the pipeline's rule and the image warped at full size in strips (``padding``: the
+    task's warp padding). ``pipe_kwargs`` go to the pipeline call (``generator``, ``task``,
+    ``num_inference_steps``, ...); ``output_type="np"`` is set here.
+
+    Example:
+        >>> import numpy as np
+        >>> from stablemotion.tiny import tiny_pipeline
+        >>> pipe = tiny_pipeline("rsc")
+        >>> out = rectify_capped(pipe, np.zeros((80, 120, 3), np.uint8), None, "zeros", max_work_pixels=64 * 64)
+        >>> out.image.shape, out.flow.shape, out.work_size
+        ((80, 120, 3), (80, 120, 2), (52, 78))
+    """
+    h, w = image.shape[:2]
+    work = working_size(h, w, max_work_pixels)
+    capped = work != (h, w)
+    kwargs = dict(pipe_kwargs)
+    t0 = time.perf_counter()
+    if capped:
+        # Area averaging on uint8 (not the pipeline's float resize_image): a float copy of a
+        # 4096 x 4096 image alone would take 200 MB.
+        work_image = cv2.resize(image, (work[1], work[0]), interpolation=cv2.INTER_AREA)
+        work_mask = None if mask is None else shrink_mask(mask, work, pipeline_config(pipe, "mask_encoding", "binary"))
+        if pipeline_config(pipe, "default_ensemble_mode", None) == "image" and "ensemble_mode" not in kwargs:
+            # The same ensemble flow and spread; skips the E member warps whose image is not used here.
+            kwargs["ensemble_mode"] = "flow"
+    else:
+        work_image, work_mask = image, mask
+    kwargs.setdefault("show_progress_bar", False)
+    out = pipe(work_image, mask=work_mask, output_type="np", **kwargs)
+    spread = None if out.uncertainty is None else np.asarray(out.uncertainty[0, ..., 0], dtype=np.float32)
+    if capped:
+        flow = upsample_flow(out.flow[0], (h, w))
+        del out
+        rectified = warp_strips(image, flow, padding)
+        if spread is not None:
+            spread = upsample_spread(spread, (h, w))
+    else:
+        rectified = (np.clip(out.image[0], 0, 1) * 255.0).round().astype(np.uint8)
+        flow = np.asarray(out.flow[0], dtype=np.float32)
+        del out
+    colours, flow_max = flow_colours(flow)
+    return CappedResult(rectified, flow, colours, flow_max, spread, work, time.perf_counter() - t0)
