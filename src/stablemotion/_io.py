@@ -132,11 +132,29 @@ def open_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, name
                     f"{label} is {w}x{h} px ({w * h / 1e6:.0f} megapixels), more than the limit of "
                     f"{max_pixels / 1e6:.0f} megapixels; raise it with --max-pixels if the file is genuine"
                 )
+            check_single_frame(im, label)
             im.load()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning,
             SyntaxError) as exc:
         raise ValueError(f"cannot decode image {label}: {exc}") from None
     return ImageOps.exif_transpose(im) or im
+
+
+def check_single_frame(image: Image.Image, label: str) -> None:
+    """Refuse a file holding several images (an animated GIF/WebP, a multi-page TIFF).
+
+    The CLI and the web app apply the same rule: rectifying "the first frame" of an
+    animation silently is never what was meant. Raises ``ValueError`` naming ``label`` and
+    the frame count; one-frame GIFs and TIFFs pass.
+
+    Example:
+        >>> from PIL import Image
+        >>> check_single_frame(Image.new("RGB", (4, 4)), "a.png")
+    """
+    frames = int(getattr(image, "n_frames", 1) or 1)
+    if frames > 1:
+        raise ValueError(f"{label} holds {frames} frames ({image.format} animation or multi-page file); "
+                         "save the frame to rectify as its own image (PNG or JPEG)")
 
 
 @contextlib.contextmanager
