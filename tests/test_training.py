@@ -482,7 +482,7 @@ def _truncate(path: Path, keep: float = 0.5) -> None:
 
 @pytest.mark.parametrize("damage, reason", [
     ("truncated_weights", r"model.safetensors is truncated \(\d+ of \d+ bytes\)"),
-    ("missing_ema", r"EMA state missing \(ema_unet.pt\) but this run uses EMA"),
+    ("missing_ema", r"EMA state missing \(ema_unet.safetensors\) but this run uses EMA"),
     ("corrupt_optimizer", r"cannot be read \(.*\)"),
 ])
 def test_resume_falls_back_past_an_unreadable_newest_checkpoint(finished_run, tmp_path, capsys, damage, reason):
@@ -493,7 +493,7 @@ def test_resume_falls_back_past_an_unreadable_newest_checkpoint(finished_run, tm
     if damage == "truncated_weights":
         _truncate(newest / "model.safetensors")
     elif damage == "missing_ema":
-        (newest / "ema_unet.pt").unlink()
+        (newest / "ema_unet.safetensors").unlink()
     else:
         (newest / "optimizer.bin").write_bytes(b"\x00not a torch file" * 64)
     assert (newest / "COMPLETE").is_file()  # marked complete, but damaged afterwards
@@ -505,6 +505,53 @@ def test_resume_falls_back_past_an_unreadable_newest_checkpoint(finished_run, tm
     saved = load_file(run / "checkpoint-3" / "model.safetensors")
     state = trainer.acc.unwrap_model(trainer.model).state_dict()
     assert saved and all(torch.equal(state[k], v) for k, v in saved.items())
+
+
+class _RunsCode:
+    """A pickle payload that calls a function when loaded (the classic checkpoint attack)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+@pytest.mark.parametrize("target", ["ema_unet.pt", "optimizer.bin", "random_states_0.pkl"])
+def test_resume_never_runs_code_from_a_checkpoint(finished_run, tmp_path, capsys, target):
+    """A pickle planted in the newest checkpoint neither runs nor is skipped over silently:
+    the run stops with one line naming the file (issue 26, item 1)."""
+    from stablemotion.checkpoint_files import UnsafeCheckpointError
+    from stablemotion.cli import main
+
+    trainer, run = _copy_run(finished_run, tmp_path)
+    newest = run / "checkpoint-6"
+    marker = tmp_path / "marker"
+    if target == "ema_unet.pt":  # a legacy-named EMA file beside (or instead of) the safetensors one
+        (newest / "ema_unet.safetensors").unlink()
+    torch.save({"state": _RunsCode(marker)}, newest / target)
+    with pytest.raises(UnsafeCheckpointError, match=rf"refusing to load .*checkpoint-6/{target}: it holds pickled"):
+        trainer.resume(True)
+    assert not marker.exists()
+    cfg, _ = finished_run
+    capsys.readouterr()
+    assert main(["train", str(cfg), "-o", f"checkpoint.output_dir={run}", "--resume"]) != 0
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert f"{target}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_legacy_pickled_ema_state_still_resumes(finished_run, tmp_path):
+    """Checkpoints written before the safetensors EMA file (plain tensors in ``ema_unet.pt``) still load."""
+    from stablemotion.checkpoint_files import load_ema_state
+
+    trainer, run = _copy_run(finished_run, tmp_path)
+    newest = run / "checkpoint-6"
+    state = load_ema_state(newest)
+    torch.save(state, newest / "ema_unet.pt")
+    (newest / "ema_unet.safetensors").unlink()
+    assert trainer.resume(True) == newest and trainer.step == 6
+    assert all(torch.equal(a, b) for a, b in zip(trainer.ema.shadow_params, state["shadow_params"], strict=True))
 
 
 def test_resume_with_no_readable_checkpoint_or_a_missing_path_says_so(finished_run, tmp_path, capsys):

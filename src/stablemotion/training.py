@@ -14,7 +14,10 @@ Reproducibility and safety:
   ``--resume`` takes the newest checkpoint that is complete *and readable*: one damaged
   afterwards (truncated weights, missing EMA state, corrupt optimizer state) is skipped
   with a warning naming it and why, and the previous one is used;
-* checkpoint and export files get the usual umask-based mode (0644 under umask 022).
+* checkpoint and export files get the usual umask-based mode (0644 under umask 022);
+* nothing in a checkpoint can run code: the EMA weights are safetensors and every pickled
+  file accelerate writes is checked with the weights-only unpickler before it is read
+  (:mod:`stablemotion.checkpoint_files`).
 
 A multi-task run (``task:`` a list) trains one UNet and a learned prompt per task
 (:class:`~stablemotion.components.TaskEmbedding`) on every task's data: the steps go
@@ -43,6 +46,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from ._io import save_image, umask_modes
+from .checkpoint_files import (
+    EMA_FILE,
+    LEGACY_EMA_FILE,
+    UnsafeCheckpointError,
+    check_pickled_files,
+    load_ema_state,
+    save_ema_state,
+)
 from .components import decode_flow_latents, encode_latents
 from .config import TrainConfig
 from .data import Augment, DIRDDataset, RSRealDataset, TaskFolderDataset
@@ -71,7 +82,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE_MARKER = "COMPLETE"
 _STATE_FILE = "trainer_state.json"
-_EMA_FILE = "ema_unet.pt"
 _EXPORT_FOLDERS = {"unet": "pipeline", "vae": "vae", "regression": "regressor"}
 
 
@@ -299,8 +309,8 @@ def _checkpoint_problem(path: Path, need_ema: bool = False) -> str | None:
     empty = [f.name for f in (*optimizer, *path.glob("pytorch_model*.bin")) if f.stat().st_size == 0]
     if empty:
         return f"{empty[0]} is empty"
-    if need_ema and not (path / _EMA_FILE).is_file():
-        return f"EMA state missing ({_EMA_FILE}) but this run uses EMA"
+    if need_ema and not ((path / EMA_FILE).is_file() or (path / LEGACY_EMA_FILE).is_file()):
+        return f"EMA state missing ({EMA_FILE}) but this run uses EMA"
     return None
 
 
@@ -660,7 +670,7 @@ class Trainer:
             self.acc.save_state(str(tmp), safe_serialization=True)
             if self.acc.is_main_process:
                 if self.ema is not None:
-                    torch.save(self.ema.state_dict(), tmp / _EMA_FILE)
+                    save_ema_state(self.ema.state_dict(), tmp / EMA_FILE)
                 state = {"step": self.step, "stage": self.stage, "task": self._task_record(), "config": self.cfg.to_dict()}
                 (tmp / _STATE_FILE).write_text(json.dumps(state, indent=1))
                 (tmp / COMPLETE_MARKER).write_text(f"{self.step}\n")
@@ -714,11 +724,12 @@ class Trainer:
         if state.get("stage", "unet") != self.stage:
             raise ValueError(f"checkpoint {path} is from a {state.get('stage')!r} stage run, this run is {self.stage!r}")
         try:
+            check_pickled_files(path)  # before accelerate unpickles anything: never run code from a checkpoint
             self.acc.load_state(str(path))
             if self.ema is not None:
-                self.ema.load_state_dict(torch.load(path / _EMA_FILE, map_location="cpu", weights_only=False))
+                self.ema.load_state_dict(load_ema_state(path))
                 self.ema.to(self.acc.device)
-        except (MemoryError, torch.cuda.OutOfMemoryError):
+        except (MemoryError, torch.cuda.OutOfMemoryError, UnsafeCheckpointError):
             raise
         except Exception as exc:  # a damaged file: pickle, zip, safetensors or shape errors
             reason = f"cannot be read ({type(exc).__name__}: {_one_line(exc)})"
@@ -738,7 +749,9 @@ class Trainer:
         with a warning naming it and why, and the previous one is tried. Raises
         ``FileNotFoundError`` for a missing path and :class:`CheckpointError` when the
         folder has checkpoints but none is readable (or the given checkpoint is not).
-        A folder without any checkpoint starts a fresh run (with a note).
+        A folder without any checkpoint starts a fresh run (with a note). A checkpoint file
+        that is not weights only (a pickle that would run code) is never skipped over: it
+        raises :class:`~stablemotion.checkpoint_files.UnsafeCheckpointError` and the run stops.
         """
         if not resume:
             return None
@@ -750,7 +763,7 @@ class Trainer:
                 raise FileNotFoundError(f"cannot resume: checkpoint folder not found: {where}")
             if not where.is_dir():
                 raise NotADirectoryError(f"cannot resume from {where}: not a folder (give a checkpoint-N folder)")
-            own_files = (COMPLETE_MARKER, _STATE_FILE, _EMA_FILE, "model.safetensors", "optimizer.bin")
+            own_files = (COMPLETE_MARKER, _STATE_FILE, EMA_FILE, LEGACY_EMA_FILE, "model.safetensors", "optimizer.bin")
             if any((where / name).exists() for name in own_files):
                 self.load_checkpoint(where)  # one named checkpoint: no fallback, its problem is the error
                 return where
