@@ -629,3 +629,57 @@ def test_paper_resolution_configs_keep_the_minis_latent_size():
         assert res[0] // factor * res[1] // factor <= 64 * 64
         assert cfg.model.tiny["unet_channels"] == mini.model.tiny["unet_channels"] or name == "hr_vae"
     assert (192 // 4, 256 // 4) == (mini.resolution[0] // 2, mini.resolution[1] // 2)
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_training(tmp_path, sir_data, capsys):
+    """``train --check`` and the trainer refuse a batch whose samples alone exceed memory (issue 26, item 11)."""
+    from stablemotion.cli import main
+    from stablemotion.training import TrainingResourceError, batch_bytes, check_batch_fits
+
+    cfg_path = _config(tmp_path, sir_data)
+    huge = ["-o", "train.batch_size=100000000"]
+    assert main(["train", str(cfg_path), *huge, "--check"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: train.batch_size=100000000 needs at least .* GB .*lower train.batch_size.*\n", err), err
+    assert main(["train", str(cfg_path), *huge]) == 2
+    assert not (tmp_path / "run").exists() or not find_checkpoints(tmp_path / "run")
+    cfg = load_config(cfg_path)
+    check_batch_fits(cfg, available=batch_bytes(cfg))  # exactly fits: passes
+    with pytest.raises(TrainingResourceError, match="train.batch_size=2 needs"):
+        check_batch_fits(cfg, available=batch_bytes(cfg) - 1)
+
+
+def test_out_of_memory_in_a_step_names_what_to_lower(tmp_path, sir_data, monkeypatch, capsys):
+    from stablemotion.cli import main
+
+    def oom(self, batch, micro):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(Trainer, "compute_losses", oom)
+    assert main(["train", str(_config(tmp_path, sir_data))]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "out of memory at step 1 (train.batch_size=2 of 32x32" in err and "lower train.batch_size" in err, err
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(finished_run, tmp_path, monkeypatch):
+    import errno
+
+    from stablemotion.training import TrainingResourceError
+
+    trainer, run = _copy_run(finished_run, tmp_path)
+    trainer.resume(True)
+    before = {p.name: p.read_bytes() for p in (run / "checkpoint-6").iterdir()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer.acc, "save_state", full)
+    trainer.step = 7
+    with pytest.raises(TrainingResourceError, match=r"no space left .* while writing checkpoint-7 \(the previous "
+                                                    r"checkpoint checkpoint-6 is intact\): free space"):
+        trainer.save_checkpoint()
+    assert [s for s, _ in find_checkpoints(run)] == [6, 3]
+    assert not list(run.glob(".checkpoint-*"))  # the partial folder is gone
+    assert {p.name: p.read_bytes() for p in (run / "checkpoint-6").iterdir()} == before

@@ -75,7 +75,8 @@ from .regression import FlowRegressor
 from .tasks import MASK_CONDITIONS, TaskSpec, missing_condition_value, union_conditions
 from .tiny import tiny_pipeline
 
-__all__ = ["Trainer", "TrainResult", "CheckpointError", "find_checkpoints", "latest_checkpoint", "build_dataset"]
+__all__ = ["Trainer", "TrainResult", "CheckpointError", "TrainingResourceError", "batch_bytes", "build_dataset",
+           "check_batch_fits", "find_checkpoints", "latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +262,67 @@ class CheckpointError(ValueError):
         self.reason = reason or message
 
 
+class TrainingResourceError(ValueError):
+    """The run ran out of memory or disk space; the message names the setting to lower."""
+
+
+#: Bytes per pixel of one sample's tensors in a batch (float32 image, gt, flow, mask, the
+#: encoded conditions and their copies on the way to the network): the floor a batch needs
+#: before any activation. Used only to refuse batches that cannot fit at all.
+_BATCH_BYTES_PER_PIXEL = 4 * (3 + 3 + 2 + 1) * 2
+
+
+def batch_bytes(cfg: TrainConfig) -> int:
+    """Lower bound of one process's batch memory in bytes: ``batch_size x H x W x`` the
+    sample tensors (largest task resolution), before any network activation."""
+    h, w = max((cfg.task_resolution(t.name) for t in cfg.task_specs), key=lambda r: r[0] * r[1])
+    return cfg.train.batch_size * h * w * _BATCH_BYTES_PER_PIXEL
+
+
+def check_batch_fits(cfg: TrainConfig, available: int | None = None) -> None:
+    """Refuse a batch whose sample tensors alone exceed the memory available (one line naming
+    ``train.batch_size``). ``available``: bytes (default: free RAM, or free GPU memory on CUDA).
+
+    Example:
+        >>> from stablemotion.config import TrainConfig
+        >>> cfg = TrainConfig()
+        >>> cfg.train.batch_size = 100_000
+        >>> check_batch_fits(cfg, available=8 * 2**30)
+        Traceback (most recent call last):
+        ...
+        stablemotion.training.TrainingResourceError: train.batch_size=100000 needs at least 1.4e+03 GB ...
+    """
+    if available is None:
+        if cfg.train.device != "cpu" and torch.cuda.is_available():
+            available = torch.cuda.mem_get_info()[0]
+        else:
+            import psutil
+
+            available = psutil.virtual_memory().available
+    need = batch_bytes(cfg)
+    if need > available:
+        h, w = max((cfg.task_resolution(t.name) for t in cfg.task_specs), key=lambda r: r[0] * r[1])
+        raise TrainingResourceError(
+            f"train.batch_size={cfg.train.batch_size} needs at least {need / 1e9:.2g} GB for the batch's "
+            f"{h}x{w} samples alone (before the network's activations); {available / 1e9:.2g} GB is available: "
+            "lower train.batch_size (raise train.grad_accum to keep the effective batch)"
+        )
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                               or "not enough memory" in text)
+
+
+def _is_out_of_space(exc: BaseException) -> bool:
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _safetensors_problem(file: Path) -> str | None:
     """Cheap integrity check of a ``.safetensors`` file: a readable header whose tensors
     all end inside the file (catches truncation without reading the tensor data)."""
@@ -369,6 +431,7 @@ class Trainer:
         from accelerate.utils import ProjectConfiguration
 
         config.validate(check_paths=False)  # value ranges too, for configs built in code
+        check_batch_fits(config)
         self.cfg = config
         self.task: TaskSpec = config.task_spec
         #: The tasks trained, by name (one for a single-task run) and the model's conditions.
@@ -665,15 +728,28 @@ class Trainer:
         if self.acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         self.acc.wait_for_everyone()
-        # safetensors writes 0600 files: the main process gives everything it wrote the umask mode
-        with umask_modes(tmp) if self.acc.is_main_process else contextlib.nullcontext():
-            self.acc.save_state(str(tmp), safe_serialization=True)
+        try:
+            # safetensors writes 0600 files: the main process gives everything it wrote the umask mode
+            with umask_modes(tmp) if self.acc.is_main_process else contextlib.nullcontext():
+                self.acc.save_state(str(tmp), safe_serialization=True)
+                if self.acc.is_main_process:
+                    if self.ema is not None:
+                        save_ema_state(self.ema.state_dict(), tmp / EMA_FILE)
+                    state = {"step": self.step, "stage": self.stage, "task": self._task_record(),
+                             "config": self.cfg.to_dict()}
+                    (tmp / _STATE_FILE).write_text(json.dumps(state, indent=1))
+                    (tmp / COMPLETE_MARKER).write_text(f"{self.step}\n")
+        except Exception as exc:
             if self.acc.is_main_process:
-                if self.ema is not None:
-                    save_ema_state(self.ema.state_dict(), tmp / EMA_FILE)
-                state = {"step": self.step, "stage": self.stage, "task": self._task_record(), "config": self.cfg.to_dict()}
-                (tmp / _STATE_FILE).write_text(json.dumps(state, indent=1))
-                (tmp / COMPLETE_MARKER).write_text(f"{self.step}\n")
+                shutil.rmtree(tmp, ignore_errors=True)
+            if not (_is_out_of_space(exc) or _is_out_of_space(exc.__cause__ or exc.__context__ or exc)):
+                raise
+            previous = latest_checkpoint(self.out, need_ema=self.ema is not None)
+            kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+            raise TrainingResourceError(
+                f"no space left on the device of {self.out} while writing {final.name} ({kept}): free space, "
+                "lower checkpoint.keep or set checkpoint.output_dir to a larger disk, then rerun with --resume"
+            ) from None
         if self.acc.is_main_process:
             if final.exists():
                 shutil.rmtree(final)
@@ -929,6 +1005,25 @@ class Trainer:
         return folder
 
     # ------------------------------------------------------------------ loop
+    @contextlib.contextmanager
+    def _out_of_memory_says_what_to_lower(self) -> Iterator[None]:
+        """An out-of-memory error in a step becomes one line naming the settings that set memory."""
+        try:
+            yield
+        except Exception as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            c = self.cfg
+            h, w = max((c.task_resolution(t) for t in self.tasks), key=lambda r: r[0] * r[1])
+            last = latest_checkpoint(self.out, need_ema=self.ema is not None)
+            resume = f"; --resume continues from {last.name}" if last is not None else ""
+            raise TrainingResourceError(
+                f"out of memory at step {self.step + 1} (train.batch_size={c.train.batch_size} of {h}x{w} per "
+                f"process, train.mixed_precision={c.train.mixed_precision}): lower train.batch_size (raise "
+                "train.grad_accum to keep the effective batch), set train.gradient_checkpointing: true or "
+                f"train.mixed_precision: bf16{resume}"
+            ) from None
+
     def train(self, resume: bool | str | os.PathLike = False, max_steps: int | None = None,
               show_progress: bool = True) -> TrainResult:
         """Train until ``max_steps`` (default ``config.train.max_steps``), then export.
@@ -957,46 +1052,56 @@ class Trainer:
         micro = self.step * c.train.grad_accum
         loader = self._loader(self.step)
         accum: dict[str, float] = {}
-        for batch in loader:
-            if self.step >= stop:
-                break
-            with self.acc.accumulate(self.model):
-                losses = self.compute_losses(batch, micro)
-                if not torch.isfinite(losses["total"]):
-                    raise FloatingPointError(f"non-finite loss at step {self.step}: {_floats(losses)}")
-                self.acc.backward(losses["total"])
-                if self.acc.sync_gradients and c.optim.grad_clip > 0:
-                    self.acc.clip_grad_norm_(self._trainable(), c.optim.grad_clip)
-                self.optimizer.step()
-                self.lr_scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            micro += 1
-            for k, v in _floats(losses).items():
-                accum[k] = accum.get(k, 0.0) + v / c.train.grad_accum
-            if not self.acc.sync_gradients:
-                continue
-            if self.ema is not None:
-                self.ema.step(self._trainable())
-            self.step += 1
-            last, accum = accum, {}
-            history.append(dict(last, step=self.step))
-            rate = (self.step - done0) / max(time.perf_counter() - t0, 1e-9)
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()} | {"it/s": f"{rate:.2f}"})
-            if self.step % c.logging.every == 0 or self.step == stop:
-                self.acc.log({f"train/{k}": v for k, v in last.items()} | {"lr": self.lr_scheduler.get_last_lr()[0]},
-                             step=self.step)
-            if c.validation.every and self.step % c.validation.every == 0:
-                metrics = self.validate()
-                if metrics:
-                    self.acc.log(metrics, step=self.step)
-                    bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-            if self.step % c.checkpoint.every == 0 or self.step == stop:
-                self.save_checkpoint()
-        bar.close()
+        try:  # the bar is closed on errors too, so that an error message starts its own line
+            for batch in loader:
+                if self.step >= stop:
+                    break
+                with self.acc.accumulate(self.model), self._out_of_memory_says_what_to_lower():
+                    losses = self.compute_losses(batch, micro)
+                    if not torch.isfinite(losses["total"]):
+                        raise FloatingPointError(f"non-finite loss at step {self.step}: {_floats(losses)}")
+                    self.acc.backward(losses["total"])
+                    if self.acc.sync_gradients and c.optim.grad_clip > 0:
+                        self.acc.clip_grad_norm_(self._trainable(), c.optim.grad_clip)
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                micro += 1
+                for k, v in _floats(losses).items():
+                    accum[k] = accum.get(k, 0.0) + v / c.train.grad_accum
+                if not self.acc.sync_gradients:
+                    continue
+                if self.ema is not None:
+                    self.ema.step(self._trainable())
+                self.step += 1
+                last, accum = accum, {}
+                history.append(dict(last, step=self.step))
+                rate = (self.step - done0) / max(time.perf_counter() - t0, 1e-9)
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()} | {"it/s": f"{rate:.2f}"})
+                if self.step % c.logging.every == 0 or self.step == stop:
+                    self.acc.log({f"train/{k}": v for k, v in last.items()} | {"lr": self.lr_scheduler.get_last_lr()[0]},
+                                 step=self.step)
+                if c.validation.every and self.step % c.validation.every == 0:
+                    metrics = self.validate()
+                    if metrics:
+                        self.acc.log(metrics, step=self.step)
+                        bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+                if self.step % c.checkpoint.every == 0 or self.step == stop:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
         pipeline_dir = None
         if self.step >= c.train.max_steps:
-            pipeline_dir = self.export()
+            try:
+                pipeline_dir = self.export()
+            except OSError as exc:
+                if not _is_out_of_space(exc):
+                    raise
+                raise TrainingResourceError(
+                    f"no space left on the device of {self.out} while exporting the trained model (checkpoint-"
+                    f"{self.step} holds it): free space, then rerun with --resume to export"
+                ) from None
             what = {"unet": "pipeline", "vae": "flow VAE", "regression": "regression baseline"}[self.stage]
             self.acc.print(f"exported the trained {what} to {pipeline_dir}")
         self.acc.end_training()

@@ -33,8 +33,9 @@ def _train(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--resume: checkpoint folder not found: {args.resume}")
     cfg = load_config(args.config, overrides=args.override)
     if args.check:
-        from ..training import build_dataset
+        from ..training import build_dataset, check_batch_fits
 
+        check_batch_fits(cfg)
         ds = build_dataset(cfg, "train")
         print(f"config OK: task {cfg.task_spec.name}, {len(ds)} training samples, output {cfg.checkpoint.output_dir}")
         return 0
