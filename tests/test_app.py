@@ -193,26 +193,40 @@ def test_page_and_info(client: TestClient) -> None:
     assert [t["mask"] for t in info["tasks"]] == [True, False]
     assert info["auto"]["name"] == "auto" and info["auto"]["label"] == "auto (detect the task)"
     assert info["limits"]["max_upload_bytes"] == 64 * 1024 and info["limits"]["max_side"] == 256
-    assert info["formats"] == ["PNG", "JPEG", "WebP", "BMP", "TIFF"]
+    assert info["formats"] == ["PNG", "JPEG", "WebP", "BMP", "TIFF", "GIF"]
     assert client.get("/api/status").json() == {"busy": False, "pending": 0, "max_queue": 8}
 
 
 # --------------------------------------------------------------------------- validation
-@pytest.mark.parametrize("fmt", ["GIF", "text"])
+@pytest.mark.parametrize("fmt", ["PPM", "text"])
 def test_wrong_type_is_415(client: TestClient, picture: np.ndarray, fake: FakePipe, fmt: str) -> None:
-    data = encode(picture, "GIF") if fmt == "GIF" else b"just some text, not a picture\n" * 10
+    data = encode(picture, "PPM") if fmt == "PPM" else b"just some text, not a picture\n" * 10
     r = post(client, data, name="x.png")  # the name says png: the content decides
     assert r.status_code == 415
-    assert ("GIF images are not accepted" if fmt == "GIF" else "not an image") in r.json()["detail"]
-    assert "PNG, JPEG, WebP, BMP, TIFF" in r.json()["detail"]
+    assert ("PPM images are not accepted" if fmt == "PPM" else "not an image") in r.json()["detail"]
+    assert "PNG, JPEG, WebP, BMP, TIFF, GIF" in r.json()["detail"]
     assert not fake.calls
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "BMP", "TIFF"])
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "BMP", "TIFF", "GIF"])
 def test_accepted_types(client: TestClient, picture: np.ndarray, fmt: str) -> None:
     r = post(client, encode(picture, fmt), task="rsc")
     assert r.status_code == 200, r.text
     assert (r.json()["width"], r.json()["height"]) == (64, 48)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "TIFF"])
+def test_files_of_several_frames_are_refused(client: TestClient, picture: np.ndarray, fake: FakePipe,
+                                             fmt: str) -> None:
+    """The CLI's rule (``_io.check_single_frame``): a one-frame GIF is read, an animation or multi-page file is not."""
+    frames = [Image.fromarray(np.roll(picture, k, axis=1)) for k in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:])
+    r = post(client, buf.getvalue(), task="rsc")
+    assert r.status_code == 400
+    assert r.json()["detail"] == (f"the image file holds 3 frames ({fmt} animation or multi-page file); "
+                                  "save the frame to rectify as its own image (PNG or JPEG)")
+    assert not fake.calls
 
 
 def test_too_large_file_is_413(client: TestClient, fake: FakePipe) -> None:
@@ -254,14 +268,25 @@ def test_corrupt_file_is_400(client: TestClient, picture: np.ndarray) -> None:
     assert "corrupt or truncated" in r.json()["detail"]
 
 
-def test_grey_and_rgba_refused_with_library_message(client: TestClient, picture: np.ndarray) -> None:
-    """The app reads uploads by the package's one rule: grey and real transparency refused, opaque alpha dropped."""
-    r = post(client, encode(picture[..., 0]))
-    assert r.status_code == 400 and "grey image" in r.json()["detail"]
+def test_grey_and_rgba_refused_in_the_pages_words(client: TestClient, picture: np.ndarray) -> None:
+    """The app reads uploads by the package's one rule (grey and real transparency refused, opaque alpha
+    dropped), but says what to do on the page, never which command-line option to use."""
     alpha = np.full((*picture.shape[:2], 1), 255, np.uint8)
     alpha[0, 0] = 0
-    r = post(client, encode(np.concatenate([picture, alpha], axis=-1)))
-    assert r.status_code == 400 and "transparent pixels" in r.json()["detail"]
+    cases = [
+        (picture[..., 0], "the image is a grey (single-channel) picture; the models take colour (RGB) images: "
+                          "save it as RGB and upload it again"),
+        (np.concatenate([picture, alpha], axis=-1),
+         "the image has transparent pixels (an alpha channel); save it without transparency and upload it again "
+         "(for SIR, upload the empty area as the mask file: white = content, black = empty)"),
+        (np.concatenate([picture[..., :1], alpha], axis=-1),
+         "the image is a grey picture with transparent pixels; save it as RGB without transparency and upload it "
+         "again"),
+    ]
+    for array, message in cases:
+        r = post(client, encode(array))
+        assert r.status_code == 400 and r.json()["detail"] == message
+        assert "--" not in message and "command line" not in message
     opaque = np.concatenate([picture, np.full_like(alpha, 255)], axis=-1)
     assert post(client, encode(opaque)).status_code == 200
 
@@ -841,7 +866,7 @@ def test_serve_inference_options_reach_every_request(picture: np.ndarray, tmp_pa
     parser = build_parser()
     args = parser.parse_args(["serve", "--final-step", "x0", "--processing-resolution", "64x96", "--decode-scale", "2",
                               "--no-channels-last", "--dtype", "bf16"])
-    assert (args.final_step, args.processing_resolution, args.channels_last) == ("x0", ["64x96"], False)
+    assert (args.final_step, args.processing_resolution, args.channels_last) == ("x0", (64, 96), False)
 
 
 def test_sir_without_an_empty_border_is_returned_unchanged(client: TestClient, fake: FakePipe) -> None:
@@ -957,7 +982,7 @@ def test_auto_without_a_task_to_run_is_422(client: TestClient, picture: np.ndarr
     assert r.status_code == 422
     assert r.json()["detail"] == message
     assert not fake.calls and len(choose.calls) == 1
-    assert not any(Path(client.app.state.results.root).iterdir())  # no result folder for a refused request
+    assert not any(p.is_dir() for p in Path(client.app.state.results.root).iterdir())  # no result for a refused request
 
 
 def test_multi_task_model_is_loaded_once(picture: np.ndarray, tmp_path: Path, monkeypatch) -> None:

@@ -102,18 +102,26 @@ import contextlib
 import io
 import ipaddress
 import logging
+import math
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import threading
+import urllib.parse
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import torch
@@ -122,11 +130,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from PIL import Image, ImageOps, UnidentifiedImageError
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._io import PathLike, mask_array
+from ._io import PathLike, check_single_frame, image_to_rgb, mask_array
 from .flow import write_flow
-from .image_processing import mask_valid, pil_to_rgb, prepare_mask
+from .image_processing import mask_valid, prepare_mask
 from .large_image import (
     MAX_WORK_PIXELS,
     MIN_WORK_PIXELS,
@@ -138,7 +147,8 @@ from .large_image import (
 )
 from .tasks import MASK_CONDITIONS, describe_model_tasks, get_task
 
-__all__ = ["AppLimits", "ModelSpec", "allowed_hosts_for", "create_app", "memory_bound", "working_size"]
+__all__ = ["AppLimits", "ModelSpec", "admission_memory_bound", "allowed_hosts_for", "create_app", "memory_bound",
+           "peak_memory_bound", "working_size"]
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +158,7 @@ log = logging.getLogger(__name__)
 ModelSpec = Any
 
 #: PIL format name -> what the page calls it.
-ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "BMP": "BMP", "TIFF": "TIFF"}
+ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "BMP": "BMP", "TIFF": "TIFF", "GIF": "GIF"}
 #: Files a result may have (``GET /api/results/{id}/{name}``).
 RESULT_FILES = ("rectified.png", "flow.png", "uncertainty.png", "mask.png", "flow.npy", "flow.flo")
 #: The ``task`` form value that chooses the task from the image (:mod:`stablemotion.task_choice`).
@@ -160,33 +170,85 @@ AUTO_DESCRIPTION = ("detect the task from the image: a flat empty border means s
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+#: Folders of results are named ``<prefix><random>`` in the result root; see :class:`_Results`.
+RESULT_PREFIX = "stablemotion-app-"
+#: The file a live server keeps ``flock``-ed in its result folder.
+RESULT_LOCK = ".lock"
+#: Bytes per pixel an admitted request holds between decoding and inference (RGB image and an
+#: RGB mask; a derived mask is 1 B/px).
+HELD_BYTES_PER_PIXEL = 6
+#: Bytes per pixel of one decode at its peak, above the compressed upload (PIL's image, the array
+#: copied from it, EXIF rotation's copy, for the image and its mask).
+DECODE_BYTES_PER_PIXEL = 12
+#: Per-server slack of the admission bound: multipart parsing buffers, responses, thread stacks.
+ADMISSION_SLACK = 48 * 2**20
+
+
 @dataclass(frozen=True)
 class AppLimits:
-    """Input limits of the app (also shown on the page)."""
+    """Input and connection limits of the app (the input limits are shown on the page)."""
 
     max_upload_bytes: int = 10 * 1024 * 1024  #: per uploaded file
     max_side: int = 4096  #: max width and height, pixels
     min_side: int = 8  #: min width and height, pixels
     max_steps: int = 50  #: denoising steps
     max_ensemble: int = 8  #: ensemble members
-    max_queue: int = 8  #: requests waiting or running; more get 503
+    max_queue: int = 8  #: requests admitted (uploading, decoding, waiting or running); more get 503
     max_work_pixels: int = MAX_WORK_PIXELS  #: larger images run the pipeline shrunk to this many pixels
+    max_decodes: int = 2  #: uploads decoded at the same time
+    max_connections: int = 64  #: open connections (enforced by the server: ``app_server.server_options``)
+    body_timeout: float = 60.0  #: seconds for a whole request body to arrive; later: 408
+    body_idle_timeout: float = 20.0  #: seconds without a byte of the body; then 408
+    header_timeout: float = 10.0  #: seconds for a request's headers to arrive (``app_server.server_options``)
 
     def __post_init__(self) -> None:
         for key, value in asdict(self).items():
-            if value < 1:
-                raise ValueError(f"app limit {key} must be >= 1, got {value}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"app limit {key} must be a finite number, got {value!r}")
+            if key.endswith("timeout"):
+                if not 0 < value <= 3600:
+                    raise ValueError(f"app limit {key} must be > 0 and <= 3600 seconds, got {value}")
+            elif not isinstance(value, int) or value < 1:
+                raise ValueError(f"app limit {key} must be a whole number >= 1, got {value}")
         if self.min_side > self.max_side:
             raise ValueError(f"min_side {self.min_side} > max_side {self.max_side}")
         if self.max_work_pixels < MIN_WORK_PIXELS:
             raise ValueError(f"max_work_pixels must be >= {MIN_WORK_PIXELS} (64 x 64), got {self.max_work_pixels}")
+        if self.max_connections <= self.max_queue + 1:
+            raise ValueError(f"max_connections ({self.max_connections}) must be more than max_queue + 1 "
+                             f"({self.max_queue + 1}): the page polls the status while its request waits")
+
+
+def admission_memory_bound(limits: AppLimits) -> int:
+    """Upper estimate of what the admitted requests hold besides the running inference, bytes.
+
+    Each of the ``max_queue`` admitted requests holds its compressed files (at most 2 x
+    ``max_upload_bytes``: image and mask) until they are decoded, then its decoded arrays
+    (:data:`HELD_BYTES_PER_PIXEL` per pixel of a ``max_side`` square); at most
+    ``max_decodes`` decodes run at once (:data:`DECODE_BYTES_PER_PIXEL` each at their peak).
+    Requests beyond ``max_queue`` are refused before their body is read and cost nothing.
+    """
+    pixels = limits.max_side**2
+    held = limits.max_queue * (2 * limits.max_upload_bytes + HELD_BYTES_PER_PIXEL * pixels)
+    return held + limits.max_decodes * DECODE_BYTES_PER_PIXEL * pixels + ADMISSION_SLACK
+
+
+def peak_memory_bound(limits: AppLimits) -> int:
+    """Upper estimate of the app's peak memory above the loaded models for the worst admitted mix, bytes.
+
+    ``max_queue`` requests of the largest size: :func:`admission_memory_bound` plus the running
+    request's :func:`memory_bound` at ``max_side`` x ``max_side`` with ``max_ensemble`` members.
+    About 3.1 GiB with the default limits.
+    """
+    inference = memory_bound(limits.max_side, limits.max_side, limits.max_ensemble, limits.max_work_pixels)
+    return admission_memory_bound(limits) + inference
 
 
 class _InputError(HTTPException):
     """A user-fixable problem with the request: its message is shown on the page."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(status_code=status, detail=message)
+    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code=status, detail=message, headers=headers)
 
 
 def _mb(n: int) -> str:
@@ -220,6 +282,50 @@ class _BodyLimit:
             return msg
 
         await self.app(scope, limited, send)
+
+
+class _BodyGuard:
+    """ASGI middleware: a request body must arrive in time; a client gone mid-upload is logged in one line.
+
+    The whole body must arrive within ``total`` seconds of the request's headers, with no gap
+    over ``idle`` seconds; otherwise the app answers 408 and closes the connection (a stalled
+    upload would otherwise hold its queue slot and its buffers for ever). Once the body is
+    complete, ``receive`` is passed through untimed (responses listen on it for a disconnect).
+    """
+
+    def __init__(self, app: ASGIApp, total: float, idle: float) -> None:
+        self.app, self.total, self.idle = app, total, idle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.total
+        done = False
+
+        async def timed() -> Message:
+            nonlocal done
+            if done:
+                return await receive()
+            left = deadline - loop.time()
+            wait = min(left, self.idle)
+            try:
+                if wait <= 0:
+                    raise asyncio.TimeoutError
+                msg = await asyncio.wait_for(receive(), wait)
+            except asyncio.TimeoutError:  # TimeoutError from Python 3.11
+                what = f"within {self.total:g} s" if left <= self.idle else f"for {self.idle:g} s"
+                raise _InputError(f"the upload stalled: the request body did not arrive {what}; try again",
+                                  408, headers={"Connection": "close"}) from None
+            done = msg["type"] != "http.request" or not msg.get("more_body", False)
+            return msg
+
+        try:
+            await self.app(scope, timed, send)
+        except ClientDisconnect:  # nobody is left to answer: one line, not a traceback
+            client = scope.get("client") or ("?", 0)
+            log.info("client %s:%s disconnected during %s %s", client[0], client[1], scope["method"], scope["path"])
 
 
 # --------------------------------------------------------------------------- Host check
@@ -325,6 +431,59 @@ class _HostCheck:
         await JSONResponse({"detail": message}, status_code=400)(scope, receive, send)
 
 
+#: Methods that change nothing: not subject to the Origin check.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _origin_host(value: str) -> str | None:
+    """The host of an ``Origin`` or ``Referer`` value (an http(s) URL) as the Host check compares it, or None."""
+    try:
+        parts = urllib.parse.urlsplit(value.strip())
+        host = parts.hostname  # lower case, IPv6 brackets removed
+        _ = parts.port  # a malformed port raises ValueError
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not host:
+        return None  # "null" (sandboxed pages, file:// pages), other schemes
+    return host.rstrip(".")
+
+
+class _OriginCheck:
+    """ASGI middleware: refuse state-changing requests sent by pages of other sites (cross-site request forgery).
+
+    A browser names the page that sent a request in ``Origin`` (or, on older browsers, only in
+    ``Referer``). For methods other than GET/HEAD/OPTIONS, that page's host must be one the
+    app answers to (``hosts``; with ``*``, the request's own ``Host``); ``Origin: null`` is
+    refused. Requests with neither header (curl, scripts) are not from a page and pass. No
+    CORS headers are ever sent, so other sites cannot read any answer either.
+    """
+
+    def __init__(self, app: ASGIApp, hosts: Sequence[str]) -> None:
+        self.app = app
+        self.hosts = frozenset(hosts)
+        self.any = "*" in self.hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        origin, referer = headers.get(b"origin"), headers.get(b"referer")
+        if origin is None and referer is None:
+            await self.app(scope, receive, send)
+            return
+        name, raw = ("Origin", origin) if origin is not None else ("Referer", referer)
+        value = (raw or b"").decode("latin-1").strip()
+        host = _origin_host(value)
+        allowed = self.hosts if not self.any else {_request_host(headers.get(b"host"))}
+        if host is not None and host in allowed:
+            await self.app(scope, receive, send)
+            return
+        message = (f"cross-origin request refused: it was sent by the page {value[:100]!r} ({name} header), "
+                   "not by this app's own page; open the app at its own address")
+        await JSONResponse({"detail": message}, status_code=403)(scope, receive, send)
+
+
 # --------------------------------------------------------------------------- models
 def _served(pipe: Any) -> tuple[str, ...] | None:
     """The tasks a pipeline serves (``pipe.tasks``, else ``pipe.task``), or None when it does not say (a test double)."""
@@ -420,47 +579,122 @@ class _Models:
 
 # --------------------------------------------------------------------------- inference queue
 class _Queue:
-    """One inference worker thread; counts requests waiting or running (event-loop side only)."""
+    """Admission and the one inference worker thread (counted on the event loop only).
+
+    A request is admitted (:meth:`admit`) before its body is read and holds its slot until
+    it is answered: at most ``max_pending`` requests upload, decode, wait or run at once, so
+    their memory is bounded (:func:`admission_memory_bound`); more are refused with 503.
+    """
 
     def __init__(self, max_pending: int) -> None:
         self.max_pending = max_pending
-        self.pending = 0
+        self.pending = 0  # admitted
+        self.running = 0  # submitted to the worker (waiting for it or running)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stablemotion-inference")
 
     def state(self) -> dict[str, Any]:
         return {"busy": self.pending > 0, "pending": self.pending, "max_queue": self.max_pending}
 
-    def check(self) -> None:
-        """Raise 503 when the queue is full."""
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one of the ``max_pending`` slots; 503 with Retry-After when none is free."""
         if self.pending >= self.max_pending:
             raise HTTPException(
                 503, f"the server is busy ({self.pending} requests queued); try again in a moment",
                 headers={"Retry-After": "5"},
             )
+        self.pending += 1
+        try:
+            yield
+        finally:
+            self.pending -= 1
 
     async def run(self, fn: Callable[[], Any]) -> tuple[Any, int]:
         """Run ``fn`` on the worker; returns its result and how many requests were ahead of it."""
-        self.check()
-        ahead = self.pending
-        self.pending += 1
+        ahead = self.running
+        self.running += 1
         try:
             return await asyncio.wrap_future(self._executor.submit(fn)), ahead
         finally:
-            self.pending -= 1
+            self.running -= 1
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- results on disk
+def _lock(fd: int) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` without waiting; False when another open file holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def remove_dead_result_folders(parent: PathLike) -> list[Path]:
+    """Remove the result folders in ``parent`` left by servers that are gone (``kill -9``, a crash).
+
+    A live server keeps :data:`RESULT_LOCK` in its folder ``flock``-ed; a folder whose lock can
+    be taken belongs to a dead server. Only folders named ``stablemotion-app-*`` that are real
+    directories (never symlinks) owned by this user, with a lock file, are considered; a folder
+    without one (being created, or an older version's) is left alone. Returns the removed folders.
+    """
+    if fcntl is None:  # not POSIX: no flock to tell the dead from the living
+        return []
+    removed = []
+    try:
+        entries = [e for e in os.scandir(parent) if e.name.startswith(RESULT_PREFIX)]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            folder = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:  # a symlink, a file, gone
+            continue
+        try:
+            if os.fstat(folder).st_uid != os.getuid():
+                continue
+            try:
+                fd = os.open(RESULT_LOCK, os.O_RDWR | os.O_NOFOLLOW, dir_fd=folder)
+            except OSError:
+                continue
+            try:
+                if _lock(fd) and stat.S_ISDIR(os.lstat(entry.path).st_mode):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed.append(Path(entry.path))
+            finally:
+                os.close(fd)
+        finally:
+            os.close(folder)
+    for path in removed:
+        log.info("removed %s, the results of a server that is gone", path)
+    return removed
+
+
 class _Results:
-    """The newest ``keep`` results, one folder each under a temporary directory."""
+    """The newest ``keep`` results, one folder each under a temporary directory.
+
+    The directory (``<root>/stablemotion-app-*``) holds :data:`RESULT_LOCK`, ``flock``-ed while
+    this server lives; on start, the folders of dead servers are removed
+    (:func:`remove_dead_result_folders`), and :meth:`close` removes this one.
+    """
 
     def __init__(self, keep: int, root: PathLike | None = None) -> None:
         if keep < 1:
             raise ValueError(f"max_results must be >= 1, got {keep}")
         self.keep = keep
-        self.root = Path(tempfile.mkdtemp(prefix="stablemotion-app-", dir=root))
+        parent = Path(tempfile.gettempdir() if root is None else root)
+        remove_dead_result_folders(parent)
+        self.root = Path(tempfile.mkdtemp(prefix=RESULT_PREFIX, dir=parent))
+        self._lock_fd: int | None = None
+        if fcntl is not None:
+            # locked under a temporary name, then renamed: a lock file others can see is always held
+            pending = self.root / f"{RESULT_LOCK}.new"
+            self._lock_fd = os.open(pending, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            _lock(self._lock_fd)
+            os.write(self._lock_fd, f"{os.getpid()}\n".encode())
+            os.rename(pending, self.root / RESULT_LOCK)
         self._ids: OrderedDict[str, Path] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -483,6 +717,9 @@ class _Results:
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 # --------------------------------------------------------------------------- input validation
@@ -554,10 +791,43 @@ def _open_image(data: bytes, label: str, limits: AppLimits) -> Image.Image:
     if w < limits.min_side or h < limits.min_side:
         raise _InputError(f"the {label} is {w}x{h} px; it must be at least {limits.min_side} px on each side")
     try:
+        check_single_frame(im, f"the {label} file")  # an animation: which frame was meant is unknown
+    except ValueError as exc:
+        raise _InputError(str(exc)) from None
+    except (OSError, SyntaxError) as exc:  # counting the frames read a corrupt one
+        raise _InputError(f"the {label} file is corrupt or truncated ({im.format}: {exc})") from None
+    try:
         im.load()
         return ImageOps.exif_transpose(im)  # as the browser shows it
     except (OSError, ValueError, SyntaxError) as exc:
         raise _InputError(f"the {label} file is corrupt or truncated ({im.format}: {exc})") from None
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """The upload as RGB by the package's one rule (:func:`~stablemotion._io.image_to_rgb`), refusals worded for the page.
+
+    The library's messages name command-line options (``--grey convert``, ``--mask alpha``);
+    which rule refused is found by retrying with that rule relaxed, and the page's own words
+    are used instead.
+    """
+    try:
+        return image_to_rgb(im, name="the image")[0]
+    except ValueError as refused:
+        for grey, alpha, message in (
+            ("convert", "refuse", "the image is a grey (single-channel) picture; the models take colour (RGB) "
+                                  "images: save it as RGB and upload it again"),
+            ("refuse", "drop", "the image has transparent pixels (an alpha channel); save it without transparency "
+                               "and upload it again (for SIR, upload the empty area as the mask file: "
+                               "white = content, black = empty)"),
+            ("convert", "drop", "the image is a grey picture with transparent pixels; save it as RGB without "
+                                "transparency and upload it again"),
+        ):
+            try:
+                image_to_rgb(im, name="the image", grey=grey, alpha=alpha)
+            except ValueError:
+                continue
+            raise _InputError(message) from None
+        raise _InputError(str(refused)) from None
 
 
 def _needs_mask(task: str) -> bool:
@@ -572,10 +842,7 @@ def _decode_inputs(
     ``task`` None (auto: not chosen yet): an uploaded mask is read whatever the task turns out to be;
     otherwise a task without a mask refuses one before reading it.
     """
-    try:
-        image = pil_to_rgb(_open_image(image_data, "image", limits), name="the image")
-    except ValueError as exc:  # grey / RGBA / CMYK: the library's message
-        raise _InputError(str(exc)) from None
+    image = _to_rgb(_open_image(image_data, "image", limits))
     if task is not None and mask_data is not None and not _needs_mask(task):
         raise _InputError(f"the {task} task takes no mask; remove the mask file")
     return image, None if mask_data is None else mask_array(_open_image(mask_data, "mask", limits))
@@ -692,6 +959,11 @@ def create_app(
     max_ensemble: int = AppLimits.max_ensemble,
     max_queue: int = AppLimits.max_queue,
     max_work_pixels: int = AppLimits.max_work_pixels,
+    max_decodes: int = AppLimits.max_decodes,
+    max_connections: int = AppLimits.max_connections,
+    body_timeout: float = AppLimits.body_timeout,
+    body_idle_timeout: float = AppLimits.body_idle_timeout,
+    header_timeout: float = AppLimits.header_timeout,
     max_results: int = 16,
     device: str | torch.device = "cpu",
     torch_dtype: torch.dtype = torch.float32,
@@ -712,6 +984,12 @@ def create_app(
             limits (:class:`AppLimits`).
         max_work_pixels: images with more pixels run the pipeline shrunk to this many and
             are warped at full size with its flow (the memory bound; see the module docstring).
+        max_decodes: uploads decoded at the same time (the others' admitted requests wait).
+        body_timeout, body_idle_timeout: seconds for a whole request body to arrive, and the
+            longest gap in it; a slower upload gets 408 and its connection is closed.
+        max_connections, header_timeout: open connections, and seconds for a request's headers
+            to arrive; enforced by the server: ``uvicorn.run(app, **server_options(app))``
+            (:func:`stablemotion.app_server.server_options`; ``serve`` does).
         max_results: how many results are kept for download (oldest deleted first).
         inference: pipeline keyword arguments applied to every request (``serve``'s shared
             inference options: ``processing_resolution``, ``decode_scale``, ``final_step``).
@@ -726,7 +1004,9 @@ def create_app(
     from .catalog import BUNDLED_MODELS
 
     limits = AppLimits(max_upload_bytes=max_upload_bytes, max_side=max_side, min_side=min_side, max_steps=max_steps,
-                       max_ensemble=max_ensemble, max_queue=max_queue, max_work_pixels=max_work_pixels)
+                       max_ensemble=max_ensemble, max_queue=max_queue, max_work_pixels=max_work_pixels,
+                       max_decodes=max_decodes, max_connections=max_connections, body_timeout=body_timeout,
+                       body_idle_timeout=body_idle_timeout, header_timeout=header_timeout)
     if not 0.0 <= task_threshold <= 1.0:
         raise ValueError(f"task_threshold must be in [0, 1], got {task_threshold}")
     hosts = list(LOOPBACK_HOSTS) if allowed_hosts is None else [normalise_host(h) for h in allowed_hosts]
@@ -746,7 +1026,9 @@ def create_app(
 
     app = FastAPI(title="StableMotion", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(_BodyLimit, limit=2 * limits.max_upload_bytes + 64 * 1024)
-    app.add_middleware(_HostCheck, hosts=hosts)  # added last: runs first
+    app.add_middleware(_OriginCheck, hosts=hosts)
+    app.add_middleware(_HostCheck, hosts=hosts)
+    app.add_middleware(_BodyGuard, total=limits.body_timeout, idle=limits.body_idle_timeout)  # added last: runs first
     app.state.limits, app.state.models, app.state.queue, app.state.results = limits, registry, queue, results
     app.state.allowed_hosts = hosts
 
@@ -766,23 +1048,31 @@ def create_app(
     async def status() -> dict[str, Any]:
         return queue.state()
 
+    decodes = asyncio.Semaphore(limits.max_decodes)
+
     @app.post("/api/rectify")
     async def rectify(request: Request) -> dict[str, Any]:
+        with queue.admit():  # before the body is read: a refused request costs no memory
+            return await _rectify_admitted(request)
+
+    async def _rectify_admitted(request: Request) -> dict[str, Any]:
         async with request.form(max_files=2, max_fields=8) as form:
             params = _parse_params(form, registry.tasks, limits)
             image_data = await _read_upload(form, "image", "image", limits)
             mask_data = await _read_upload(form, "mask", "mask", limits)
         if image_data is None:
             raise _InputError("no image uploaded (form field 'image')")
-        queue.check()  # before decoding: a full queue should not cost memory
         auto = params.task == AUTO
 
-        def decode() -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, str]:
+        def decode(image_data: bytes, mask_data: bytes | None) -> tuple[
+                np.ndarray, np.ndarray | None, np.ndarray | None, str]:
             image, given = _decode_inputs(image_data, mask_data, None if auto else params.task, limits)
             mask, note = (None, "") if auto else _task_mask(image, given, params.task)
             return image, given, mask, note
 
-        image, given, mask, mask_note = await run_in_threadpool(decode)
+        async with decodes:
+            image, given, mask, mask_note = await run_in_threadpool(decode, image_data, mask_data)
+        del image_data, mask_data  # a waiting request holds its decoded arrays only
 
         def job() -> dict[str, Any]:
             task, choice, work_mask, note = params.task, None, mask, mask_note
