@@ -27,7 +27,6 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from stablemotion import app as app_module
 from stablemotion import large_image
 from stablemotion.app import allowed_hosts_for, create_app, memory_bound, working_size
 from stablemotion.cli import build_parser, main
@@ -844,7 +843,8 @@ def test_serve_cli_hosts_and_work_size(monkeypatch, capsys) -> None:
     [
         (["--allowed-hosts", "http://a.example"], "error: allowed host 'http://a.example' must be a host name"),
         (["--host", "a.example:80"], "error: --host 'a.example:80' must be a host name"),
-        (["--max-work-pixels", "100"], "error: --max-work-pixels must be >= 4096 (64 x 64), got 100"),
+        (["--max-work-pixels", "100"],
+         "error: --max-work-pixels must be a number from 4096 to 268435456 (pixels; 4096 = 64 x 64), got 100"),
     ],
 )
 def test_serve_cli_bad_host_options(monkeypatch, capsys, args: list[str], message: str) -> None:
@@ -1054,4 +1054,4 @@ def test_serve_cli_multi_task_model_serves_all_its_tasks(monkeypatch, capsys) ->
     assert models["rotation"] == models["lens"] == "models/multi"
     assert set(models) == {*BUNDLED_MODELS, "rotation", "lens"} and info["auto"]["threshold"] == 0.8
     assert main(["serve", "--task-threshold", "1.5"]) == 2
-    assert "--task-threshold must be in [0, 1], got 1.5" in capsys.readouterr().err
+    assert "--task-threshold must be a number from 0 to 1 (a confidence), got 1.5" in capsys.readouterr().err

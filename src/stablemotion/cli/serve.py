@@ -21,6 +21,19 @@ less than a change of seed does. All downloads are at the uploaded size (the flo
 pixels). Budget: about 100 B x N x ensemble + 60 B x pixels + 128 MB above the model
 (1.8 GB with the default limits).
 
+Load limits: a request is admitted before its upload is read, at most --max-queue at once
+(uploading, decoding, waiting or running; more get 503 with Retry-After), and at most two
+uploads are decoded at once, so the worst admitted mix (--max-queue requests of the largest
+size) stays within about 3.2 GB above the models with the default limits. An upload must
+arrive within --body-timeout seconds with no pause over --body-idle-timeout (else 408, the
+connection is closed); a connection must send its request headers within --header-timeout
+seconds; at most --max-connections connections are open (a request on one more gets 503).
+On start, the result folders left by servers that were killed are removed.
+
+Cross-site requests: a POST sent by a page of another site (its Origin or Referer names a
+host the server does not answer to, or "null") is refused with 403; the app's own page and
+clients that send neither header (curl, scripts) are served.
+
 Host check: against DNS rebinding (a page on another site making your browser talk to this
 server), requests are answered only if their Host header names the server as allowed:
 bound to a loopback address (the default), that address, localhost, 127.0.0.1 and [::1];
@@ -35,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 from typing import Any
 
 from ._options import add_device_options, add_inference_options, inference_kwargs
@@ -68,12 +82,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-work-pixels", type=int, default=1024 * 1024, metavar="N",
                    help="larger images run the model at N pixels (aspect kept) and are warped at full size: "
                         "bounds memory per request (default 1048576 = 1024x1024; see above)")
+    p.add_argument("--max-connections", type=int, default=64, metavar="N",
+                   help="open connections; a request on one more is answered 503 (default 64; must exceed "
+                        "--max-queue + 1)")
+    p.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds for a whole upload to arrive; slower ones get 408 and are closed (default 60)")
+    p.add_argument("--body-idle-timeout", type=float, default=20.0, metavar="S",
+                   help="seconds an upload may send nothing before it gets 408 and is closed (default 20)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds for a request's headers to arrive once connected; then the connection is "
+                        "closed (default 10)")
     p.add_argument("--task-threshold", type=float, default=0.6,
                    help="task 'auto': the task classifier's least confidence to act on (default 0.6)")
     p.add_argument("--allowed-hosts", nargs="+", action="extend", default=[], metavar="HOST",
                    help="more host names/addresses (no port) the app answers to, besides the bound address "
                         "(and localhost when bound to loopback or 0.0.0.0); '*' = any (see above)")
     p.set_defaults(func=_serve)
+
+
+#: serve's numeric options: option -> (lowest, highest, what the range means); both ends allowed.
+OPTION_RANGES: dict[str, tuple[float, float, str]] = {
+    "--port": (1, 65535, "a port number"),
+    "--max-upload-mb": (0.01, 1024, "MB"),
+    "--max-side": (8, 32768, "px"),
+    "--max-steps": (1, 1000, "steps"),
+    "--max-ensemble": (1, 64, "members"),
+    "--max-queue": (1, 1024, "requests"),
+    "--max-work-pixels": (64 * 64, 2**28, "pixels; 4096 = 64 x 64"),
+    "--max-connections": (3, 65536, "connections"),
+    "--body-timeout": (0.1, 3600, "seconds"),
+    "--body-idle-timeout": (0.1, 3600, "seconds"),
+    "--header-timeout": (0.1, 3600, "seconds"),
+    "--task-threshold": (0, 1, "a confidence"),
+}
+
+
+def _shown(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse an out-of-range, infinite or NaN numeric option with one line naming it (before anything loads)."""
+    for option, (low, high, unit) in OPTION_RANGES.items():
+        value = getattr(args, option[2:].replace("-", "_"))
+        if not (math.isfinite(value) and low <= value <= high):  # NaN fails every comparison
+            raise ValueError(f"{option} must be a number from {_shown(low)} to {_shown(high)} ({unit}), got {value}")
+    if args.max_connections <= args.max_queue + 1:
+        raise ValueError(f"--max-connections ({args.max_connections}) must be more than --max-queue + 1 "
+                         f"({args.max_queue + 1}): a page polls the status while its request waits")
 
 
 def missing_app_packages() -> list[str]:
@@ -92,19 +148,13 @@ def _serve(args: argparse.Namespace) -> int:
             f"stablemotion serve needs the web app extra ({', '.join(missing)} not installed): "
             "pip install 'stablemotion[app]'"
         )
-    if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {args.port}")
-    if args.max_upload_mb <= 0:
-        raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
-    if not 0.0 <= args.task_threshold <= 1.0:
-        raise ValueError(f"--task-threshold must be in [0, 1], got {args.task_threshold}")
-    from ..app import MIN_WORK_PIXELS, allowed_hosts_for, create_app
+    check_options(args)
+    from ..app import allowed_hosts_for, create_app
 
-    if args.max_work_pixels < MIN_WORK_PIXELS:
-        raise ValueError(f"--max-work-pixels must be >= {MIN_WORK_PIXELS} (64 x 64), got {args.max_work_pixels}")
     hosts = allowed_hosts_for(args.host, args.allowed_hosts)  # a bad --host / --allowed-hosts fails here
     import uvicorn
 
+    from ..app_server import server_options
     from ..catalog import BUNDLED_LIMITS, BUNDLED_MODELS
     from ._options import load_model, prepare_for_inference, resolve_device, resolve_dtype
 
@@ -129,6 +179,10 @@ def _serve(args: argparse.Namespace) -> int:
         max_ensemble=args.max_ensemble,
         max_queue=args.max_queue,
         max_work_pixels=args.max_work_pixels,
+        max_connections=args.max_connections,
+        body_timeout=args.body_timeout,
+        body_idle_timeout=args.body_idle_timeout,
+        header_timeout=args.header_timeout,
         device=device,
         torch_dtype=dtype,
         allowed_hosts=hosts,
@@ -142,5 +196,5 @@ def _serve(args: argparse.Namespace) -> int:
           else f"answering requests addressed to {shown} (add names with --allowed-hosts)")
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"StableMotion app on http://{host}:{args.port}/  (Ctrl+C to stop)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", **server_options(app))
     return 0
