@@ -60,6 +60,7 @@ def test_cli_argument_errors(tmp_path, capsys):
     rc = main(["label-flows", str(tmp_path / "missing"), "--out", str(tmp_path / "f")])
     assert rc == 2
     assert "no input/ and gt/ folders" in capsys.readouterr().err
-    rc = main(["synth", "rolling-shutter", str(tmp_path), "--num", "0"])
-    assert rc == 2
-    assert "num must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # refused while parsing (issue 26 item 11)
+        main(["synth", "rolling-shutter", str(tmp_path), "--num", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --num: must be an integer from 1" in capsys.readouterr().err

@@ -67,9 +67,12 @@ def test_usage_errors(argv):
 @pytest.mark.parametrize("radius", ["nan", "0", "-2", "inf"])
 def test_flow_vis_refuses_a_bad_max_radius_in_one_line(tmp_path, capsys, radius):
     write_flow(tmp_path / "f.npy", np.ones((8, 8, 2), np.float32))
-    assert main(["flow-vis", str(tmp_path / "f.npy"), "--out", str(tmp_path / "c.png"), "--max-radius", radius]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # refused while parsing (argparse's status 2)
+        main(["flow-vis", str(tmp_path / "f.npy"), "--out", str(tmp_path / "c.png"), "--max-radius", radius])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --max-radius must be a finite number > 0") and err.count("\n") == 1
+    assert err.startswith("stablemotion flow-vis: error: argument --max-radius: must be a finite number of "
+                          "pixels > 0") and err.count("\n") == 1
     assert not (tmp_path / "c.png").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import tempfile
 from collections.abc import Iterator
@@ -15,7 +16,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 if TYPE_CHECKING:
     import torch
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+#: Image files the readers cannot take, with what to do instead (folder listings name them
+#: when they skip them, instead of passing over them in silence).
+UNSUPPORTED_IMAGE_TYPES = {
+    **dict.fromkeys((".heic", ".heif"), "HEIC is not supported: convert to JPEG/PNG"),
+    ".jxl": "JPEG XL is not supported: convert to JPEG/PNG",
+    ".svg": "a vector image: render it to PNG",
+    **dict.fromkeys((".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".raw"),
+                    "camera RAW is not supported: develop it to JPEG/PNG/TIFF"),
+}
 #: Side files ``stablemotion rectify`` writes next to ``NAME.png`` (``NAME_flow.png``, ...);
 #: ``stablemotion score`` ignores them.
 SIDE_FILE_SUFFIXES = ("_flow", "_mask", "_uncertainty")
@@ -107,12 +117,31 @@ GREY_POLICIES = ("refuse", "convert")
 ALPHA_POLICIES = ("refuse", "drop", "mask")
 
 
+#: What the too-large message suggests; the command line sets it per command (a command
+#: with ``--max-pixels`` names the option, one without names none): :func:`size_limit_hint`.
+_SIZE_HINT: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "size_hint", default="pass a larger max_pixels (None: no limit) if the file is genuine")
+
+
+@contextlib.contextmanager
+def size_limit_hint(hint: str) -> Iterator[None]:
+    """Inside the block, :func:`open_image`'s too-large message ends with ``hint`` (what the
+    caller can do: ``"raise it with --max-pixels if the file is genuine"``)."""
+    token = _SIZE_HINT.set(hint)
+    try:
+        yield
+    finally:
+        _SIZE_HINT.reset(token)
+
+
 def open_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None) -> Image.Image:
     """Open and decode an image file, EXIF orientation applied (as viewers show it).
 
     The size is checked from the header before any pixel is decoded: a file declaring more
     than ``max_pixels`` pixels (``None``: no limit) is refused, so a 69-byte PNG that
-    declares 20000x20000 costs nothing.
+    declares 20000x20000 costs nothing. The message ends with what to do about it
+    (:func:`size_limit_hint`). A file holding several frames is refused
+    (:func:`check_single_frame`).
 
     Raises:
         FileNotFoundError: no such file. ValueError: undecodable, truncated or too large
@@ -130,7 +159,7 @@ def open_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, name
                 im.close()
                 raise ValueError(
                     f"{label} is {w}x{h} px ({w * h / 1e6:.0f} megapixels), more than the limit of "
-                    f"{max_pixels / 1e6:.0f} megapixels; raise it with --max-pixels if the file is genuine"
+                    f"{max_pixels / 1e6:.0f} megapixels; {_SIZE_HINT.get()}"
                 )
             check_single_frame(im, label)
             im.load()
@@ -303,18 +332,62 @@ def list_images(folder: PathLike) -> dict[str, Path]:
     """Map file stem -> path for the image files directly inside ``folder``.
 
     Raises ``ValueError`` when two files share a stem (e.g. ``a.png`` and ``a.jpg``),
-    since matching by stem would then be ambiguous.
+    since matching by stem would then be ambiguous. :func:`scan_images` also says what
+    was passed over.
+    """
+    return scan_images(folder)[0]
+
+
+def scan_images(folder: PathLike) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+    """:func:`list_images` and what it passed over: ``(stem -> path, [(name, reason)])``.
+
+    Skipped are hidden files (``.name``: also the temporary files of an interrupted write),
+    image types the readers cannot take (:data:`UNSUPPORTED_IMAGE_TYPES`, with what to do),
+    sub-folders (not searched) and other files (``"not an image file"``). Sorted by name.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"folder not found: {folder}")
     found: dict[str, Path] = {}
+    skipped: list[tuple[str, str]] = []
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
+        suffix = p.suffix.lower()
+        if p.name.startswith("."):
+            skipped.append((p.name, "hidden file" if not p.is_dir() else "hidden folder"))
+        elif p.is_dir():
+            skipped.append((p.name, "folder (sub-folders are not searched)"))
+        elif not p.is_file():
+            skipped.append((p.name, "not a regular file"))
+        elif suffix in UNSUPPORTED_IMAGE_TYPES:
+            skipped.append((p.name, UNSUPPORTED_IMAGE_TYPES[suffix]))
+        elif suffix not in IMAGE_EXTENSIONS:
+            skipped.append((p.name, "not an image file"))
+        else:
             if p.stem in found:
                 raise ValueError(f"two images share the stem {p.stem!r} in {folder}: {found[p.stem].name}, {p.name}")
             found[p.stem] = p
-    return found
+    return found, skipped
+
+
+def describe_skipped(skipped: list[tuple[str, str]], limit: int = 8) -> str:
+    """One line for :func:`scan_images`' skipped files: the first ``limit`` named with their
+    reason, plain non-image files as a count by extension.
+
+    Example:
+        >>> describe_skipped([("a.heic", "HEIC is not supported: convert to JPEG/PNG"),
+        ...                   ("notes.txt", "not an image file")])
+        'skipped 2 files: a.heic (HEIC is not supported: convert to JPEG/PNG); 1 non-image file (.txt)'
+    """
+    named = [(n, why) for n, why in skipped if why != "not an image file"]
+    other = [n for n, why in skipped if why == "not an image file"]
+    parts = [f"{n} ({why})" for n, why in named[:limit]]
+    if len(named) > limit:
+        parts.append(f"{len(named) - limit} more")
+    if other:
+        exts = sorted({Path(n).suffix.lower() or "no extension" for n in other})
+        parts.append(f"{len(other)} non-image file{'s' if len(other) != 1 else ''} ({', '.join(exts[:6])}"
+                     f"{', ...' if len(exts) > 6 else ''})")
+    return f"skipped {len(skipped)} file{'s' if len(skipped) != 1 else ''}: " + "; ".join(parts)
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

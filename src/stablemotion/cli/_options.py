@@ -4,14 +4,21 @@
 :func:`add_device_options` and :func:`add_inference_options`, so every command spells them
 the same way (``--ensemble-mode`` everywhere, the same choices) and applies the same
 policies (``channels_last``, dtype names, device checks). Sizes on the command line are
-parsed by one rule, :func:`parse_size`. Importing this module does not import torch.
+parsed by one rule, :func:`parse_size`. Numbers are checked by argparse ``type=`` functions
+(:func:`int_arg`, :func:`float_arg`, :func:`seed_arg`, :func:`max_pixels_arg`): a value out of
+range (``inf``, ``nan``, ``--ensemble 100000``) stops the command with exit status 2 and one
+line naming the option and the accepted range, before any model is loaded. Importing this
+module does not import torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +38,15 @@ __all__ = [
     "add_inference_options",
     "parse_size",
     "size_arg",
+    "int_arg",
+    "float_arg",
+    "seed_arg",
+    "max_pixels_arg",
+    "MAX_ENSEMBLE",
+    "MAX_SIDE",
+    "MAX_STEPS",
+    "MAX_DECODE_SCALE",
+    "MAX_SEED",
     "resolve_dtype",
     "resolve_device",
     "inference_kwargs",
@@ -46,13 +62,26 @@ FLOW_REGULARIZATION_CHOICES = FLOW_REGULARIZATIONS
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*$")
 
+#: Upper bounds of the command line's numbers: far above any sensible run, low enough that a
+#: typo fails at once with a message instead of exhausting memory after the model loaded.
+#: The pipeline's own rules (steps <= the scheduler's training steps, sizes multiples of the
+#: model's downsampling, decode scales dividing the latent size) are checked from the model's
+#: config files before it loads (:func:`inference_kwargs`).
+MAX_ENSEMBLE = 64
+MAX_STEPS = 1000  # the length of the training schedule of every Stable Diffusion 2 base
+MAX_SIDE = 8192  # pixels per side: processing resolutions, synthetic sizes
+MAX_DECODE_SCALE = 64
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes up to 2**64 - 1; seeds are offset by sample indices
+MAX_MASK_TOLERANCE = 255  # a distance between uint8 channel values (derive_mask's range)
+
 
 def parse_size(value: str | int | list[int] | tuple[int, ...], name: str = "size",
-               allow_zero: bool = False) -> tuple[int, int] | int:
+               allow_zero: bool = False, maximum: int | None = None) -> tuple[int, int] | int:
     """One rule for every size on the command line.
 
     Accepts ``"384x512"`` / ``"384,512"`` / ``[384, 512]`` (H x W), ``"512"`` / ``[512]``
-    (square) and, with ``allow_zero``, ``"0"`` (the input's own size).
+    (square) and, with ``allow_zero``, ``"0"`` (the input's own size). With ``maximum``, no
+    side may be larger.
 
     Returns:
         ``(H, W)``, or ``0``.
@@ -60,34 +89,121 @@ def parse_size(value: str | int | list[int] | tuple[int, ...], name: str = "size
     Raises:
         ValueError: naming ``name`` and the accepted forms.
     """
-    if isinstance(value, (list, tuple)):
-        parts = [int(v) for v in value]
-    else:
-        m = _SIZE.match(str(value))
-        if m is None:
-            parts = []
-        else:
-            parts = [int(m.group(1))] + ([int(m.group(2))] if m.group(2) is not None else [])
     forms = "H W, HxW, N (square)" + (" or 0 (the input's own size)" if allow_zero else "")
+    try:
+        if isinstance(value, (list, tuple)):
+            parts = [int(v) for v in value]
+        else:
+            m = _SIZE.match(str(value))
+            if m is None:
+                parts = []
+            else:
+                parts = [int(m.group(1))] + ([int(m.group(2))] if m.group(2) is not None else [])
+    except (TypeError, ValueError):  # "1.5", 5000-digit numbers
+        parts = []
     if len(parts) not in (1, 2):
-        raise ValueError(f"{name} takes {forms}; got {value!r}")
+        raise ValueError(f"{name} takes {forms}; got {_show(value)}")
     if parts == [0] and allow_zero:
         return 0
     if any(p < 1 for p in parts):
-        raise ValueError(f"{name} must be positive ({forms}); got {value!r}")
+        raise ValueError(f"{name} must be positive ({forms}); got {_show(value)}")
+    if maximum is not None and max(parts) > maximum:
+        raise ValueError(f"{name} must be at most {maximum} pixels a side ({forms}); got {_show(value)}")
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
-def size_arg(name: str, allow_zero: bool = False) -> Any:
-    """An argparse ``type=`` for one token sizes (``HxW``/``N``)."""
+def _show(value: object) -> str:
+    """``repr`` of a value for a message, shortened (a 5000-digit number stays one short line)."""
+    raw = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+    text = repr(raw)
+    return text if len(text) <= 40 else f"{repr(str(raw)[:28])[:-1]}...' ({len(str(raw))} characters)"
+
+
+def size_arg(name: str, allow_zero: bool = False, maximum: int | None = MAX_SIDE) -> Any:
+    """An argparse ``type=`` for one token sizes (``HxW``/``N``), at most ``maximum`` a side."""
 
     def parse(text: str) -> tuple[int, int] | int:
         try:
-            return parse_size(text, name, allow_zero)
+            return parse_size(text, name, allow_zero, maximum)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+def int_arg(low: int, high: int | None = None, what: str = "an integer") -> Callable[[str], int]:
+    """An argparse ``type=``: an integer in ``[low, high]`` (``high=None``: no upper bound).
+
+    The message names the range; argparse adds the option (``argument --ensemble: must be
+    an integer from 1 to 64, got '100000'``) and exits with status 2.
+    """
+    span = f"from {low} to {high}" if high is not None else f">= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip()) if len(text.strip()) <= 40 else None
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {what} {span}, got {_show(text)}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_arg(low: float, high: float | None = None, open_low: bool = False,
+              what: str = "a number") -> Callable[[str], float]:
+    """An argparse ``type=``: a finite number in ``[low, high]`` (``(low, high]`` with ``open_low``);
+    ``inf`` and ``nan`` are refused."""
+    if math.isinf(low):
+        span = "(finite)" if high is None else f"<= {high:g}"
+    elif high is None:
+        span = f"{'>' if open_low else '>='} {low:g}"
+    else:
+        span = f"in {'(' if open_low else '['}{low:g}, {high:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or (value <= low if open_low else value < low) or \
+                (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {what} {span}, got {_show(text)}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+#: ``--seed``: what ``torch.Generator().manual_seed`` and numpy take, with room for per-sample offsets.
+seed_arg = int_arg(0, MAX_SEED, what="a seed (an integer)")
+
+
+def max_pixels_arg(text: str) -> int:
+    """``--max-pixels``: a finite pixel count (``1e8`` or ``100000000``); 0 = no limit."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of pixels >= 0 such as 1e8 (0 = no limit), got {_show(text)}")
+    return int(value)
+
+
+class _SizeAction(argparse.Action):
+    """``--processing-resolution H W`` / ``HxW`` / ``N`` / ``0``, parsed (and bounded) as it is read."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        try:
+            value = parse_size(values if len(values) > 1 else values[0], self.option_strings[0],
+                               allow_zero=True, maximum=MAX_SIDE)
+        except ValueError as exc:
+            raise argparse.ArgumentError(None, str(exc)) from None  # the message names the option
+        setattr(namespace, self.dest, value)
 
 
 def add_device_options(p: argparse.ArgumentParser) -> None:
@@ -103,15 +219,18 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
 def add_inference_options(p: argparse.ArgumentParser, steps: bool = True, ensemble: bool = True) -> None:
     """The sampling options, with the model's config as every default."""
     if steps:
-        p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, 1)")
+        p.add_argument("--steps", type=int_arg(1, MAX_STEPS), default=None,
+                       help=f"denoising steps, 1 to {MAX_STEPS} (default: the model's, 1)")
     if ensemble:
-        p.add_argument("--ensemble", type=int, default=None, help="ensemble members (default: the model's, 1)")
+        p.add_argument("--ensemble", type=int_arg(1, MAX_ENSEMBLE), default=None,
+                       help=f"ensemble members, 1 to {MAX_ENSEMBLE} (default: the model's, 1)")
         p.add_argument("--ensemble-mode", choices=ENSEMBLE_MODE_CHOICES, default=None,
                        help="AES rule: image (released: median of warped images, minimum at the border), flow "
                             "(median flow) or latent (median latent, one decode); default: the model's")
-    p.add_argument("--processing-resolution", nargs="+", default=None, metavar="N",
-                   help="network resolution: H W, HxW, one int (square) or 0 (input size); default: the model's")
-    p.add_argument("--decode-scale", type=int, default=1,
+    p.add_argument("--processing-resolution", nargs="+", action=_SizeAction, default=None, metavar="N",
+                   help=f"network resolution: H W, HxW, one int (square) or 0 (input size), multiples of the "
+                        f"model's size factor, at most {MAX_SIDE}; default: the model's")
+    p.add_argument("--decode-scale", type=int_arg(1, MAX_DECODE_SCALE), default=1,
                    help="decode the flow at 1/N of the processing resolution (about N^2 fewer decoder FLOPs; "
                         "1.5x faster at 2, for smooth flows; default 1)")
     p.add_argument("--final-step", choices=FINAL_STEP_CHOICES, default=None,
@@ -151,26 +270,112 @@ def resolve_device(name: str) -> torch.device:
 
 
 def inference_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Pipeline keyword arguments from the options of :func:`add_inference_options`."""
+    """Pipeline keyword arguments from the options of :func:`add_inference_options`.
+
+    Values are checked here, before any model loads: the ranges of the options (for a
+    ``Namespace`` not made by the parser) and, when ``args.model`` (or the bundled model of
+    ``args.task``) is a folder, the model's own rules read from its config files (steps, the
+    processing resolution's multiple, the decode scale). Errors are ``ValueError`` naming the
+    option.
+    """
     res = args.processing_resolution
-    if res is not None:
-        res = parse_size(res if len(res) > 1 else res[0], "--processing-resolution", allow_zero=True)
-    if getattr(args, "decode_scale", 1) < 1:
-        raise ValueError(f"--decode-scale must be >= 1, got {args.decode_scale}")
+    if isinstance(res, (list, tuple)) and res and all(isinstance(r, str) for r in res):  # not parsed yet
+        res = parse_size(res if len(res) > 1 else res[0], "--processing-resolution", allow_zero=True,
+                         maximum=MAX_SIDE)
+    decode_scale = getattr(args, "decode_scale", 1)
+    if not isinstance(decode_scale, int) or not 1 <= decode_scale <= MAX_DECODE_SCALE:
+        raise ValueError(f"--decode-scale must be an integer from 1 to {MAX_DECODE_SCALE}, got {decode_scale}")
     scalar = {k: getattr(args, k, None) for k in ("steps", "ensemble")}
     scalar = {k: v if isinstance(v, int) else None for k, v in scalar.items()}  # study commands take lists
     for key, value in scalar.items():
-        if value is not None and value < 1:
-            raise ValueError(f"--{key} must be >= 1, got {value}")
-    return {
+        high = MAX_STEPS if key == "steps" else MAX_ENSEMBLE
+        if value is not None and not 1 <= value <= high:
+            raise ValueError(f"--{key} must be an integer from 1 to {high}, got {value}")
+    kwargs = {
         "num_inference_steps": scalar["steps"],
         "ensemble_size": scalar["ensemble"],
         "ensemble_mode": getattr(args, "ensemble_mode", None),
         "processing_resolution": res,
-        "decode_scale": args.decode_scale,
+        "decode_scale": decode_scale,
         "final_step": args.final_step,
         "flow_regularization": getattr(args, "flow_regularization", None),
     }
+    steps = getattr(args, "steps", None)  # a list for `study steps`
+    check_model_limits(args, steps if isinstance(steps, list) else [kwargs["num_inference_steps"]],
+                       kwargs["processing_resolution"], decode_scale)
+    return kwargs
+
+
+def _model_config(args: argparse.Namespace) -> tuple[str, dict[str, Any], Path] | None:
+    """``(name, model_index.json, folder)`` of the model a command will load, read without
+    loading anything; None when it cannot be told cheaply (a hub id, several models, no folder yet)."""
+    model, task = getattr(args, "model", None), getattr(args, "task", None)
+    if model is None:
+        if not hasattr(args, "model") or task == "auto":
+            return None
+        from ..catalog import BUNDLED_MODELS, bundled_model_path
+
+        if (task or "sir") not in BUNDLED_MODELS:
+            return None
+        try:
+            folder = bundled_model_path(task or "sir")
+        except (ValueError, FileNotFoundError):
+            return None
+        name = f"the bundled {BUNDLED_MODELS[task or 'sir']} model"
+    elif isinstance(model, (str, os.PathLike)):
+        folder, name = Path(model), f"the model {model}"
+    else:  # serve: one --model per task
+        return None
+    try:
+        return name, json.loads((folder / "model_index.json").read_text()), folder
+    except (OSError, ValueError):
+        return None  # load_model explains what is wrong with the folder
+
+
+def check_model_limits(args: argparse.Namespace, steps: list[int | None], resolution: tuple[int, int] | int | None,
+                       decode_scale: int) -> None:
+    """The pipeline's own rules (``StableMotionPipeline.check_inputs``), checked from the model's
+    config files before it loads: steps at most the scheduler's ``num_train_timesteps``, an
+    explicit processing resolution a multiple of the model's size factor (VAE x UNet
+    downsampling), a decode scale that divides the latent size. Nothing is checked when the
+    model cannot be read cheaply; loading then reports it."""
+    found = _model_config(args)
+    if found is None:
+        return
+    name, index, folder = found
+    try:
+        train_steps = int(json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+                          ["num_train_timesteps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        train_steps = None
+    for s in steps:
+        if train_steps is not None and s is not None and s > train_steps:
+            raise ValueError(f"--steps {s}: {name} was trained with {train_steps} steps; use 1 to {train_steps}")
+    try:
+        vae = 2 ** (len(json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
+        unet = 2 ** (len(json.loads((folder / "unet" / "config.json").read_text())["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    multiple = vae * unet  # StableMotionPipeline.size_multiple
+    if isinstance(resolution, tuple) and (min(resolution) < multiple or resolution[0] % multiple
+                                          or resolution[1] % multiple):
+        raise ValueError(f"--processing-resolution {resolution[0]}x{resolution[1]}: {name} takes multiples of "
+                         f"{multiple} (e.g. {max(multiple, resolution[0] // multiple * multiple)}x"
+                         f"{max(multiple, resolution[1] // multiple * multiple)}), or 0 for the input's own size")
+    if decode_scale == 1 or resolution == 0:
+        return  # at the input's own size the decode scale is checked per image
+    size = resolution
+    if size is None:  # the model's default for the task
+        task = getattr(args, "task", None)
+        try:
+            default = (index.get("task_resolutions") or {}).get(task) or index["default_processing_resolution"]
+            size = (int(default[0]), int(default[1]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            return
+    latent = (size[0] // vae, size[1] // vae)
+    if latent[0] % decode_scale or latent[1] % decode_scale:
+        raise ValueError(f"--decode-scale {decode_scale} must divide the latent size {latent[0]}x{latent[1]} "
+                         f"(processing resolution {size[0]}x{size[1]} / {vae}) of {name}")
 
 
 def check_model_folder(model: str | os.PathLike) -> None:

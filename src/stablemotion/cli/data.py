@@ -15,12 +15,17 @@ a task module that declares a generator gets its sub-command without changes her
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..constants import DIS_PRESET_NAMES
-from ._options import size_arg
+from ._options import MAX_SIDE, float_arg, int_arg, seed_arg, size_arg
+
+#: Bounds of the data commands' counts (far above any real run; a typo fails at once).
+MAX_SAMPLES = 10_000_000
+MAX_WORKERS = 256
 
 
 def _min_size(minimum: int, what: str) -> Any:
@@ -36,7 +41,18 @@ def _min_size(minimum: int, what: str) -> Any:
     return check
 
 
-_size = _min_size(8, "--size")
+_size = _min_size(8, "--size")  # at most MAX_SIDE (8192) a side: size_arg's bound
+
+
+def _option_type(opt: Any) -> Any:
+    """argparse ``type=`` of a generator's declared number option: finite and inside the
+    option's own bounds (``SynthOption.low``/``high``), refused at parse time (exit 2)."""
+    if opt.type not in (int, float):
+        return opt.type
+    if opt.type is int:
+        low = -(2**63) if opt.low is None else int(opt.low) + (1 if opt.open_low else 0)
+        return int_arg(low, None if opt.high is None else int(opt.high))
+    return float_arg(-math.inf if opt.low is None else opt.low, opt.high, open_low=opt.open_low)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,25 +64,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         synth = get_generator(name)
         k = kinds.add_parser(synth.cli_name, help=synth.help)
         k.add_argument("out", type=Path, help="dataset root to write (the split folder goes inside)")
-        k.add_argument("--num", type=int, default=100, help="number of samples (default 100)")
+        k.add_argument("--num", type=int_arg(1, MAX_SAMPLES), default=100, help="number of samples (default 100)")
         default_size = f"{synth.size[0]}x{synth.size[1]}"
         k.add_argument("--size", type=_size, default=_size(default_size), help=f"HxW in pixels (default {default_size})")
         k.add_argument("--split", default=synth.split, help=f"split folder name (default {synth.split})")
-        k.add_argument("--seed", type=int, default=0, help="sample i depends only on (seed, i)")
-        k.add_argument("--start", type=int, default=0, help="index of the first sample (to extend a dataset)")
+        k.add_argument("--seed", type=seed_arg, default=0, help="sample i depends only on (seed, i)")
+        k.add_argument("--start", type=int_arg(0, MAX_SAMPLES), default=0,
+                       help="index of the first sample (to extend a dataset)")
         k.add_argument("--photos", default=None,
                        help="a photo folder, or sources joined by '+': bundled, bundled-train, bundled-test, "
                             "procedural, urban, or an installed photo pool (debian, debian-train, debian-test, ...: "
                             "see `stablemotion photos` and configs/install_photos.sh); weight with '*N', e.g. "
                             "debian-train+procedural*10; default: bundled")
         k.add_argument("--ext", choices=("jpg", "png"), default="jpg", help="image format (jpg as the real datasets)")
-        k.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
-        k.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+        k.add_argument("--quality", type=int_arg(1, 100), default=95, help="JPEG quality, 1 to 100 (default 95)")
+        k.add_argument("--workers", type=int_arg(1, MAX_WORKERS), default=2, help="processes (default 2)")
         k.add_argument("--force", action="store_true", help="write into non-empty folders")
         for opt in synth.options:  # the generator's declared options
             if not opt.cli_flag:
                 continue
-            extra: dict[str, Any] = {"action": opt.action} if opt.action is not None else {"type": opt.type}
+            extra: dict[str, Any] = {"action": opt.action} if opt.action is not None else {"type": _option_type(opt)}
             if opt.choices is not None:
                 extra["choices"] = opt.choices
             k.add_argument(opt.cli_flag, dest=opt.name, default=opt.default, help=opt.help, **extra)
@@ -78,12 +95,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", type=Path, help="folder with input/ and gt/ (and mask/), or a DIR-D root")
     p.add_argument("--out", type=Path, required=True, help="flow folder to write NNNNN.npy into")
     p.add_argument("--split", default=None, help="split inside DATASET (default: DATASET itself, else training)")
-    p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    p.add_argument("--workers", type=int_arg(1, MAX_WORKERS), default=2, help="processes (default 2)")
     p.add_argument("--overwrite", action="store_true", help="re-label pairs whose flow exists (default: skip them)")
-    p.add_argument("--limit", type=int, default=None, help="label only the first N pairs")
+    p.add_argument("--limit", type=int_arg(1), default=None, help="label only the first N pairs")
     p.add_argument("--preset", choices=DIS_PRESET_NAMES, default="medium",
                    help="DIS optical-flow preset (default medium)")
-    p.add_argument("--cell", type=int, default=32, help="final mesh cell size in pixels (default 32)")
+    p.add_argument("--cell", type=int_arg(1, MAX_SIDE), default=32, help="final mesh cell size in pixels (default 32)")
     p.add_argument("--padding", choices=("border", "zeros"), default="border", help="warp padding for scoring")
     p.add_argument("--report", type=Path, default=None, help="CSV report path (default OUT/labelling_report.csv)")
     p.set_defaults(func=_label)

@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 
 from ..tasks import available_tasks
+from ._options import int_arg, seed_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="rectify held-out examples with the bundled models and write an HTML report")
     p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (default outputs/demo)")
-    p.add_argument("--num", type=int, default=4, help="examples per task (default 4)")
-    p.add_argument("--seed", type=int, default=None, help="sample seed (default: the demo's fixed seed)")
+    p.add_argument("--num", type=int_arg(1, 1000), default=4, help="examples per task (default 4)")
+    p.add_argument("--seed", type=seed_arg, default=None, help="sample seed (default: the demo's fixed seed)")
     p.add_argument("--task", nargs="+", default=["sir", "rsc"], choices=available_tasks(),
                    help="tasks to show (default sir rsc; lens and rotation use the bundled multi-task model)")
     p.set_defaults(func=_demo)

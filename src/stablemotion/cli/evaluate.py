@@ -13,7 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from ..tasks import available_tasks
-from ._options import Dist, add_device_options, add_inference_options, inference_kwargs
+from ._options import (
+    MAX_ENSEMBLE,
+    MAX_SIDE,
+    MAX_STEPS,
+    Dist,
+    add_device_options,
+    add_inference_options,
+    float_arg,
+    inference_kwargs,
+    int_arg,
+    seed_arg,
+)
+
+#: judge: most retries of a request, longest wait for one answer (seconds).
+MAX_RETRIES = 100
+MAX_TIMEOUT = 3600.0
 
 
 def _common(p: argparse.ArgumentParser, study: bool = False) -> None:
@@ -26,8 +41,8 @@ def _common(p: argparse.ArgumentParser, study: bool = False) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (rerun with the same folder to resume)")
     add_inference_options(p, steps=not study, ensemble=not study)
     add_device_options(p)
-    p.add_argument("--seed", type=int, default=0, help="noise seed of every image")
-    p.add_argument("--limit", type=int, default=None, help="only the first N test images (sorted by name)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="noise seed of every image")
+    p.add_argument("--limit", type=int_arg(1), default=None, help="only the first N test images (sorted by name)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,11 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     ssub = p.add_subparsers(dest="study", metavar="STUDY", required=True)
     s = ssub.add_parser("steps", help="PSNR/SSIM versus DDIM steps -> OUT/steps.{csv,md,png}")
     _common(s, study=True)
-    s.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 50], help="step counts (default 1 2 4 8 16 50)")
+    s.add_argument("--steps", type=int_arg(1, MAX_STEPS), nargs="+", default=[1, 2, 4, 8, 16, 50],
+                   help=f"step counts, 1 to {MAX_STEPS} (default 1 2 4 8 16 50)")
     s.set_defaults(func=_study_steps)
     s = ssub.add_parser("ensemble", help="PSNR/SSIM and time versus AES size per mode -> OUT/ensemble.{csv,md,png}")
     _common(s, study=True)
-    s.add_argument("--sizes", type=int, nargs="+", default=list(range(1, 9)), help="ensemble sizes (default 1..8)")
+    s.add_argument("--sizes", type=int_arg(1, MAX_ENSEMBLE), nargs="+", default=list(range(1, 9)),
+                   help=f"ensemble sizes, 1 to {MAX_ENSEMBLE} (default 1..8)")
     s.add_argument("--modes", nargs="+", choices=("image", "flow", "latent"), default=["image", "flow", "latent"])
     s.set_defaults(func=_study_ensemble)
 
@@ -79,10 +96,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", dest="judge_model", default=None, help="override the judge model name")
     p.add_argument("--dry-run", action="store_true", help="list the pairs and write the prompts; no requests")
     p.add_argument("--resume", action="store_true", help="skip pairs already answered (valid) in OUT/judgements.jsonl")
-    p.add_argument("--retries", type=int, default=4, help="retries on 408/429/5xx and network errors (default 4)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
-    p.add_argument("--max-side", type=int, default=1024, help="downscale images so the longer side is at most N px")
-    p.add_argument("--limit", type=int, default=None, help="only the first N pairs")
+    p.add_argument("--retries", type=int_arg(0, MAX_RETRIES), default=4,
+                   help="retries on 408/429/5xx and network errors (default 4)")
+    p.add_argument("--timeout", type=float_arg(0.0, MAX_TIMEOUT, open_low=True), default=120.0,
+                   help="seconds per request (default 120)")
+    p.add_argument("--max-side", type=int_arg(1, MAX_SIDE), default=1024,
+                   help="downscale images so the longer side is at most N px")
+    p.add_argument("--limit", type=int_arg(1), default=None, help="only the first N pairs")
     p.set_defaults(func=_judge)
 
 

@@ -6,6 +6,9 @@ import argparse
 import math
 from pathlib import Path
 
+from .._io import DEFAULT_MAX_PIXELS
+from ._options import float_arg, max_pixels_arg
+
 # flow-vis refuses flows with a displacement longer than this many times the flow's larger side:
 # no image pair gives one, so it means a broken file (and its colours would be one flat hue).
 MAX_FLOW_FACTOR = 100
@@ -17,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("flow", type=Path, help=".flo, .npy (H, W, 2) or 16-bit .png flow, pixels")
     p.add_argument("--out", type=Path, required=True, help="output image path")
     p.add_argument("--padding", choices=("border", "zeros", "reflection"), default="border")
+    p.add_argument("--max-pixels", type=max_pixels_arg, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse images larger than this many pixels, checked from the file header "
+                        f"(default {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixels; 0 = no limit)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=_warp)
 
@@ -31,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("flow", type=Path, help=".flo, .npy (H, W, 2) or 16-bit .png flow, pixels")
     p.add_argument("--out", type=Path, required=True, help="output .png")
-    p.add_argument("--max-radius", type=float, default=None,
+    p.add_argument("--max-radius", type=float_arg(0.0, open_low=True, what="a finite number of pixels"),
+                   default=None,
                    help="displacement drawn at full saturation, pixels (a finite number > 0; default: the "
                         "flow's own largest); longer vectors are drawn darker")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
@@ -55,7 +62,7 @@ def _warp(args: argparse.Namespace) -> int:
     from .._io import load_image, save_image
     from ..flow import read_flow, warp
 
-    image = load_image(args.image)
+    image = load_image(args.image, max_pixels=args.max_pixels or None)
     flow = read_flow(args.flow)
     bad = int((~np.isfinite(flow)).sum())
     if bad:

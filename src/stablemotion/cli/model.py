@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..catalog import DEFAULT_BASE, RELEASED_REPO, RELEASED_SUBFOLDERS
 from ..tasks import available_tasks
-from ._options import DTYPE_NAMES, check_model_folder, parse_size, resolve_dtype
+from ._options import DTYPE_NAMES, MAX_SIDE, check_model_folder, parse_size, resolve_dtype, seed_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
     p.add_argument("--task", nargs="+", choices=available_tasks(), default=["sir"],
                    help="the task; several tasks make a multi-task model (one UNet, a prompt per task)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0, help="weights' seed (default 0)")
     p.add_argument("--resolution", nargs="+", default=["32", "32"], metavar="N",
                    help="default processing resolution stored in the config: H W, HxW or N (multiples of 4)")
     p.add_argument("--force", action="store_true", help="write into an existing non-empty folder")
@@ -91,7 +91,8 @@ def _tiny(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} already exists and is not empty; pass --force")
-    res = parse_size(args.resolution if len(args.resolution) > 1 else args.resolution[0], "--resolution")
+    res = parse_size(args.resolution if len(args.resolution) > 1 else args.resolution[0], "--resolution",
+                     maximum=MAX_SIDE)
     if res[0] % 4 or res[1] % 4:
         raise ValueError(f"--resolution must be multiples of 4 for the tiny model, got {res[0]}x{res[1]}")
     task = args.task[0] if len(args.task) == 1 else list(args.task)

@@ -32,7 +32,17 @@ from typing import Any
 
 from .._io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, SIDE_FILE_SUFFIXES, list_images
 from ..tasks import available_tasks, describe_model_tasks
-from ._options import Dist, add_device_options, add_inference_options, inference_kwargs
+from ._options import (
+    MAX_MASK_TOLERANCE,
+    Dist,
+    add_device_options,
+    add_inference_options,
+    float_arg,
+    inference_kwargs,
+    int_arg,
+    max_pixels_arg,
+    seed_arg,
+)
 
 _STATE = ".stablemotion-rectify"
 
@@ -52,18 +62,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=[*available_tasks(), "auto"], default=None,
                    help="check the model is for this task; without --model it picks the bundled model (default sir); "
                         "auto: choose each image's task (a flat empty border = sir, else a small classifier)")
-    p.add_argument("--task-threshold", type=float, default=0.6,
+    p.add_argument("--task-threshold", type=float_arg(0.0, 1.0), default=0.6,
                    help="--task auto: the classifier's least confidence to act on (default 0.6)")
     p.add_argument("--mask", default=None,
                    help="SIR mask file (one input), folder (matched by stem), or 'alpha' (each input's alpha channel)")
     p.add_argument("--save-mask", action="store_true", help="write the mask used (derived or given) as NAME_mask.png")
     p.add_argument("--mask-background", choices=("auto", "black", "white"), default="auto",
                    help="colour of the stitched image's empty border for derived masks (default: auto)")
-    p.add_argument("--mask-tolerance", type=int, default=24,
+    p.add_argument("--mask-tolerance", type=int_arg(0, MAX_MASK_TOLERANCE), default=24,
                    help="max per-channel distance (0-255) from the border colour counted as empty (default 24)")
     add_inference_options(p)
     add_device_options(p)
-    p.add_argument("--seed", type=int, default=0, help="noise seed (each image uses the same seed)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="noise seed (each image uses the same seed)")
     p.add_argument("--save-flow", action="store_true", help="also write the flow NAME_flow.npy (or .flo)")
     p.add_argument("--flow-format", choices=("npy", "flo"), default="npy", help="file format of --save-flow")
     p.add_argument("--image-ext", choices=("png", "jpg", "tif"), default="png", help="format of the rectified image")
@@ -72,9 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", choices=("refuse", "drop"), default="refuse",
                    help="inputs with transparent pixels: refuse (default) or drop the alpha channel "
                         "(--mask alpha uses it as the mask instead)")
-    p.add_argument("--max-pixels", type=float, default=DEFAULT_MAX_PIXELS,
+    p.add_argument("--max-pixels", type=max_pixels_arg, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse images larger than this many pixels, checked from the file header "
-                        f"(default {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixels)")
+                        f"(default {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixels; 0 = no limit)")
     p.add_argument("--force", action="store_true", help="redo images whose outputs exist (default: skip them)")
     p.set_defaults(func=_rectify)
 
@@ -89,14 +99,30 @@ class _Job:
 
 # --------------------------------------------------------------------------- planning (no model, no torch)
 def _collect_inputs(inputs: list[Path]) -> list[tuple[str, Path]]:
+    """(stem, path) of every input: files as given, folders' image files (not sub-folders).
+
+    What a folder holds but is not rectified (hidden files, HEIC/RAW files, other files) is
+    said in one line per folder; a file given by name whose type cannot be read is refused
+    before the model loads."""
+    import os
+
+    from .._io import UNSUPPORTED_IMAGE_TYPES, describe_skipped, scan_images
+
+    main = os.environ.get("RANK", "0") in ("0", "")  # one note under accelerate / torchrun
     found: dict[str, Path] = {}
     for item in inputs:
         if item.is_dir():
-            images = list_images(item)
+            images, skipped = scan_images(item)
             if not images:
-                raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {item}")
+                why = f" ({describe_skipped(skipped)})" if skipped else ""
+                raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {item}{why}")
+            if skipped and main:
+                print(f"{item}: {describe_skipped(skipped)}")
             entries = list(images.items())
         elif item.is_file():
+            why = UNSUPPORTED_IMAGE_TYPES.get(item.suffix.lower())
+            if why is not None:
+                raise ValueError(f"input {item}: {why}")
             entries = [(item.stem, item)]
         else:
             raise FileNotFoundError(f"input not found: {item}")

@@ -10,17 +10,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._options import int_arg, seed_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-task-classifier", help="train the task classifier of `rectify --task auto` (CPU)",
                        description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
     p.add_argument("--out", type=Path, required=True, help="output folder (config.json + safetensors)")
-    p.add_argument("--num", type=int, default=400, help="synthetic samples per class (default 400)")
-    p.add_argument("--steps", type=int, default=2000, help="Adam steps, batches of 64 (default 2000)")
+    p.add_argument("--num", type=int_arg(1, 1_000_000), default=400, help="synthetic samples per class (default 400)")
+    p.add_argument("--steps", type=int_arg(1, 10_000_000), default=2000, help="Adam steps, batches of 64 (default 2000)")
     p.add_argument("--photos", default="bundled-train+procedural*3+urban*2",
                    help="photo sources, as for `synth --photos` (default bundled-train+procedural*3+urban*2)")
-    p.add_argument("--seed", type=int, default=None, help="sample / training seed (default: the training seed)")
-    p.add_argument("--workers", type=int, default=1, help="processes generating samples (default 1)")
+    p.add_argument("--seed", type=seed_arg, default=None, help="sample / training seed (default: the training seed)")
+    p.add_argument("--workers", type=int_arg(1, 256), default=1, help="processes generating samples (default 1)")
     p.set_defaults(func=_train)
 
 
