@@ -1,6 +1,6 @@
 """Imported releases reproduce the authors' inference (issue: released checkpoints give the authors' results).
 
-The reference below is written from the release's documented math (METHOD.md, "Inference" and
+The reference below is written from the release's documented math (docs/method.md, "Inference" and
 "Released checkpoint layout"), with raw diffusers modules and no stablemotion code: latent
 mean x 0.18215 of inputs in [-1, 1], condition order [mask, image, noise] / [image, noise],
 DDIM with trailing spacing keeping ``prev_sample`` on every step, ``decode * 50`` of channels

@@ -239,7 +239,7 @@ def test_mixed_precision_accumulation_checkpointing_and_tensorboard(tmp_path, si
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
 def test_shipped_configs_are_valid(name):
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name, check_paths=False)
-    if name in ("sir.yaml", "rsc.yaml"):  # the released recipes (METHOD.md, "Training")
+    if name in ("sir.yaml", "rsc.yaml"):  # the released recipes (docs/method.md, "Training")
         assert cfg.model.base == "stabilityai/stable-diffusion-2" and cfg.optim.lr == 1e-5
         assert cfg.optim.weight_decay == 1e-2 and cfg.optim.grad_clip == 1.0 and cfg.train.ema
         assert cfg.loss.pyramid_noise and cfg.loss.timesteps == [0, 999]

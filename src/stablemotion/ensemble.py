@@ -1,6 +1,6 @@
 """Adaptive Ensemble Strategy (AES): combining the members of a sampled ensemble.
 
-Two rules are offered (see METHOD.md, "Inference"):
+Three rules are offered (see docs/method.md, "Inference"):
 
 * ``"image"`` -- the released rule. Every member's flow warps the input; the result is the
   per-pixel, per-channel **median** of the warped images, except inside a band along the

@@ -710,7 +710,7 @@ def study_steps(
         plt.close(fig)
 
     note = (f"Model {model_name or '(in memory)'}; dataset {eval_set!r}; settings {base.to_json()} with the steps varied. "
-            "One step is the trained path; more steps leave it (METHOD.md, 'Inference').")
+            "One step is the trained path; more steps leave it (docs/method.md, 'Inference').")
     return _write_study(out, "steps", rows, ["steps", "psnr", "ssim", "seconds_per_image", "images"],
                         "Sampling Steps Disaster: quality versus DDIM steps", note, plot)
 

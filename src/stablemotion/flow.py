@@ -1,6 +1,6 @@
 """Flow fields: backward warping, VAE encoding, resizing, meshes, file I/O, colours.
 
-Conventions (see METHOD.md, "Motion representation"):
+Conventions (see docs/method.md, "Motion representation"):
 
 * A flow is a tensor ``(B, 2, H, W)`` (or ``(2, H, W)``) in **pixels**, channel 0 = ``u``
   (x, to the right), channel 1 = ``v`` (y, downwards). It warps **backward**:

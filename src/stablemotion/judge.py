@@ -1,4 +1,5 @@
-"""Rule-based perceptual evaluation with a vision-language model as judge (METHOD.md).
+"""Rule-based perceptual evaluation with a vision-language model as judge (docs/method.md,
+"Evaluation protocol").
 
 The judge sees an (input, output) pair and scores the output 0-10 (integers) on the task's
 rubric dimensions; the overall score is the weighted sum, computed here (never taken from
@@ -65,7 +66,7 @@ __all__ = [
     "mean_ci",
 ]
 
-#: Two methods' overall scores within this margin are a tie (METHOD.md).
+#: Two methods' overall scores within this margin are a tie (docs/method.md, "Evaluation protocol").
 TIE_MARGIN = 0.25
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 

@@ -1,4 +1,4 @@
-"""Training losses and noise of StableMotion (METHOD.md, "Training").
+"""Training losses and noise of StableMotion (docs/method.md, "Training").
 
 * :func:`pyramid_noise_like` - Marigold's annealed multi-resolution noise.
 * :func:`v_target` / :func:`x0_from_v` - v-prediction target and the one-shot x0 estimate

@@ -76,7 +76,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Pipeline config of an imported release: the released inference path (METHOD.md,
+#: Pipeline config of an imported release: the released inference path (docs/method.md,
 #: "Released checkpoint layout"): the last DDIM step's ``prev_sample``, masks fed as read,
 #: AES in 8 bits with the median truncated and a fixed 20 px band.
 RELEASED_INFERENCE: dict[str, Any] = {

@@ -5,7 +5,7 @@ Components: ``unet`` (conv_in expanded for the task's conditions), ``vae``, ``sc
 :class:`~stablemotion.components.EmptyTextEmbedding`). The pipeline config holds the task
 description and the recommended inference settings; ``None`` arguments fall back to them.
 
-Inference (METHOD.md, "Inference"): the input and its condition images are resized to the
+Inference (docs/method.md, "Inference"): the input and its condition images are resized to the
 processing resolution, encoded once with the VAE mean (times ``scaling_factor``) and shared
 by the E ensemble members; each member starts from Gaussian noise at t = 999 and follows
 the scheduler (1 step by default). The final latent is either the last step's x0 estimate
