@@ -42,7 +42,7 @@ def atomic_path(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
     libraries that pick a format from the extension (PIL, OpenCV, numpy) still work.
     """
     path = Path(path)
-    if not overwrite and path.exists():
+    if not overwrite and (path.exists() or path.is_symlink()):  # a dangling link counts as existing
         raise FileExistsError(f"{path} already exists; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
@@ -56,6 +56,19 @@ def atomic_path(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def write_atomic(path: PathLike, data: bytes | str, overwrite: bool = True) -> Path:
+    """Write ``data`` (``str`` as UTF-8) to ``path`` atomically (see :func:`atomic_path`).
+
+    The data goes into a new temporary file created exclusively (never through a link) and
+    is renamed onto ``path``: a symbolic link at ``path`` is replaced by the file, never
+    written through, so the file a link points to is left as it was.
+    """
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
 
 
 def _umask() -> int:

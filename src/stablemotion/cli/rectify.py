@@ -12,8 +12,16 @@ For each input NAME.ext it writes into --out:
 Batches are safe to run overnight: cheap checks (inputs readable and not too large, masks
 of the right size, --out writable, output names free) run before the model is loaded;
 a file that fails later is reported at the end (exit status 1) while the others are
-processed; a rerun skips the images whose outputs are complete (--force redoes them) and
-refuses a folder made with other settings. Every output is written atomically.
+processed; a rerun skips the images whose outputs are complete and were made with the same
+settings (--force redoes them) and refuses a folder holding images made with other settings
+(.stablemotion-rectify.json records each image's settings). One run at a time writes into a
+folder (a second is refused while the first holds .stablemotion-rectify.lock). Every output
+is written atomically, and never through a symbolic link: an output name that is a link
+fails that image, a link in place of rectify's own files stops the run.
+
+Memory: an image over --max-work-pixels (default 1048576 = 1024 x 1024) runs the model at
+that many pixels (its aspect ratio kept); the flow is upsampled to the input's size and the
+input warped at full size a strip of rows at a time. Every output is at the input's size.
 
 SIR masks come from --mask (a file for one input, a folder matched by file stem, or
 "alpha": the inputs' own alpha channel); without it they are derived from the stitched
@@ -85,6 +93,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=max_pixels_arg, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse images larger than this many pixels, checked from the file header "
                         f"(default {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixels; 0 = no limit)")
+    p.add_argument("--max-work-pixels", type=int, default=None, metavar="N",
+                   help="run the model on images larger than this many pixels shrunk to it, and warp them at "
+                        "full size in strips (bounded memory; default 1048576 = 1024 x 1024, as the web app; "
+                        "0 = no cap: the whole image goes through the pipeline)")
     p.add_argument("--force", action="store_true", help="redo images whose outputs exist (default: skip them)")
     p.set_defaults(func=_rectify)
 
@@ -190,12 +202,18 @@ def _check_names(args: argparse.Namespace, jobs: list[_Job]) -> None:
 
 
 def _check_out(out: Path) -> None:
-    """--out exists or can be made, and is writable (checked before the model loads)."""
+    """--out exists or can be made, and is writable (checked before the model loads).
+
+    The probe is a new file of a unique name created exclusively (``mkstemp``: ``O_EXCL``,
+    never through a link, never one another process probes with)."""
+    import os
+    import tempfile
+
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".{_STATE}.probe"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=f"{_STATE}.probe.", suffix=".tmp.probe", dir=out)
+        os.close(fd)
+        Path(probe).unlink(missing_ok=True)
     except OSError as exc:
         raise ValueError(f"--out {out} is not writable: {exc.strerror or exc}") from None
 
@@ -204,35 +222,95 @@ _LITTER = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp\.[A-Za-z0-9]+$")
 
 
 def _clean_litter(out: Path) -> int:
-    """Remove temporary files a killed run left behind (``atomic_path``'s ``.NAME.XXXXXX.tmp.EXT``)."""
+    """Remove temporary files a killed run left behind (``atomic_path``'s ``.NAME.XXXXXX.tmp.EXT``).
+
+    Only while holding the folder's lock (no other run's temporary files are there then);
+    links are left alone (rectify never makes one)."""
     removed = 0
     for path in out.iterdir():
-        if path.is_file() and _LITTER.match(path.name):
+        if _LITTER.match(path.name) and not path.is_symlink() and path.is_file():
             path.unlink(missing_ok=True)
             removed += 1
     return removed
 
 
 def _settings_record(args: argparse.Namespace, model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Everything that changes an image's outputs, as recorded in the manifest."""
     return {"model": model, "seed": args.seed, "mask": args.mask, **{k: v for k, v in kwargs.items()},
-            "dtype": args.dtype}
+            "dtype": args.dtype, "max_work_pixels": args.max_work_pixels}
 
 
-def _check_resume(out: Path, record: dict[str, Any], finished: int, force: bool) -> None:
-    path = out / f"{_STATE}.json"
-    if path.is_file() and finished and not force:
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = None
-        if old is not None and old != json.loads(json.dumps(record)):
-            diff = sorted(k for k in set(old) | set(record) if old.get(k) != json.loads(json.dumps(record)).get(k))
-            raise ValueError(f"{out} holds results made with other settings ({', '.join(diff)} differ); "
-                             "use another --out, or --force to redo every image")
+def _complete(job: _Job) -> bool:
+    """All of ``job``'s outputs are in place (regular files, not links)."""
+    return all(p.is_file() and not p.is_symlink() for p in job.outputs.values())
+
+
+def _plan_resume(args: argparse.Namespace, jobs: list[_Job], record: dict[str, Any],
+                 key: str) -> tuple[list[str], list[str]]:
+    """Main process, holding the folder's lock: which jobs are done, and the folder's manifest updated for the run.
+
+    A job is done when its outputs are complete and the manifest records them with this
+    run's settings (a folder without a manifest, or with an older version's single record of
+    the same settings, vouches for complete outputs as before). A folder holding any image made
+    with other settings is refused unless --force; with --force this run's images are redone
+    and the others stay, each recorded with its own settings. The jobs about to be (re)written
+    are dropped from the manifest until they are finished. -> (stems done, notes to print)
+    """
+    from ..outdir import Manifest
+
+    man = Manifest.load(args.out)
+    man.merge_journals()  # images a killed run finished
+    complete = {j.stem for j in jobs if _complete(j)}
+    current = json.loads(json.dumps(record))
+    notes: list[str] = []
+    if man.legacy is not None:  # an older version's one record for the whole folder (uncapped then)
+        old = {"max_work_pixels": 0, **man.legacy}
+        if old != current:
+            results = [p.name for p in args.out.iterdir() if not p.name.startswith(".")]
+            if results and not args.force:
+                raise ValueError(f"{args.out} holds results made with other settings ({_differ(old, current)} "
+                                 "differ); use another --out, or --force to redo this run's images there")
+        else:
+            for job in jobs:
+                if job.stem in complete:
+                    man.record(job.stem, key, (p.name for p in job.outputs.values()))
+    elif not man.found:  # no manifest: complete outputs count as done, as they always did
+        for job in jobs:
+            if job.stem in complete:
+                man.record(job.stem, key, (p.name for p in job.outputs.values()))
+    stems = {j.stem for j in jobs}
+    other = sorted(s for s, e in man.outputs.items() if e["settings"] != key and man.present(s))
+    if other:
+        differ = sorted({k for s in other for k in _differ(man.settings.get(man.outputs[s]["settings"], {}),
+                                                                current).split(", ")})
+        shown = ", ".join(other[:5]) + (" ..." if len(other) > 5 else "")
+        if not args.force:
+            ours = all(s in stems for s in other)
+            raise ValueError(
+                f"{args.out} holds {len(other)} image(s) made with other settings ({', '.join(differ)} differ: "
+                f"{shown}); use another --out, or --force to " + ("redo them" if ours else
+                "write there anyway (the images not in this run keep their settings, recorded per image)"))
+        kept = [s for s in other if s not in stems]
+        if kept:
+            notes.append(f"note: {len(kept)} image(s) in {args.out} made with other settings are kept as they are "
+                         f"({', '.join(kept[:5])}{' ...' if len(kept) > 5 else ''}); the folder mixes settings")
+    done = [] if args.force else [j.stem for j in jobs if j.stem in complete
+                                  and man.outputs.get(j.stem, {}).get("settings") == key]
+    man.forget(stems - set(done))
+    man.settings[key] = record
+    man.save(keep=(key,))
+    man.clear_journals()
+    return done, notes
+
+
+def _differ(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The names of the settings that differ between two records, comma-separated."""
+    return ", ".join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))) or "settings"
 
 
 def _preflight(jobs: list[_Job], needs_mask: bool, max_pixels: int | None, grey: str = "refuse") -> dict[str, str]:
-    """Header checks of every input and mask (size, mode, decodability of the header) -> failures by stem."""
+    """Header checks of every input and mask (size, mode, decodability of the header), and no output
+    name taken by a symbolic link -> failures by stem."""
     from PIL import Image, UnidentifiedImageError
 
     from .._io import warnings_as_errors
@@ -240,6 +318,10 @@ def _preflight(jobs: list[_Job], needs_mask: bool, max_pixels: int | None, grey:
     failures: dict[str, str] = {}
     for job in jobs:
         try:
+            for path in job.outputs.values():  # replacing it would silently drop the user's link
+                if path.is_symlink():
+                    raise ValueError(f"output {path} is a symbolic link; rectify never replaces or writes through "
+                                     "links: remove it or choose another --out")
             with warnings_as_errors(), Image.open(job.image) as im:  # header only: our own size limit applies
                 w, h = im.size
                 mode = im.mode
@@ -263,18 +345,82 @@ def _preflight(jobs: list[_Job], needs_mask: bool, max_pixels: int | None, grey:
 def _rectify(args: argparse.Namespace) -> int:
     kwargs = inference_kwargs(args)
     max_pixels = None if args.max_pixels <= 0 else int(args.max_pixels)
+    args.max_work_pixels = _max_work_pixels(args.max_work_pixels)
     dist = Dist(args.device)  # checks --device before anything else
     items = _collect_inputs(args.inputs)
     _check_out(args.out)
-    if args.task == "auto":
-        return _rectify_auto(args, dist, items, kwargs, max_pixels)
-    processed, skipped, failures = _process(args, dist, items, kwargs, max_pixels)
-    return _summary(args, dist, processed, skipped, failures)
+    lock = _lock_out(args.out, dist)
+    try:
+        if dist.main:
+            removed = _clean_litter(args.out)
+            if removed:
+                print(f"removed {removed} temporary file(s) left in {args.out} by an interrupted run")
+        if args.task == "auto":
+            return _rectify_auto(args, dist, items, kwargs, max_pixels)
+        processed, skipped, failures = _process(args, dist, items, kwargs, max_pixels)
+        return _summary(args, dist, processed, skipped, failures)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _max_work_pixels(value: int | None) -> int:
+    """--max-work-pixels: ``None`` -> the app's default cap; 0 = no cap; else at least 64 x 64."""
+    if value is None:
+        from ..large_image import MAX_WORK_PIXELS
+
+        return MAX_WORK_PIXELS
+    if value != 0:
+        from ..large_image import MIN_WORK_PIXELS
+
+        if value < MIN_WORK_PIXELS:
+            raise ValueError(f"--max-work-pixels must be 0 (no cap) or at least {MIN_WORK_PIXELS} (64 x 64), "
+                             f"got {value}")
+    return value
+
+
+def _share(dist: Dist, value: Any) -> Any:
+    """The main process's ``value`` in every process (a broadcast under accelerate / torchrun)."""
+    if dist.world == 1:
+        return value
+    import torch.distributed
+
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _stop(dist: Dist, message: str | None) -> None:
+    """Stop every process on the main process's error ``message``: it says it once (exit 2), the others exit quietly."""
+    if message is None:
+        return
+    if dist.main:
+        raise ValueError(message)
+    raise SystemExit(2)
+
+
+def _lock_out(out: Path, dist: Dist) -> Any:
+    """Lock --out for the whole run (the main process holds it for all of them) -> the lock, or ``None``
+    in the other processes. Another run writing there stops this one with a one-line error."""
+    from ..outdir import FolderLock
+
+    lock, busy = None, None
+    if dist.main:
+        lock = FolderLock(out)
+        try:
+            lock.acquire()
+        except ValueError as exc:  # FolderBusy, or a link / non-file where the lock file goes
+            lock, busy = None, str(exc)
+    _stop(dist, _share(dist, busy))
+    return lock
 
 
 def _process(args: argparse.Namespace, dist: Dist, items: list[tuple[str, Path]], kwargs: dict[str, Any],
-             max_pixels: int | None, record_model: str | None = None) -> tuple[int, int, dict[str, str]]:
-    """Rectify ``items`` with the model of ``args.model`` / ``args.task`` -> (processed, skipped, failures)."""
+             max_pixels: int | None, record: dict[str, Any] | None = None) -> tuple[int, int, dict[str, str]]:
+    """Rectify ``items`` with the model of ``args.model`` / ``args.task`` -> (processed, skipped, failures).
+
+    ``record``: the settings recorded for the images (default: from ``args``)."""
+    from ..outdir import settings_key
     from ._options import load_model, prepare_for_inference, resolve_dtype
 
     # The task (hence whether a mask is needed) is in the model config: read it without loading weights.
@@ -285,27 +431,34 @@ def _process(args: argparse.Namespace, dist: Dist, items: list[tuple[str, Path]]
     jobs = [_Job(stem, path, mask, _outputs(args, stem, needs_mask, ensemble))
             for (stem, path), mask in zip(items, masks, strict=True)]
     _check_names(args, jobs)
-    record = _settings_record(args, record_model or (str(args.model) if args.model else f"bundled:{task.name}"),
-                              kwargs)
-    done = [j for j in jobs if all(p.is_file() for p in j.outputs.values())]
-    _check_resume(args.out, record, len(done), args.force)
-    todo = jobs if args.force else [j for j in jobs if j not in done]
-    failures = _preflight(todo, needs_mask, max_pixels, args.grey)
+    if record is None:
+        record = _settings_record(args, str(args.model) if args.model else f"bundled:{task.name}", kwargs)
+    key = settings_key(record)
+    plan: tuple[list[str], list[str]] | str | None = None
+    if dist.main:  # one process decides (holding the lock) and tells the others
+        try:
+            plan = _plan_resume(args, jobs, record, key)
+        except ValueError as exc:
+            plan = str(exc)
+    plan = _share(dist, plan)
+    _stop(dist, plan if isinstance(plan, str) else None)
+    assert isinstance(plan, tuple)
+    done_stems, notes = set(plan[0]), plan[1]
     if dist.main:
-        removed = _clean_litter(args.out)
-        if removed:
-            print(f"removed {removed} temporary file(s) left in {args.out} by an interrupted run")
-        (args.out / f"{_STATE}.json").write_text(json.dumps(record, indent=1))
-    dist.barrier()
+        for note in notes:
+            print(note)
+    todo = [j for j in jobs if j.stem not in done_stems]
+    failures = _preflight(todo, needs_mask, max_pixels, args.grey)
 
     mine = [j for j in dist.shard(todo) if j.stem not in failures]
     processed = 0
     if mine:
         pipe = load_model(args.model, args.task, resolve_dtype(args.dtype), quiet=not dist.main)
         prepare_for_inference(pipe, dist.device, args.channels_last)
-        processed, late = _run(args, pipe, mine, kwargs, dist, max_pixels)
+        processed, late = _run(args, pipe, mine, kwargs, dist, max_pixels, key)
         failures.update(late)
-    return processed, len(done) if not args.force else 0, failures
+    dist.barrier()  # every process has finished (and journaled) its images before the manifest is updated
+    return processed, len(done_stems), failures
 
 
 def _rectify_auto(args: argparse.Namespace, dist: Dist, items: list[tuple[str, Path]], kwargs: dict[str, Any],
@@ -347,12 +500,13 @@ def _rectify_auto(args: argparse.Namespace, dist: Dist, items: list[tuple[str, P
         else:
             groups.setdefault(choice.task, []).append((stem, path))
     processed = skipped = 0
-    record_model = f"auto:{args.model or 'bundled'}"
+    # one record for the whole run (each image's task follows from the image): the groups never conflict
+    record = _settings_record(args, f"auto:{args.model or 'bundled'}", kwargs)
     for task, group in groups.items():
         sub = argparse.Namespace(**{**vars(args), "task": task})
         if not _task_of(sub).needs_mask:  # --mask is for the SIR images of the batch
             sub.mask = None
-        n, s, f = _process(sub, dist, group, kwargs, max_pixels, record_model=record_model)
+        n, s, f = _process(sub, dist, group, kwargs, max_pixels, record=record)
         processed, skipped = processed + n, skipped + s
         failures.update(f)
     return _summary(args, dist, processed, skipped, failures)
@@ -398,107 +552,156 @@ def _task_of(args: argparse.Namespace) -> _TaskInfo:
 
 
 def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str, Any],
-         dist: Dist, max_pixels: int | None) -> tuple[int, dict[str, str]]:
-    import numpy as np
-    import torch
+         dist: Dist, max_pixels: int | None, key: str) -> tuple[int, dict[str, str]]:
+    """Rectify ``jobs`` in this process -> (images written, failures by stem).
+
+    The network runs at most at --max-work-pixels (:func:`stablemotion.large_image.rectify_capped`,
+    the web app's path); every file written comes from the full-size result. Each finished
+    image is journaled with the settings ``key`` once all its files are in place."""
     from tqdm import tqdm
 
-    from .._io import atomic_path, load_image, read_rgb, save_image
-    from ..flow import flow_to_color, write_flow
-    from ..image_processing import prepare_mask
+    from ..outdir import Journal
     from ..tasks import MASK_CONDITIONS
-    from ..visualize import scalar_to_color
 
     failures: dict[str, str] = {}
     processed = 0
     spec = pipe.resolve_task(args.task)  # a multi-task model runs the chosen task
     needs_mask = any(c in MASK_CONDITIONS for c in spec.conditions)
+    # unset options are left to the pipeline's defaults (so that a capped run may pick its cheaper ensemble mode)
+    pipe_kwargs = {k: v for k, v in kwargs.items() if v is not None}
     bar = tqdm(jobs, desc="rectify" if dist.world == 1 else f"rectify [{dist.rank}/{dist.world}]", unit="img",
                disable=not dist.main)
-    for job in bar:
-        try:
-            image, alpha, note = read_rgb(job.image, grey=args.grey,
-                                          alpha="mask" if args.mask == "alpha" else args.alpha, max_pixels=max_pixels)
-            if note:
-                bar.write(f"{job.stem}: {note}")
-            mask = None
-            if needs_mask:
-                given = alpha if args.mask == "alpha" else (None if job.mask is None else load_image(job.mask, "mask"))
-                if args.mask == "alpha" and alpha is None:
-                    raise ValueError(f"--mask alpha but {job.image} has no transparent pixel; pass a mask file or "
-                                     "drop --mask to derive one from the empty border")
-                source = "alpha channel" if args.mask == "alpha" else f"mask {job.mask}"
-                mask, note = prepare_mask(image, given, source=source, background=args.mask_background,
-                                          tolerance=args.mask_tolerance)
-                if job.mask is None and args.mask != "alpha" and bool((mask > 0).all()):
-                    bar.write(f"{job.stem}: no empty border found: nothing to rectangle, written unchanged "
-                              "(pass --mask to force a run)")
-                    _write_unchanged(job, image, mask)
-                    processed += 1
-                    continue
-                if job.mask is None:
-                    bar.write(f"{job.stem}: {note}")
-            out = pipe(image, mask=mask, generator=torch.Generator().manual_seed(args.seed), output_type="np",
-                       show_progress_bar=False, task=spec.name, **kwargs)
-            if not np.isfinite(out.flow).all():
-                raise ValueError(f"{job.image}: the model produced a non-finite flow (NaN/inf); try --dtype fp32")
-            paths = job.outputs
-            save_image((out.image[0] * 255.0).round().astype(np.uint8), paths["image"])
-            save_image(flow_to_color(out.flow[0]), paths["flow_color"])
-            if "flow" in paths:
-                write_flow(paths["flow"], out.flow[0])
-            if "mask" in paths and mask is not None:
-                save_image(mask, paths["mask"])
-            if "uncertainty" in paths and out.uncertainty is not None:
-                spread = out.uncertainty[0, ..., 0].astype(np.float32)
-                with atomic_path(paths["uncertainty"]) as tmp, open(tmp, "wb") as f:
-                    np.save(f, spread)
-                save_image(scalar_to_color(spread)[0], paths["uncertainty_color"])
-            processed += 1
-        except (ValueError, OSError) as exc:
-            failures[job.stem] = str(exc).splitlines()[0]
-            bar.write(f"{job.stem}: failed: {failures[job.stem]}")
+    journal = Journal(args.out, dist.rank)
+    try:
+        for job in bar:
+            try:
+                _run_one(args, pipe, spec, job, pipe_kwargs, needs_mask, max_pixels, bar)
+                journal.add(job.stem, key, (p.name for p in job.outputs.values()))
+                processed += 1
+            except (ValueError, OSError) as exc:
+                failures[job.stem] = str(exc).splitlines()[0]
+                bar.write(f"{job.stem}: failed: {failures[job.stem]}")
+    finally:
+        journal.close()
     return processed, failures
+
+
+class _FiniteFlow:
+    """``pipe`` whose call refuses a non-finite flow with a message naming the image."""
+
+    def __init__(self, pipe: Any, image: Path) -> None:
+        self.pipe, self.image = pipe, image
+        self.config = getattr(pipe, "config", None)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import numpy as np
+
+        out = self.pipe(*args, **kwargs)
+        if not np.isfinite(out.flow).all():
+            raise ValueError(f"{self.image}: the model produced a non-finite flow (NaN/inf); try --dtype fp32")
+        return out
+
+
+def _run_one(args: argparse.Namespace, pipe: Any, spec: Any, job: _Job, pipe_kwargs: dict[str, Any],
+             needs_mask: bool, max_pixels: int | None, bar: Any) -> None:
+    """Rectify one image and write all its outputs (each atomically); raises ``ValueError``/``OSError``."""
+    import numpy as np
+    import torch
+
+    from .._io import atomic_path, load_image, read_rgb, save_image
+    from ..flow import write_flow
+    from ..image_processing import prepare_mask
+    from ..large_image import rectify_capped, uncertainty_colours
+
+    image, alpha, note = read_rgb(job.image, grey=args.grey, alpha="mask" if args.mask == "alpha" else args.alpha,
+                                  max_pixels=max_pixels)
+    if note:
+        bar.write(f"{job.stem}: {note}")
+    mask = None
+    if needs_mask:
+        given = alpha if args.mask == "alpha" else (None if job.mask is None else load_image(job.mask, "mask"))
+        if args.mask == "alpha" and alpha is None:
+            raise ValueError(f"--mask alpha but {job.image} has no transparent pixel; pass a mask file or "
+                             "drop --mask to derive one from the empty border")
+        source = "alpha channel" if args.mask == "alpha" else f"mask {job.mask}"
+        mask, note = prepare_mask(image, given, source=source, background=args.mask_background,
+                                  tolerance=args.mask_tolerance)
+        if job.mask is None and args.mask != "alpha" and bool((mask > 0).all()):
+            bar.write(f"{job.stem}: no empty border found: nothing to rectangle, written unchanged "
+                      "(pass --mask to force a run)")
+            _write_unchanged(job, image, mask)
+            return
+        if job.mask is None:
+            bar.write(f"{job.stem}: {note}")
+    cap = args.max_work_pixels or image.shape[0] * image.shape[1]  # 0: no cap
+    res = rectify_capped(_FiniteFlow(pipe, job.image), image, mask, spec.padding, cap,
+                         generator=torch.Generator().manual_seed(args.seed), task=spec.name, **pipe_kwargs)
+    if res.work_size != image.shape[:2]:
+        bar.write(f"{job.stem}: {image.shape[1]}x{image.shape[0]} px, over --max-work-pixels: the model ran at "
+                  f"{res.work_size[1]}x{res.work_size[0]}, the flow was applied at full size")
+    del image
+    paths = job.outputs
+    save_image(res.image, paths["image"])
+    save_image(res.flow_colours, paths["flow_color"])
+    if "flow" in paths:
+        write_flow(paths["flow"], res.flow)
+    if "mask" in paths and mask is not None:
+        save_image(mask, paths["mask"])
+    if "uncertainty" in paths and res.spread is not None:
+        with atomic_path(paths["uncertainty"]) as tmp, open(tmp, "wb") as f:
+            np.save(f, res.spread)
+        save_image(uncertainty_colours(res.spread)[0], paths["uncertainty_color"])
 
 
 def _write_unchanged(job: _Job, image: Any, mask: Any) -> None:
     """The input as its own result: zero flow (SIR with no empty border)."""
     import numpy as np
 
-    from .._io import save_image
-    from ..flow import flow_to_color, write_flow
+    from .._io import atomic_path, save_image
+    from ..flow import write_flow
+    from ..large_image import flow_colours, uncertainty_colours
 
     zero = np.zeros((*image.shape[:2], 2), np.float32)
     save_image(image, job.outputs["image"])
-    save_image(flow_to_color(zero), job.outputs["flow_color"])
+    save_image(flow_colours(zero)[0], job.outputs["flow_color"])  # a strip at a time: bounded memory
     if "flow" in job.outputs:
         write_flow(job.outputs["flow"], zero)
     if "mask" in job.outputs:
         save_image(mask, job.outputs["mask"])
     if "uncertainty" in job.outputs:  # no members ran: zero spread
-        from .._io import atomic_path
-        from ..visualize import scalar_to_color
-
         spread = np.zeros(image.shape[:2], np.float32)
         with atomic_path(job.outputs["uncertainty"]) as tmp, open(tmp, "wb") as f:
             np.save(f, spread)
-        save_image(scalar_to_color(spread)[0], job.outputs["uncertainty_color"])
+        save_image(uncertainty_colours(spread)[0], job.outputs["uncertainty_color"])
 
 
 def _summary(args: argparse.Namespace, dist: Dist, processed: int, skipped: int, failures: dict[str, str]) -> int:
+    """Record the finished images in the manifest and print one summary (main process) -> exit status."""
+    from .._io import write_atomic
+    from ..outdir import Manifest, check_not_link
+
     state = args.out / _STATE
     if dist.world > 1:  # every process leaves its counts; the main one reports once
+        check_not_link(state, "the state folder")
         state.mkdir(exist_ok=True)
-        (state / f"rank{dist.rank}.json").write_text(json.dumps({"processed": processed, "failures": failures}))
+        write_atomic(state / f"rank{dist.rank}.json", json.dumps({"processed": processed, "failures": failures}))
         dist.barrier()
         if not dist.main:
             return 1 if failures else 0
         processed, failures = 0, {}
-        for path in sorted(state.glob("rank*.json")):
+        for rank in range(dist.world):
+            path = state / f"rank{rank}.json"
+            check_not_link(path, "the state file")
             rec = json.loads(path.read_text())
             processed += rec["processed"]
             failures.update(rec["failures"])
             path.unlink()
+    manifest = Manifest.load(args.out)
+    manifest.merge_journals()
+    manifest.save()
+    manifest.clear_journals()
+    if state.is_dir() and not state.is_symlink() and not any(state.iterdir()):
+        state.rmdir()
     parts = [f"rectified {processed} image{'s' if processed != 1 else ''} -> {args.out}"]
     if skipped:
         parts.append(f"skipped {skipped} already done (--force redoes them)")
