@@ -189,9 +189,9 @@ def test_study_refuses_bad_lists(argv, message, tmp_path, capsys, no_model_load)
     (["synth", "rectangling", "OUT", "--quality", "0"], "argument --quality: must be an integer from 1 to 100"),
     (["synth", "rectangling", "OUT", "--seed", str(2**64)], "argument --seed"),
     (["synth", "rectangling", "OUT", "--workers", "0"], "argument --workers"),
-    (["synth", "rotation", "OUT", "--max-angle", "nan"], "argument --max-angle: must be a number in [0, "),
-    (["synth", "rotation", "OUT", "--max-angle", "1e9"], "argument --max-angle: must be a number in [0, "),
-    (["synth", "rectangling", "OUT", "--max-inset", "inf"], "argument --max-inset: must be a number"),
+    (["synth", "rotation", "OUT", "--max-angle", "nan"], "argument --max-angle: must be a number (finite)"),
+    (["synth", "rotation", "OUT", "--max-angle", "1e9"], "error: max_angle must be in [0, "),  # its own bounds
+    (["synth", "rectangling", "OUT", "--max-inset", "inf"], "argument --max-inset: must be a number (finite)"),
     (["label-flows", "DATA", "--out", "OUT", "--cell", "0"], "argument --cell"),
     (["tiny-model", "--out", "OUT", "--seed", "99999999999999999999999"],
      f"argument --seed: must be a seed (an integer) from 0 to {2**63 - 1}"),
