@@ -78,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "judge",
         help="rule-based perceptual score with a vision-language model as judge (OpenAI-Responses-compatible API)",
         description=(
-            "Scores each (input, output) pair, matched by file stem, on the task's rubric (METHOD.md). The endpoint comes "
+            "Scores each (input, output) pair, matched by file stem, on the task's rubric (docs/method.md, \"Evaluation protocol\"). The endpoint comes "
             "from --provider FILE (JSON: base_url, model, api_key_env, ...) or the environment: STABLEMOTION_JUDGE_BASE_URL, "
             "STABLEMOTION_JUDGE_MODEL and STABLEMOTION_JUDGE_API_KEY (or OPENAI_API_KEY / OPENAI_BASE_URL). The key is never "
             "printed or written. Outputs: OUT/judgements.jsonl (one line per answer, written as it arrives), "
