@@ -17,15 +17,20 @@
   ``uncertainty.png`` (ensemble spread, inferno colour map; ensemble > 1 only),
   ``mask.png`` (SIR: the mask used), ``flow.npy`` / ``flow.flo`` (backward flow (H, W, 2), px).
 
-Validation happens before any inference, in a thread pool (so it is answered while a
-slow inference runs): at most ``max_upload_bytes`` per file (the request body is cut off
-past twice that), formats PNG/JPEG/WebP/BMP/TIFF by content (not by file name), at most
-``max_side`` pixels per side (checked from the header, before decoding), RGB only (the
-library's rule: grey/RGBA are refused with a message), a SIR mask of the image's size,
-no mask for tasks without one (RSC, rotation, lens: refused; the page hides the field),
-``steps`` / ``ensemble`` in range. Errors are JSON ``{"detail": message}`` with status 400
-(bad input), 413 (too large), 415 (file type), 422 (``auto`` found no task to run) or 503
-(queue full; checked before the upload is decoded).
+A request is admitted before its body is read: at most ``max_queue`` requests are admitted
+at once (uploading, decoding, waiting for the model or running); more get 503 with
+``Retry-After`` at once, whatever they send. Admitted uploads are decoded ``max_decodes``
+(2) at a time. Validation happens before any inference, in a thread pool (so it is answered
+while a slow inference runs): at most ``max_upload_bytes`` per file (the request body is cut
+off past twice that), formats PNG/JPEG/WebP/BMP/TIFF/GIF by content (not by file name), one
+frame per file (animated GIF/WebP and multi-page TIFF are refused, the CLI's rule:
+:func:`~stablemotion._io.check_single_frame`), at most ``max_side`` pixels per side (checked
+from the header, before decoding), RGB only (the library's rule: grey and real transparency
+are refused with a message in the page's terms), a SIR mask of the image's size, no mask for
+tasks without one (RSC, rotation, lens: refused; the page hides the field), ``steps`` /
+``ensemble`` in range. Errors are JSON ``{"detail": message}`` with status 400 (bad input),
+403 (cross-origin request), 408 (upload stalled), 413 (too large), 415 (file type), 422
+(``auto`` found no task to run) or 503 (queue full).
 
 **Automatic task choice** (``task=auto``). On the inference worker, after validation,
 :func:`~stablemotion.task_choice.choose_task` looks at the image (a flat empty border means
@@ -80,8 +85,36 @@ Memory per request (CPU, float32; :func:`memory_bound`): at most about
 ``100 B x work pixels x E + 60 B x H x W + 128 MiB`` above the loaded model, 1.8 GiB with
 the default limits; measured for a 4096 x 4096, ensemble 8 request with the bundled SIR
 model: 0.52-0.64 GB in four runs (it was 8.1 GB without the cap). The network's own activations for E members
-at its processing resolution come on top (they do not depend on the upload). Each queued
-request also holds its decoded image and mask (3-6 B/px, up to 100 MB at 4096 x 4096).
+at its processing resolution come on top (they do not depend on the upload).
+
+**Peak of the worst admitted mix** (:func:`peak_memory_bound`): ``max_queue`` admitted
+requests of the largest size each hold their compressed files (at most 2 x
+``max_upload_bytes``) until decoded, then their decoded image and mask (at most 6 B/px), at
+most ``max_decodes`` decodes run at once (12 B/px each), plus the running request's
+:func:`memory_bound`: 1.3 GiB (:func:`admission_memory_bound`) + 1.8 GiB = 3.2 GiB with the
+default limits, however many clients upload at once. Measured in a fresh server admitting 2
+requests of 2048 x 2048 (13 MB PNG uploads) with a pipeline double, 16 concurrent uploads:
++70 MB (bound 192 MB); +512 MB when requests were admitted only after decoding.
+
+**Slow and idle clients.** The whole body must arrive within ``body_timeout`` (60 s) with
+no gap over ``body_idle_timeout`` (20 s); otherwise the answer is 408 and the connection is
+closed. A client gone mid-upload is logged in one line. The server side
+(:func:`stablemotion.app_server.server_options`, used by ``serve``) caps open connections at
+``max_connections`` (64; a request on one more gets 503), closes a connection that does not
+deliver its request headers within ``header_timeout`` (10 s), and idle keep-alive ones
+after 5 s.
+
+**Result folders.** Each server keeps its results in ``<tmp>/stablemotion-app-*`` holding
+a ``.lock`` file it keeps ``flock``-ed; on start it removes the folders of servers that are
+gone (killed with ``kill -9``, crashed): only folders with that prefix, owned by the same
+user, with a lock file nobody holds, never through a symlink.
+
+**Origin check (cross-site requests).** A page on another site can make the user's browser
+POST to this server (it cannot read the answer, but the job would run). For methods other
+than GET/HEAD/OPTIONS, the page named by ``Origin`` (or ``Referer`` when there is no
+``Origin``) must have a host the app answers to (``allowed_hosts``; with ``*``, the
+request's own ``Host``); ``Origin: null`` is refused; 403 with a one-line message. Requests
+with neither header (curl, scripts) are served. The app sends no CORS headers.
 
 **Host check (DNS rebinding).** A web page on another site can make a browser send requests
 to this server under the page's own host name (DNS rebinding); the browser then sends that
