@@ -392,3 +392,16 @@ def test_number_types_accept_their_range():
     assert options.parse_size("8192x16", "--size", maximum=8192) == (8192, 16)
     with pytest.raises(ValueError, match="at most 8192"):
         options.parse_size("8193", "--size", maximum=8192)
+
+
+def test_out_of_memory_helpers_for_per_image_handlers():
+    """The same line for a run's top level and for a per-image handler (rectify's loop)."""
+    import torch
+
+    args = argparse.Namespace(ensemble=2, processing_resolution=None)
+    assert options.is_out_of_memory(MemoryError()) and options.is_out_of_memory(torch.OutOfMemoryError("x"))
+    assert options.is_out_of_memory(RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate"))
+    assert not options.is_out_of_memory(RuntimeError("shape mismatch")) and not options.is_out_of_memory(ValueError())
+    assert options.out_of_memory_message(MemoryError(), args) == (
+        "out of memory (MemoryError); try a smaller --processing-resolution, a smaller --ensemble, or a device "
+        "with more memory")

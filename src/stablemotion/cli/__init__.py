@@ -55,27 +55,9 @@ def _size_hint(args: argparse.Namespace) -> str:
     return f"`stablemotion {args.command}` reads images up to this size"
 
 
-#: Options that lower the memory a run needs, in the order to try them (an out-of-memory
-#: message names those the command has).
-MEMORY_OPTIONS = (("max_work_pixels", "a smaller --max-work-pixels"),
-                  ("processing_resolution", "a smaller --processing-resolution"),
-                  ("ensemble", "a smaller --ensemble"), ("max_pixels", "a smaller --max-pixels"),
-                  ("decode_scale", "--decode-scale 2"), ("dtype", "--dtype bf16"), ("workers", "fewer --workers"))
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
-    if oom is not None and isinstance(exc, oom):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "not enough memory" in text)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from .._io import size_limit_hint
+    from ._options import is_out_of_memory, out_of_memory_message
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -92,12 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:
-        if args.debug or not _out_of_memory(exc):
+        if args.debug or not is_out_of_memory(exc):
             raise
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        tries = [flag for dest, flag in MEMORY_OPTIONS if hasattr(args, dest)] or ["smaller inputs"]
-        print(f"error: out of memory ({first}); try {', '.join(tries)}, or a device with more memory",
-              file=sys.stderr)
+        print(f"error: {out_of_memory_message(exc, args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

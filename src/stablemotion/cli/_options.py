@@ -53,6 +53,8 @@ __all__ = [
     "load_model",
     "prepare_for_inference",
     "Dist",
+    "is_out_of_memory",
+    "out_of_memory_message",
 ]
 
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
@@ -376,6 +378,37 @@ def check_model_limits(args: argparse.Namespace, steps: list[int | None], resolu
     if latent[0] % decode_scale or latent[1] % decode_scale:
         raise ValueError(f"--decode-scale {decode_scale} must divide the latent size {latent[0]}x{latent[1]} "
                          f"(processing resolution {size[0]}x{size[1]} / {vae}) of {name}")
+
+
+#: Options that lower the memory a run needs, in the order to try them (an out-of-memory
+#: message names those the command has).
+MEMORY_OPTIONS = (("max_work_pixels", "a smaller --max-work-pixels"),
+                  ("processing_resolution", "a smaller --processing-resolution"),
+                  ("ensemble", "a smaller --ensemble"), ("max_pixels", "a smaller --max-pixels"),
+                  ("decode_scale", "--decode-scale 2"), ("dtype", "--dtype bf16"), ("workers", "fewer --workers"))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """``MemoryError``, ``torch.OutOfMemoryError`` (CUDA/MPS) or the CPU allocator's
+    ``RuntimeError`` ("not enough memory" / "out of memory")."""
+    if isinstance(exc, MemoryError):
+        return True
+    import sys
+
+    torch = sys.modules.get("torch")  # never imported just for this
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if oom is not None and isinstance(exc, oom):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "not enough memory" in text)
+
+
+def out_of_memory_message(exc: BaseException, args: argparse.Namespace) -> str:
+    """One line for an out-of-memory error: its first line, then what to lower among the
+    options ``args`` (the command's) has. For the command line's top level and per-image handlers."""
+    first = (str(exc).splitlines() or [type(exc).__name__])[0][:200] or type(exc).__name__
+    tries = [flag for dest, flag in MEMORY_OPTIONS if hasattr(args, dest)] or ["smaller inputs"]
+    return f"out of memory ({first}); try {', '.join(tries)}, or a device with more memory"
 
 
 def check_model_folder(model: str | os.PathLike) -> None:
