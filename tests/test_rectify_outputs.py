@@ -187,6 +187,32 @@ def test_the_lock_is_held_by_another_process(tmp_path: Path) -> None:
         pass
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_something_else_in_place_of_the_lock_file_is_refused_at_once(kind: str, tmp_path: Path) -> None:
+    """Neither a FIFO (opening it for writing could wait forever) nor a folder is taken for the lock file."""
+    if kind == "fifo":
+        os.mkfifo(tmp_path / LOCK_NAME)
+        match = "is not a regular file"
+    else:
+        (tmp_path / LOCK_NAME).mkdir()
+        match = "cannot open the lock file .*Is a directory"
+    with pytest.raises(ValueError, match=match):
+        FolderLock(tmp_path).acquire()
+    with pytest.raises(ValueError, match="the journal .*(No such device|not a regular file|Is a directory)"):
+        _journal_at(tmp_path, kind)
+
+
+def _journal_at(folder: Path, kind: str) -> None:
+    """Open a journal whose file name is taken by a FIFO or a folder."""
+    state = folder / JOURNAL_DIR
+    state.mkdir(exist_ok=True)
+    if kind == "fifo":
+        os.mkfifo(state / "journal-rank0.jsonl")
+    else:
+        (state / "journal-rank0.jsonl").mkdir()
+    Journal(folder, 0)
+
+
 # --------------------------------------------------------------------------- item 9: settings per image
 def test_a_folder_never_mixes_settings_silently(sir_model: Path, photo: np.ndarray, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:

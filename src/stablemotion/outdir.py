@@ -66,13 +66,15 @@ def check_not_link(path: Path, what: str) -> None:
 
 
 def open_no_follow(path: Path, flags: int, what: str, mode: int = 0o666) -> int:
-    """``os.open`` that refuses a symbolic link at ``path`` (``O_NOFOLLOW``) with a one-line ``ValueError``."""
+    """``os.open`` of a regular file that refuses a symbolic link at ``path`` (``O_NOFOLLOW``) and anything
+    else that is not a regular file (``O_NONBLOCK``: a FIFO there cannot hang the run) with a one-line
+    ``ValueError``."""
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EMLINK) or path.is_symlink():  # EMLINK: FreeBSD's answer
             check_not_link(path, what)
-        raise
+        raise ValueError(f"cannot open {what} {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise ValueError(f"{what} {path} is not a regular file; remove it or choose another --out")
@@ -118,7 +120,8 @@ class FolderLock:
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise FolderBusy(f"another {self.command}{holder} is writing to {self.path.parent}; wait for "
                                      "it to finish or choose another --out") from None
-                raise
+                raise ValueError(f"cannot lock {self.path} ({exc.strerror or exc}): a lock keeps two runs from "
+                                 "writing into one folder; use a folder on a file system with file locks") from None
             try:  # the holder before us may have removed the file we opened: lock the one in the folder
                 current = os.stat(self.path, follow_symlinks=False).st_ino
             except FileNotFoundError:
