@@ -16,7 +16,7 @@ import pytest
 from stablemotion._io import load_image, save_image
 from stablemotion.cli import main
 from stablemotion.flow import read_flow
-from stablemotion.large_image import flow_colours, warp_strips
+from stablemotion.large_image import MAX_WORK_PIXELS, flow_colours, warp_strips
 from stablemotion.outdir import JOURNAL_DIR, LOCK_NAME, MANIFEST_NAME, FolderLock, Journal, Manifest
 
 VICTIM = b"precious user data\n"
@@ -338,6 +338,9 @@ def test_max_work_pixels_is_checked_before_the_model_loads(photo: np.ndarray, tm
     errors = [line for line in text.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--max-work-pixels must be 0 (no cap) or at least 4096" in errors[0], text
     assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit):  # the help states the app's default (the option's default is resolved late)
+        main(["rectify", "--help"])
+    assert f"default {MAX_WORK_PIXELS} = 1024 x 1024" in " ".join(capsys.readouterr().out.split())
 
 
 # --------------------------------------------------------------------------- several processes
