@@ -293,6 +293,9 @@ def test_journal_and_manifest_after_a_killed_run(tmp_path: Path) -> None:
     (tmp_path / MANIFEST_NAME).write_text("{damaged")
     with pytest.raises(ValueError, match="cannot read .*restore it, or use another --out"):
         Manifest.load(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text('{"format": 2, "settings": {}, "outputs": {"a": {"files": ["a.png"]}}}')
+    with pytest.raises(ValueError, match="the entry of 'a' is damaged"):
+        Manifest.load(tmp_path)
 
 
 # --------------------------------------------------------------------------- item 10: working-size cap

@@ -215,9 +215,15 @@ class Manifest:
             man.legacy = data
             return man
         if data.get("format") != _FORMAT or not isinstance(data.get("settings"), dict) \
+                or not all(isinstance(v, dict) for v in data["settings"].values()) \
                 or not isinstance(data.get("outputs"), dict):
             raise ValueError(f"{man.path} has an unknown format ({data.get('format')!r}, this version reads "
                              f"{_FORMAT}); use another --out or a newer stablemotion")
+        for stem, entry in data["outputs"].items():
+            if not (isinstance(entry, dict) and isinstance(entry.get("settings"), str)
+                    and isinstance(entry.get("files"), list) and all(isinstance(f, str) for f in entry["files"])):
+                raise ValueError(f"{man.path}: the entry of {stem!r} is damaged (expected settings and files); "
+                                 "restore the file, or use another --out")
         man.settings, man.outputs = data["settings"], data["outputs"]
         return man
 
