@@ -181,7 +181,7 @@ from .large_image import (
 from .tasks import MASK_CONDITIONS, describe_model_tasks, get_task
 
 __all__ = ["AppLimits", "ModelSpec", "admission_memory_bound", "allowed_hosts_for", "create_app", "memory_bound",
-           "peak_memory_bound", "working_size"]
+           "peak_memory_bound", "remove_dead_result_folders", "working_size"]
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ pixels). Budget: about 100 B x N x ensemble + 60 B x pixels + 128 MB above the m
 Load limits: a request is admitted before its upload is read, at most --max-queue at once
 (uploading, decoding, waiting or running; more get 503 with Retry-After), and at most two
 uploads are decoded at once, so the worst admitted mix (--max-queue requests of the largest
-size) stays within about 3.2 GB above the models with the default limits. An upload must
+size) stays within about 3.2 GiB above the models with the default limits. An upload must
 arrive within --body-timeout seconds with no pause over --body-idle-timeout (else 408, the
 connection is closed); a connection must send its request headers within --header-timeout
 seconds; at most --max-connections connections are open (a request on one more gets 503).
