@@ -94,7 +94,7 @@ most ``max_decodes`` decodes run at once (12 B/px each), plus the running reques
 :func:`memory_bound`: 1.3 GiB (:func:`admission_memory_bound`) + 1.8 GiB = 3.2 GiB with the
 default limits, however many clients upload at once. Measured in a fresh server admitting 2
 requests of 2048 x 2048 (13 MB PNG uploads) with a pipeline double, 16 concurrent uploads:
-+70 MB (bound 192 MB); +512 MB when requests were admitted only after decoding.
++68-75 MB in four runs (bound 192 MB); +512 MB when requests were admitted only after decoding.
 
 **Slow and idle clients.** The whole body must arrive within ``body_timeout`` (60 s) with
 no gap over ``body_idle_timeout`` (20 s); otherwise the answer is 408 and the connection is
@@ -271,7 +271,7 @@ def peak_memory_bound(limits: AppLimits) -> int:
 
     ``max_queue`` requests of the largest size: :func:`admission_memory_bound` plus the running
     request's :func:`memory_bound` at ``max_side`` x ``max_side`` with ``max_ensemble`` members.
-    About 3.1 GiB with the default limits.
+    About 3.2 GiB with the default limits.
     """
     inference = memory_bound(limits.max_side, limits.max_side, limits.max_ensemble, limits.max_work_pixels)
     return admission_memory_bound(limits) + inference
