@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -367,3 +368,48 @@ def test_two_processes_share_one_folder(sir_model: Path, photo: np.ndarray, tmp_
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode != 0
     assert proc.stderr.count(f"another stablemotion rectify (pid {os.getpid()}") == 1, proc.stderr[-3000:]
+
+
+def test_an_animation_is_refused_before_the_model_loads_and_the_others_run(
+        sir_model: Path, photo: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A multi-frame file fails in the header preflight (no model work spent on it); the batch goes on."""
+    from PIL import Image
+
+    import stablemotion.cli._options as options
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    save_image(_stitched(photo), inputs / "good.png")
+    frames = [Image.fromarray(_stitched(photo, shift=s)) for s in (0, 5, 9)]
+    frames[0].save(inputs / "anim.gif", save_all=True, append_images=frames[1:])
+    loads = []
+    real = options.load_model
+    monkeypatch.setattr(options, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    code, out = _run(["rectify", str(inputs), "--model", str(sir_model), "--out", str(tmp_path / "out")], capsys)
+    assert code == 1 and (tmp_path / "out" / "good.png").is_file() and not (tmp_path / "out" / "anim.png").exists()
+    assert re.search(r"anim: .*anim.gif holds 3 frames", out), out
+    assert len(loads) == 1
+
+
+def test_out_of_memory_on_one_image_fails_that_image_only(
+        sir_model: Path, photo: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import stablemotion.large_image as large_image
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    save_image(_stitched(photo), inputs / "a.png")
+    save_image(_stitched(photo, h=30, w=40), inputs / "big.png")
+    real = large_image.rectify_capped
+
+    def oom_on_big(pipe, image, *args, **kwargs):
+        if image.shape[0] == 30:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory")
+        return real(pipe, image, *args, **kwargs)
+
+    monkeypatch.setattr(large_image, "rectify_capped", oom_on_big)
+    code, out = _run(["rectify", str(inputs), "--model", str(sir_model), "--out", str(tmp_path / "out")], capsys)
+    assert code == 1 and (tmp_path / "out" / "a.png").is_file() and not (tmp_path / "out" / "big.png").exists()
+    assert re.search(r"big: failed: out of memory \(.*not enough memory\); try .*--max-work-pixels", out), out
+    assert "Traceback" not in out

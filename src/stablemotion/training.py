@@ -57,6 +57,7 @@ from .checkpoint_files import (
 from .components import decode_flow_latents, encode_latents
 from .config import TrainConfig
 from .data import Augment, DIRDDataset, RSRealDataset, TaskFolderDataset
+from .errors import is_out_of_memory, is_out_of_space
 from .flow import decode_flow, encode_flow, end_point_error, flow_to_color, warp
 from .losses import (
     LossWeights,
@@ -307,20 +308,6 @@ def check_batch_fits(cfg: TrainConfig, available: int | None = None) -> None:
             f"{h}x{w} samples alone (before the network's activations); {available / 1e9:.2g} GB is available: "
             "lower train.batch_size (raise train.grad_accum to keep the effective batch)"
         )
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
-                                               or "not enough memory" in text)
-
-
-def _is_out_of_space(exc: BaseException) -> bool:
-    import errno
-
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _safetensors_problem(file: Path) -> str | None:
@@ -742,7 +729,7 @@ class Trainer:
         except Exception as exc:
             if self.acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
-            if not (_is_out_of_space(exc) or _is_out_of_space(exc.__cause__ or exc.__context__ or exc)):
+            if not is_out_of_space(exc):
                 raise
             previous = latest_checkpoint(self.out, need_ema=self.ema is not None)
             kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
@@ -1011,7 +998,7 @@ class Trainer:
         try:
             yield
         except Exception as exc:
-            if not _is_out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
             c = self.cfg
             h, w = max((c.task_resolution(t) for t in self.tasks), key=lambda r: r[0] * r[1])
@@ -1096,7 +1083,7 @@ class Trainer:
             try:
                 pipeline_dir = self.export()
             except OSError as exc:
-                if not _is_out_of_space(exc):
+                if not is_out_of_space(exc):
                     raise
                 raise TrainingResourceError(
                     f"no space left on the device of {self.out} while exporting the trained model (checkpoint-"

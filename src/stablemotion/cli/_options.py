@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..constants import ENSEMBLE_MODES, FINAL_STEPS, FLOW_REGULARIZATIONS
+from ..errors import is_out_of_memory
 
 if TYPE_CHECKING:
     import torch
@@ -386,21 +387,6 @@ MEMORY_OPTIONS = (("max_work_pixels", "a smaller --max-work-pixels"),
                   ("processing_resolution", "a smaller --processing-resolution"),
                   ("ensemble", "a smaller --ensemble"), ("max_pixels", "a smaller --max-pixels"),
                   ("decode_scale", "--decode-scale 2"), ("dtype", "--dtype bf16"), ("workers", "fewer --workers"))
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """``MemoryError``, ``torch.OutOfMemoryError`` (CUDA/MPS) or the CPU allocator's
-    ``RuntimeError`` ("not enough memory" / "out of memory")."""
-    if isinstance(exc, MemoryError):
-        return True
-    import sys
-
-    torch = sys.modules.get("torch")  # never imported just for this
-    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
-    if oom is not None and isinstance(exc, oom):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "not enough memory" in text)
 
 
 def out_of_memory_message(exc: BaseException, args: argparse.Namespace) -> str:

@@ -48,7 +48,9 @@ from ._options import (
     float_arg,
     inference_kwargs,
     int_arg,
+    is_out_of_memory,
     max_pixels_arg,
+    out_of_memory_message,
     seed_arg,
 )
 
@@ -313,7 +315,7 @@ def _preflight(jobs: list[_Job], needs_mask: bool, max_pixels: int | None, grey:
     name taken by a symbolic link -> failures by stem."""
     from PIL import Image, UnidentifiedImageError
 
-    from .._io import warnings_as_errors
+    from .._io import check_single_frame, warnings_as_errors
 
     failures: dict[str, str] = {}
     for job in jobs:
@@ -325,6 +327,7 @@ def _preflight(jobs: list[_Job], needs_mask: bool, max_pixels: int | None, grey:
             with warnings_as_errors(), Image.open(job.image) as im:  # header only: our own size limit applies
                 w, h = im.size
                 mode = im.mode
+                check_single_frame(im, str(job.image))
             if max_pixels is not None and w * h > max_pixels:
                 raise ValueError(f"{job.image} is {w}x{h} px ({w * h / 1e6:.0f} megapixels), more than --max-pixels "
                                  f"{max_pixels / 1e6:.0f} megapixels")
@@ -580,6 +583,11 @@ def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str
                 processed += 1
             except (ValueError, OSError) as exc:
                 failures[job.stem] = str(exc).splitlines()[0]
+                bar.write(f"{job.stem}: failed: {failures[job.stem]}")
+            except (MemoryError, RuntimeError) as exc:  # one image too large for memory: the others still run
+                if not is_out_of_memory(exc):
+                    raise
+                failures[job.stem] = out_of_memory_message(exc, args)
                 bar.write(f"{job.stem}: failed: {failures[job.stem]}")
     finally:
         journal.close()
