@@ -353,7 +353,10 @@ def test_peak_memory_of_a_flood_of_large_uploads(tmp_path: Path) -> None:
     growth = peak - before
     print(f"peak RSS growth {growth / 2**20:.0f} MB, bound {bound / 2**20:.0f} MB")
     assert 0 < growth < bound, f"peak RSS grew by {growth / 2**20:.0f} MB > {bound / 2**20:.0f} MB"
-    assert sorted(answers) == [400, 400] + [503] * (clients - 2), answers  # the two admitted: the pipeline's 400
+    # The two admitted get the pipeline's 400, the others 503 before their body is read. On a loaded
+    # machine a client may connect only after the gate opened and a slot came free: it is then admitted
+    # too (a third 400), which is right; the memory bound above is what this test is about.
+    assert set(answers) <= {400, 503} and answers.count(400) >= 2 and answers.count(503) >= clients - 4, answers
 
 
 def get_or_none(port: int) -> int | None:
