@@ -413,3 +413,15 @@ def test_out_of_memory_on_one_image_fails_that_image_only(
     assert code == 1 and (tmp_path / "out" / "a.png").is_file() and not (tmp_path / "out" / "big.png").exists()
     assert re.search(r"big: failed: out of memory \(.*not enough memory\); try .*--max-work-pixels", out), out
     assert "Traceback" not in out
+
+
+def test_the_summary_repeats_what_the_input_folder_held_but_was_not_rectified(
+        sir_model: Path, photo: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    save_image(_stitched(photo), inputs / "a.png")
+    save_image(_stitched(photo), inputs / ".hidden.png")
+    (inputs / "b.heic").write_bytes(b"\0" * 16)
+    code, out = _run(["rectify", str(inputs), "--model", str(sir_model), "--out", str(tmp_path / "out")], capsys)
+    summary = out[out.index("rectified 1 image"):]
+    assert code == 0 and f"  not an input: {inputs}: skipped 2 files: .hidden.png (hidden file); b.heic (HEIC" in summary

@@ -112,12 +112,12 @@ class _Job:
 
 
 # --------------------------------------------------------------------------- planning (no model, no torch)
-def _collect_inputs(inputs: list[Path]) -> list[tuple[str, Path]]:
+def _collect_inputs(inputs: list[Path], notes: list[str] | None = None) -> list[tuple[str, Path]]:
     """(stem, path) of every input: files as given, folders' image files (not sub-folders).
 
     What a folder holds but is not rectified (hidden files, HEIC/RAW files, other files) is
-    said in one line per folder; a file given by name whose type cannot be read is refused
-    before the model loads."""
+    said in one line per folder (also appended to ``notes``, for the run's summary); a file
+    given by name whose type cannot be read is refused before the model loads."""
     import os
 
     from .._io import UNSUPPORTED_IMAGE_TYPES, describe_skipped, scan_images
@@ -132,6 +132,8 @@ def _collect_inputs(inputs: list[Path]) -> list[tuple[str, Path]]:
                 raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {item}{why}")
             if skipped and main:
                 print(f"{item}: {describe_skipped(skipped)}")
+            if skipped and notes is not None:
+                notes.append(f"{item}: {describe_skipped(skipped)}")
             entries = list(images.items())
         elif item.is_file():
             why = UNSUPPORTED_IMAGE_TYPES.get(item.suffix.lower())
@@ -350,7 +352,8 @@ def _rectify(args: argparse.Namespace) -> int:
     max_pixels = None if args.max_pixels <= 0 else int(args.max_pixels)
     args.max_work_pixels = _max_work_pixels(args.max_work_pixels)
     dist = Dist(args.device)  # checks --device before anything else
-    items = _collect_inputs(args.inputs)
+    args.input_notes = []  # what the input folders hold but are not rectified: repeated in the summary
+    items = _collect_inputs(args.inputs, args.input_notes)
     _check_out(args.out)
     lock = _lock_out(args.out, dist)
     try:
@@ -718,4 +721,6 @@ def _summary(args: argparse.Namespace, dist: Dist, processed: int, skipped: int,
     print("; ".join(parts))
     for stem, why in sorted(failures.items()):
         print(f"  failed {stem}: {why}")
+    for note in getattr(args, "input_notes", []):
+        print(f"  not an input: {note}")
     return 1 if failures else 0
