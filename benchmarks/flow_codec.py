@@ -28,14 +28,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_description, markdown_table, write_section  # noqa: E402
-from stablemotion.flow import decode_flow, encode_flow, end_point_error, warp  # noqa: E402
-from stablemotion.metrics import psnr_torch  # noqa: E402
-from stablemotion.synth import make_sample  # noqa: E402
+from stablemotion.core.flow import decode_flow, encode_flow, end_point_error, warp  # noqa: E402
+from stablemotion.core.metrics import psnr_torch  # noqa: E402
+from stablemotion.data.synth import make_sample  # noqa: E402
 
 
 def synthetic_set(task: str, num: int, size: tuple[int, int], seed: int) -> list[dict[str, torch.Tensor]]:
     """Held-out samples as tensors: image, gt in [-1, 1] (1, 3, H, W), flow (1, 2, H, W) px."""
-    from stablemotion._io import image_to_tensor
+    from stablemotion.io.images import image_to_tensor
 
     out = []
     for i in range(num):
@@ -70,9 +70,9 @@ def round_trip(vae, samples, padding: str, device: str) -> list[float]:
 def finetune_tiny(size: tuple[int, int], steps: int, workdir: Path, train_encoder: bool = False,
                   flow_smooth: float = 0.0) -> Path:
     """Train the tiny VAE's decoder (and encoder) on synthetic SIR flows; returns the vae folder."""
-    from stablemotion.config import load_config
-    from stablemotion.synth import write_rectangling_dataset
+    from stablemotion.data.synth import write_rectangling_dataset
     from stablemotion.training import Trainer
+    from stablemotion.training.config import load_config
 
     data = workdir / "data"
     if not data.exists():

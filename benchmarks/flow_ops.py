@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_description, markdown_table, write_section  # noqa: E402
-from stablemotion.flow import flow_to_color, mesh_to_flow, resize_flow, rigid_mesh, warp  # noqa: E402
+from stablemotion.core.flow import flow_to_color, mesh_to_flow, resize_flow, rigid_mesh, warp  # noqa: E402
 
 
 def timeit(fn, repeats: int) -> float:

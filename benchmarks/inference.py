@@ -7,7 +7,7 @@
 
 The full run builds the Stable Diffusion 2 UNet (12 input channels for SIR, 8 for RSC) and
 VAE from their configs with random weights (nothing is downloaded; timings do not depend on
-the weight values) and runs :class:`stablemotion.pipeline.StableMotionPipeline` end to end:
+the weight values) and runs :class:`stablemotion.model.pipeline.StableMotionPipeline` end to end:
 SIR at 384x512 (image + mask), RSC at 256x256. Each call's wall time is split into
 
 * ``encode``: ``vae.encode`` of the condition images (SIR: image and mask in one batch),
@@ -48,12 +48,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import stablemotion.pipeline as pipeline_module  # noqa: E402
+import stablemotion.model.pipeline as pipeline_module  # noqa: E402
 from _report import machine_description, markdown_table, write_section  # noqa: E402
 from _sd2 import SD2_SCHEDULER, sd2_unet, sd2_vae  # noqa: E402
-from stablemotion.flow import resize_flow, warp  # noqa: E402
+from stablemotion.core.flow import resize_flow, warp  # noqa: E402
 from stablemotion.model import EmptyTextEmbedding, make_scheduler, tiny_components  # noqa: E402
-from stablemotion.pipeline import StableMotionPipeline  # noqa: E402
+from stablemotion.model.pipeline import StableMotionPipeline  # noqa: E402
 
 PARTS = ("encode", "unet", "decode", "warp")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -365,10 +365,10 @@ def decode_scale_quality(quick: bool, scales: tuple[int, ...] = (1, 2, 4)) -> li
     is the part of the reduced-resolution decode's cost that no decoder can avoid (a
     trained decoder adds its own error on top).
     """
-    from stablemotion._io import load_image
-    from stablemotion.flow import read_flow
-    from stablemotion.metrics import psnr
-    from stablemotion.synth import write_rectangling_dataset, write_rolling_shutter_dataset
+    from stablemotion.core.flow import read_flow
+    from stablemotion.core.metrics import psnr
+    from stablemotion.data.synth import write_rectangling_dataset, write_rolling_shutter_dataset
+    from stablemotion.io.images import load_image
 
     n = 2 if quick else 6
     rows = []

@@ -1,8 +1,8 @@
 """Pseudo-flow labelling quality and speed on synthetic pairs with exact flows.
 
 Generates ``--num`` synthetic rectangling pairs (DIR-D size, 384 x 512) and ``--num``
-rolling-shutter pairs (256 x 256, the RSC network size) with :mod:`stablemotion.synth`,
-labels them with :func:`stablemotion.labelling.estimate_flow` in ``--workers`` processes
+rolling-shutter pairs (256 x 256, the RSC network size) with :mod:`stablemotion.data.synth`,
+labels them with :func:`stablemotion.data.labelling.estimate_flow` in ``--workers`` processes
 (as ``stablemotion label-flows`` does), and reports:
 
 * end-point error (EPE) of the pseudo flow against the exact flow, pixels (mean over the
@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, write_section  # noqa: E402
-from stablemotion.labelling import LabelConfig, estimate_flow, warp_numpy  # noqa: E402
-from stablemotion.synth import make_sample, pool_context  # noqa: E402
+from stablemotion.data.labelling import LabelConfig, estimate_flow, warp_numpy  # noqa: E402
+from stablemotion.data.synth import make_sample, pool_context  # noqa: E402
 
 SEED = 2024
 # Filled before the worker pool forks, so the workers see the samples without pickling.
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     body = (
         "Pseudo-flow labelling (`stablemotion label-flows`, default `LabelConfig`: DIS medium, "
         "mesh fits with 96 px then 32 px cells, polishing sigma 3 px) on synthetic pairs from "
-        "`stablemotion.synth` whose exact flow is known (bundled scikit-image photos, seed "
+        "`stablemotion.data.synth` whose exact flow is known (bundled scikit-image photos, seed "
         f"{SEED}). EPE is the per-image mean end-point error against the exact flow over the "
         "pixels where it is defined, summarised over images. PSNR is uint8, data range 255, of "
         "`warp(input, flow)` against the target: the whole image for rectangling, the region the "

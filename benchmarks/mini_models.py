@@ -4,7 +4,7 @@
         --sir-regressor runs/mini_sir_regression/regressor --rsc-regressor runs/mini_rsc_regression/regressor
 
 The test sets are the ones ``configs/mini_data.sh`` writes (seed 1, 96 x 128, made from
-:data:`stablemotion.synth.HELD_OUT_PHOTOS`, which no training sample uses), rebuilt here in
+:data:`stablemotion.data.synth.HELD_OUT_PHOTOS`, which no training sample uses), rebuilt here in
 memory. Rows, PSNR/SSIM of the output against the ground truth (uint8, scikit-image
 protocol, whole frame) and the mean end-point error of the method's flow against the synthetic
 ground-truth flow (pixels; for AES the member-median flow):
@@ -38,13 +38,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, write_section  # noqa: E402
-from stablemotion._io import image_to_tensor, tensor_to_image  # noqa: E402
-from stablemotion.constants import RECTANGLING_STYLE_NAMES  # noqa: E402
+from stablemotion.core.constants import RECTANGLING_STYLE_NAMES  # noqa: E402
+from stablemotion.core.flow import warp  # noqa: E402
+from stablemotion.core.metrics import psnr, ssim  # noqa: E402
 from stablemotion.data._common import mask_to_tensor  # noqa: E402
-from stablemotion.flow import warp  # noqa: E402
-from stablemotion.labelling import LabelConfig, estimate_flow, warp_numpy  # noqa: E402
-from stablemotion.metrics import psnr, ssim  # noqa: E402
-from stablemotion.synth import bundled_photo_paths, make_sample  # noqa: E402
+from stablemotion.data.labelling import LabelConfig, estimate_flow, warp_numpy  # noqa: E402
+from stablemotion.data.synth import bundled_photo_paths, make_sample  # noqa: E402
+from stablemotion.io.images import image_to_tensor, tensor_to_image  # noqa: E402
 
 SYNTH = {"sir": "rectangling", "rsc": "rolling_shutter"}
 

@@ -43,7 +43,7 @@ TOLERANCE_DB = 0.5
 def pool_photos() -> str:
     """Held-out real photos: the Debian pool's test split with the bundled ones when the pool is
     installed (configs/install_photos.sh), else the bundled test photos."""
-    from stablemotion.synth import resolve_photos
+    from stablemotion.data.synth import resolve_photos
 
     try:
         resolve_photos("debian-test")
@@ -54,7 +54,7 @@ def pool_photos() -> str:
 
 def test_set(task: str, num: int, size: tuple[int, int], seed: int) -> tuple[list[dict[str, np.ndarray]], str]:
     """``num`` held-out samples of ``task`` -> (samples, photo sources used)."""
-    from stablemotion.synth import make_sample, resolve_photos
+    from stablemotion.data.synth import make_sample, resolve_photos
 
     photos, options = "bundled-test", {}
     if task == "sir":
@@ -81,8 +81,8 @@ def opencv_lens_set(num: int, size: tuple[int, int], seed: int, photos: str) -> 
     """
     import cv2
 
-    from stablemotion._io import load_image
-    from stablemotion.synth import resolve_photos
+    from stablemotion.data.synth import resolve_photos
+    from stablemotion.io.images import load_image
 
     h, w = size
     c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
@@ -166,13 +166,13 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from stablemotion.catalog import (
+    from stablemotion.model import load_pipeline
+    from stablemotion.model.catalog import (
         BUNDLED_MODELS,
         BUNDLED_MULTI_TASK,
         bundled_model_path,
         bundled_multi_task_path,
     )
-    from stablemotion.model import load_pipeline
 
     bundled_multi = bundled_multi_task_path() if args.multi is None else None
     multi_dir = args.multi or str(bundled_multi or "runs/mini_multi/pipeline")

@@ -8,7 +8,7 @@ turning), stitched by OpenCV's ``Stitcher`` (feature matching, bundle adjustment
 projection, seam finding, blending). Its empty area is the stitcher's black, or white for a
 third of them; the result is JPEG-compressed (quality 85-95). The model then runs as
 ``stablemotion rectify`` runs it: the mask derived from the empty border
-(:func:`stablemotion.image_processing.derive_mask`), the model's default settings, the output at
+(:func:`stablemotion.core.image_processing.derive_mask`), the model's default settings, the output at
 the panorama's size.
 
 Measures (no ground truth exists for these):
@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, write_section  # noqa: E402
 from roughness import BAND, roughness  # noqa: E402
 from roughness import border_left as _border_left  # noqa: E402
-from stablemotion._io import load_image  # noqa: E402
-from stablemotion.flow import resize_flow  # noqa: E402
-from stablemotion.image_processing import derive_mask  # noqa: E402
-from stablemotion.synth import PROCEDURAL, make_sample, resolve_photos  # noqa: E402
+from stablemotion.core.flow import resize_flow  # noqa: E402
+from stablemotion.core.image_processing import derive_mask  # noqa: E402
+from stablemotion.data.synth import PROCEDURAL, make_sample, resolve_photos  # noqa: E402
+from stablemotion.io.images import load_image  # noqa: E402
 
 
 def laplacian_roughness(flow: np.ndarray, band: float = BAND) -> tuple[float, float]:

@@ -12,7 +12,7 @@ to a real photo), for:
 * the ground-truth flow;
 * the flow codec alone: the ground truth encoded and decoded by the model's VAE (no UNet);
 * the model's prediction (1 step), and the same with ``flow_regularization="mesh"``
-  (:func:`stablemotion.flow.mesh_regularize`).
+  (:func:`stablemotion.core.flow.mesh_regularize`).
 
 ``--vae FOLDER`` (repeatable) measures the same rows again with that VAE (an ``AutoencoderKL``
 folder, e.g. a decoder fine-tuned by ``configs/mini_vae_smooth.yaml``) swapped into both
@@ -50,9 +50,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, write_section  # noqa: E402
 from mini_models import SYNTH, test_set  # noqa: E402
-from stablemotion.flow import RELEASED_FLOW_RESIZE, encode_flow, resize_flow  # noqa: E402
-from stablemotion.labelling import warp_numpy  # noqa: E402
-from stablemotion.metrics import psnr, ssim  # noqa: E402
+from stablemotion.core.flow import RELEASED_FLOW_RESIZE, encode_flow, resize_flow  # noqa: E402
+from stablemotion.core.metrics import psnr, ssim  # noqa: E402
+from stablemotion.data.labelling import warp_numpy  # noqa: E402
 
 BAND = 0.08
 
@@ -122,7 +122,7 @@ def stitched_test_set(num: int, size: tuple[int, int], seed: int, style: str = "
     """Held-out SIR samples with the "stitched" border style (outlines of real stitched panoramas)
     or the "panorama" style (outlines as stitching software makes them), on held-out ``photos``
     (synth --photos syntax), a third with white empty areas."""
-    from stablemotion.synth import make_sample, resolve_photos
+    from stablemotion.data.synth import make_sample, resolve_photos
 
     sources = resolve_photos(photos)
     out = []
@@ -136,7 +136,7 @@ def border_left(mask: np.ndarray, flow: np.ndarray, frame: int = 4) -> float:
     """Share of the output's outer ``frame``-px frame that samples the empty area (warped mask < 0.5)."""
     m = torch.from_numpy((mask > 127).astype(np.float32))[None]
     f = torch.from_numpy(flow).permute(2, 0, 1)
-    from stablemotion.flow import warp
+    from stablemotion.core.flow import warp
 
     valid = warp(m, f, padding="border")[0].numpy() >= 0.5
     ring = np.ones_like(valid)

@@ -37,9 +37,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, write_section  # noqa: E402
 from mini_models import run_pipeline  # noqa: E402
-from stablemotion.labelling import warp_numpy  # noqa: E402
-from stablemotion.metrics import psnr, ssim  # noqa: E402
-from stablemotion.synth import URBAN, make_sample, resolve_photos  # noqa: E402
+from stablemotion.core.metrics import psnr, ssim  # noqa: E402
+from stablemotion.data.labelling import warp_numpy  # noqa: E402
+from stablemotion.data.synth import URBAN, make_sample, resolve_photos  # noqa: E402
 
 
 def test_set(num: int, size: tuple[int, int], seed: int, photos: str, urban_share: float,

@@ -65,7 +65,7 @@ def main() -> None:
         image = _image(folder)
         call = ("import time, numpy as np, torch; from PIL import Image; "
                 "from stablemotion.model import load_bundled_pipeline; "
-                "from stablemotion.image_processing import derive_mask; "
+                "from stablemotion.core.image_processing import derive_mask; "
                 f"im = np.array(Image.open({str(image)!r})); p = load_bundled_pipeline('sir'); "
                 "p.set_progress_bar_config(disable=True); m = derive_mask(im); "
                 "t = time.perf_counter(); p(im, mask=m, generator=torch.Generator().manual_seed(0)); "

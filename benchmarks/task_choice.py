@@ -2,7 +2,7 @@
 
     python benchmarks/task_choice.py [--num 200] [--num-sir 30] [--classifier DIR] [--write]
 
-Samples are made in memory with the held-out seed (:data:`stablemotion.task_choice.TEST_SEED`,
+Samples are made in memory with the held-out seed (:data:`stablemotion.model.task_choice.TEST_SEED`,
 never used for training) from test photos only: ``bundled-test``, plus ``debian-test`` when
 that pool is installed (``--photos`` overrides). Classes: ``sir`` (stitched / panorama / inset
 borders), ``none`` (an untilted, undistorted photo crop), ``rsc`` (camera-motion rolling
@@ -28,7 +28,7 @@ TRUTH = ("sir", "none", "rsc", "rotation", "lens")
 
 
 def default_photos() -> str:
-    from stablemotion.synth import resolve_photos
+    from stablemotion.data.synth import resolve_photos
 
     try:
         resolve_photos("debian-test")
@@ -41,8 +41,8 @@ def evaluate(num: int, num_sir: int, photos: str, classifier_dir: str | None, th
              seed: int, min_empty: float | None = None) -> tuple[str, dict[str, float]]:
     import numpy as np
 
-    from stablemotion.synth import resolve_photos
-    from stablemotion.task_choice import (
+    from stablemotion.data.synth import resolve_photos
+    from stablemotion.model.task_choice import (
         MIN_EMPTY_FRACTION,
         _probabilities,
         choose_task,
@@ -88,7 +88,7 @@ def evaluate(num: int, num_sir: int, photos: str, classifier_dir: str | None, th
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stablemotion.task_choice import TEST_SEED
+    from stablemotion.model.task_choice import TEST_SEED
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--num", type=int, default=200, help="samples per non-SIR class (default 200)")

@@ -35,7 +35,7 @@ from _sd2 import sd2_unet, sd2_vae  # noqa: E402
 def count_sd2_step(height: int = 384, width: int = 512) -> list[list[object]]:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from stablemotion.losses import PerceptualLoss
+    from stablemotion.training.losses import PerceptualLoss
 
     with torch.device("meta"):
         unet, vae = sd2_unet(12), sd2_vae()
@@ -83,9 +83,9 @@ def tiny_throughput(steps: int, batch: int, size: int) -> list[list[object]]:
     from PIL import Image
     from skimage import data as skdata
 
-    from stablemotion.config import load_config
-    from stablemotion.flow import mesh_to_flow, rigid_mesh, warp, write_flow
+    from stablemotion.core.flow import mesh_to_flow, rigid_mesh, warp, write_flow
     from stablemotion.training import Trainer
+    from stablemotion.training.config import load_config
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

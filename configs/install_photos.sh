@@ -5,7 +5,7 @@
 #   usage: configs/install_photos.sh [PYTHON]     (PYTHON defaults to .venv/bin/python)
 set -eu
 PY=${1:-.venv/bin/python}
-CMD=$("$PY" -c "from stablemotion.photos import install_command; print(install_command())")
+CMD=$("$PY" -c "from stablemotion.data.photos import install_command; print(install_command())")
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 $SUDO apt-get update

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Data of the stablemotion-mini recipe (offline, ~10 min): training samples from the bundled
 # training photos, the Debian photo pool's training split and procedural scenes; test samples
-# from held-out photos never used in training (stablemotion.synth.HELD_OUT_PHOTOS and the pool's
+# from held-out photos never used in training (stablemotion.data.synth.HELD_OUT_PHOTOS and the pool's
 # test split). The pool needs `bash configs/install_photos.sh` once (apt-get; docs/photo_pools.md).
 # Splits that already exist are kept.
 set -euo pipefail

@@ -20,7 +20,7 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 
 from stablemotion.app import create_app
-from stablemotion.synth import bundled_photo_paths, make_sample
+from stablemotion.data.synth import bundled_photo_paths, make_sample
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -27,13 +27,13 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from stablemotion import large_image
 from stablemotion.app import allowed_hosts_for, create_app, memory_bound, working_size
 from stablemotion.cli import build_parser, main
-from stablemotion.flow import flow_to_color, read_flo, read_flow, warp
-from stablemotion.metrics import psnr
-from stablemotion.synth import bundled_photo_paths, make_sample
-from stablemotion.task_choice import TaskChoice
+from stablemotion.core import large_image
+from stablemotion.core.flow import flow_to_color, read_flo, read_flow, warp
+from stablemotion.core.metrics import psnr
+from stablemotion.data.synth import bundled_photo_paths, make_sample
+from stablemotion.model.task_choice import TaskChoice
 from stablemotion.tasks import get_task
 
 CHROMIUM = os.environ.get("STABLEMOTION_CHROMIUM", "/usr/bin/chromium")
@@ -513,7 +513,7 @@ import cv2, numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 from stablemotion.app import create_app
-from stablemotion.synth import bundled_photo_paths, make_sample
+from stablemotion.data.synth import bundled_photo_paths, make_sample
 
 def status(key):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
@@ -786,7 +786,7 @@ def test_core_library_does_not_import_web_packages() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, stablemotion, stablemotion.pipeline, stablemotion.cli; stablemotion.cli.build_parser(); "
+    code = ("import sys, stablemotion, stablemotion.model.pipeline, stablemotion.cli; stablemotion.cli.build_parser(); "
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
@@ -794,7 +794,7 @@ def test_core_library_does_not_import_web_packages() -> None:
 
 
 def test_palette_images_read_by_the_one_reader(tmp_path: Path, picture: np.ndarray) -> None:
-    from stablemotion._io import read_rgb
+    from stablemotion.io.images import read_rgb
 
     Image.fromarray(picture).convert("P").save(tmp_path / "p.png")
     assert read_rgb(tmp_path / "p.png")[0].shape == (48, 64, 3)
@@ -815,7 +815,7 @@ def test_serve_cli_model_replaces_its_task(monkeypatch, capsys) -> None:
     with TestClient(served["app"], base_url="http://127.0.0.1:7999") as c:  # the address it is bound to
         info = c.get("/api/info").json()
         assert c.get("/api/info", headers={"Host": "testserver"}).status_code == 400  # not a name it answers to
-    from stablemotion.catalog import BUNDLED_MODELS
+    from stablemotion.model.catalog import BUNDLED_MODELS
 
     models = {t["name"]: t["model"] for t in info["tasks"]}
     assert models == {**{t: f"{BUNDLED_MODELS[t]} (bundled)" for t in BUNDLED_MODELS}, "rsc": path}
@@ -887,8 +887,7 @@ def test_sir_without_an_empty_border_is_returned_unchanged(client: TestClient, f
 @pytest.fixture
 def choose(monkeypatch) -> SimpleNamespace:
     """Replaces the automatic task choice: set ``.result`` (a TaskChoice); ``.calls`` records each call."""
-    from stablemotion import task_choice
-
+    from stablemotion.model import task_choice
     state = SimpleNamespace(result=None, calls=[])
 
     def fake_choose(image, classifier=None, threshold=0.6, **kw):
@@ -988,8 +987,8 @@ def test_auto_without_a_task_to_run_is_422(client: TestClient, picture: np.ndarr
 def test_multi_task_model_is_loaded_once(picture: np.ndarray, tmp_path: Path, monkeypatch) -> None:
     """Tasks given one folder share one loaded pipeline, called with the request's task; so do bundled
     tasks mapped to one folder; a model that does not serve its task is refused."""
-    import stablemotion.catalog as catalog
-    import stablemotion.model as model_module
+    import stablemotion.model.catalog as catalog
+    import stablemotion.model.loading as model_module
 
     loaded: list[str] = []
     doubles = {"mini-sir": MultiPipe("sir"), "mini-multi": MultiPipe("rotation", "lens")}
@@ -1036,8 +1035,8 @@ def test_multi_task_model_is_loaded_once(picture: np.ndarray, tmp_path: Path, mo
 
 
 def test_serve_cli_multi_task_model_serves_all_its_tasks(monkeypatch, capsys) -> None:
-    from stablemotion.catalog import BUNDLED_MODELS
     from stablemotion.cli import _options
+    from stablemotion.model.catalog import BUNDLED_MODELS
 
     multi = MultiPipe("rotation", "lens", name="models/multi")
     served = {}

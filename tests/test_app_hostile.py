@@ -30,9 +30,9 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from stablemotion import app as app_module
 from stablemotion.app import AppLimits, admission_memory_bound, create_app, remove_dead_result_folders
-from stablemotion.app_server import server_options
+from stablemotion.app import server as app_module
+from stablemotion.app.server_options import server_options
 from stablemotion.cli import main
 
 HOSTS = ["testserver"]
@@ -257,7 +257,7 @@ import json, os, signal, sys, threading, time
 from pathlib import Path
 import uvicorn
 from stablemotion.app import create_app
-from stablemotion.app_server import server_options
+from stablemotion.app.server_options import server_options
 
 gate, ready, port = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 limits = json.loads(sys.argv[4])

@@ -153,14 +153,14 @@ def test_panoramas_benchmark_stitches_and_scores(tmp_path: Path) -> None:
 
 
 def _photo():
-    from stablemotion._io import load_image
-    from stablemotion.synth import bundled_photo_paths
+    from stablemotion.data.synth import bundled_photo_paths
+    from stablemotion.io.images import load_image
 
     return load_image(bundled_photo_paths("bundled-test")[1])
 
 
 def test_multi_task_benchmark_compares_single_and_multi_task_models(tmp_path: Path) -> None:
-    from stablemotion.tiny import tiny_pipeline
+    from stablemotion.model.tiny import tiny_pipeline
 
     tiny = {"default_processing_resolution": [96, 128]}
     tiny_pipeline(["sir", "rsc", "rotation", "lens"], seed=0, **tiny).save_pretrained(tmp_path / "multi")

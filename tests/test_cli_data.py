@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from stablemotion.cli import main
+from stablemotion.core.flow import read_flow
 from stablemotion.data import DIRDDataset, RSRealDataset
-from stablemotion.flow import read_flow
 
 
 def test_synth_rectangling_then_label_flows(tmp_path, capsys):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
-from stablemotion._io import load_image, save_image
 from stablemotion.cli import main
-from stablemotion.synth import write_rectangling_dataset
+from stablemotion.data.synth import write_rectangling_dataset
+from stablemotion.io.images import load_image, save_image
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from stablemotion.cli import main
-from stablemotion.flow import write_flow
+from stablemotion.core.flow import write_flow
 
 
 def test_warp_command_translates_image(tmp_path, photo):
@@ -116,8 +116,8 @@ def test_score_works_on_rectify_output_folder(tmp_path, photo, capsys):
 def test_warp_names_the_file_of_a_nan_flow(tmp_path, capsys) -> None:
     import numpy as np
 
-    from stablemotion._io import save_image
     from stablemotion.cli import main
+    from stablemotion.io.images import save_image
 
     save_image(np.zeros((8, 8, 3), np.uint8), tmp_path / "a.png")
     flow = np.zeros((8, 8, 2), np.float32)

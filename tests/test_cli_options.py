@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 import stablemotion.cli._options as options
-from stablemotion import _io
 from stablemotion.cli import build_parser, main
+from stablemotion.io import images as _io
 
 
 @pytest.fixture
@@ -284,12 +284,12 @@ def test_out_of_memory_is_one_line_naming_what_to_lower(image, tmp_path, capsys,
                  "--decode-scale 2", "or a device with more memory"):
         assert hint in err
 
-    import stablemotion.flow
+    import stablemotion.core.flow
 
     def host_oom(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory")
 
-    monkeypatch.setattr(stablemotion.flow, "warp", host_oom)
+    monkeypatch.setattr(stablemotion.core.flow, "warp", host_oom)
     Image.new("RGB", (8, 8)).save(tmp_path / "s.png")
     np.save(tmp_path / "f.npy", np.zeros((8, 8, 2), np.float32))
     code, err = _run(["warp", str(tmp_path / "s.png"), str(tmp_path / "f.npy"), "--out", str(tmp_path / "o.png")],
@@ -298,12 +298,12 @@ def test_out_of_memory_is_one_line_naming_what_to_lower(image, tmp_path, capsys,
 
 
 def test_other_runtime_errors_are_not_called_out_of_memory(tmp_path, monkeypatch):
-    import stablemotion.flow
+    import stablemotion.core.flow
 
     def broken(*args, **kwargs):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(stablemotion.flow, "warp", broken)
+    monkeypatch.setattr(stablemotion.core.flow, "warp", broken)
     Image.new("RGB", (8, 8)).save(tmp_path / "s.png")
     np.save(tmp_path / "f.npy", np.zeros((8, 8, 2), np.float32))
     with pytest.raises(RuntimeError, match="shape mismatch"):

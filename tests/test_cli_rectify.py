@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from stablemotion._io import load_image, save_image
 from stablemotion.cli import main
-from stablemotion.flow import read_flow
-from stablemotion.image_processing import derive_mask
+from stablemotion.core.flow import read_flow
+from stablemotion.core.image_processing import derive_mask
+from stablemotion.io.images import load_image, save_image
 from stablemotion.model import save_tiny_base, tiny_components
 
 

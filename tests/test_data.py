@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from stablemotion._io import load_image, save_image
+from stablemotion.core.flow import warp, write_flow
 from stablemotion.data import (
     Augment,
     DIRDDataset,
@@ -21,13 +21,13 @@ from stablemotion.data import (
     resize_sample,
     vflip_sample,
 )
-from stablemotion.flow import warp, write_flow
-from stablemotion.synth import (
+from stablemotion.data.synth import (
     bundled_photo_paths,
     make_rectangling_sample,
     random_photo_crop,
     sample_rng,
 )
+from stablemotion.io.images import load_image, save_image
 from stablemotion.tasks import SIR, TaskSpec
 
 H, W = 24, 32

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from stablemotion.app.demo import run_demo
 from stablemotion.cli import main
-from stablemotion.demo import run_demo
-from stablemotion.metrics import psnr
+from stablemotion.core.metrics import psnr
+from stablemotion.data.synth import HELD_OUT_PHOTOS, bundled_photo_paths, make_sample
 from stablemotion.model import BUNDLED_MODELS, bundled_model_path, load_bundled_pipeline
-from stablemotion.synth import HELD_OUT_PHOTOS, bundled_photo_paths, make_sample
 
 
 def _held_out(task: str, n: int, seed: int = 5):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stablemotion.ensemble import (
+from stablemotion.core.ensemble import (
     border_band_mask,
     border_band_width,
     ensemble_flows,

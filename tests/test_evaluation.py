@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from stablemotion._io import load_image, save_image
+from stablemotion.data.synth import write_rectangling_dataset, write_rolling_shutter_dataset
 from stablemotion.evaluation import (
     EvalSettings,
     evaluate,
@@ -21,8 +21,8 @@ from stablemotion.evaluation import (
     study_ensemble,
     study_steps,
 )
+from stablemotion.io.images import load_image, save_image
 from stablemotion.model import tiny_pipeline
-from stablemotion.synth import write_rectangling_dataset, write_rolling_shutter_dataset
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,7 @@ def test_study_ensemble_rows_per_mode_and_size(dird: Path, sir_pipe, tmp_path: P
 
 
 def test_evaluate_runs_the_chosen_task_of_a_multi_task_model(tmp_path: Path) -> None:
-    from stablemotion.synth import write_dataset
+    from stablemotion.data.synth import write_dataset
 
     write_dataset("lens", tmp_path / "lens", 2, size=(32, 32), split="test", seed=0)
     multi = tiny_pipeline(["sir", "lens"], seed=0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers.models.autoencoders.vae import DecoderOutput
 
-from stablemotion.ensemble import median
+from stablemotion.core.ensemble import median
 from stablemotion.model import tiny_pipeline
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from stablemotion import flow as fl
+from stablemotion.core import flow as fl
 
 
 # --------------------------------------------------------------------------- warp
@@ -305,7 +305,7 @@ def test_end_point_error():
 
 
 def test_mesh_regularize_keeps_mesh_flows_and_removes_ripples() -> None:
-    from stablemotion.flow import mesh_regularize, mesh_to_flow, rigid_mesh
+    from stablemotion.core.flow import mesh_regularize, mesh_to_flow, rigid_mesh
 
     mesh = rigid_mesh(3, 4, 48, 64)
     mesh[1, 2] += (3.0, -2.0)
@@ -324,7 +324,7 @@ def test_mesh_regularize_keeps_mesh_flows_and_removes_ripples() -> None:
 
 
 def test_snap_mesh_boundary_moves_the_outline_onto_content() -> None:
-    from stablemotion.flow import mesh_to_flow, rigid_mesh, snap_mesh_boundary, warp
+    from stablemotion.core.flow import mesh_to_flow, rigid_mesh, snap_mesh_boundary, warp
 
     h, w = 48, 64
     valid = np.ones((h, w), bool)
@@ -354,7 +354,7 @@ def test_snap_mesh_boundary_moves_the_outline_onto_content() -> None:
 
 
 def test_mesh_regularize_with_a_content_mask_keeps_the_border_on_content() -> None:
-    from stablemotion.flow import mesh_regularize, warp
+    from stablemotion.core.flow import mesh_regularize, warp
 
     h, w = 48, 64
     valid = torch.ones(1, h, w)

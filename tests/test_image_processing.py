@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stablemotion.image_processing import (
+from stablemotion.core.image_processing import (
     background_color,
     derive_mask,
     processing_size,
@@ -159,7 +159,7 @@ def test_explicit_background_and_errors(photo: np.ndarray) -> None:
 
 
 def test_prepare_mask_keeps_a_given_mask_as_read_and_refuses_bad_ones() -> None:
-    from stablemotion.image_processing import prepare_mask
+    from stablemotion.core.image_processing import prepare_mask
 
     image = np.full((8, 10, 3), 120, np.uint8)
     given = np.full((8, 10, 3), 250, np.uint8)
@@ -181,7 +181,7 @@ def test_prepare_mask_keeps_a_given_mask_as_read_and_refuses_bad_ones() -> None:
 def test_derive_mask_keeps_a_black_notch_that_touches_dark_content() -> None:
     """A stitched image's black notch next to dark textured content (a shadow, a dark fruit) is
     one connected dark region that is not flat as a whole; its flat core is still the border."""
-    from stablemotion.image_processing import derive_mask
+    from stablemotion.core.image_processing import derive_mask
 
     rng = np.random.default_rng(0)
     image = rng.integers(120, 220, (60, 80, 3)).astype(np.uint8)

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from stablemotion._io import image_to_rgb, load_image, read_rgb
-from stablemotion.cli._options import parse_size
+from stablemotion.core.image_processing import mask_valid, prepare_mask, to_mask_batch
+from stablemotion.core.sizes import parse_size
 from stablemotion.data import mask_to_tensor
-from stablemotion.image_processing import mask_valid, prepare_mask, to_mask_batch
-from stablemotion.tiny import tiny_pipeline
+from stablemotion.io.images import image_to_rgb, load_image, read_rgb
+from stablemotion.model.tiny import tiny_pipeline
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from stablemotion._io import (
+from stablemotion.io.images import (
     atomic_path,
     image_to_tensor,
     list_images,
@@ -49,7 +49,7 @@ def test_tensor_conversions(photo):
 def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     import os
 
-    from stablemotion._io import atomic_path
+    from stablemotion.io.images import atomic_path
 
     old = os.umask(0o022)
     try:
@@ -63,7 +63,7 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
 def test_umask_modes_fixes_files_written_in_the_block_only(tmp_path):
     import os
 
-    from stablemotion._io import umask_modes
+    from stablemotion.io.images import umask_modes
 
     folder = tmp_path / "model"
     (folder / "sub").mkdir(parents=True)

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stablemotion._io import save_image
 from stablemotion.cli import main
-from stablemotion.judge import (
+from stablemotion.evaluation.judge import (
     RUBRICS,
     AnswerError,
     JudgeClient,
@@ -27,6 +26,7 @@ from stablemotion.judge import (
     response_schema,
     validate_answer,
 )
+from stablemotion.io.images import save_image
 
 SIR = RUBRICS["sir"]
 KEY = "sk-test-SECRET-0123456789"

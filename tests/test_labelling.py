@@ -10,9 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stablemotion._io import load_image
-from stablemotion.flow import read_flow
-from stablemotion.labelling import (
+from stablemotion.core.flow import read_flow
+from stablemotion.data.labelling import (
     LabelConfig,
     compose_flows,
     dis_flow,
@@ -21,7 +20,7 @@ from stablemotion.labelling import (
     label_flows,
     warp_numpy,
 )
-from stablemotion.synth import (
+from stablemotion.data.synth import (
     bundled_photo_paths,
     make_rectangling_sample,
     make_rolling_shutter_sample,
@@ -30,6 +29,7 @@ from stablemotion.synth import (
     sample_rng,
     write_rectangling_dataset,
 )
+from stablemotion.io.images import load_image
 
 SIZE = (96, 128)
 
@@ -110,7 +110,7 @@ def test_estimate_flow_recovers_rectangling_flow(seed):
     assert res.psnr > res.identity_psnr + 12.0
     assert res.psnr > 28.0
     # The reported score is the score of the returned flow.
-    from stablemotion.metrics import psnr
+    from stablemotion.core.metrics import psnr
 
     assert psnr(warp_numpy(s.input, res.flow), s.gt) == pytest.approx(res.psnr)
 

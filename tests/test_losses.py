@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from stablemotion import losses
-from stablemotion.flow import warp
+from stablemotion.core.flow import warp
+from stablemotion.training import losses
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from stablemotion import metrics
+from stablemotion.core import metrics
 
 
 def _pair(rng, h=37, w=53):

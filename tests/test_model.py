@@ -21,7 +21,7 @@ from stablemotion.model import (
     infer_task,
     tiny_components,
 )
-from stablemotion.pipeline import StableMotionPipeline
+from stablemotion.model.pipeline import StableMotionPipeline
 from stablemotion.tasks import RSC, SIR, TaskSpec
 
 
@@ -241,7 +241,7 @@ def test_folders_saved_with_the_old_module_layout_still_load(tmp_path: Path) -> 
 
     tiny_pipeline("rsc").save_pretrained(tmp_path / "p")
     index = json.loads((tmp_path / "p" / "model_index.json").read_text())
-    assert index["text_embedding"] == ["stablemotion.components", "EmptyTextEmbedding"]
+    assert index["text_embedding"] == ["stablemotion.model.components", "EmptyTextEmbedding"]
     index["text_embedding"] = ["stablemotion.model", "EmptyTextEmbedding"]
     (tmp_path / "p" / "model_index.json").write_text(json.dumps(index))
     assert StableMotionPipeline.from_pretrained(tmp_path / "p").task == RSC

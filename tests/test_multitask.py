@@ -9,11 +9,11 @@ import pytest
 import torch
 import yaml
 
-from stablemotion.components import EmptyTextEmbedding, TaskEmbedding, adapt_conv_in
-from stablemotion.config import ConfigError, apply_overrides, load_config
 from stablemotion.model import build_pipeline, load_pipeline, retarget_pipeline
+from stablemotion.model.components import EmptyTextEmbedding, TaskEmbedding, adapt_conv_in
+from stablemotion.model.tiny import tiny_pipeline
 from stablemotion.tasks import MISSING_MASK_VALUE, missing_condition_value, union_conditions
-from stablemotion.tiny import tiny_pipeline
+from stablemotion.training.config import ConfigError, apply_overrides, load_config
 
 TASKS = ["sir", "rsc", "rotation", "lens"]
 
@@ -112,7 +112,7 @@ def test_single_task_pipelines_are_unchanged(photo):
 
 
 def test_multi_task_pipeline_refuses_mismatched_parts():
-    from stablemotion.pipeline import StableMotionPipeline
+    from stablemotion.model.pipeline import StableMotionPipeline
 
     single = tiny_pipeline("sir")
     with pytest.raises(ValueError, match="needs a TaskEmbedding with one row per task"):
@@ -145,8 +145,8 @@ def test_build_pipeline_encodes_each_task_description_with_the_base_text_encoder
 # --------------------------------------------------------------------------- training
 def _task_folder(root: Path, photo: np.ndarray, n: int = 3, shift: float = 1.5) -> Path:
     """A tiny task-folder dataset (input, gt, flow) with a constant exact flow."""
-    from stablemotion._io import save_image
-    from stablemotion.flow import warp, write_flow
+    from stablemotion.core.flow import warp, write_flow
+    from stablemotion.io.images import save_image
 
     for sub in ("input", "gt", "flow"):
         (root / sub).mkdir(parents=True, exist_ok=True)

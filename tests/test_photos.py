@@ -1,4 +1,4 @@
-"""Named photo pools (stablemotion.photos) on a fake install root: no Debian package needed."""
+"""Named photo pools (stablemotion.data.photos) on a fake install root: no Debian package needed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stablemotion import photos as P
+from stablemotion.data import photos as P
 
 MATE = "usr/share/backgrounds/mate/nature"
 

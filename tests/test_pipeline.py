@@ -10,11 +10,11 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from stablemotion.ensemble import ensemble_flows, ensemble_images, flow_uncertainty
-from stablemotion.flow import RELEASED_FLOW_RESIZE, resize_flow, warp
-from stablemotion.image_processing import resize_image
+from stablemotion.core.ensemble import ensemble_flows, ensemble_images, flow_uncertainty
+from stablemotion.core.flow import RELEASED_FLOW_RESIZE, resize_flow, warp
+from stablemotion.core.image_processing import resize_image
 from stablemotion.model import tiny_components, tiny_pipeline
-from stablemotion.pipeline import StableMotionOutput, StableMotionPipeline
+from stablemotion.model.pipeline import StableMotionOutput, StableMotionPipeline
 from stablemotion.tasks import TaskSpec
 
 
@@ -246,7 +246,7 @@ def test_wrong_channel_checkpoint_is_rejected() -> None:
 def test_expected_slice(task: str, flow_slice: list[float], image_slice: list[float]) -> None:
     """A seeded tiny pipeline gives these numbers: a silent change of the noise, scheduler,
     initialisation, codec, upsampling or warp fails here (as diffusers' pipeline tests do)."""
-    from stablemotion.tiny import tiny_pipeline
+    from stablemotion.model.tiny import tiny_pipeline
 
     pipe = tiny_pipeline(task, seed=0)
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)

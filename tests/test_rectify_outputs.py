@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 import pytest
 
-from stablemotion._io import load_image, save_image
 from stablemotion.cli import main
-from stablemotion.flow import read_flow
-from stablemotion.large_image import MAX_WORK_PIXELS, flow_colours, warp_strips
-from stablemotion.outdir import JOURNAL_DIR, LOCK_NAME, MANIFEST_NAME, FolderLock, Journal, Manifest
+from stablemotion.core.flow import read_flow
+from stablemotion.core.large_image import MAX_WORK_PIXELS, flow_colours, warp_strips
+from stablemotion.io.images import load_image, save_image
+from stablemotion.io.outdir import JOURNAL_DIR, LOCK_NAME, MANIFEST_NAME, FolderLock, Journal, Manifest
 
 VICTIM = b"precious user data\n"
 
@@ -174,7 +174,7 @@ def test_a_lock_file_left_by_a_killed_run_does_not_block(sir_model: Path, photo:
 def test_the_lock_is_held_by_another_process(tmp_path: Path) -> None:
     """flock between processes: a holder in a subprocess makes the lock busy here, and its pid is named."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from stablemotion.outdir import FolderLock;"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from stablemotion.io.outdir import FolderLock;"
          "lock = FolderLock(Path(sys.argv[1])); lock.acquire(); print('held', flush=True); time.sleep(60)",
          str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -395,7 +395,7 @@ def test_an_animation_is_refused_before_the_model_loads_and_the_others_run(
 def test_out_of_memory_on_one_image_fails_that_image_only(
         sir_model: Path, photo: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import stablemotion.large_image as large_image
+    import stablemotion.core.large_image as large_image
 
     inputs = tmp_path / "in"
     inputs.mkdir()

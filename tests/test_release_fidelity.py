@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
-from stablemotion.ensemble import ensemble_images
-from stablemotion.flow import RELEASED_FLOW_RESIZE, resize_flow, warp
-from stablemotion.image_processing import to_mask_batch
+from stablemotion.core.ensemble import ensemble_images
+from stablemotion.core.flow import RELEASED_FLOW_RESIZE, resize_flow, warp
+from stablemotion.core.image_processing import to_mask_batch
 from stablemotion.model import (
     RELEASED_INFERENCE,
     import_released_checkpoint,
@@ -32,7 +32,7 @@ from stablemotion.model import (
     tiny_components,
     tiny_pipeline,
 )
-from stablemotion.pipeline import StableMotionPipeline
+from stablemotion.model.pipeline import StableMotionPipeline
 
 SCALE = 0.18215
 GAMMA = 50.0
@@ -261,7 +261,7 @@ def test_rsc_zero_padding_is_black_in_the_pipeline(photo: np.ndarray) -> None:
 
 
 def test_training_warp_loss_pads_black() -> None:
-    from stablemotion.losses import warp_loss
+    from stablemotion.training.losses import warp_loss
 
     img = torch.zeros(1, 3, 8, 8)  # mid-grey in [-1, 1]
     flow = torch.zeros(1, 2, 8, 8)
@@ -326,8 +326,8 @@ def test_released_inference_settings_are_stored(tiny_base: Path, tmp_path: Path)
 
 def test_rsreal_evaluation_feeds_the_stored_condition(tmp_path: Path, photo: np.ndarray) -> None:
     """``evaluate`` on RS-Real gives the network the npz ``condition`` and warps the full-resolution jpg."""
-    from stablemotion._io import save_image
     from stablemotion.evaluation import EvalSettings, open_eval_set, run_inference
+    from stablemotion.io.images import save_image
 
     root = tmp_path / "rs"
     (root / "test" / "npz").mkdir(parents=True)
@@ -354,6 +354,6 @@ def test_rsreal_evaluation_feeds_the_stored_condition(tmp_path: Path, photo: np.
     finally:
         StableMotionPipeline.__call__ = original
     assert len(calls) == 1 and np.array_equal(calls[0], cond)
-    from stablemotion._io import load_image
+    from stablemotion.io.images import load_image
 
     assert load_image(tmp_path / "out" / "results" / "a.png").shape == full.shape

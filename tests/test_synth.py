@@ -9,10 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stablemotion._io import load_image
+from stablemotion.core.flow import mesh_to_flow, warp
 from stablemotion.data import DIRDDataset, RSRealDataset
-from stablemotion.flow import mesh_to_flow, warp
-from stablemotion.synth import (
+from stablemotion.data.synth import (
     bundled_photo_paths,
     invert_flow,
     list_photos,
@@ -25,6 +24,7 @@ from stablemotion.synth import (
     write_rectangling_dataset,
     write_rolling_shutter_dataset,
 )
+from stablemotion.io.images import load_image
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
@@ -205,7 +205,7 @@ def test_write_rolling_shutter_dataset_layout(tmp_path):
 
 
 def test_resolve_photos_named_sources_and_weights(tmp_path):
-    from stablemotion.synth import PROCEDURAL, TRAINING_PHOTOS, resolve_photos
+    from stablemotion.data.synth import PROCEDURAL, TRAINING_PHOTOS, resolve_photos
 
     train = resolve_photos("bundled-train")
     assert [Path(p).name for p in train] == list(TRAINING_PHOTOS)
@@ -220,7 +220,7 @@ def test_resolve_photos_named_sources_and_weights(tmp_path):
 
 
 def test_procedural_scenes_are_deterministic_structured_and_usable_as_photos(tmp_path):
-    from stablemotion.synth import procedural_scene, write_rectangling_dataset
+    from stablemotion.data.synth import procedural_scene, write_rectangling_dataset
 
     a = procedural_scene(np.random.default_rng(3), (48, 64))
     b = procedural_scene(np.random.default_rng(3), (48, 64))
@@ -235,9 +235,9 @@ def test_stitched_style_outlines_are_straight_edged_and_flows_exact(rng) -> None
     straight edges, touching all four sides), the empty area black or white, and the flow still exact."""
     import cv2
 
-    from stablemotion.flow import warp
-    from stablemotion.metrics import psnr
-    from stablemotion.synth import make_rectangling_sample, stitched_region
+    from stablemotion.core.flow import warp
+    from stablemotion.core.metrics import psnr
+    from stablemotion.data.synth import make_rectangling_sample, stitched_region
 
     region = stitched_region(np.random.default_rng(5), 192, 384)
     ys, xs = np.nonzero(region)
@@ -267,7 +267,7 @@ def test_synth_cli_stitched_style(tmp_path) -> None:
 
     assert main(["synth", "rectangling", str(tmp_path / "d"), "--num", "2", "--size", "96x128", "--style",
                  "stitched", "--white-fraction", "1", "--ext", "png", "--workers", "1"]) == 0
-    from stablemotion._io import load_image
+    from stablemotion.io.images import load_image
 
     img = load_image(tmp_path / "d" / "training" / "input" / "00000.png")
     mask = load_image(tmp_path / "d" / "training" / "mask" / "00000.png", mode="L")
@@ -277,7 +277,7 @@ def test_synth_cli_stitched_style(tmp_path) -> None:
 # --------------------------------------------------------------------------- camera rolling shutter
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_camera_rolling_shutter_sample_satisfies_its_flow_and_bounds(seed):
-    from stablemotion.synth import make_sample
+    from stablemotion.data.synth import make_sample
 
     s = make_sample("rolling_shutter", seed, 0, (48, 64), photos=["urban"], motion_model="camera",
                     max_displacement=0.1)
@@ -298,7 +298,7 @@ def test_camera_map_is_the_per_row_homography_of_a_plane():
     """A pure yaw over the readout shifts rows linearly in time: the top and bottom rows move
     in opposite directions, rows near the reference time hardly move; the map of each row is
     a homography (collinear points stay collinear)."""
-    from stablemotion.synth import camera_rolling_shutter_map
+    from stablemotion.data.synth import camera_rolling_shutter_map
 
     h, w = 60, 80
     src, motion = camera_rolling_shutter_map(np.random.default_rng(4), (h, w), max_displacement=0.1)
@@ -330,7 +330,7 @@ def test_rolling_shutter_motion_model_is_validated(tmp_path):
 
 
 def test_urban_scenes_have_strong_verticals_and_are_a_photo_source(tmp_path):
-    from stablemotion.synth import resolve_photos, urban_scene
+    from stablemotion.data.synth import resolve_photos, urban_scene
 
     a = urban_scene(np.random.default_rng(2), (96, 128))
     assert a.dtype == np.uint8 and a.shape == (96, 128, 3)
@@ -345,7 +345,7 @@ def test_urban_scenes_have_strong_verticals_and_are_a_photo_source(tmp_path):
 
 
 def test_panorama_style_has_stitcher_like_outlines_and_exact_flow():
-    from stablemotion.synth import panorama_region
+    from stablemotion.data.synth import panorama_region
 
     rng = np.random.default_rng(11)
     empties = []
@@ -365,7 +365,7 @@ def test_panorama_style_has_stitcher_like_outlines_and_exact_flow():
 
 
 def test_photo_pools_are_photo_sources(monkeypatch, tmp_path):
-    import stablemotion.synth as synth
+    import stablemotion.data.synth as synth
     import stablemotion.tasks._photos as photos
 
     files = [str(tmp_path / f"p{i}.jpg") for i in range(3)]
@@ -391,7 +391,7 @@ def _inside(flow: np.ndarray) -> bool:
 @pytest.mark.parametrize("task", ["rotation", "lens"])
 @pytest.mark.parametrize("index", [0, 1, 2])
 def test_new_tasks_have_exact_flows_inside_the_frame(task, index):
-    from stablemotion.synth import make_sample
+    from stablemotion.data.synth import make_sample
 
     s = make_sample(task, 4, index, (72, 96), None)
     assert s.input.shape == s.gt.shape == (72, 96, 3) and s.input.dtype == s.gt.dtype == np.uint8
@@ -404,7 +404,7 @@ def test_new_tasks_have_exact_flows_inside_the_frame(task, index):
 @pytest.mark.parametrize("task", ["rotation", "lens"])
 def test_new_tasks_inputs_have_no_empty_corners(task):
     """On an all-white photo any empty (black) area of input or gt would show."""
-    from stablemotion.synth import make_lens_sample, make_rotation_sample
+    from stablemotion.data.synth import make_lens_sample, make_rotation_sample
 
     white = np.full((300, 400, 3), 255, np.uint8)
     rng = np.random.default_rng(0)
@@ -417,7 +417,7 @@ def test_new_tasks_inputs_have_no_empty_corners(task):
 
 
 def test_rotation_sample_is_upright_in_the_centre_and_preserves_the_border():
-    from stablemotion.synth import rotation_correction_map
+    from stablemotion.data.synth import rotation_correction_map
 
     h, w, angle = 120, 160, 9.0
     src = rotation_correction_map((h, w), angle)
@@ -438,7 +438,7 @@ def test_rotation_sample_is_upright_in_the_centre_and_preserves_the_border():
 
 
 def test_new_tasks_respect_their_parameter_bounds():
-    from stablemotion.synth import make_lens_sample, make_rotation_sample
+    from stablemotion.data.synth import make_lens_sample, make_rotation_sample
 
     photo = np.random.default_rng(0).integers(0, 255, (200, 260, 3)).astype(np.uint8)
     rng = np.random.default_rng(1)
@@ -454,7 +454,7 @@ def test_new_tasks_respect_their_parameter_bounds():
 
 
 def test_lens_model_round_trips_and_is_barrel():
-    from stablemotion.synth import LensParams
+    from stablemotion.data.synth import LensParams
 
     lens = LensParams(0.3, (50.0, 40.0), 64.0)
     pts = np.random.default_rng(0).uniform(0, 100, (500, 2))
@@ -466,9 +466,9 @@ def test_lens_model_round_trips_and_is_barrel():
 
 @pytest.mark.parametrize("task", ["rotation", "lens"])
 def test_new_task_datasets_are_deterministic_task_folders(tmp_path, task):
+    from stablemotion.core.flow import read_flow
     from stablemotion.data import TaskFolderDataset
-    from stablemotion.flow import read_flow
-    from stablemotion.synth import make_sample, write_dataset
+    from stablemotion.data.synth import make_sample, write_dataset
 
     names = write_dataset(task, tmp_path / "a", 3, size=(40, 56), ext="png", seed=2, workers=2)
     write_dataset(task, tmp_path / "b", 3, size=(40, 56), ext="png", seed=2, workers=1)
@@ -489,7 +489,7 @@ def test_new_task_datasets_are_deterministic_task_folders(tmp_path, task):
 
 
 def test_make_sample_dispatches_through_the_registry():
-    from stablemotion.synth import generator_names, make_sample, sample_rng
+    from stablemotion.data.synth import generator_names, make_sample, sample_rng
 
     assert generator_names() == ["rectangling", "rolling_shutter", "rotation", "lens"]
     a = make_sample("sir", 1, 0, (32, 48), None)  # the task name is an alias of its generator

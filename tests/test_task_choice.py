@@ -1,4 +1,4 @@
-"""Automatic task choice (:mod:`stablemotion.task_choice`) and ``rectify --task auto``."""
+"""Automatic task choice (:mod:`stablemotion.model.task_choice`) and ``rectify --task auto``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from stablemotion import task_choice
-from stablemotion._io import load_image, save_image
 from stablemotion.cli import main
-from stablemotion.task_choice import (
+from stablemotion.io.images import load_image, save_image
+from stablemotion.model import task_choice
+from stablemotion.model.task_choice import (
     CLASSIFIER_TASKS,
     TaskChoice,
     TaskClassifier,
@@ -106,7 +106,7 @@ def test_training_samples_are_seeded_and_labelled() -> None:
 
 
 def test_bundled_classifier_loads() -> None:
-    from stablemotion.catalog import bundled_task_classifier_path
+    from stablemotion.model.catalog import bundled_task_classifier_path
 
     folder = bundled_task_classifier_path()
     assert sum(p.stat().st_size for p in folder.iterdir()) < 1_000_000
@@ -167,8 +167,7 @@ def test_rectify_auto_task_without_bundled_model(photo: np.ndarray, tmp_path: Pa
     code, text = _run(["rectify", str(tmp_path / "in" / "fish.png"), "--task", "auto", "--out",
                        str(tmp_path / "out")], capsys)
     assert code == 0 and "using the bundled stablemotion-mini-multi model" in text, text  # lens: the multi-task mini
-    from stablemotion import catalog
-
+    from stablemotion.model import catalog
     monkeypatch.setattr(catalog, "BUNDLED_MODELS", {"sir": "stablemotion-mini-sir", "rsc": "stablemotion-mini-rsc"})
     code, text = _run(["rectify", str(tmp_path / "in" / "fish.png"), "--task", "auto", "--out",
                        str(tmp_path / "out2")], capsys)

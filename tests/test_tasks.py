@@ -139,7 +139,7 @@ def test_a_declared_task_gets_samples_datasets_and_a_cli_command(shift_task, tmp
 
     from stablemotion.cli import main
     from stablemotion.data import TaskFolderDataset
-    from stablemotion.synth import make_sample
+    from stablemotion.data.synth import make_sample
     from stablemotion.tasks import declare_task
 
     s = make_sample("shift", 0, 0, (16, 24), None, max_shift=6.0)

@@ -11,9 +11,9 @@ import torch
 import yaml
 from PIL import Image
 
-from stablemotion.config import ConfigError, load_config
-from stablemotion.flow import mesh_to_flow, rigid_mesh, warp, write_flow
+from stablemotion.core.flow import mesh_to_flow, rigid_mesh, warp, write_flow
 from stablemotion.training import Trainer, find_checkpoints, latest_checkpoint
+from stablemotion.training.config import ConfigError, load_config
 
 H, W = 32, 32
 
@@ -95,7 +95,7 @@ def test_losses_are_finite_and_training_runs_and_exports(tmp_path, sir_data):
     assert set(metrics) == {"val/psnr", "val/ssim", "val/psnr_identity", "val/ssim_identity"}
     assert list((tmp_path / "run" / "validation").glob("*.png"))
 
-    from stablemotion.pipeline import StableMotionPipeline
+    from stablemotion.model.pipeline import StableMotionPipeline
 
     pipe = StableMotionPipeline.from_pretrained(result.pipeline_dir)
     assert pipe.task.name == "sir" and list(pipe.config.default_processing_resolution) == [H, W]
@@ -186,9 +186,9 @@ def test_vae_stage_trains_decoder_only_and_exports_a_loadable_vae(tmp_path, sir_
 
 def test_two_stage_tiny_training_beats_identity_on_its_training_samples(tmp_path):
     """The whole stack learns: flow codec (VAE stage), then the one-step UNet."""
-    from stablemotion.metrics import psnr_torch
-    from stablemotion.pipeline import StableMotionPipeline
-    from stablemotion.synth import write_rectangling_dataset
+    from stablemotion.core.metrics import psnr_torch
+    from stablemotion.data.synth import write_rectangling_dataset
+    from stablemotion.model.pipeline import StableMotionPipeline
 
     write_rectangling_dataset(tmp_path / "d", 4, size=(32, 32), split="training", seed=3, ext="png", max_inset=0.2)
     data = tmp_path / "d" / "training"
@@ -324,8 +324,8 @@ def test_codec_loss_weights_scale_the_vae_stage_terms(tmp_path, sir_data):
 
 
 def test_flow_smooth_weight_adds_the_codec_smoothness_term_and_trains_the_decoder_only(tmp_path, sir_data):
-    from stablemotion.flow import encode_flow
-    from stablemotion.losses import flow_smoothness_loss
+    from stablemotion.core.flow import encode_flow
+    from stablemotion.training.losses import flow_smoothness_loss
 
     cfg = load_config(_config(tmp_path, sir_data, **{
         "train.stage": "vae", "train.max_steps": 2, "train.ema": False,
@@ -521,8 +521,8 @@ class _RunsCode:
 def test_resume_never_runs_code_from_a_checkpoint(finished_run, tmp_path, capsys, target):
     """A pickle planted in the newest checkpoint neither runs nor is skipped over silently:
     the run stops with one line naming the file (issue 26, item 1)."""
-    from stablemotion.checkpoint_files import UnsafeCheckpointError
     from stablemotion.cli import main
+    from stablemotion.training.checkpoint_files import UnsafeCheckpointError
 
     trainer, run = _copy_run(finished_run, tmp_path)
     newest = run / "checkpoint-6"
@@ -543,7 +543,7 @@ def test_resume_never_runs_code_from_a_checkpoint(finished_run, tmp_path, capsys
 
 def test_legacy_pickled_ema_state_still_resumes(finished_run, tmp_path):
     """Checkpoints written before the safetensors EMA file (plain tensors in ``ema_unet.pt``) still load."""
-    from stablemotion.checkpoint_files import load_ema_state
+    from stablemotion.training.checkpoint_files import load_ema_state
 
     trainer, run = _copy_run(finished_run, tmp_path)
     newest = run / "checkpoint-6"
@@ -589,10 +589,10 @@ def test_pruning_keeps_good_checkpoints_when_a_newer_one_was_skipped(finished_ru
 
 def test_model_init_fine_tunes_an_existing_pipeline(tmp_path) -> None:
     """model.init starts from a pipeline folder's weights and settings (the SIR stage-3 fine-tune)."""
-    from stablemotion.config import ConfigError, load_config
-    from stablemotion.synth import write_rectangling_dataset
-    from stablemotion.tiny import tiny_pipeline
+    from stablemotion.data.synth import write_rectangling_dataset
+    from stablemotion.model.tiny import tiny_pipeline
     from stablemotion.training import Trainer
+    from stablemotion.training.config import ConfigError, load_config
 
     start = tiny_pipeline("sir", seed=3, default_flow_regularization="mesh")
     start.save_pretrained(tmp_path / "start")

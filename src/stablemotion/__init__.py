@@ -11,23 +11,27 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import _compat
+
 __version__ = "0.1.0"
+
+_compat.install()
 
 #: public name -> the module that defines it
 _EXPORTS = {
-    "StableMotionPipeline": "pipeline",
-    "StableMotionOutput": "pipeline",
+    "StableMotionPipeline": "model.pipeline",
+    "StableMotionOutput": "model.pipeline",
     "TaskSpec": "tasks",
     "register_task": "tasks",
     "get_task": "tasks",
-    "build_pipeline": "model",
-    "load_pipeline": "model",
-    "load_bundled_pipeline": "model",
-    "import_released_checkpoint": "model",
-    "warp": "flow",
-    "read_flow": "flow",
-    "write_flow": "flow",
-    "flow_to_color": "flow",
+    "build_pipeline": "model.loading",
+    "load_pipeline": "model.loading",
+    "load_bundled_pipeline": "model.loading",
+    "import_released_checkpoint": "model.loading",
+    "warp": "core.flow",
+    "read_flow": "core.flow",
+    "write_flow": "core.flow",
+    "flow_to_color": "core.flow",
 }
 
 __all__ = [
@@ -48,9 +52,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .flow import flow_to_color, read_flow, warp, write_flow
-    from .model import build_pipeline, import_released_checkpoint, load_bundled_pipeline, load_pipeline
-    from .pipeline import StableMotionOutput, StableMotionPipeline
+    from .core.flow import flow_to_color, read_flow, warp, write_flow
+    from .model.loading import (
+        build_pipeline,
+        import_released_checkpoint,
+        load_bundled_pipeline,
+        load_pipeline,
+    )
+    from .model.pipeline import StableMotionOutput, StableMotionPipeline
     from .tasks import TaskSpec, get_task, register_task
 
 

@@ -56,7 +56,7 @@ def _size_hint(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .._io import size_limit_hint
+    from ..io.images import size_limit_hint
     from ._options import is_out_of_memory, out_of_memory_message
 
     parser = build_parser()

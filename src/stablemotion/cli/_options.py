@@ -17,18 +17,19 @@ import argparse
 import json
 import math
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..constants import ENSEMBLE_MODES, FINAL_STEPS, FLOW_REGULARIZATIONS
-from ..errors import is_out_of_memory
+from ..core.constants import ENSEMBLE_MODES, FINAL_STEPS, FLOW_REGULARIZATIONS
+from ..core.errors import is_out_of_memory
+from ..core.sizes import parse_size
+from ..core.sizes import shown_value as _show
 
 if TYPE_CHECKING:
     import torch
 
-    from ..pipeline import StableMotionPipeline
+    from ..model.pipeline import StableMotionPipeline
 
 __all__ = [
     "DTYPE_NAMES",
@@ -63,7 +64,6 @@ ENSEMBLE_MODE_CHOICES = ENSEMBLE_MODES
 FINAL_STEP_CHOICES = FINAL_STEPS
 FLOW_REGULARIZATION_CHOICES = FLOW_REGULARIZATIONS
 
-_SIZE = re.compile(r"^\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*$")
 
 #: Upper bounds of the command line's numbers: far above any sensible run, low enough that a
 #: typo fails at once with a message instead of exhausting memory after the model loaded.
@@ -76,50 +76,6 @@ MAX_SIDE = 8192  # pixels per side: processing resolutions, synthetic sizes
 MAX_DECODE_SCALE = 64
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes up to 2**64 - 1; seeds are offset by sample indices
 MAX_MASK_TOLERANCE = 255  # a distance between uint8 channel values (derive_mask's range)
-
-
-def parse_size(value: str | int | list[int] | tuple[int, ...], name: str = "size",
-               allow_zero: bool = False, maximum: int | None = None) -> tuple[int, int] | int:
-    """One rule for every size on the command line.
-
-    Accepts ``"384x512"`` / ``"384,512"`` / ``[384, 512]`` (H x W), ``"512"`` / ``[512]``
-    (square) and, with ``allow_zero``, ``"0"`` (the input's own size). With ``maximum``, no
-    side may be larger.
-
-    Returns:
-        ``(H, W)``, or ``0``.
-
-    Raises:
-        ValueError: naming ``name`` and the accepted forms.
-    """
-    forms = "H W, HxW, N (square)" + (" or 0 (the input's own size)" if allow_zero else "")
-    try:
-        if isinstance(value, (list, tuple)):
-            parts = [int(v) for v in value]
-        else:
-            m = _SIZE.match(str(value))
-            if m is None:
-                parts = []
-            else:
-                parts = [int(m.group(1))] + ([int(m.group(2))] if m.group(2) is not None else [])
-    except (TypeError, ValueError):  # "1.5", 5000-digit numbers
-        parts = []
-    if len(parts) not in (1, 2):
-        raise ValueError(f"{name} takes {forms}; got {_show(value)}")
-    if parts == [0] and allow_zero:
-        return 0
-    if any(p < 1 for p in parts):
-        raise ValueError(f"{name} must be positive ({forms}); got {_show(value)}")
-    if maximum is not None and max(parts) > maximum:
-        raise ValueError(f"{name} must be at most {maximum} pixels a side ({forms}); got {_show(value)}")
-    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-
-
-def _show(value: object) -> str:
-    """``repr`` of a value for a message, shortened (a 5000-digit number stays one short line)."""
-    raw = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-    text = repr(raw)
-    return text if len(text) <= 40 else f"{repr(str(raw)[:28])[:-1]}...' ({len(str(raw))} characters)"
 
 
 def size_arg(name: str, allow_zero: bool = False, maximum: int | None = MAX_SIDE) -> Any:
@@ -316,7 +272,7 @@ def _model_config(args: argparse.Namespace) -> tuple[str, dict[str, Any], Path] 
     if model is None:
         if not hasattr(args, "model") or task == "auto":
             return None
-        from ..catalog import BUNDLED_MODELS, bundled_model_path
+        from ..model.catalog import BUNDLED_MODELS, bundled_model_path
 
         if (task or "sir") not in BUNDLED_MODELS:
             return None
@@ -428,8 +384,8 @@ def check_model_folder(model: str | os.PathLike) -> None:
 def load_model(model: str | None, task: str | None, dtype: torch.dtype, quiet: bool = False) -> StableMotionPipeline:
     """The pipeline for ``--model`` (a folder or hub id) or, without one, the bundled model of
     ``--task``; every failure is one line naming the folder."""
-    from ..catalog import BUNDLED_LIMITS, BUNDLED_MODELS, bundled_model_path
-    from ..model import load_pipeline
+    from ..model.catalog import BUNDLED_LIMITS, BUNDLED_MODELS, bundled_model_path
+    from ..model.loading import load_pipeline
     from ..tasks import describe_model_tasks
 
     if model is None:

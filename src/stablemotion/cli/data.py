@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..constants import DIS_PRESET_NAMES
+from ..core.constants import DIS_PRESET_NAMES
 from ._options import MAX_SIDE, float_arg, int_arg, seed_arg, size_arg
 
 #: Bounds of the data commands' counts (far above any real run; a typo fails at once).
@@ -109,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..synth import write_dataset
+    from ..data.synth import write_dataset
     from ..tasks import get_generator
 
     if args.workers < 1:
@@ -134,7 +134,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _label(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..labelling import LabelConfig, label_flows
+    from ..data.labelling import LabelConfig, label_flows
 
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")

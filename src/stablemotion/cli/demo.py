@@ -1,7 +1,7 @@
 """``stablemotion demo``: the project's main job on bundled data, offline, on CPU.
 
 Makes held-out synthetic examples (SIR and RSC by default, ``--task`` for lens and rotation), rectifies them with the bundled
-``stablemotion-mini`` models and writes an HTML report (see :mod:`stablemotion.demo`).
+``stablemotion-mini`` models and writes an HTML report (see :mod:`stablemotion.app.demo`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ..catalog import BUNDLED_LIMITS
-    from ..demo import DEMO_SEED, run_demo
+    from ..app.demo import DEMO_SEED, run_demo
+    from ..model.catalog import BUNDLED_LIMITS
 
     t0 = time.perf_counter()
     rep = run_demo(args.out, num=args.num, tasks=args.task, seed=DEMO_SEED if args.seed is None else args.seed)

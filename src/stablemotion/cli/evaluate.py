@@ -108,7 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # --------------------------------------------------------------------------- helpers
 def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Dist]:
-    from ..evaluation import EvalSettings, open_eval_set
+    from ..evaluation.runner import EvalSettings, open_eval_set
     from ._options import load_model, prepare_for_inference, resolve_dtype
 
     if args.limit is not None and args.limit < 1:
@@ -144,7 +144,7 @@ def _progress(dist: Dist, desc: str) -> Any:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate
+    from ..evaluation.runner import evaluate
 
     pipe, eval_set, settings, dist = _setup(args)
     summary = evaluate(pipe, eval_set, args.out, settings, model_name=str(args.model), rank=dist.rank,
@@ -161,7 +161,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _study_steps(args: argparse.Namespace) -> int:
-    from ..evaluation import study_steps
+    from ..evaluation.runner import study_steps
 
     if any(s < 1 for s in args.steps):
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
@@ -176,7 +176,7 @@ def _study_steps(args: argparse.Namespace) -> int:
 
 
 def _study_ensemble(args: argparse.Namespace) -> int:
-    from ..evaluation import study_ensemble
+    from ..evaluation.runner import study_ensemble
 
     if any(s < 1 for s in args.sizes):
         raise ValueError(f"--sizes must be >= 1, got {args.sizes}")
@@ -191,7 +191,7 @@ def _study_ensemble(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from .. import judge as J
+    from ..evaluation import judge as J
 
     pairs = J.match_pairs(args.inputs, args.results, compare=args.compare, limit=args.limit)
     rubric = J.RUBRICS[args.task]

@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from .._io import DEFAULT_MAX_PIXELS
+from ..io.images import DEFAULT_MAX_PIXELS
 from ._options import float_arg, max_pixels_arg
 
 # flow-vis refuses flows with a displacement longer than this many times the flow's larger side:
@@ -59,8 +59,8 @@ def _warp(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .._io import load_image, save_image
-    from ..flow import read_flow, warp
+    from ..core.flow import read_flow, warp
+    from ..io.images import load_image, save_image
 
     image = load_image(args.image, max_pixels=args.max_pixels or None)
     flow = read_flow(args.flow)
@@ -83,8 +83,8 @@ def _warp(args: argparse.Namespace) -> int:
 def _flow_vis(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .._io import save_image
-    from ..flow import flow_to_color, read_flow
+    from ..core.flow import flow_to_color, read_flow
+    from ..io.images import save_image
 
     if args.max_radius is not None and not (math.isfinite(args.max_radius) and args.max_radius > 0):
         raise ValueError(f"--max-radius must be a finite number > 0 (pixels), got {args.max_radius}")
@@ -110,9 +110,9 @@ def _flow_vis(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .._io import atomic_path
-    from ..evaluation import score_folders, summary_markdown, write_rows_csv
-    from ..metrics import evaluate_folder
+    from ..core.metrics import evaluate_folder
+    from ..evaluation.runner import score_folders, summary_markdown, write_rows_csv
+    from ..io.images import atomic_path
 
     if args.inputs is None and args.markdown is None:
         result = evaluate_folder(

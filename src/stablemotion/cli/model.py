@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..catalog import DEFAULT_BASE, RELEASED_REPO, RELEASED_SUBFOLDERS
+from ..model.catalog import DEFAULT_BASE, RELEASED_REPO, RELEASED_SUBFOLDERS
 from ..tasks import available_tasks
 from ._options import DTYPE_NAMES, MAX_SIDE, check_model_folder, parse_size, resolve_dtype, seed_arg
 
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ..model import import_released_checkpoint
+    from ..model.loading import import_released_checkpoint
 
     out = import_released_checkpoint(
         args.source,
@@ -67,7 +67,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from ..model import convert_pipeline
+    from ..model.loading import convert_pipeline
 
     check_model_folder(args.source)
     if args.out.exists() and any(args.out.iterdir()) and not args.force:
@@ -85,8 +85,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _tiny(args: argparse.Namespace) -> int:
-    from .._io import umask_modes
-    from ..tiny import tiny_pipeline
+    from ..io.images import umask_modes
+    from ..model.tiny import tiny_pipeline
 
     out: Path = args.out
     if out.exists() and any(out.iterdir()) and not args.force:

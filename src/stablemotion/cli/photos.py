@@ -1,6 +1,6 @@
 """``stablemotion photos``: list the named photo pools installed from Debian packages.
 
-See :mod:`stablemotion.photos` and ``docs/photo_pools.md``; ``configs/install_photos.sh``
+See :mod:`stablemotion.data.photos` and ``docs/photo_pools.md``; ``configs/install_photos.sh``
 installs the packages.
 """
 
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _photos(args: argparse.Namespace) -> int:
-    from ..photos import POOLS, SOURCES, install_command, pool_files, split_of
+    from ..data.photos import POOLS, SOURCES, install_command, pool_files, split_of
 
     if args.install_command:
         print(install_command(*(args.pools[:1] or [])))

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, SIDE_FILE_SUFFIXES, list_images
+from ..io.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, SIDE_FILE_SUFFIXES, list_images
 from ..tasks import available_tasks, describe_model_tasks
 from ._options import (
     MAX_MASK_TOLERANCE,
@@ -120,7 +120,7 @@ def _collect_inputs(inputs: list[Path], notes: list[str] | None = None) -> list[
     given by name whose type cannot be read is refused before the model loads."""
     import os
 
-    from .._io import UNSUPPORTED_IMAGE_TYPES, describe_skipped, scan_images
+    from ..io.images import UNSUPPORTED_IMAGE_TYPES, describe_skipped, scan_images
 
     main = os.environ.get("RANK", "0") in ("0", "")  # one note under accelerate / torchrun
     found: dict[str, Path] = {}
@@ -260,7 +260,7 @@ def _plan_resume(args: argparse.Namespace, jobs: list[_Job], record: dict[str, A
     and the others stay, each recorded with its own settings. The jobs about to be (re)written
     are dropped from the manifest until they are finished. -> (stems done, notes to print)
     """
-    from ..outdir import Manifest
+    from ..io.outdir import Manifest
 
     man = Manifest.load(args.out)
     man.merge_journals()  # images a killed run finished
@@ -317,7 +317,7 @@ def _preflight(jobs: list[_Job], needs_mask: bool, max_pixels: int | None, grey:
     name taken by a symbolic link -> failures by stem."""
     from PIL import Image, UnidentifiedImageError
 
-    from .._io import check_single_frame, warnings_as_errors
+    from ..io.images import check_single_frame, warnings_as_errors
 
     failures: dict[str, str] = {}
     for job in jobs:
@@ -373,11 +373,11 @@ def _rectify(args: argparse.Namespace) -> int:
 def _max_work_pixels(value: int | None) -> int:
     """--max-work-pixels: ``None`` -> the app's default cap; 0 = no cap; else at least 64 x 64."""
     if value is None:
-        from ..large_image import MAX_WORK_PIXELS
+        from ..core.large_image import MAX_WORK_PIXELS
 
         return MAX_WORK_PIXELS
     if value != 0:
-        from ..large_image import MIN_WORK_PIXELS
+        from ..core.large_image import MIN_WORK_PIXELS
 
         if value < MIN_WORK_PIXELS:
             raise ValueError(f"--max-work-pixels must be 0 (no cap) or at least {MIN_WORK_PIXELS} (64 x 64), "
@@ -408,7 +408,7 @@ def _stop(dist: Dist, message: str | None) -> None:
 def _lock_out(out: Path, dist: Dist) -> Any:
     """Lock --out for the whole run (the main process holds it for all of them) -> the lock, or ``None``
     in the other processes. Another run writing there stops this one with a one-line error."""
-    from ..outdir import FolderLock
+    from ..io.outdir import FolderLock
 
     lock, busy = None, None
     if dist.main:
@@ -426,7 +426,7 @@ def _process(args: argparse.Namespace, dist: Dist, items: list[tuple[str, Path]]
     """Rectify ``items`` with the model of ``args.model`` / ``args.task`` -> (processed, skipped, failures).
 
     ``record``: the settings recorded for the images (default: from ``args``)."""
-    from ..outdir import settings_key
+    from ..io.outdir import settings_key
     from ._options import load_model, prepare_for_inference, resolve_dtype
 
     # The task (hence whether a mask is needed) is in the model config: read it without loading weights.
@@ -469,11 +469,11 @@ def _process(args: argparse.Namespace, dist: Dist, items: list[tuple[str, Path]]
 
 def _rectify_auto(args: argparse.Namespace, dist: Dist, items: list[tuple[str, Path]], kwargs: dict[str, Any],
                   max_pixels: int | None) -> int:
-    """``--task auto``: choose each image's task (:mod:`stablemotion.task_choice`), then rectify each
+    """``--task auto``: choose each image's task (:mod:`stablemotion.model.task_choice`), then rectify each
     group of images with its task's model (loaded once per task)."""
-    from .._io import read_rgb
-    from ..catalog import BUNDLED_MODELS
-    from ..task_choice import choose_task
+    from ..io.images import read_rgb
+    from ..model.catalog import BUNDLED_MODELS
+    from ..model.task_choice import choose_task
 
     order = ("sir", "rsc", "rotation", "lens")
     tasks = "|".join(sorted(available_tasks(), key=lambda t: (order.index(t) if t in order else len(order), t)))
@@ -528,7 +528,7 @@ class _TaskInfo:
 
 def _task_of(args: argparse.Namespace) -> _TaskInfo:
     """The model's task and default ensemble size from its config file (cheap: no weights)."""
-    from ..catalog import bundled_model_path
+    from ..model.catalog import bundled_model_path
     from ..tasks import MASK_CONDITIONS, get_task
     from ._options import check_model_folder
 
@@ -561,12 +561,12 @@ def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str
          dist: Dist, max_pixels: int | None, key: str) -> tuple[int, dict[str, str]]:
     """Rectify ``jobs`` in this process -> (images written, failures by stem).
 
-    The network runs at most at --max-work-pixels (:func:`stablemotion.large_image.rectify_capped`,
+    The network runs at most at --max-work-pixels (:func:`stablemotion.core.large_image.rectify_capped`,
     the web app's path); every file written comes from the full-size result. Each finished
     image is journaled with the settings ``key`` once all its files are in place."""
     from tqdm import tqdm
 
-    from ..outdir import Journal
+    from ..io.outdir import Journal
     from ..tasks import MASK_CONDITIONS
 
     failures: dict[str, str] = {}
@@ -619,10 +619,10 @@ def _run_one(args: argparse.Namespace, pipe: Any, spec: Any, job: _Job, pipe_kwa
     import numpy as np
     import torch
 
-    from .._io import atomic_path, load_image, read_rgb, save_image
-    from ..flow import write_flow
-    from ..image_processing import prepare_mask
-    from ..large_image import rectify_capped, uncertainty_colours
+    from ..core.flow import write_flow
+    from ..core.image_processing import prepare_mask
+    from ..core.large_image import rectify_capped, uncertainty_colours
+    from ..io.images import atomic_path, load_image, read_rgb, save_image
 
     image, alpha, note = read_rgb(job.image, grey=args.grey, alpha="mask" if args.mask == "alpha" else args.alpha,
                                   max_pixels=max_pixels)
@@ -668,9 +668,9 @@ def _write_unchanged(job: _Job, image: Any, mask: Any) -> None:
     """The input as its own result: zero flow (SIR with no empty border)."""
     import numpy as np
 
-    from .._io import atomic_path, save_image
-    from ..flow import write_flow
-    from ..large_image import flow_colours, uncertainty_colours
+    from ..core.flow import write_flow
+    from ..core.large_image import flow_colours, uncertainty_colours
+    from ..io.images import atomic_path, save_image
 
     zero = np.zeros((*image.shape[:2], 2), np.float32)
     save_image(image, job.outputs["image"])
@@ -688,8 +688,8 @@ def _write_unchanged(job: _Job, image: Any, mask: Any) -> None:
 
 def _summary(args: argparse.Namespace, dist: Dist, processed: int, skipped: int, failures: dict[str, str]) -> int:
     """Record the finished images in the manifest and print one summary (main process) -> exit status."""
-    from .._io import write_atomic
-    from ..outdir import Manifest, check_not_link
+    from ..io.images import write_atomic
+    from ..io.outdir import Manifest, check_not_link
 
     state = args.out / _STATE
     if dist.world > 1:  # every process leaves its counts; the main one reports once

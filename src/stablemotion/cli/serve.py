@@ -149,13 +149,13 @@ def _serve(args: argparse.Namespace) -> int:
             "pip install 'stablemotion[app]'"
         )
     check_options(args)
-    from ..app import allowed_hosts_for, create_app
+    from ..app.server import allowed_hosts_for, create_app
 
     hosts = allowed_hosts_for(args.host, args.allowed_hosts)  # a bad --host / --allowed-hosts fails here
     import uvicorn
 
-    from ..app_server import server_options
-    from ..catalog import BUNDLED_LIMITS, BUNDLED_MODELS
+    from ..app.server_options import server_options
+    from ..model.catalog import BUNDLED_LIMITS, BUNDLED_MODELS
     from ._options import load_model, prepare_for_inference, resolve_device, resolve_dtype
 
     kwargs = inference_kwargs(args)

@@ -1,6 +1,6 @@
 """``stablemotion train-task-classifier``: train the classifier of ``rectify --task auto``.
 
-See :mod:`stablemotion.task_choice`: a tiny CNN telling rolling shutter, tilt, lens
+See :mod:`stablemotion.model.task_choice`: a tiny CNN telling rolling shutter, tilt, lens
 distortion and undistorted photos apart, trained on exact synthetic samples made in memory
 (CPU, minutes). The bundled one lives in ``stablemotion/weights/task-classifier``.
 """
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..task_choice import TEST_SEED, TRAIN_SEED, train_task_classifier
+    from ..model.task_choice import TEST_SEED, TRAIN_SEED, train_task_classifier
 
     seed = TRAIN_SEED if args.seed is None else args.seed
     if seed == TEST_SEED:

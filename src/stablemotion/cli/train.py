@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..config import load_config
+    from ..training.config import load_config
 
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError(f"--max-steps must be an integer >= 1, got {args.max_steps}")
@@ -33,13 +33,13 @@ def _train(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--resume: checkpoint folder not found: {args.resume}")
     cfg = load_config(args.config, overrides=args.override)
     if args.check:
-        from ..training import build_dataset, check_batch_fits
+        from ..training.trainer import build_dataset, check_batch_fits
 
         check_batch_fits(cfg)
         ds = build_dataset(cfg, "train")
         print(f"config OK: task {cfg.task_spec.name}, {len(ds)} training samples, output {cfg.checkpoint.output_dir}")
         return 0
-    from ..training import Trainer
+    from ..training.trainer import Trainer
 
     trainer = Trainer(cfg)
     result = trainer.train(resume=args.resume, max_steps=args.max_steps)

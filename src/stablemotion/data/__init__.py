@@ -9,7 +9,7 @@ a trainer assembles its UNet conditions from ``task.conditions``:
 * any other condition of a user task, as an image (or a mask if in ``MASK_CONDITIONS``);
 * ``"gt"``: the target image, float32 (3, H, W) in [-1, 1];
 * ``"flow"`` (when available): float32 (2, H, W), pixels, backward:
-  ``gt(p) ~= image(p + flow(p))`` (see :mod:`stablemotion.flow`).
+  ``gt(p) ~= image(p + flow(p))`` (see :mod:`stablemotion.core.flow`).
 
 Layouts (files are paired by file stem; no list files):
 

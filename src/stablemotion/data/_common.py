@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .._io import image_to_tensor
-from ..image_processing import mask_valid
+from ..core.image_processing import mask_valid
+from ..io.images import image_to_tensor
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
@@ -31,7 +31,7 @@ def _listing(problems: Sequence[str], what: str) -> str:
 # --------------------------------------------------------------------------- conversions
 def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
     """uint8 mask (H, W) or (H, W, C) (white = content) -> float32 (1, H, W) in {-1, 1}, by the
-    package's one mask rule (:func:`stablemotion.image_processing.mask_valid`)."""
+    package's one mask rule (:func:`stablemotion.core.image_processing.mask_valid`)."""
     return torch.from_numpy(mask_valid(mask)).float().mul(2.0).sub(1.0).unsqueeze(0)
 
 

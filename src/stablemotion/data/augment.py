@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..flow import resize_flow
-from ..image_processing import resize_image
+from ..core.flow import resize_flow
+from ..core.image_processing import resize_image
 from ..tasks import MASK_CONDITIONS
 from ._common import IMAGE_KEYS_EXCLUDED, Sample
 
@@ -51,7 +51,7 @@ def resize_sample(sample: Sample, size: tuple[int, int], mask_keys: Sequence[str
     """Resize every image, mask and flow of a sample to ``size = (H', W')``.
 
     Images: bilinear (antialiased when shrinking), pixel-area convention; masks: the same,
-    then thresholded at 0 back to {-1, 1}; the flow: :func:`stablemotion.flow.resize_flow`
+    then thresholded at 0 back to {-1, 1}; the flow: :func:`stablemotion.core.flow.resize_flow`
     with the same convention (``u`` scaled by ``W'/W``, ``v`` by ``H'/H``), which keeps
     ``gt(p) = image(p + flow(p))`` true at the new size.
     """

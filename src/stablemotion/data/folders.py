@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._io import PathLike, image_to_tensor, list_images, load_image
-from ..flow import read_flow
+from ..core.flow import read_flow
+from ..io.images import PathLike, image_to_tensor, list_images, load_image
 from ..tasks import MASK_CONDITIONS, TaskSpec, get_task
 from ._common import (
     Sample,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import PathLike, image_to_tensor, list_images, load_image
+from ..io.images import PathLike, image_to_tensor, list_images, load_image
 from ._common import (
     Sample,
     SampleDataset,

@@ -3,7 +3,7 @@
 A task is declared in one module of this package: its :class:`TaskSpec` (condition images,
 warp padding, network resolution, loss weights: what the model and the trainer see), its
 synthetic-sample generator and on-disk layout (:class:`SynthSpec`, used by
-:func:`stablemotion.synth.make_sample`, :func:`stablemotion.synth.write_dataset` and
+:func:`stablemotion.data.synth.make_sample`, :func:`stablemotion.data.synth.write_dataset` and
 ``stablemotion synth``) and its evaluation protocol (:class:`EvalProtocol`), registered
 together with :func:`declare_task`. The package ships
 

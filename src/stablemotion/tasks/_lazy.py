@@ -31,5 +31,5 @@ class LazyModule:
 np: Any = LazyModule("numpy")
 cv2: Any = LazyModule("cv2")
 torch: Any = LazyModule("torch")
-flow: Any = LazyModule("stablemotion.flow")
-io: Any = LazyModule("stablemotion._io")
+flow: Any = LazyModule("stablemotion.core.flow")
+io: Any = LazyModule("stablemotion.io.images")

@@ -10,7 +10,7 @@ from typing import Any
 
 from ._lazy import LazyModule, cv2, io, np
 
-_pools: Any = LazyModule("stablemotion.photos")
+_pools: Any = LazyModule("stablemotion.data.photos")
 
 __all__ = [
     "BUNDLED_PHOTOS",
@@ -29,7 +29,7 @@ __all__ = [
 
 
 def resolve_pool(name: str) -> list[str] | None:
-    """:func:`stablemotion.photos.resolve_pool` (imported on first use)."""
+    """:func:`stablemotion.data.photos.resolve_pool` (imported on first use)."""
     return _pools.resolve_pool(name)
 
 
@@ -99,7 +99,7 @@ def resolve_photos(spec: Any | None) -> list[str]:
     ``spec`` is a photo folder, or a ``+``-joined list of named sources: ``bundled``,
     ``bundled-train``, ``bundled-test`` (:func:`bundled_photo_paths`), ``procedural``
     (a new :func:`procedural_scene` per sample), ``urban`` (a new :func:`urban_scene`
-    per sample) and the installed photo pools of :mod:`stablemotion.photos` (``debian``,
+    per sample) and the installed photo pools of :mod:`stablemotion.data.photos` (``debian``,
     ``debian-train``, ``debian-test``, ...; fixed train/test split). A name may carry a repeat count, ``procedural*10``, to weight the draw.
     None = ``bundled``.
 

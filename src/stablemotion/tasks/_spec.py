@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..constants import FLOW_GAMMA, PADDING_MODES
+from ..core.constants import FLOW_GAMMA, PADDING_MODES
 
 #: The tasks of the paper's released checkpoints. Several tasks share a UNet width (rsc,
 #: rotation and lens all have 8 input channels), so code that infers a task from a checkpoint's
@@ -33,7 +33,7 @@ class TaskSpec:
         name: short id used on the command line and in saved configs (``"sir"``).
         conditions: names of the condition images, in UNet-input order. ``"image"`` is
             the image the flow warps; ``"mask"`` is a binary validity mask.
-        padding: :func:`stablemotion.flow.warp` padding (``"border"`` or ``"zeros"``).
+        padding: :func:`stablemotion.core.flow.warp` padding (``"border"`` or ``"zeros"``).
         resolution: network (processing) resolution ``(H, W)`` in pixels.
         loss_weights: weight per loss term; keys ``"v"`` (diffusion v-loss), ``"warp"``
             (warped input vs gt), ``"mask"`` (warped mask should be all valid), ``"vgg"``
@@ -171,7 +171,7 @@ class EvalProtocol:
         metrics: subset of :data:`PROTOCOL_METRICS`; image metrics compare the output with
             the gt on uint8 images at full resolution, no mask.
         epe_region: ``"all"`` (EPE over every pixel) or ``"valid"`` (only where the gt flow
-            samples inside the input, :func:`stablemotion.flow.valid_mask`: RSC, whose GS
+            samples inside the input, :func:`stablemotion.core.flow.valid_mask`: RSC, whose GS
             frame sees parts the RS camera never saw).
         layout: the test set's layout (:data:`LAYOUT_KINDS`), what ``open_eval_set`` reads.
         split: the test split's folder name.
@@ -210,7 +210,7 @@ class EvalProtocol:
         """
         import numpy as np
 
-        from ..metrics import psnr, ssim
+        from ..core.metrics import psnr, ssim
 
         out: dict[str, float] = {}
         if "psnr" in self.metrics:
@@ -225,7 +225,7 @@ class EvalProtocol:
             if self.epe_region == "valid":
                 import torch
 
-                from ..flow import valid_mask
+                from ..core.flow import valid_mask
 
                 keep = valid_mask(torch.from_numpy(g).permute(2, 0, 1))[0].numpy()
                 err = err[keep] if keep.any() else err

@@ -96,7 +96,7 @@ FOLDER_SUBDIRS = ("input", "gt", "flow")
 
 def write_folder_sample(sample: WarpSample, root: Path, name: str, split: str, ext: str, quality: int) -> None:
     """The task-folder layout: ``SPLIT/{input,gt}/NAME.EXT`` and ``SPLIT/flow/NAME.npy``."""
-    from ..flow import write_flow
+    from ..core.flow import write_flow
 
     save_image_file(sample.input, root / "input" / f"{name}.{ext}", quality)
     save_image_file(sample.gt, root / "gt" / f"{name}.{ext}", quality)

@@ -157,7 +157,7 @@ def generate(photo: Any, rng: Any, size: tuple[int, int], prefilter_sigma: float
 
 
 def write_lens_dataset(out: Any, num: int, **kwargs: Any) -> list[str]:
-    """Write lens-distortion samples (:func:`stablemotion.synth.write_dataset` with
+    """Write lens-distortion samples (:func:`stablemotion.data.synth.write_dataset` with
     ``task="lens"``; options ``min_strength``, ``max_strength``, ``centre_jitter``)."""
     return write_dataset("lens", out, num, **kwargs)
 

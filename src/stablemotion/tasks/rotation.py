@@ -145,7 +145,7 @@ def generate(photo: Any, rng: Any, size: tuple[int, int], prefilter_sigma: float
 
 
 def write_rotation_dataset(out: Any, num: int, **kwargs: Any) -> list[str]:
-    """Write rotation-correction samples (:func:`stablemotion.synth.write_dataset` with
+    """Write rotation-correction samples (:func:`stablemotion.data.synth.write_dataset` with
     ``task="rotation"``; options ``min_angle``, ``max_angle``)."""
     return write_dataset("rotation", out, num, **kwargs)
 

@@ -5,7 +5,7 @@ Row ``r`` of the rolling-shutter (RS) image is exposed at readout time ``t = r /
 while the camera moves (``planar``: translation and in-plane rotation, smooth random
 polynomials; ``camera``: a 3-D pose per row over a tilted plane,
 :func:`camera_rolling_shutter_map`), so ``RS(q) = GS(A_t(q))``. The label is the correcting
-flow ``f`` with ``GS(p) = RS(p + f(p))`` (zeros padding; :func:`stablemotion.flow.valid_mask`
+flow ``f`` with ``GS(p) = RS(p + f(p))`` (zeros padding; :func:`stablemotion.core.flow.valid_mask`
 of ``f`` is where the GS pixel was seen by the RS camera).
 
 Layout: RS-Real, ``SPLIT/npz/NNNNN.npz`` with ``condition``, ``out_flow``, ``gs`` (the test
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..constants import RS_MOTION_NAMES
+from ..core.constants import RS_MOTION_NAMES
 from ._geometry import invert_flow, pixel_grid, remap, rotations
 from ._lazy import cv2, np, torch
 from ._lazy import flow as flow_ops
@@ -223,7 +223,7 @@ def make_rolling_shutter_sample(
             (``W`` for x, ``H`` for y).
         max_rotation: largest in-plane rotation over the readout, degrees.
         reference_time: readout time of the GS image in [0, 1].
-        motion_model: ``"planar"`` or ``"camera"`` (:data:`~stablemotion.constants.RS_MOTION_NAMES`).
+        motion_model: ``"planar"`` or ``"camera"`` (:data:`~stablemotion.core.constants.RS_MOTION_NAMES`).
         max_displacement: ``camera`` model: largest displacement, fraction of the width.
 
     Returns:
@@ -276,7 +276,7 @@ def write_rsreal_sample(
     """The RS-Real layout: ``SPLIT/npz/NAME.npz`` (``condition``, ``out_flow``, ``gs`` at
     ``npz_size``) and, with ``full_res_jpg`` (default: for a split named ``test``),
     ``SPLIT/jpg/NAME.EXT`` and ``SPLIT/jpg_gt/NAME.EXT`` at full resolution."""
-    from .._io import atomic_path
+    from ..io.images import atomic_path
 
     rs, gs, flow = sample.rs, sample.gs, sample.flow
     if npz_size is not None and tuple(npz_size) != rs.shape[:2]:
@@ -297,9 +297,15 @@ def write_rsreal_sample(
 def _cli_arguments(parser: Any) -> None:
     import argparse
 
-    from ..cli._options import size_arg
+    from ..core.sizes import parse_size
 
-    parse = size_arg("--npz-size")
+    def parse(text: str) -> tuple[int, int]:
+        import argparse
+
+        try:
+            return parse_size(text, "--npz-size", maximum=8192)  # type: ignore[return-value]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     def npz_size(text: str) -> tuple[int, int]:
         value = parse(text)

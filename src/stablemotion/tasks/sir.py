@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..constants import RECTANGLING_STYLE_NAMES
+from ..core.constants import RECTANGLING_STYLE_NAMES
 from ._geometry import invert_flow, pixel_grid, remap, rotations
 from ._lazy import cv2, np
 from ._lazy import flow as flow_ops
@@ -84,7 +84,7 @@ def random_rectangling_mesh(
         jitter: standard deviation of the interior vertex noise, fraction of the cell size.
 
     Returns:
-        mesh (rows+1, cols+1, 2) float64, (x, y) input pixels for :func:`stablemotion.flow.mesh_to_flow`.
+        mesh (rows+1, cols+1, 2) float64, (x, y) input pixels for :func:`stablemotion.core.flow.mesh_to_flow`.
     """
     mesh = flow_ops.rigid_mesh(rows, cols, height, width)
     low = -touch / max(1e-6, 1.0 - touch)
@@ -262,7 +262,7 @@ def stitched_outline_mesh(
     the interior follows by Coons interpolation. Use a fine mesh (cells of ~32 px).
 
     Returns:
-        mesh (rows+1, cols+1, 2) float64, (x, y) input pixels for :func:`stablemotion.flow.mesh_to_flow`.
+        mesh (rows+1, cols+1, 2) float64, (x, y) input pixels for :func:`stablemotion.core.flow.mesh_to_flow`.
     """
     if region is None:
         region = stitched_region(rng, height, width, max_tilt)
@@ -369,9 +369,15 @@ def write_dird_sample(sample: RectanglingSample, root: Path, name: str, split: s
 
 
 def _cli_arguments(parser: Any) -> None:
-    from ..cli._options import size_arg
+    from ..core.sizes import parse_size
 
-    parse = size_arg("--mesh")
+    def parse(text: str) -> tuple[int, int]:
+        import argparse
+
+        try:
+            return parse_size(text, "--mesh", maximum=8192)  # type: ignore[return-value]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     def cells(text: str) -> tuple[int, int]:
         import argparse

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .tasks import TaskSpec, get_task
+from ..tasks import TaskSpec, get_task
 
 __all__ = ["DEFAULT_BASE", "RELEASED_REPO", "RELEASED_SUBFOLDERS", "BUNDLED_MODELS", "BUNDLED_LIMITS",
            "bundled_model_path", "BUNDLED_TASK_CLASSIFIER", "bundled_task_classifier_path", "BUNDLED_MULTI_TASK",
@@ -40,10 +40,10 @@ BUNDLED_LIMITS = {
         "5% further from the truth than no correction); train a rotation model on your data (docs/tasks.md)"
     ),
 }
-#: The task classifier of ``rectify --task auto`` (:mod:`stablemotion.task_choice`), shipped in the package.
+#: The task classifier of ``rectify --task auto`` (:mod:`stablemotion.model.task_choice`), shipped in the package.
 #: Trained by ``stablemotion train-task-classifier`` (see the README).
 BUNDLED_TASK_CLASSIFIER = "task-classifier"
-_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 def bundled_task_classifier_path() -> Path:

@@ -2,7 +2,7 @@
 
 Components: ``unet`` (conv_in expanded for the task's conditions), ``vae``, ``scheduler``
 (DDIM, trailing spacing, v-prediction) and ``text_embedding`` (the stored empty prompt,
-:class:`~stablemotion.components.EmptyTextEmbedding`). The pipeline config holds the task
+:class:`~stablemotion.model.components.EmptyTextEmbedding`). The pipeline config holds the task
 description and the recommended inference settings; ``None`` arguments fall back to them.
 
 Inference (docs/method.md, "Inference"): the input and its condition images are resized to the
@@ -15,14 +15,14 @@ step (``"prev_sample"``: with SD2's ``set_alpha_to_one=False`` that is
 config says which. It is decoded to a flow (``vae.decode(z / scale) * gamma``, first two
 channels), upsampled to the input size with the released rule (bilinear,
 ``align_corners=True``, magnitudes scaled by ``W/w``, ``H/h``), and applied with
-:func:`stablemotion.flow.warp` to the input in [0, 1] (so zeros padding leaves black). The
-members are combined with the Adaptive Ensemble Strategy (:mod:`stablemotion.ensemble`).
+:func:`stablemotion.core.flow.warp` to the input in [0, 1] (so zeros padding leaves black). The
+members are combined with the Adaptive Ensemble Strategy (:mod:`stablemotion.core.ensemble`).
 
 A multi-task model (config ``tasks``: several task dicts) serves each of its tasks: its UNet takes
 the union of the tasks' conditions (:func:`stablemotion.tasks.union_conditions`), a condition the
 chosen task lacks is fed as a constant (an all-valid mask, or mid grey:
 :func:`stablemotion.tasks.missing_condition_value`), and ``text_embedding`` is a
-:class:`~stablemotion.components.TaskEmbedding` whose row for the task replaces the empty prompt.
+:class:`~stablemotion.model.components.TaskEmbedding` whose row for the task replaces the empty prompt.
 ``pipe(image, task="lens")`` picks the task; the flow normalisation and the warp padding are
 the chosen task's.
 """
@@ -41,9 +41,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .components import EmptyTextEmbedding, TaskEmbedding, decode_flow_latents, encode_latents, infer_task
-from .constants import FINAL_STEPS, FLOW_REGULARIZATIONS
-from .ensemble import (
+from ..core.constants import FINAL_STEPS, FLOW_REGULARIZATIONS
+from ..core.ensemble import (
     ENSEMBLE_MODES,
     ENSEMBLE_ROUNDINGS,
     ensemble_flows,
@@ -51,8 +50,8 @@ from .ensemble import (
     flow_uncertainty,
     median,
 )
-from .flow import RELEASED_FLOW_RESIZE, flow_to_color, mesh_regularize, resize_flow, warp
-from .image_processing import (
+from ..core.flow import RELEASED_FLOW_RESIZE, flow_to_color, mesh_regularize, resize_flow, warp
+from ..core.image_processing import (
     MASK_ENCODINGS,
     MASK_THRESHOLD,
     ImageInput,
@@ -63,7 +62,8 @@ from .image_processing import (
     to_mask_batch,
     to_vae_range,
 )
-from .tasks import MASK_CONDITIONS, TaskSpec, get_task, missing_condition_value, union_conditions
+from ..tasks import MASK_CONDITIONS, TaskSpec, get_task, missing_condition_value, union_conditions
+from .components import EmptyTextEmbedding, TaskEmbedding, decode_flow_latents, encode_latents, infer_task
 
 __all__ = ["StableMotionOutput", "StableMotionPipeline"]
 
@@ -110,9 +110,9 @@ class StableMotionPipeline(DiffusionPipeline):
         unet: conditional UNet with ``4 * (len(task.conditions) + 1)`` input channels.
         vae: ``AutoencoderKL`` (the SD2 one or a fine-tuned copy).
         scheduler: ``DDIMScheduler``; used as given (build it with
-            :func:`stablemotion.components.make_scheduler`: trailing spacing, v-prediction).
+            :func:`stablemotion.model.components.make_scheduler`: trailing spacing, v-prediction).
         text_embedding: the stored empty-prompt embedding (1, L, cross_attention_dim), or for
-            a multi-task model the per-task prompts (:class:`~stablemotion.components.TaskEmbedding`).
+            a multi-task model the per-task prompts (:class:`~stablemotion.model.components.TaskEmbedding`).
         task: the task as a dict (:meth:`TaskSpec.to_dict`), a registered name, or ``None``
             to infer it from the UNet's channel count (for a multi-task model: the default task,
             the first of ``tasks``).
@@ -340,7 +340,7 @@ class StableMotionPipeline(DiffusionPipeline):
             if conditions.get(name) is None:
                 hint = (
                     " (1 = valid content; derive one from the empty border with "
-                    "stablemotion.image_processing.derive_mask, or `stablemotion rectify` does it)"
+                    "stablemotion.core.image_processing.derive_mask, or `stablemotion rectify` does it)"
                     if name in MASK_CONDITIONS
                     else ""
                 )
@@ -428,7 +428,7 @@ class StableMotionPipeline(DiffusionPipeline):
         """Estimate the rectifying flow of ``image`` and apply it.
 
         Args:
-            image: RGB image(s), see :mod:`stablemotion.image_processing` (PIL, numpy uint8
+            image: RGB image(s), see :mod:`stablemotion.core.image_processing` (PIL, numpy uint8
                 or float [0, 1], torch float [0, 1]; single or batch).
             mask: the ``"mask"`` condition (SIR), 1 = valid content, same size as ``image``.
             conditions: other condition images by name (for user-defined tasks).
@@ -656,7 +656,7 @@ class StableMotionPipeline(DiffusionPipeline):
 
         ``decode_scale = s`` decodes at 1/s of the processing resolution ``size`` (see
         :meth:`decode_flow`); the values are rescaled to pixels of the decoded grid so that
-        :func:`~stablemotion.flow.resize_flow` scales them right.
+        :func:`~stablemotion.core.flow.resize_flow` scales them right.
         """
         flow = torch.cat([self.decode_flow(c, decode_scale, task=task) for c in latents.split(batch_size or latents.shape[0])])
         if decode_scale != 1:

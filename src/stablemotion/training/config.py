@@ -22,8 +22,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ._io import PathLike, atomic_path
-from .tasks import TaskSpec, as_task_list, available_tasks, get_task
+from ..io.images import PathLike, atomic_path
+from ..tasks import TaskSpec, as_task_list, available_tasks, get_task
 
 __all__ = [
     "DataConfig",
@@ -330,7 +330,7 @@ class TrainConfig:
         return self
 
     def loss_weights(self, task: TaskSpec | str | None = None) -> Any:
-        """The :class:`~stablemotion.losses.LossWeights` of ``task`` (default: the run's task):
+        """The :class:`~stablemotion.training.losses.LossWeights` of ``task`` (default: the run's task):
         its own weights overridden by ``loss.weights``. In a multi-task run the overrides apply
         to every task, except that a mask weight is dropped for tasks without a mask condition."""
         from .losses import LossWeights

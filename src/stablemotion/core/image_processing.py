@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ._io import image_to_rgb
+from ..io.images import image_to_rgb
 
 __all__ = [
     "ImageInput",
@@ -166,7 +166,7 @@ def to_image_batch(image: ImageInput, name: str = "image") -> torch.Tensor:
 
 def pil_to_rgb(image: Image.Image, name: str = "image", grey: str = "refuse", alpha: str = "refuse") -> np.ndarray:
     """A decoded PIL image -> uint8 (H, W, 3) RGB array by the one reading rule of the package
-    (:func:`stablemotion._io.image_to_rgb`: palette, CMYK and 16-bit converted, an opaque
+    (:func:`stablemotion.io.images.image_to_rgb`: palette, CMYK and 16-bit converted, an opaque
     alpha dropped; grey and real alpha refused with a message naming ``name`` unless
     ``grey="convert"`` / ``alpha="drop"``)."""
     return image_to_rgb(image, name=name, grey=grey, alpha=alpha)[0]

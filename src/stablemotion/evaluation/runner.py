@@ -1,13 +1,13 @@
 """Evaluation of a StableMotion pipeline on a test split, and the paper's two studies.
 
 * :func:`open_eval_set` reads a DIR-D, RS-Real or task-folder test split (or a synthetic one
-  written by :mod:`stablemotion.synth`) as uint8 images: ``image`` (H, W, 3), optional
+  written by :mod:`stablemotion.data.synth`) as uint8 images: ``image`` (H, W, 3), optional
   ``mask`` (H, W) (255 = content), ``gt`` (H, W, 3).
 * :func:`run_inference` rectifies every image of one shard into ``OUT/results/NAME.png``
   (atomic writes; finished images are skipped, so an interrupted run resumes), and
   appends each image's inference time to ``OUT/timings/rankR.jsonl``.
 * :func:`score_shard` / :func:`merge_shards` score the results by the released protocol
-  (:func:`stablemotion.metrics.psnr` / :func:`~stablemotion.metrics.ssim`: scikit-image on
+  (:func:`stablemotion.core.metrics.psnr` / :func:`~stablemotion.core.metrics.ssim`: scikit-image on
   uint8, full resolution, no mask) together with the identity baseline (the input itself
   against the gt) on the same images, and write ``per_image.csv``, ``summary.md`` and
   ``summary.json``.
@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._io import PathLike, atomic_path, list_images, load_image, save_image, tensor_to_image
-from .metrics import match_folders, psnr, ssim
+from ..core.metrics import match_folders, psnr, ssim
+from ..io.images import PathLike, atomic_path, list_images, load_image, save_image, tensor_to_image
 
 if TYPE_CHECKING:
-    from .pipeline import StableMotionPipeline
+    from ..model.pipeline import StableMotionPipeline
 
 __all__ = [
     "EvalSample",
@@ -143,7 +143,7 @@ def open_eval_set(root: PathLike, task: str = "sir", split: str | None = None, k
             or ``"auto"`` (from the layout: ``npz/`` files mean RS-Real; ``input/`` +
             ``mask/`` mean DIR-D; otherwise a task folder).
     """
-    from .data import DIRDDataset, RSRealDataset, TaskFolderDataset
+    from ..data import DIRDDataset, RSRealDataset, TaskFolderDataset
 
     root_p = Path(root)
     if not root_p.is_dir():
@@ -245,7 +245,7 @@ def run_inference(
     Returns:
         The names processed in this call (skipped ones excluded).
     """
-    from .flow import write_flow
+    from ..core.flow import write_flow
 
     out = Path(out)
     results = out / "results"

@@ -10,7 +10,7 @@ from diffusers import UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from .tasks import MASK_CONDITIONS, TaskSpec, get_task
+from ..tasks import MASK_CONDITIONS, TaskSpec, get_task
 from .tiny import norm_groups
 
 __all__ = ["FlowRegressor"]

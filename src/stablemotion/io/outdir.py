@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ._io import write_atomic
+from .images import write_atomic
 
 __all__ = [
     "JOURNAL_DIR", "LOCK_NAME", "MANIFEST_NAME", "FolderBusy", "FolderLock", "Journal", "Manifest",
@@ -100,7 +100,7 @@ class FolderLock:
         ...     FolderLock(Path(d)).acquire()
         Traceback (most recent call last):
         ...
-        stablemotion.outdir.FolderBusy: another stablemotion rectify (pid ...) is writing to ...
+        stablemotion.io.outdir.FolderBusy: another stablemotion rectify (pid ...) is writing to ...
     """
 
     def __init__(self, folder: Path, command: str = "stablemotion rectify") -> None:

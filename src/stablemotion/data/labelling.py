@@ -2,7 +2,7 @@
 
 For datasets that have (input, gt) pairs but no flow (the DIR-D training set), every
 pair gets the flow ``f`` with ``gt(p) ~= input(p + f(p))`` (the convention of
-:mod:`stablemotion.flow`), estimated as:
+:mod:`stablemotion.core.flow`), estimated as:
 
 1. dense correspondence gt -> input with OpenCV's DIS optical flow (itself coarse-to-fine
    over an image pyramid), with a per-pixel confidence from forward-backward consistency,
@@ -41,12 +41,12 @@ import cv2
 import numpy as np
 import torch
 
-from ._io import PathLike, atomic_path, load_image
-from .constants import DIS_PRESET_NAMES
-from .data import PairedFolderDataset
-from .flow import PADDING_MODES, fit_mesh_flow, read_flow, warp, write_flow
-from .image_processing import mask_valid
-from .metrics import psnr, ssim
+from ..core.constants import DIS_PRESET_NAMES
+from ..core.flow import PADDING_MODES, fit_mesh_flow, read_flow, warp, write_flow
+from ..core.image_processing import mask_valid
+from ..core.metrics import psnr, ssim
+from ..io.images import PathLike, atomic_path, load_image
+from . import PairedFolderDataset
 from .synth import pool_context
 
 __all__ = [
@@ -158,7 +158,7 @@ def dis_flow(source: np.ndarray, target: np.ndarray, preset: str = "medium") -> 
 
 
 def warp_numpy(image: np.ndarray, flow: np.ndarray, padding: str = "border") -> np.ndarray:
-    """:func:`stablemotion.flow.warp` for numpy: image (H, W[, C]) any dtype, flow (H, W, 2) pixels."""
+    """:func:`stablemotion.core.flow.warp` for numpy: image (H, W[, C]) any dtype, flow (H, W, 2) pixels."""
     squeeze = image.ndim == 2
     arr = image[..., None] if squeeze else image
     t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)

@@ -1,6 +1,6 @@
 """Pictures of inference outputs (kept apart from inference): scalar maps as colours.
 
-Flow colours are :func:`stablemotion.flow.flow_to_color` (the Middlebury wheel).
+Flow colours are :func:`stablemotion.core.flow.flow_to_color` (the Middlebury wheel).
 """
 
 from __future__ import annotations

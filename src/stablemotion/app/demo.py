@@ -1,7 +1,7 @@
 """The offline demo: held-out synthetic examples rectified by the bundled mini models.
 
 :func:`run_demo` makes a few SIR and RSC samples from photos the ``stablemotion-mini``
-models never saw in training (:data:`~stablemotion.synth.HELD_OUT_PHOTOS`), rectifies them
+models never saw in training (:data:`~stablemotion.data.synth.HELD_OUT_PHOTOS`), rectifies them
 with the bundled pipelines, and writes the PNGs, an ``index.html`` report (input |
 rectified | ground truth | flow colours, with PSNR against the identity) and an
 ``overview.png`` montage. CPU, a few seconds, nothing downloaded.
@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import PathLike, atomic_path, save_image
-from .flow import flow_to_color
-from .metrics import psnr, ssim
-from .synth import bundled_photo_paths, make_sample
-from .tasks import get_generator
+from ..core.flow import flow_to_color
+from ..core.metrics import psnr, ssim
+from ..data.synth import bundled_photo_paths, make_sample
+from ..io.images import PathLike, atomic_path, save_image
+from ..tasks import get_generator
 
 __all__ = ["DemoRow", "DemoReport", "run_demo"]
 
@@ -79,7 +79,7 @@ def run_demo(
     Returns:
         A :class:`DemoReport`.
     """
-    from .model import BUNDLED_MODELS, load_bundled_pipeline
+    from ..model.loading import BUNDLED_MODELS, load_bundled_pipeline
 
     if num < 1:
         raise ValueError(f"num must be at least 1, got {num}")
@@ -138,7 +138,7 @@ def _input_and_gt(sample: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _montage(out: Path, rows: list[DemoRow], per_task: int = 2) -> np.ndarray:
     """Rows of input | rectified | ground truth | flow, ``per_task`` examples per task."""
-    from ._io import load_image
+    from ..io.images import load_image
 
     lines = []
     for task in dict.fromkeys(r.task for r in rows):

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from ._io import PathLike, umask_modes
+from ..io.images import PathLike, umask_modes
+from ..tasks import TaskSpec, as_task_list, union_conditions
 from .components import EmptyTextEmbedding, TaskEmbedding, make_scheduler
 from .pipeline import StableMotionPipeline
-from .tasks import TaskSpec, as_task_list, union_conditions
 
 __all__ = ["ARCH_KEYS", "norm_groups", "tiny_components", "tiny_pipeline", "save_tiny_base"]
 
@@ -130,7 +130,7 @@ def tiny_components(
 
 def tiny_pipeline(task: str | TaskSpec | Sequence[str | TaskSpec] = "sir", seed: int = 0,
                   **config: Any) -> StableMotionPipeline:
-    """A :class:`~stablemotion.pipeline.StableMotionPipeline` on :func:`tiny_components`.
+    """A :class:`~stablemotion.model.pipeline.StableMotionPipeline` on :func:`tiny_components`.
 
     ``config`` holds architecture keywords (:data:`ARCH_KEYS`, passed to
     :func:`tiny_components`) and pipeline config; the default processing resolution is

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,7 +33,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .tasks import RELEASED_TASKS, TaskSpec, available_tasks, get_task
+from ..tasks import RELEASED_TASKS, TaskSpec, available_tasks, get_task
 
 __all__ = [
     "EmptyTextEmbedding",
@@ -301,7 +302,7 @@ def encode_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     Args:
         vae: the (frozen) VAE.
         images: (B, 3, H, W) in the VAE's input range ([-1, 1] for images and masks; a flow
-            as :func:`stablemotion.flow.encode_flow` makes it).
+            as :func:`stablemotion.core.flow.encode_flow` makes it).
 
     Returns:
         (B, C_latent, H / f, W / f) in the VAE's dtype.
@@ -321,3 +322,9 @@ def decode_flow_latents(vae: AutoencoderKL, latents: torch.Tensor, gamma: float)
     """
     decoded = vae.decode(latents.to(vae.dtype) / float(vae.config.scaling_factor)).sample
     return decoded[:, :2].float() * gamma
+
+
+# Pipeline folders saved before the package was laid out by layer name this module
+# "stablemotion.components" as their components' library, and diffusers loads only from
+# modules already imported under the recorded name.
+sys.modules.setdefault("stablemotion.components", sys.modules[__name__])

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .flow import warp
+from ..core.flow import warp
 
 __all__ = [
     "LossWeights",

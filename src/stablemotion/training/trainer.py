@@ -17,10 +17,10 @@ Reproducibility and safety:
 * checkpoint and export files get the usual umask-based mode (0644 under umask 022);
 * nothing in a checkpoint can run code: the EMA weights are safetensors and every pickled
   file accelerate writes is checked with the weights-only unpickler before it is read
-  (:mod:`stablemotion.checkpoint_files`).
+  (:mod:`stablemotion.training.checkpoint_files`).
 
 A multi-task run (``task:`` a list) trains one UNet and a learned prompt per task
-(:class:`~stablemotion.components.TaskEmbedding`) on every task's data: the steps go
+(:class:`~stablemotion.model.components.TaskEmbedding`) on every task's data: the steps go
 round-robin over the tasks (each task's batches are its own, with its own loss weights and warp
 padding), the conditions a task lacks are fed as constants, and validation reports each task.
 """
@@ -45,7 +45,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from ._io import save_image, umask_modes
+from ..core.errors import is_out_of_memory, is_out_of_space
+from ..core.flow import decode_flow, encode_flow, end_point_error, flow_to_color, warp
+from ..core.metrics import psnr_torch, ssim_torch
+from ..data import Augment, DIRDDataset, RSRealDataset, TaskFolderDataset
+from ..io.images import save_image, umask_modes
+from ..model.components import decode_flow_latents, encode_latents
+from ..model.loading import build_pipeline, load_pipeline, retarget_pipeline
+from ..model.regression import FlowRegressor
+from ..model.tiny import tiny_pipeline
+from ..tasks import MASK_CONDITIONS, TaskSpec, missing_condition_value, union_conditions
 from .checkpoint_files import (
     EMA_FILE,
     LEGACY_EMA_FILE,
@@ -54,11 +63,7 @@ from .checkpoint_files import (
     load_ema_state,
     save_ema_state,
 )
-from .components import decode_flow_latents, encode_latents
 from .config import TrainConfig
-from .data import Augment, DIRDDataset, RSRealDataset, TaskFolderDataset
-from .errors import is_out_of_memory, is_out_of_space
-from .flow import decode_flow, encode_flow, end_point_error, flow_to_color, warp
 from .losses import (
     LossWeights,
     PerceptualLoss,
@@ -70,11 +75,6 @@ from .losses import (
     warp_loss,
     x0_from_v,
 )
-from .metrics import psnr_torch, ssim_torch
-from .model import build_pipeline, load_pipeline, retarget_pipeline
-from .regression import FlowRegressor
-from .tasks import MASK_CONDITIONS, TaskSpec, missing_condition_value, union_conditions
-from .tiny import tiny_pipeline
 
 __all__ = ["Trainer", "TrainResult", "CheckpointError", "TrainingResourceError", "batch_bytes", "build_dataset",
            "check_batch_fits", "find_checkpoints", "latest_checkpoint"]
@@ -285,7 +285,7 @@ def check_batch_fits(cfg: TrainConfig, available: int | None = None) -> None:
     ``train.batch_size``). ``available``: bytes (default: free RAM, or free GPU memory on CUDA).
 
     Example:
-        >>> from stablemotion.config import TrainConfig
+        >>> from stablemotion.training.config import TrainConfig
         >>> cfg = TrainConfig()
         >>> cfg.train.batch_size = 100_000
         >>> check_batch_fits(cfg, available=8 * 2**30)
@@ -401,7 +401,7 @@ class Trainer:
     """Trains the UNet of a StableMotion pipeline for ``config.task``.
 
     Args:
-        config: a validated :class:`~stablemotion.config.TrainConfig`.
+        config: a validated :class:`~stablemotion.training.config.TrainConfig`.
         pipeline: optional pre-built pipeline (tests); default builds it from
             ``config.model`` (``"tiny"`` = random tiny components, else an SD2 checkpoint).
         train_dataset / val_dataset: optional datasets overriding ``config.data``.
@@ -814,7 +814,7 @@ class Trainer:
         folder has checkpoints but none is readable (or the given checkpoint is not).
         A folder without any checkpoint starts a fresh run (with a note). A checkpoint file
         that is not weights only (a pickle that would run code) is never skipped over: it
-        raises :class:`~stablemotion.checkpoint_files.UnsafeCheckpointError` and the run stops.
+        raises :class:`~stablemotion.training.checkpoint_files.UnsafeCheckpointError` and the run stops.
         """
         if not resume:
             return None

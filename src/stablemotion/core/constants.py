@@ -8,20 +8,20 @@ __all__ = ["FLOW_GAMMA", "PADDING_MODES", "DIS_PRESET_NAMES", "ENSEMBLE_MODES", 
 
 #: Flow normalisation of the VAE encoding: channels are ``u / 50, v / 50, 1 / 50``.
 FLOW_GAMMA = 50.0
-#: :func:`stablemotion.flow.warp` paddings: ``border`` (SIR), ``zeros`` (RSC), ``reflection``.
+#: :func:`stablemotion.core.flow.warp` paddings: ``border`` (SIR), ``zeros`` (RSC), ``reflection``.
 PADDING_MODES = ("border", "zeros", "reflection")
-#: OpenCV DIS optical-flow presets the pseudo-flow labeller offers (:mod:`stablemotion.labelling`).
+#: OpenCV DIS optical-flow presets the pseudo-flow labeller offers (:mod:`stablemotion.data.labelling`).
 DIS_PRESET_NAMES = ("ultrafast", "fast", "medium")
 #: Ensemble (AES) rules: ``image`` (released), ``flow`` (median flow), ``latent`` (median latent).
 ENSEMBLE_MODES = ("image", "flow", "latent")
 #: What the last denoising step returns: the x0 estimate, or DDIM's ``prev_sample`` (the release).
 FINAL_STEPS = ("x0", "prev_sample")
 #: Post-processing of each member flow: none, or its projection onto a smooth mesh of per-cell
-#: homographies (:func:`stablemotion.flow.mesh_regularize`: straight lines stay straight).
+#: homographies (:func:`stablemotion.core.flow.mesh_regularize`: straight lines stay straight).
 FLOW_REGULARIZATIONS = ("none", "mesh")
-#: Border styles of the synthetic SIR generator (:func:`stablemotion.synth.make_rectangling_sample`).
+#: Border styles of the synthetic SIR generator (:func:`stablemotion.data.synth.make_rectangling_sample`).
 RECTANGLING_STYLE_NAMES = ("inset", "stitched", "panorama")
 #: Camera-motion models of the synthetic RSC generator
-#: (:func:`stablemotion.synth.make_rolling_shutter_sample`): ``planar`` (in-plane translation and
+#: (:func:`stablemotion.data.synth.make_rolling_shutter_sample`): ``planar`` (in-plane translation and
 #: rotation, random polynomials) or ``camera`` (a 3-D camera pose per row, looking at a plane).
 RS_MOTION_NAMES = ("planar", "camera")

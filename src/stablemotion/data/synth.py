@@ -7,7 +7,7 @@ stable front door to them: :func:`make_sample` and :func:`write_dataset` work fo
 declared task by name (``"rectangling"``, ``"rolling_shutter"``, ``"rotation"``, ``"lens"``
 or the task names ``"sir"``, ``"rsc"``), and the per-task names below are kept.
 
-All flows follow the project convention (``stablemotion.flow``): backward, pixels,
+All flows follow the project convention (``stablemotion.core.flow``): backward, pixels,
 ``(H, W, 2)`` float32 in numpy / on disk, ``target(p) = input(p + flow(p))``. Photos are
 lightly low-pass filtered (``prefilter_sigma``) so that the bilinear re-warp reproduces the
 target to > 35 dB. Photos come from a folder or, by default, from the natural photos bundled
@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from ._io import PathLike
-from .tasks._geometry import invert_flow
-from .tasks._photos import (
+from ..io.images import PathLike
+from ..tasks._geometry import invert_flow
+from ..tasks._photos import (
     _GENERATED,
     BUNDLED_PHOTOS,
     HELD_OUT_PHOTOS,
@@ -41,16 +41,16 @@ from .tasks._photos import (
     resolve_photos,
     urban_scene,
 )
-from .tasks._writer import WarpSample, make_sample, pool_context, sample_rng, write_dataset
-from .tasks.lens import LensParams, make_lens_sample, write_lens_dataset
-from .tasks.rotation import make_rotation_sample, rotation_correction_map, write_rotation_dataset
-from .tasks.rsc import (
+from ..tasks._writer import WarpSample, make_sample, pool_context, sample_rng, write_dataset
+from ..tasks.lens import LensParams, make_lens_sample, write_lens_dataset
+from ..tasks.rotation import make_rotation_sample, rotation_correction_map, write_rotation_dataset
+from ..tasks.rsc import (
     RollingShutterSample,
     camera_rolling_shutter_map,
     make_rolling_shutter_sample,
     rolling_shutter_margin,
 )
-from .tasks.sir import (
+from ..tasks.sir import (
     RECTANGLING_STYLES,
     RectanglingSample,
     make_rectangling_sample,
@@ -105,7 +105,7 @@ _ = (_GENERATED, _load_photo)  # kept importable from here for older code
 
 def generator_names() -> list[str]:
     """Names :func:`make_sample` and :func:`write_dataset` accept (one per declared task)."""
-    from .tasks import synth_tasks
+    from ..tasks import synth_tasks
 
     return synth_tasks()
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._io import PathLike, atomic_path
+from ..io.images import PathLike, atomic_path
 from .constants import FLOW_GAMMA, PADDING_MODES
 
 __all__ = [
@@ -438,7 +438,7 @@ def fit_mesh_flow(
     """Robust least-squares fit of a smooth mesh flow to a dense flow.
 
     The model: displacements at the ``(rows+1) x (cols+1)`` vertices of the rigid grid
-    (:func:`stablemotion.flow.rigid_mesh`), bilinearly interpolated inside the cells
+    (:func:`stablemotion.core.flow.rigid_mesh`), bilinearly interpolated inside the cells
     (exactly ``F.interpolate(..., align_corners=True)`` of the vertex grid). It minimises
     ``sum_p w(p) |flow(p) - mesh(p)|^2 + lambda * sum |second differences of vertices|^2``
     with Huber re-weighting (``irls`` rounds).

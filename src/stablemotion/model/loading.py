@@ -1,6 +1,6 @@
 """Building, loading and importing StableMotion pipelines.
 
-* :func:`build_pipeline` -- a ready :class:`~stablemotion.pipeline.StableMotionPipeline` for a
+* :func:`build_pipeline` -- a ready :class:`~stablemotion.model.pipeline.StableMotionPipeline` for a
   task from an SD2 checkpoint (hub id or local diffusers folder): what training starts from.
 * :func:`load_pipeline` / :func:`load_bundled_pipeline` / :func:`convert_pipeline` -- pipeline
   folders, the bundled ``stablemotion-mini`` models, dtype conversion.
@@ -9,9 +9,9 @@
   a pipeline folder whose config reproduces the released inference
   (:data:`RELEASED_INFERENCE`).
 
-The pipeline's pieces live in :mod:`stablemotion.components`, the tiny test models in
-:mod:`stablemotion.tiny`, the regression baseline in :mod:`stablemotion.regression` and the
-model names in :mod:`stablemotion.catalog`; their names are re-exported here.
+The pipeline's pieces live in :mod:`stablemotion.model.components`, the tiny test models in
+:mod:`stablemotion.model.tiny`, the regression baseline in :mod:`stablemotion.model.regression` and the
+model names in :mod:`stablemotion.model.catalog`; their names are re-exported here.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 # text embedding's library; diffusers looks the loading base classes up in that module.
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 
-from ._io import PathLike, umask_modes
+from ..io.images import PathLike, umask_modes
+from ..tasks import TaskSpec, as_task_list, get_task, union_conditions
 from .catalog import BUNDLED_MODELS, DEFAULT_BASE, RELEASED_REPO, RELEASED_SUBFOLDERS, bundled_model_path
 from .components import (
     EmptyTextEmbedding,
@@ -43,7 +44,6 @@ from .components import (
 )
 from .pipeline import StableMotionPipeline
 from .regression import FlowRegressor
-from .tasks import TaskSpec, as_task_list, get_task, union_conditions
 from .tiny import ARCH_KEYS, save_tiny_base, tiny_components, tiny_pipeline
 
 __all__ = [
@@ -166,7 +166,7 @@ def build_pipeline(
 
     A list of tasks builds a multi-task model: ``conv_in`` for the union of their conditions
     (:func:`~stablemotion.tasks.union_conditions`) and a
-    :class:`~stablemotion.components.TaskEmbedding` holding the text encoder's encoding of each
+    :class:`~stablemotion.model.components.TaskEmbedding` holding the text encoder's encoding of each
     task's description.
     """
     specs = as_task_list(task)
@@ -196,9 +196,9 @@ def retarget_pipeline(pipe: StableMotionPipeline, task: str | TaskSpec | list[st
     """``pipe``'s weights as a model of ``task`` (one task, or a list for a multi-task model),
     to fine-tune a trained model into another task or into a multi-task model.
 
-    ``conv_in`` is re-mapped by condition name (:func:`~stablemotion.components.adapt_conv_in`:
+    ``conv_in`` is re-mapped by condition name (:func:`~stablemotion.model.components.adapt_conv_in`:
     a new condition starts at zero). A multi-task target gets a
-    :class:`~stablemotion.components.TaskEmbedding`: a task ``pipe`` already serves keeps its
+    :class:`~stablemotion.model.components.TaskEmbedding`: a task ``pipe`` already serves keeps its
     prompt, a new one starts from ``pipe``'s (empty or first) prompt plus seeded noise. A
     single-task target keeps ``pipe``'s prompt for that task. The VAE, scheduler and inference
     settings are kept. Returns ``pipe`` itself when nothing changes.

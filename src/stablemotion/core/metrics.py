@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from ._io import SIDE_FILE_SUFFIXES, PathLike, atomic_path, list_images, load_image
+from ..io.images import SIDE_FILE_SUFFIXES, PathLike, atomic_path, list_images, load_image
 
 __all__ = [
     "psnr",

@@ -3,7 +3,7 @@
 Two stages:
 
 1. **The SIR rule.** A stitched panorama has a flat black (or white) border connected to
-   the image edge. When :func:`stablemotion.image_processing.derive_mask` finds such an
+   the image edge. When :func:`stablemotion.core.image_processing.derive_mask` finds such an
    empty border covering at least :data:`MIN_EMPTY_FRACTION` of the pixels, the task is
    ``sir`` with confidence 1.
 2. **A tiny classifier** (:class:`TaskClassifier`, 64k parameters) over the other
@@ -15,7 +15,7 @@ Two stages:
    and the caller asks the user to pass ``--task``.
 
 The bundled classifier lives in ``stablemotion/weights/task-classifier``
-(:data:`stablemotion.catalog.BUNDLED_TASK_CLASSIFIER`); its accuracy on held-out synthetic
+(:data:`stablemotion.model.catalog.BUNDLED_TASK_CLASSIFIER`); its accuracy on held-out synthetic
 samples is measured by ``benchmarks/task_choice.py``.
 """
 
@@ -133,7 +133,7 @@ def classifier_input(image: np.ndarray, size: Sequence[int] = INPUT_SIZE) -> np.
 
 def empty_fraction(image: np.ndarray) -> float:
     """Fraction of the pixels in a flat empty border (the SIR mask rule)."""
-    from .image_processing import derive_mask
+    from ..core.image_processing import derive_mask
 
     return float((derive_mask(image) == 0).mean())
 
@@ -194,7 +194,7 @@ def choose_task(image: np.ndarray, classifier: Any | None = None, threshold: flo
 def classifier_sample(label: str, seed: int, index: int, photos: Sequence[str],
                       size: tuple[int, int] = SAMPLE_SIZE) -> np.ndarray:
     """The uint8 (H, W, 3) synthetic input of class ``label`` (``sir`` too: a stitched panorama)."""
-    from .synth import make_sample
+    from ..data.synth import make_sample
 
     if label == "sir":
         style = ("panorama", "stitched", "inset")[index % 3]
@@ -208,7 +208,7 @@ def _sample_job(job: tuple[str, int, int, Sequence[str]]) -> list[tuple[np.ndarr
     """One sample's classifier inputs with labels. A rolling-shutter or lens sample also gives
     its undistorted truth as a ``none`` example: the pair differs only by the distortion, so the
     classifier cannot tell the classes apart by photo content."""
-    from .synth import make_sample
+    from ..data.synth import make_sample
 
     label, seed, index, photos = job
     if label == "sir":
@@ -230,7 +230,7 @@ def make_classifier_data(num_per_task: int, seed: int, photos: Sequence[str], wo
     of every rolling-shutter and lens sample."""
     jobs = [(label, seed, i, list(photos)) for label in classes for i in range(num_per_task)]
     if workers > 1:
-        from .tasks._writer import pool_context
+        from ..tasks._writer import pool_context
 
         with pool_context().Pool(workers) as pool:
             results = pool.map(_sample_job, jobs, chunksize=8)
@@ -259,10 +259,10 @@ def train_task_classifier(
         num_per_task: samples of each class (``none``, ``rsc``, ``rotation``, ``lens``).
         steps: optimiser steps (batches of ``batch_size``, random horizontal flips).
         seed: the samples' seed (keep it apart from :data:`TEST_SEED`) and the torch seed.
-        photos: a ``--photos`` spec (:func:`stablemotion.synth.resolve_photos`) or a list.
+        photos: a ``--photos`` spec (:func:`stablemotion.data.synth.resolve_photos`) or a list.
         workers: processes generating samples.
     """
-    from .synth import resolve_photos
+    from ..data.synth import resolve_photos
 
     if num_per_task < 1 or steps < 1:
         raise ValueError(f"num_per_task and steps must be >= 1, got {num_per_task}, {steps}")

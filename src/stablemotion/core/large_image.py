@@ -6,7 +6,7 @@ full size a strip of rows at a time, so the float work never holds more than a s
 the band of rows its flow reaches. Used by the web app and by ``stablemotion rectify``.
 
 Example:
-    >>> from stablemotion.large_image import working_size
+    >>> from stablemotion.core.large_image import working_size
     >>> working_size(4000, 6000, 1024 * 1024)
     (836, 1254)
 """
@@ -213,7 +213,7 @@ def rectify_capped(
 
     Example:
         >>> import numpy as np
-        >>> from stablemotion.tiny import tiny_pipeline
+        >>> from stablemotion.model.tiny import tiny_pipeline
         >>> pipe = tiny_pipeline("rsc")
         >>> out = rectify_capped(pipe, np.zeros((80, 120, 3), np.uint8), None, "zeros", max_work_pixels=64 * 64)
         >>> out.image.shape, out.flow.shape, out.work_size

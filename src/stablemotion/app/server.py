@@ -24,7 +24,7 @@ at once (uploading, decoding, waiting for the model or running); more get 503 wi
 while a slow inference runs): at most ``max_upload_bytes`` per file (the request body is cut
 off past twice that), formats PNG/JPEG/WebP/BMP/TIFF/GIF by content (not by file name), one
 frame per file (animated GIF/WebP and multi-page TIFF are refused, the CLI's rule:
-:func:`~stablemotion._io.check_single_frame`), at most ``max_side`` pixels per side (checked
+:func:`~stablemotion.io.images.check_single_frame`), at most ``max_side`` pixels per side (checked
 from the header, before decoding), RGB only (the library's rule: grey and real transparency
 are refused with a message in the page's terms), a SIR mask of the image's size, no mask for
 tasks without one (RSC, rotation, lens: refused; the page hides the field), ``steps`` /
@@ -33,7 +33,7 @@ tasks without one (RSC, rotation, lens: refused; the page hides the field), ``st
 (``auto`` found no task to run) or 503 (queue full).
 
 **Automatic task choice** (``task=auto``). On the inference worker, after validation,
-:func:`~stablemotion.task_choice.choose_task` looks at the image (a flat empty border means
+:func:`~stablemotion.model.task_choice.choose_task` looks at the image (a flat empty border means
 SIR, otherwise the bundled task classifier; ``create_app(task_threshold=...)`` is its least
 confidence), then the request runs as if that task had been chosen (SIR: the mask derived
 from the border, or the uploaded one). An uploaded mask is accepted only when SIR is chosen.
@@ -60,7 +60,7 @@ within that cap keeping its aspect ratio (``cv2.INTER_AREA``; the mask with it: 
 masks are thresholded again after the shrink, ``"as_read"`` masks keep their grey levels)
 and the pipeline runs there, ensemble included. Its ensemble flow (the members' median) is
 then upsampled to the full size with the pipeline's own rule
-(:data:`~stablemotion.flow.RELEASED_FLOW_RESIZE`: bilinear, magnitudes scaled by
+(:data:`~stablemotion.core.flow.RELEASED_FLOW_RESIZE`: bilinear, magnitudes scaled by
 ``W/w``, ``H/h``) and applied to the full-size image in strips of about
 :data:`STRIP_PIXELS` pixels (each strip reads only the band of input rows its flow samples),
 so the full-size float work is a few strips at a time. Images within the cap are processed
@@ -99,7 +99,7 @@ requests of 2048 x 2048 (13 MB PNG uploads) with a pipeline double, 16 concurren
 **Slow and idle clients.** The whole body must arrive within ``body_timeout`` (60 s) with
 no gap over ``body_idle_timeout`` (20 s); otherwise the answer is 408 and the connection is
 closed. A client gone mid-upload is logged in one line. The server side
-(:func:`stablemotion.app_server.server_options`, used by ``serve``) caps open connections at
+(:func:`stablemotion.app.server_options.server_options`, used by ``serve``) caps open connections at
 ``max_connections`` (64; a request on one more gets 503), closes a connection that does not
 deliver its request headers within ``header_timeout`` (10 s), and idle keep-alive ones
 after 5 s.
@@ -166,10 +166,9 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._io import PathLike, check_single_frame, image_to_rgb, mask_array
-from .flow import write_flow
-from .image_processing import mask_valid, prepare_mask
-from .large_image import (
+from ..core.flow import write_flow
+from ..core.image_processing import mask_valid, prepare_mask
+from ..core.large_image import (
     MAX_WORK_PIXELS,
     MIN_WORK_PIXELS,
     flow_colours,
@@ -178,7 +177,8 @@ from .large_image import (
     uncertainty_colours,
     working_size,
 )
-from .tasks import MASK_CONDITIONS, describe_model_tasks, get_task
+from ..io.images import PathLike, check_single_frame, image_to_rgb, mask_array
+from ..tasks import MASK_CONDITIONS, describe_model_tasks, get_task
 
 __all__ = ["AppLimits", "ModelSpec", "admission_memory_bound", "allowed_hosts_for", "create_app", "memory_bound",
            "peak_memory_bound", "remove_dead_result_folders", "working_size"]
@@ -187,14 +187,14 @@ log = logging.getLogger(__name__)
 
 #: What a task's model may be given as: ``None`` (the bundled model), a pipeline folder or
 #: hub id (loaded on first use), or a ready pipeline (anything called like
-#: :class:`~stablemotion.pipeline.StableMotionPipeline` with ``output_type="np"``).
+#: :class:`~stablemotion.model.pipeline.StableMotionPipeline` with ``output_type="np"``).
 ModelSpec = Any
 
 #: PIL format name -> what the page calls it.
 ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "BMP": "BMP", "TIFF": "TIFF", "GIF": "GIF"}
 #: Files a result may have (``GET /api/results/{id}/{name}``).
 RESULT_FILES = ("rectified.png", "flow.png", "uncertainty.png", "mask.png", "flow.npy", "flow.flo")
-#: The ``task`` form value that chooses the task from the image (:mod:`stablemotion.task_choice`).
+#: The ``task`` form value that chooses the task from the image (:mod:`stablemotion.model.task_choice`).
 AUTO = "auto"
 #: What ``/api/info`` and the page say about it.
 AUTO_DESCRIPTION = ("detect the task from the image: a flat empty border means sir, otherwise a small classifier "
@@ -542,7 +542,7 @@ class _Models:
     """
 
     def __init__(self, models: Mapping[str, ModelSpec], device: str | torch.device, dtype: torch.dtype) -> None:
-        from .catalog import BUNDLED_MODELS
+        from ..model.catalog import BUNDLED_MODELS
 
         self._specs = dict(models)
         self.inference: dict[str, Any] = {}  # pipeline keywords for every request (serve's options)
@@ -574,7 +574,7 @@ class _Models:
 
     def _key(self, task: str) -> tuple[str, str]:
         """What identifies the model of ``task``: its resolved folder, its hub id or the object's identity."""
-        from .catalog import bundled_model_path
+        from ..model.catalog import bundled_model_path
 
         spec = self._specs[task]
         if spec is None:
@@ -597,8 +597,8 @@ class _Models:
         return pipe
 
     def _load(self, task: str, spec: ModelSpec) -> Any:
-        from .catalog import bundled_model_path
-        from .model import load_pipeline
+        from ..model.catalog import bundled_model_path
+        from ..model.loading import load_pipeline
 
         if spec is not None and not isinstance(spec, (str, os.PathLike)):
             return spec  # a ready pipeline (or a test double): used as given
@@ -837,7 +837,7 @@ def _open_image(data: bytes, label: str, limits: AppLimits) -> Image.Image:
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
-    """The upload as RGB by the package's one rule (:func:`~stablemotion._io.image_to_rgb`), refusals worded for the page.
+    """The upload as RGB by the package's one rule (:func:`~stablemotion.io.images.image_to_rgb`), refusals worded for the page.
 
     The library's messages name command-line options (``--grey convert``, ``--mask alpha``);
     which rule refused is found by retrying with that rule relaxed, and the page's own words
@@ -896,12 +896,12 @@ def _task_mask(image: np.ndarray, given: np.ndarray | None, task: str, why: str 
 
 
 def _choose_task(image: np.ndarray, tasks: Sequence[str], threshold: float) -> Any:
-    """Run on the inference worker: :func:`~stablemotion.task_choice.choose_task` for ``image``.
+    """Run on the inference worker: :func:`~stablemotion.model.task_choice.choose_task` for ``image``.
 
-    Returns its :class:`~stablemotion.task_choice.TaskChoice` when it names a task of this
+    Returns its :class:`~stablemotion.model.task_choice.TaskChoice` when it names a task of this
     server; otherwise raises a 422 saying why (the messages of ``rectify --task auto``).
     """
-    from .task_choice import choose_task
+    from ..model.task_choice import choose_task
 
     choice = choose_task(image, threshold=threshold)
     log.info("auto: task %s (%.0f%%): %s", choice.task or "undecided", 100 * choice.confidence, choice.reason)
@@ -1010,7 +1010,7 @@ def create_app(
     Args:
         models: task name -> model (see :data:`ModelSpec`); default: the bundled
             ``stablemotion-mini`` model of every task that has one
-            (:data:`~stablemotion.catalog.BUNDLED_MODELS`). Tasks given the same model (a
+            (:data:`~stablemotion.model.catalog.BUNDLED_MODELS`). Tasks given the same model (a
             multi-task model's folder or pipeline) share one loaded copy. The page lists the
             tasks in this order, then ``auto``; the first is the default.
         max_upload_bytes, max_side, min_side, max_steps, max_ensemble, max_queue: input
@@ -1022,7 +1022,7 @@ def create_app(
             longest gap in it; a slower upload gets 408 and its connection is closed.
         max_connections, header_timeout: open connections, and seconds for a request's headers
             to arrive; enforced by the server: ``uvicorn.run(app, **server_options(app))``
-            (:func:`stablemotion.app_server.server_options`; ``serve`` does).
+            (:func:`stablemotion.app.server_options.server_options`; ``serve`` does).
         max_results: how many results are kept for download (oldest deleted first).
         inference: pipeline keyword arguments applied to every request (``serve``'s shared
             inference options: ``processing_resolution``, ``decode_scale``, ``final_step``).
@@ -1032,9 +1032,9 @@ def create_app(
             (DNS-rebinding protection). Default: ``localhost``, ``127.0.0.1``, ``::1``, as
             :func:`allowed_hosts_for` gives for a server bound to 127.0.0.1; ``"*"`` allows any.
         task_threshold: ``task=auto``: the task classifier's least confidence to act on
-            (:func:`~stablemotion.task_choice.choose_task`'s ``threshold``).
+            (:func:`~stablemotion.model.task_choice.choose_task`'s ``threshold``).
     """
-    from .catalog import BUNDLED_MODELS
+    from ..model.catalog import BUNDLED_MODELS
 
     limits = AppLimits(max_upload_bytes=max_upload_bytes, max_side=max_side, min_side=min_side, max_steps=max_steps,
                        max_ensemble=max_ensemble, max_queue=max_queue, max_work_pixels=max_work_pixels,

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ._io import PathLike, atomic_path, list_images, load_image
+from ..io.images import PathLike, atomic_path, list_images, load_image
 
 __all__ = [
     "Dimension",
