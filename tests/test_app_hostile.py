@@ -31,7 +31,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from stablemotion.app import AppLimits, admission_memory_bound, create_app, remove_dead_result_folders
-from stablemotion.app import server as app_module
+from stablemotion.app import forms as app_forms
 from stablemotion.app.server_options import server_options
 from stablemotion.cli import main
 
@@ -218,7 +218,7 @@ def test_full_queue_is_refused_before_the_body_is_read(tmp_path: Path) -> None:
 def test_decoding_is_bounded(tmp_path: Path, monkeypatch) -> None:
     """Admitted uploads decode ``max_decodes`` at a time, however many arrive together."""
     active, peak, lock = 0, 0, threading.Lock()
-    decode = app_module._decode_inputs
+    decode = app_forms._decode_inputs
 
     def counting(*args, **kwargs):
         nonlocal active, peak
@@ -232,7 +232,7 @@ def test_decoding_is_bounded(tmp_path: Path, monkeypatch) -> None:
             with lock:
                 active -= 1
 
-    monkeypatch.setattr(app_module, "_decode_inputs", counting)
+    monkeypatch.setattr(app_forms, "_decode_inputs", counting)
     app = create_app({"rsc": Pipe()}, result_root=tmp_path, max_queue=8, max_decodes=2)
     body, ctype = multipart({"task": "rsc"}, {"image": png()})
     results: list[int | None] = []

@@ -167,17 +167,16 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.flow import write_flow
-from ..core.image_processing import mask_valid, prepare_mask
+from ..core.image_processing import prepare_mask
 from ..core.large_image import (
     MAX_WORK_PIXELS,
     MIN_WORK_PIXELS,
-    flow_colours,
     memory_bound,
-    rectify_capped,
-    uncertainty_colours,
     working_size,
 )
 from ..io.images import PathLike, check_single_frame, image_to_rgb, mask_array
+from ..model.service import RectifyRequest, unchanged_reason, unchanged_result, write_results
+from ..model.service import rectify as rectify_request
 from ..tasks import MASK_CONDITIONS, describe_model_tasks, get_task
 
 __all__ = ["AppLimits", "ModelSpec", "admission_memory_bound", "allowed_hosts_for", "create_app", "memory_bound",
@@ -918,61 +917,40 @@ def _choose_task(image: np.ndarray, tasks: Sequence[str], threshold: float) -> A
 
 
 # --------------------------------------------------------------------------- inference
-def _save_png(array: np.ndarray, path: Path) -> None:
-    Image.fromarray(array).save(path, format="PNG", compress_level=3)
-
-
-def _unchanged(image: np.ndarray, mask: np.ndarray, folder: Path) -> dict[str, Any]:
-    """The result files of an image returned as it is (zero flow)."""
-    h, w = image.shape[:2]
-    flow = np.zeros((h, w, 2), np.float32)
-    _save_png(image, folder / "rectified.png")
-    _save_png(flow_colours(flow)[0], folder / "flow.png")
-    write_flow(folder / "flow.npy", flow)
-    _save_png(mask, folder / "mask.png")
-    return {"seconds": 0.0, "flow_max_px": 0.0, "work_width": w, "work_height": h,
-            "files": ["rectified.png", "flow.png", "flow.npy", "flow.flo", "mask.png"]}
+#: A result's files by :func:`~stablemotion.model.service.write_results` key, in the order the answer lists them.
+_RESULT_NAMES = {"image": "rectified.png", "flow_color": "flow.png", "flow": "flow.npy",
+                 "uncertainty_color": "uncertainty.png", "mask": "mask.png"}
 
 
 def _rectify(
     models: _Models,
     params: _Params,
-    image: np.ndarray,
-    mask: np.ndarray | None,
+    request: RectifyRequest,
     folder: Path,
     max_work_pixels: int = MAX_WORK_PIXELS,
 ) -> dict[str, Any]:
-    """Run on the inference worker: rectify and write the result files into ``folder``.
+    """Run on the inference worker: rectify ``request`` with the rectify service and write the result
+    files into ``folder`` (:mod:`stablemotion.model.service`) -> the answer's metadata.
 
     Images over ``max_work_pixels`` run the pipeline at :func:`working_size` and are warped
-    at full size with its flow (see the module docstring); the others as ``rectify`` does.
+    at full size with its flow (see the module docstring); the others as ``rectify`` does. An
+    image the service leaves unchanged (zero flow) does not load the model.
     """
-    pipe = models.get(params.task)
-    kwargs: dict[str, Any] = dict(getattr(models, "inference", {}))
-    served = getattr(pipe, "tasks", None)
-    if served is not None:  # a StableMotionPipeline (multi-task or not) runs the task asked for
-        kwargs["task"] = params.task
-    spec = served.get(params.task) if isinstance(served, Mapping) else None
-    padding = (spec or get_task(params.task)).padding
-    res = rectify_capped(pipe, image, mask, padding, max_work_pixels, num_inference_steps=params.steps,
-                         ensemble_size=params.ensemble, generator=torch.Generator().manual_seed(params.seed), **kwargs)
-    rectified, colours, flow, flow_max, spread, work = (res.image, res.flow_colours, res.flow, res.flow_max,
-                                                        res.spread, res.work_size)
-    seconds = res.seconds
-    _save_png(rectified, folder / "rectified.png")
-    _save_png(colours, folder / "flow.png")
-    write_flow(folder / "flow.npy", flow)
-    files = ["rectified.png", "flow.png", "flow.npy", "flow.flo"]
-    info: dict[str, Any] = {"seconds": round(seconds, 3), "flow_max_px": round(flow_max, 3),
-                            "work_width": work[1], "work_height": work[0]}
-    if spread is not None:
-        colours, top = uncertainty_colours(spread)
-        _save_png(colours, folder / "uncertainty.png")
-        files.append("uncertainty.png")
-        info["uncertainty_max_px"] = round(top, 3)
-    if mask is not None:
-        _save_png(mask, folder / "mask.png")
-        files.append("mask.png")
+    reason = unchanged_reason(request)
+    if reason:
+        res = unchanged_result(request, reason)
+    else:
+        res = rectify_request(models.get(params.task), request, max_work_pixels=max_work_pixels,
+                              seed=params.seed, check_finite=False, num_inference_steps=params.steps,
+                              ensemble_size=params.ensemble, **dict(getattr(models, "inference", {})))
+    paths = {key: folder / name for key, name in _RESULT_NAMES.items()
+             if key != "uncertainty_color" or res.spread is not None}
+    files = [path.name for path in write_results(res, paths, png_compress_level=3)]
+    files.insert(files.index("flow.npy") + 1, "flow.flo")  # written on its first download
+    info: dict[str, Any] = {"seconds": round(res.seconds, 3), "flow_max_px": round(res.flow_max, 3),
+                            "work_width": res.work_size[1], "work_height": res.work_size[0]}
+    if res.spread is not None:
+        info["uncertainty_max_px"] = round(res.spread_max, 3)
     info["files"] = files
     return info
 
@@ -1114,13 +1092,11 @@ def create_app(
                 task = choice.task
                 work_mask, note = _task_mask(image, given, task, f" (the task was chosen automatically: {choice.reason})")
             rid, folder = results.new()
-            if work_mask is not None and given is None and bool(mask_valid(work_mask).all()):
-                # SIR with no empty border and no uploaded mask: nothing to rectangle; never warp it anyway.
-                note = ("no empty border found: nothing to rectangle, the image is returned unchanged "
-                        "(upload a mask to force a run)")
-                meta = _unchanged(image, work_mask, folder)
-            else:
-                meta = _rectify(registry, replace(params, task=task), image, work_mask, folder, limits.max_work_pixels)
+            request = RectifyRequest(image, work_mask, task, mask_given=given is not None, note=note)
+            reason = unchanged_reason(request)  # SIR with no empty border and no uploaded mask
+            if reason:
+                note = f"{reason}, the image is returned unchanged (upload a mask to force a run)"
+            meta = _rectify(registry, replace(params, task=task), request, folder, limits.max_work_pixels)
             return {"id": rid, "task": task, "choice": choice, "mask": note, "meta": meta}
 
         try:
