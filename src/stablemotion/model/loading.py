@@ -168,6 +168,15 @@ def build_pipeline(
     (:func:`~stablemotion.tasks.union_conditions`) and a
     :class:`~stablemotion.model.components.TaskEmbedding` holding the text encoder's encoding of each
     task's description.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from stablemotion.model.tiny import save_tiny_base
+        >>> base = save_tiny_base(Path(tempfile.mkdtemp()) / "base")   # a tiny SD2-like checkpoint
+        >>> pipe = build_pipeline(base, "sir", local_files_only=True)
+        >>> pipe.task.name, pipe.conditions, pipe.unet.config.in_channels   # conv_in: (mask, image, flow) x 4
+        ('sir', ('mask', 'image'), 12)
     """
     specs = as_task_list(task)
     multi = isinstance(task, (list, tuple))
@@ -245,7 +254,20 @@ def load_bundled_pipeline(
 ) -> StableMotionPipeline:
     """The bundled ``stablemotion-mini`` pipeline for ``task``, cast to ``torch_dtype``
     (weights are stored in fp16; float32 is the right choice on CPU). When a multi-task model
-    serves ``task``, it comes with ``task`` as its default (calls without ``task=`` run it)."""
+    serves ``task``, it comes with ``task`` as its default (calls without ``task=`` run it).
+
+    The weights ship inside the package: no download.
+
+    Example:
+        >>> import numpy as np
+        >>> pipe = load_bundled_pipeline("sir")
+        >>> pipe.task.name, pipe.config.default_processing_resolution
+        ('sir', [96, 128])
+        >>> image = np.random.default_rng(0).random((48, 64, 3), dtype=np.float32)   # (H, W, 3) in [0, 1]
+        >>> out = pipe(image, mask=np.ones((48, 64), np.float32), show_progress_bar=False)
+        >>> tuple(out.flow.shape), tuple(out.image.shape)   # flow in pixels, image in [0, 1]
+        ((1, 2, 48, 64), (1, 3, 48, 64))
+    """
     name = get_task(task).name
     return load_pipeline(bundled_model_path(name), torch_dtype, progress=False).set_default_task(name)
 
@@ -256,7 +278,18 @@ def load_pipeline(folder: PathLike, torch_dtype: torch.dtype | None = None,
     (we keep the old keyword: it works across the diffusers versions we support).
 
     ``progress=False`` hides diffusers' "Loading pipeline components" bar for this call only
-    (noise for small local folders; worth keeping for hub downloads of SD2-size models)."""
+    (noise for small local folders; worth keeping for hub downloads of SD2-size models).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from stablemotion.model.tiny import tiny_pipeline
+        >>> folder = Path(tempfile.mkdtemp()) / "tiny-sir"
+        >>> tiny_pipeline("sir").save_pretrained(folder)
+        >>> pipe = load_pipeline(folder, progress=False)
+        >>> type(pipe).__name__, pipe.task.name, pipe.unet.dtype
+        ('StableMotionPipeline', 'sir', torch.float32)
+    """
     import warnings
 
     from diffusers.utils import logging as diffusers_logging
@@ -275,27 +308,58 @@ def load_pipeline(folder: PathLike, torch_dtype: torch.dtype | None = None,
             diffusers_logging.enable_progress_bar()
 
 
-def convert_pipeline(src: PathLike, dst: PathLike, torch_dtype: torch.dtype = torch.float16,
-                     overwrite: bool = False) -> Path:
-    """Re-save the pipeline folder ``src`` with weights in ``torch_dtype`` (safetensors) at ``dst``,
-    atomically. fp16 halves the size; the bundled mini models are stored this way."""
-    dst = Path(dst)
+def _refuse_existing(dst: Path, overwrite: bool) -> None:
+    """Raise ``FileExistsError`` when ``dst`` holds files and ``overwrite`` is false."""
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise FileExistsError(f"{dst} already exists and is not empty; pass overwrite=True (--force)")
-    pipe = load_pipeline(src, torch_dtype, progress=False)
-    tmp = dst.with_name(f".{dst.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    with umask_modes(tmp):  # safetensors writes 0600 files
-        pipe.save_pretrained(str(tmp), safe_serialization=True)
-    for cfg in tmp.rglob("*.json"):  # drop the source path diffusers records (a local path on the build machine)
+
+
+def _drop_source_paths(folder: Path) -> None:
+    """Remove the ``_name_or_path`` diffusers records in a saved folder's configs (a local path on the
+    machine that wrote it)."""
+    for cfg in folder.rglob("*.json"):
         data = json.loads(cfg.read_text())
         if data.pop("_name_or_path", None) is not None:
             cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _save_atomically(pipe: StableMotionPipeline, dst: Path, tmp_suffix: str, safe_serialization: bool = True,
+                     finish: Callable[[Path], None] | None = None) -> Path:
+    """``pipe.save_pretrained`` into ``.{dst.name}.{tmp_suffix}`` beside ``dst`` (``finish`` run on it),
+    then swapped in for ``dst``: a reader never sees a half-written folder. Returns ``dst``."""
+    tmp = dst.with_name(f".{dst.name}.{tmp_suffix}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    with umask_modes(tmp):  # safetensors writes 0600 files
+        pipe.save_pretrained(str(tmp), safe_serialization=safe_serialization)
+    if finish is not None:
+        finish(tmp)
     if dst.exists():
         shutil.rmtree(dst)
     tmp.rename(dst)
     return dst
+
+
+def convert_pipeline(src: PathLike, dst: PathLike, torch_dtype: torch.dtype = torch.float16,
+                     overwrite: bool = False) -> Path:
+    """Re-save the pipeline folder ``src`` with weights in ``torch_dtype`` (safetensors) at ``dst``,
+    atomically. fp16 halves the size; the bundled mini models are stored this way.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from stablemotion.model.tiny import tiny_pipeline
+        >>> tmp = Path(tempfile.mkdtemp())
+        >>> tiny_pipeline("sir").save_pretrained(tmp / "fp32")
+        >>> dst = convert_pipeline(tmp / "fp32", tmp / "fp16")
+        >>> from safetensors.torch import load_file   # the stored weights are fp16
+        >>> load_file(str(dst / "unet" / "diffusion_pytorch_model.safetensors"))["conv_in.weight"].dtype
+        torch.float16
+    """
+    dst = Path(dst)
+    _refuse_existing(dst, overwrite)
+    pipe = load_pipeline(src, torch_dtype, progress=False)
+    return _save_atomically(pipe, dst, "partial", finish=_drop_source_paths)
 
 
 # --------------------------------------------------------------------------- released checkpoints
@@ -460,8 +524,22 @@ def import_released_checkpoint(
     kw = _hub_kwargs(local_files_only, cache_dir, None)
     folder = _resolve_released(task_folder, subfolder, **kw)
     output = Path(output)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output} already exists and is not empty; pass overwrite=True (--force)")
+    _refuse_existing(output, overwrite)
+    unet, spec = _released_unet(folder, task, subfolder or folder.name, say)
+    vae = _released_vae(folder, base, say, **kw)
+    scheduler = make_scheduler(DDIMScheduler.load_config(str(base), subfolder="scheduler", **kw))
+    say(f"scheduler: DDIM from {base} scheduler/ (trailing spacing, v-prediction, set_alpha_to_one="
+        f"{scheduler.config.set_alpha_to_one}; final step: prev_sample, as released)")
+    embedding = _released_embedding(base, int(unet.config.cross_attention_dim), say, **kw)
+    pipe = StableMotionPipeline(unet=unet, vae=vae, scheduler=scheduler, text_embedding=embedding,
+                                task=spec.to_dict(), **RELEASED_INFERENCE)
+    return _save_atomically(pipe, output, "tmp-import", safe_serialization)
+
+
+def _released_unet(folder: Path, task: str | TaskSpec | None, hint: str,
+                   say: Callable[[str], None]) -> tuple[UNet2DConditionModel, TaskSpec]:
+    """A released task folder's ``unet_ema/`` and its task (``task``, or inferred from the channel
+    count and the folder name ``hint``), checked against each other."""
     unet_dir = folder / "unet_ema"
     if not (unet_dir / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a released StableMotion task folder: {unet_dir}/config.json missing")
@@ -469,7 +547,6 @@ def import_released_checkpoint(
         in_channels = int(json.loads((unet_dir / "config.json").read_text())["in_channels"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{unet_dir}/config.json is not a UNet config with in_channels: {exc}") from exc
-    hint = subfolder or folder.name
     if task is None:
         spec = infer_task(in_channels, hint)
     else:
@@ -485,31 +562,30 @@ def import_released_checkpoint(
         raise ValueError(f"cannot load the UNet in {unet_dir}: {type(exc).__name__}: {exc}") from exc
     say(f"unet: {unet_dir} (in_channels {in_channels} = conditions {list(spec.conditions)} + noisy flow, "
         f"task {spec.name})")
+    return unet, spec
+
+
+def _released_vae(folder: Path, base: PathLike, say: Callable[[str], None], **hub_kwargs: Any) -> AutoencoderKL:
+    """A released task folder's fine-tuned ``vae/`` (:func:`load_released_vae`), or ``base``'s VAE
+    when it has none."""
     if (folder / "vae").is_dir():
-        vae, vae_note = load_released_vae(folder / "vae", base, **kw)
+        vae, note = load_released_vae(folder / "vae", base, **hub_kwargs)
     else:
-        vae = AutoencoderKL.from_pretrained(str(base), subfolder="vae", **kw)
-        vae_note = f"{base} vae/ (the base VAE: {folder} has no vae/ folder)"
-    say(f"vae: {vae_note}")
-    scheduler = make_scheduler(DDIMScheduler.load_config(str(base), subfolder="scheduler", **kw))
-    say(f"scheduler: DDIM from {base} scheduler/ (trailing spacing, v-prediction, set_alpha_to_one="
-        f"{scheduler.config.set_alpha_to_one}; final step: prev_sample, as released)")
-    embedding = load_text_embedding(base, **kw)
-    if embedding.config.embedding_dim != unet.config.cross_attention_dim:
+        vae = AutoencoderKL.from_pretrained(str(base), subfolder="vae", **hub_kwargs)
+        note = f"{base} vae/ (the base VAE: {folder} has no vae/ folder)"
+    say(f"vae: {note}")
+    return vae
+
+
+def _released_embedding(base: PathLike, cross_attention_dim: int, say: Callable[[str], None],
+                        **hub_kwargs: Any) -> EmptyTextEmbedding:
+    """``base``'s empty-prompt embedding, checked against the UNet's ``cross_attention_dim``."""
+    embedding = load_text_embedding(base, **hub_kwargs)
+    if embedding.config.embedding_dim != cross_attention_dim:
         raise ValueError(
             f"the base's text embedding has dim {embedding.config.embedding_dim} but the UNet expects "
-            f"cross_attention_dim {unet.config.cross_attention_dim}: wrong base checkpoint"
+            f"cross_attention_dim {cross_attention_dim}: wrong base checkpoint"
         )
     source = "stored text_embedding/" if (Path(str(base)) / "text_embedding").is_dir() else "text_encoder/ + tokenizer/"
     say(f"text embedding: empty prompt from {base} ({source}), shape {tuple(embedding.embedding.shape)}")
-    pipe = StableMotionPipeline(unet=unet, vae=vae, scheduler=scheduler, text_embedding=embedding,
-                                task=spec.to_dict(), **RELEASED_INFERENCE)
-    tmp = output.with_name(f".{output.name}.tmp-import")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    with umask_modes(tmp):  # safetensors writes 0600 files
-        pipe.save_pretrained(tmp, safe_serialization=safe_serialization)
-    if output.exists():
-        shutil.rmtree(output)
-    tmp.rename(output)
-    return output
+    return embedding

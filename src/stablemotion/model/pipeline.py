@@ -30,16 +30,13 @@ the chosen task's.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
-from diffusers.utils import BaseOutput
+from diffusers.utils import replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
-from PIL import Image
 
 from ..core.constants import FINAL_STEPS, FLOW_REGULARIZATIONS
 from ..core.ensemble import (
@@ -50,60 +47,45 @@ from ..core.ensemble import (
     flow_uncertainty,
     median,
 )
-from ..core.flow import RELEASED_FLOW_RESIZE, flow_to_color, mesh_regularize, resize_flow, warp
+from ..core.flow import RELEASED_FLOW_RESIZE, mesh_regularize, resize_flow, warp
 from ..core.image_processing import (
     MASK_ENCODINGS,
-    MASK_THRESHOLD,
     ImageInput,
-    processing_size,
     resize_image,
     resize_mask,
-    to_image_batch,
-    to_mask_batch,
     to_vae_range,
 )
-from ..tasks import MASK_CONDITIONS, TaskSpec, get_task, missing_condition_value, union_conditions
-from .components import EmptyTextEmbedding, TaskEmbedding, decode_flow_latents, encode_latents, infer_task
+from ..tasks import MASK_CONDITIONS, TaskSpec, missing_condition_value
+from .components import EmptyTextEmbedding, TaskEmbedding, decode_flow_latents, encode_latents
+from .pipeline_inputs import (
+    PipelineInputsMixin,
+    check_choice,
+    check_task_resolutions,
+    merge_mask,
+    model_tasks,
+)
+from .pipeline_output import OUTPUT_TYPES as OUTPUT_TYPES  # the old home of the name
+from .pipeline_output import StableMotionOutput, format_output
 
 __all__ = ["StableMotionOutput", "StableMotionPipeline"]
 
-OUTPUT_TYPES = ("pt", "np", "pil")
+EXAMPLE_DOC_STRING = """
+    Examples:
+        >>> import numpy as np
+        >>> import torch
+        >>> from stablemotion.model.tiny import tiny_pipeline
+        >>> pipe = tiny_pipeline("sir")                         # random weights, about 1 s on a CPU
+        >>> image = np.random.default_rng(0).random((24, 32, 3), dtype=np.float32)  # (H, W, 3) in [0, 1]
+        >>> mask = np.ones((24, 32), np.float32)                # 1 = valid content
+        >>> out = pipe(image, mask=mask, generator=torch.Generator().manual_seed(0), show_progress_bar=False)
+        >>> out.flow.shape, out.image.shape                     # flow in pixels, image in [0, 1]
+        (torch.Size([1, 2, 24, 32]), torch.Size([1, 3, 24, 32]))
+        >>> out.settings["processing_resolution"], out.settings["ensemble_size"]
+        ([32, 32], 1)
+"""
 
 
-@dataclass
-class StableMotionOutput(BaseOutput):
-    """Output of :class:`StableMotionPipeline`.
-
-    Attributes:
-        flow: backward flow in pixels of the input resolution. ``"pt"``: float32 tensor
-            (B, 2, H, W); ``"np"``/``"pil"``: float32 array (B, H, W, 2) (the ``.flo``/``.npy``
-            layout).
-        image: the rectified input. ``"pt"``: float32 (B, 3, H, W) in [0, 1]; ``"np"``:
-            float32 (B, H, W, 3) in [0, 1]; ``"pil"``: list of RGB images. With the released
-            AES (``ensemble_mode="image"``, E > 1) it combines the E member warps, so it is
-            not exactly ``warp(input, flow)``; ``flow`` is then the member median.
-        flow_colored: Middlebury colour picture of ``flow`` when ``output_flow_colored=True``,
-            else ``None``. ``"pt"``: uint8 (B, 3, H, W); ``"np"``: uint8 (B, H, W, 3); ``"pil"``:
-            list of RGB images.
-        uncertainty: ensemble spread, the mean distance of the member flows from the
-            ensemble flow, pixels; ``None`` for one member. ``"pt"``: (B, 1, H, W);
-            otherwise (B, H, W, 1).
-        members: the member flows (B, E, 2, H, W), pixels, when ``return_members=True``.
-        settings: the inference settings actually used, defaults resolved
-            (``num_inference_steps``, ``ensemble_size``, ``ensemble_mode``,
-            ``processing_resolution`` [h, w], ``final_step``, ``decode_scale``,
-            ``mask_encoding``, ``border_band``, ``ensemble_rounding``).
-    """
-
-    flow: torch.Tensor | np.ndarray
-    image: torch.Tensor | np.ndarray | list[Image.Image]
-    flow_colored: torch.Tensor | np.ndarray | list[Image.Image] | None = None
-    uncertainty: torch.Tensor | np.ndarray | None = None
-    members: torch.Tensor | None = None
-    settings: dict[str, Any] | None = None
-
-
-class StableMotionPipeline(DiffusionPipeline):
+class StableMotionPipeline(PipelineInputsMixin, DiffusionPipeline):
     """Single-image motion estimation for image rectification (StableMotion).
 
     Args:
@@ -137,6 +119,12 @@ class StableMotionPipeline(DiffusionPipeline):
         task_resolutions: a multi-task model's per-task default processing resolution
             ``{task: [H, W]}`` (tasks trained at their own size); others use
             ``default_processing_resolution``.
+
+    Example:
+        >>> from stablemotion.model.tiny import tiny_components
+        >>> pipe = StableMotionPipeline(**tiny_components("sir"), task="sir", default_processing_resolution=[32, 32])
+        >>> pipe.task.name, pipe.conditions, pipe.size_multiple
+        ('sir', ('mask', 'image'), 4)
     """
 
     model_cpu_offload_seq = "unet->vae"
@@ -164,54 +152,16 @@ class StableMotionPipeline(DiffusionPipeline):
         task_resolutions: dict | None = None,
     ) -> None:
         super().__init__()
-        in_channels = int(unet.config.in_channels)
-        specs = [get_task(t) for t in tasks] if tasks else []
-        if specs:
-            if len({t.name for t in specs}) != len(specs):
-                raise ValueError(f"tasks must be distinct, got {[t.name for t in specs]}")
-            spec = specs[0] if task is None else get_task(task)
-            if spec.name not in [t.name for t in specs]:
-                raise ValueError(f"the default task {spec.name!r} is not one of the model's tasks {[t.name for t in specs]}")
-            conditions = union_conditions(specs)
-            names = getattr(text_embedding, "task_names", None)
-            if names != [t.name for t in specs]:
-                raise ValueError(
-                    f"a multi-task model needs a TaskEmbedding with one row per task {[t.name for t in specs]}, "
-                    f"got {type(text_embedding).__name__}" + (f" for {names}" if names else "")
-                )
-        else:
-            spec = infer_task(in_channels) if task is None else get_task(task)
-            conditions = spec.conditions
-        if 4 * (len(conditions) + 1) != in_channels:
-            what = f"tasks {[t.name for t in specs]}" if specs else f"task {spec.name!r}"
-            raise ValueError(
-                f"{what} need a UNet with {4 * (len(conditions) + 1)} input channels (conditions "
-                f"{list(conditions)} + flow, 4 each) but this UNet has {in_channels}: wrong checkpoint for the task"
-            )
-        if unet.config.cross_attention_dim != text_embedding.config.embedding_dim:
-            raise ValueError(
-                f"text embedding dim {text_embedding.config.embedding_dim} does not match the UNet's "
-                f"cross_attention_dim {unet.config.cross_attention_dim}"
-            )
-        if default_ensemble_mode not in ENSEMBLE_MODES:
-            raise ValueError(f"default_ensemble_mode must be one of {ENSEMBLE_MODES}, got {default_ensemble_mode!r}")
-        if default_final_step not in FINAL_STEPS:
-            raise ValueError(f"default_final_step must be one of {FINAL_STEPS}, got {default_final_step!r}")
-        if mask_encoding not in MASK_ENCODINGS:
-            raise ValueError(f"mask_encoding must be one of {MASK_ENCODINGS}, got {mask_encoding!r}")
-        if default_flow_regularization not in FLOW_REGULARIZATIONS:
-            raise ValueError(f"default_flow_regularization must be one of {FLOW_REGULARIZATIONS}, "
-                             f"got {default_flow_regularization!r}")
+        spec, specs, conditions = model_tasks(unet, text_embedding, task, tasks)
+        check_choice("default_ensemble_mode", default_ensemble_mode, ENSEMBLE_MODES)
+        check_choice("default_final_step", default_final_step, FINAL_STEPS)
+        check_choice("mask_encoding", mask_encoding, MASK_ENCODINGS)
+        check_choice("default_flow_regularization", default_flow_regularization, FLOW_REGULARIZATIONS)
         if len(mesh_cells) != 2 or min(int(c) for c in mesh_cells) < 1:
             raise ValueError(f"mesh_cells must be [rows, cols] >= 1, got {list(mesh_cells)}")
-        if ensemble_rounding not in ENSEMBLE_ROUNDINGS:
-            raise ValueError(f"ensemble_rounding must be one of {ENSEMBLE_ROUNDINGS}, got {ensemble_rounding!r}")
+        check_choice("ensemble_rounding", ensemble_rounding, ENSEMBLE_ROUNDINGS)
         resolution = list(spec.resolution if default_processing_resolution is None else default_processing_resolution)
-        own = {str(k): [int(v) for v in r] for k, r in dict(task_resolutions or {}).items()}
-        names = [t.name for t in specs] or [spec.name]
-        for name, r in own.items():
-            if name not in names or len(r) != 2 or min(r) < 1:
-                raise ValueError(f"task_resolutions must map the model's tasks {names} to [H, W], got {name!r}: {r}")
+        own = check_task_resolutions(task_resolutions, [t.name for t in specs] or [spec.name])
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_embedding=text_embedding)
         self.register_to_config(
             task=spec.to_dict(),
@@ -285,122 +235,9 @@ class StableMotionPipeline(DiffusionPipeline):
             latents = F.interpolate(latents.float(), size=small, mode="bilinear", align_corners=False, antialias=True)
         return decode_flow_latents(self.vae, latents, self.resolve_task(task).flow_gamma)
 
-    # ------------------------------------------------------------------ validation
-    def check_inputs(
-        self,
-        image: ImageInput,
-        conditions: Mapping[str, ImageInput],
-        num_inference_steps: int,
-        ensemble_size: int,
-        ensemble_mode: str,
-        processing_resolution: int | Sequence[int],
-        batch_size: int | None,
-        output_type: str,
-        generator: torch.Generator | list[torch.Generator] | None,
-        decode_scale: int = 1,
-        final_step: str = "x0",
-        latents: torch.Tensor | None = None,
-        processing_image: ImageInput | None = None,
-        task: TaskSpec | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[int, int], torch.Tensor | None]:
-        """Validate every argument before any compute (``task``: the chosen task, default the model's).
-
-        Returns:
-            ``(images (B, 3, H, W) in [0, 1], {condition: (B, C, H, W)}, processing size (h, w),
-            processing image (B, 3, h, w) or None)``.
-        """
-        if final_step not in FINAL_STEPS:
-            raise ValueError(f"final_step must be one of {FINAL_STEPS}, got {final_step!r}")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
-        if num_inference_steps > self.scheduler.config.num_train_timesteps:
-            raise ValueError(f"num_inference_steps must be <= {self.scheduler.config.num_train_timesteps}")
-        if not isinstance(ensemble_size, int) or ensemble_size < 1:
-            raise ValueError(f"ensemble_size must be an int >= 1, got {ensemble_size!r}")
-        if ensemble_mode not in ENSEMBLE_MODES:
-            raise ValueError(f"ensemble_mode must be one of {ENSEMBLE_MODES}, got {ensemble_mode!r}")
-        if not isinstance(decode_scale, int) or decode_scale < 1:
-            raise ValueError(f"decode_scale must be an int >= 1 (1 = full-resolution flow decode), got {decode_scale!r}")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        spec = task or self.task
-        unknown = set(conditions) - set(spec.conditions) - {"image"}
-        if unknown:
-            raise ValueError(
-                f"task {spec.name!r} takes conditions {list(spec.conditions)}, got unknown {sorted(unknown)}"
-            )
-        images = to_image_batch(image, "image")
-        n, (h, w) = images.shape[0], images.shape[-2:]
-        conds: dict[str, torch.Tensor] = {}
-        for name in spec.conditions:
-            if name == "image":
-                continue
-            if conditions.get(name) is None:
-                hint = (
-                    " (1 = valid content; derive one from the empty border with "
-                    "stablemotion.core.image_processing.derive_mask, or `stablemotion rectify` does it)"
-                    if name in MASK_CONDITIONS
-                    else ""
-                )
-                raise ValueError(f"task {spec.name!r} needs the condition {name!r}{hint}; pass {name}=...")
-            if name in MASK_CONDITIONS:
-                t = to_mask_batch(conditions[name], name, encoding=self.config.mask_encoding)
-            else:
-                t = to_image_batch(conditions[name], name)
-            if tuple(t.shape[-2:]) != (h, w):
-                raise ValueError(
-                    f"{name} size {tuple(t.shape[-2:])} (H, W) differs from the image size {(h, w)}: "
-                    f"the {name} must be pixel-aligned with the image"
-                )
-            if t.shape[0] not in (1, n):
-                raise ValueError(f"{name} batch size {t.shape[0]} differs from the image batch size {n}")
-            if name in MASK_CONDITIONS and bool((t.mean(dim=1) < MASK_THRESHOLD).flatten(1).all(dim=1).any()):
-                raise ValueError(f"{name} has no valid pixel (white = valid content, black = empty)")  # one mask rule
-            conds[name] = t.expand(n, -1, -1, -1) if t.shape[0] == 1 else t
-        proc = None
-        if processing_image is not None:
-            if len(self.conditions) > 1:
-                raise ValueError(
-                    f"processing_image is for single-condition models (the released RS-Real protocol); this model "
-                    f"takes conditions {list(self.conditions)}: pass processing_resolution instead"
-                )
-            proc = to_image_batch(processing_image, "processing_image")
-            if proc.shape[0] != n:
-                raise ValueError(f"processing_image batch size {proc.shape[0]} differs from the image batch size {n}")
-            processing_resolution = tuple(proc.shape[-2:])
-            ph, pw = processing_resolution
-            if ph % self.size_multiple or pw % self.size_multiple:
-                raise ValueError(
-                    f"processing_image size {(ph, pw)} (H, W) must be a multiple of {self.size_multiple} for this model"
-                )
-        size = processing_size((h, w), processing_resolution, self.size_multiple)
-        if decode_scale > 1 and (size[0] // self.vae_scale_factor) % decode_scale + (size[1] // self.vae_scale_factor) % decode_scale:
-            raise ValueError(
-                f"decode_scale {decode_scale} must divide the latent size {(size[0] // self.vae_scale_factor, size[1] // self.vae_scale_factor)} "
-                f"(processing resolution {size} / {self.vae_scale_factor})"
-            )
-        if isinstance(generator, list) and len(generator) != n * ensemble_size:
-            raise ValueError(
-                f"a list of generators needs one per sample (batch {n} x ensemble {ensemble_size} = "
-                f"{n * ensemble_size}), got {len(generator)}"
-            )
-        if latents is not None:
-            f = self.vae_scale_factor
-            want = (n * ensemble_size, int(self.unet.config.out_channels), size[0] // f, size[1] // f)
-            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != want:
-                got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-                raise ValueError(
-                    f"latents (the initial noise) must be a tensor of shape {want} (batch {n} x ensemble "
-                    f"{ensemble_size}, latent channels, processing size {size} / {f}), got {got}"
-                )
-            if not bool(torch.isfinite(latents).all()):
-                raise ValueError("latents contain NaN or infinite values")
-        return images, conds, size, proc
-
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image: ImageInput,
@@ -470,56 +307,68 @@ class StableMotionPipeline(DiffusionPipeline):
 
         Returns:
             :class:`StableMotionOutput` (or a tuple ``(flow, image, flow_colored, uncertainty)``).
-        """
-        cfg = self.config
-        spec = self.resolve_task(task)
-        steps = cfg.default_denoising_steps if num_inference_steps is None else num_inference_steps
-        ens = cfg.default_ensemble_size if ensemble_size is None else ensemble_size
-        mode = cfg.default_ensemble_mode if ensemble_mode is None else ensemble_mode
-        res = processing_resolution
-        if res is None:
-            res = (cfg.get("task_resolutions") or {}).get(spec.name, cfg.default_processing_resolution)
-        band = cfg.default_border_band if border_band is None else border_band
-        last = cfg.default_final_step if final_step is None else final_step
-        regularize = cfg.default_flow_regularization if flow_regularization is None else flow_regularization
-        if regularize not in FLOW_REGULARIZATIONS:
-            raise ValueError(f"flow_regularization must be one of {FLOW_REGULARIZATIONS}, got {regularize!r}")
-        conds_in = dict(conditions or {})
-        if mask is not None:
-            if "mask" in conds_in:
-                raise ValueError("pass the mask either as mask= or in conditions, not both")
-            conds_in["mask"] = mask
-        images, conds, size, proc = self.check_inputs(
-            image, conds_in, steps, ens, mode, res, batch_size, output_type, generator, decode_scale,
-            last, latents, processing_image, spec,
-        )
-        if return_members and mode == "latent" and ens > 1:
-            raise ValueError('return_members needs decoded members: use ensemble_mode "image" or "flow", not "latent"')
 
+        Examples:
+        """
+        spec = self.resolve_task(task)
+        s = self.resolve_settings(spec, num_inference_steps, ensemble_size, ensemble_mode, processing_resolution,
+                                  final_step, decode_scale, border_band, flow_regularization)
+        conds_in = merge_mask(mask, conditions)
+        ens, mode = s["ensemble_size"], s["ensemble_mode"]
+        self.check_inputs(conds_in, s["num_inference_steps"], ens, mode, batch_size, output_type, decode_scale,
+                          s["final_step"], s["flow_regularization"], processing_image, return_members, spec)
+        images, conds, proc = self.prepare_inputs(image, conds_in, processing_image, spec)
+        self.check_prepared_inputs(images, conds, proc, s["processing_resolution"], ens, decode_scale, generator, latents)
+        size = self.resolve_processing_size(images, proc, s["processing_resolution"])
+        s["processing_resolution"] = list(size)
         n = images.shape[0]
-        settings = {
-            "num_inference_steps": steps, "ensemble_size": ens, "ensemble_mode": mode,
-            "processing_resolution": list(size), "final_step": last, "decode_scale": decode_scale,
-            "mask_encoding": cfg.mask_encoding, "border_band": band,
-            "ensemble_rounding": cfg.ensemble_rounding, "flow_regularization": regularize, "task": spec.name,
-        }
-        cond_latents = self.prepare_condition_latents(images, conds, size, proc, batch_size, spec)
+        conds = {name: t.expand(n, -1, -1, -1) for name, t in conds.items()}  # a single condition serves the batch
+        member_flows_lr = self.estimate_flows(images, conds, size, s, proc, batch_size, generator, latents,
+                                              show_progress_bar, spec)
+        flow, rect, uncertainty, members = self.ensemble(images, member_flows_lr, mode, s["border_band"], spec)
+        self.maybe_free_model_hooks()
+        return format_output(flow, rect, uncertainty, members if return_members else None, s, output_type,
+                             output_flow_colored, return_dict)
+
+    def estimate_flows(
+        self,
+        images: torch.Tensor,
+        conds: Mapping[str, torch.Tensor],
+        size: tuple[int, int],
+        settings: Mapping[str, Any],
+        processing_image: torch.Tensor | None = None,
+        batch_size: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        show_progress_bar: bool = True,
+        task: TaskSpec | None = None,
+    ) -> torch.Tensor:
+        """The model's part of ``__call__``: condition latents, noise, denoising, decoding (and the
+        ``"mesh"`` regularisation) of every member, at the processing size ``size`` (h, w).
+
+        Args:
+            images: (B, 3, H, W) in [0, 1]; conds: the other conditions (B, C, H, W).
+            settings: :meth:`resolve_settings`' dict (steps, ensemble size and mode, final step,
+                decode scale, flow regularisation).
+
+        Returns:
+            (B, E', 2, h', w'): member flows in pixels of the decoded grid (h/s, w/s for
+            ``decode_scale = s``); E' = 1 after the latent median of ``ensemble_mode="latent"``.
+        """
+        spec = task or self.task
+        n, ens = images.shape[0], settings["ensemble_size"]
+        latent_mode = settings["ensemble_mode"] == "latent" and ens > 1
+        cond_latents = self.prepare_condition_latents(images, conds, size, processing_image, batch_size, spec)
         noise = self.prepare_latents(n * ens, cond_latents.shape[-2:], generator, latents)
-        latent_mode = mode == "latent" and ens > 1
-        final = self.denoise(cond_latents, noise, ens, steps, last, batch_size,
-                             show_progress_bar=show_progress_bar, task=spec)
+        final = self.denoise(cond_latents, noise, ens, settings["num_inference_steps"], settings["final_step"],
+                             batch_size, show_progress_bar=show_progress_bar, task=spec)
         if latent_mode:  # median final latent of the members, one decode per image
             final = median(final.float().unflatten(0, (n, ens)), dim=1).to(final.dtype)
-        flow_lr = self.decode(final, size, decode_scale, batch_size, spec)
-        if regularize == "mesh":
+        flow_lr = self.decode(final, size, settings["decode_scale"], batch_size, spec)
+        if settings["flow_regularization"] == "mesh":
             region = self.content_region(conds, size, n, ens, latent_mode, spec)
-            flow_lr = mesh_regularize(flow_lr, tuple(cfg.mesh_cells), valid=region)
-        members_out = 1 if latent_mode else ens
-        flow, rect, uncertainty, member_flows = self.ensemble(images, flow_lr.unflatten(0, (n, members_out)),
-                                                              mode, band, spec)
-        self.maybe_free_model_hooks()
-        return self._format_output(flow, rect, uncertainty, member_flows if return_members else None, settings,
-                                   output_type, output_flow_colored, return_dict)
+            flow_lr = mesh_regularize(flow_lr, tuple(self.config.mesh_cells), valid=region)
+        return flow_lr.unflatten(0, (n, 1 if latent_mode else ens))
 
     def content_region(self, conds: Mapping[str, torch.Tensor], size: tuple[int, int], n: int, ensemble_size: int,
                        latent_mode: bool, task: TaskSpec | None = None) -> torch.Tensor | None:
@@ -695,36 +544,3 @@ class StableMotionPipeline(DiffusionPipeline):
             rect = warp(full, flow, padding=(task or self.task).padding)
         uncertainty = flow_uncertainty(member_flows, flow) if ens > 1 else None
         return flow, rect.clamp(0, 1), uncertainty, member_flows
-
-    def _format_output(
-        self,
-        flow: torch.Tensor,
-        rect: torch.Tensor,
-        uncertainty: torch.Tensor | None,
-        members: torch.Tensor | None,
-        settings: dict[str, Any],
-        output_type: str,
-        output_flow_colored: bool,
-        return_dict: bool,
-    ) -> StableMotionOutput | tuple:
-        colored = np.stack([flow_to_color(f) for f in flow]) if output_flow_colored else None  # (B, H, W, 3) uint8
-        out_flow: Any
-        out_col: Any = colored
-        if output_type == "pt":
-            out_flow, out_image = flow.cpu(), rect.cpu()
-            if colored is not None:
-                out_col = torch.from_numpy(colored).permute(0, 3, 1, 2)
-            out_unc: Any = None if uncertainty is None else uncertainty.cpu()
-        else:
-            out_flow = flow.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
-            out_image = rect.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
-            out_unc = None if uncertainty is None else uncertainty.permute(0, 2, 3, 1).cpu().numpy()
-            if output_type == "pil":
-                out_image = [Image.fromarray((im * 255.0).round().astype(np.uint8)) for im in out_image]
-                if colored is not None:
-                    out_col = [Image.fromarray(c) for c in colored]
-        members = None if members is None else members.cpu()
-        if not return_dict:
-            return (out_flow, out_image, out_col, out_unc)
-        return StableMotionOutput(flow=out_flow, image=out_image, flow_colored=out_col, uncertainty=out_unc,
-                                  members=members, settings=settings)

@@ -109,6 +109,11 @@ def tiny_components(
         ``{"unet", "vae", "scheduler", "text_embedding"}``; image sizes must be multiples
         of the VAE x UNet downsampling (4 with the defaults). The embedding is
         (1, 2, ``cross_attention_dim``).
+
+    Example:
+        >>> comps = tiny_components("sir")
+        >>> sorted(comps), comps["unet"].config.in_channels, tuple(comps["text_embedding"].embedding.shape)
+        (['scheduler', 'text_embedding', 'unet', 'vae'], 12, (1, 2, 32))
     """
     specs = None if task is None else as_task_list(task)
     in_channels = 4 if specs is None else 4 * (len(union_conditions(specs)) + 1)
@@ -135,6 +140,16 @@ def tiny_pipeline(task: str | TaskSpec | Sequence[str | TaskSpec] = "sir", seed:
     ``config`` holds architecture keywords (:data:`ARCH_KEYS`, passed to
     :func:`tiny_components`) and pipeline config; the default processing resolution is
     32x32 unless ``config`` says otherwise.
+
+    Example:
+        >>> import numpy as np
+        >>> pipe = tiny_pipeline("sir")   # random weights, about 1 s; nothing is downloaded
+        >>> image = np.random.default_rng(0).random((24, 32, 3), dtype=np.float32)   # (H, W, 3) in [0, 1]
+        >>> out = pipe(image, mask=np.ones((24, 32), np.float32), show_progress_bar=False)
+        >>> tuple(out.flow.shape), tuple(out.image.shape)
+        ((1, 2, 24, 32), (1, 3, 24, 32))
+        >>> list(tiny_pipeline(["sir", "rotation"]).tasks)   # a multi-task model
+        ['sir', 'rotation']
     """
     specs = as_task_list(task)
     arch = {k: config.pop(k) for k in ARCH_KEYS if k in config}
