@@ -1,2 +1,2 @@
 """Files: reading and writing images and flows atomically, and ``rectify``'s output folder
-(lock, manifest). Depends only on :mod:`stablemotion.core`."""
+(lock, manifest). The lowest layer: it imports nothing else of the package."""
