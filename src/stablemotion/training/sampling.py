@@ -56,7 +56,8 @@ class _StepBatches(Sampler[list[tuple[int, int]]]):
         True
     """
 
-    def __init__(self, n: int, batch_size: int, num_processes: int, rank: int, seed: int, start_step: int, steps: int):
+    def __init__(self, n: int, batch_size: int, num_processes: int, rank: int, seed: int, start_step: int,
+                 steps: int) -> None:
         self.n, self.bs, self.world, self.rank = n, batch_size, num_processes, rank
         self.seed, self.start, self.steps = seed, start_step, steps
         self._perms: dict[int, torch.Tensor] = {}
@@ -87,7 +88,8 @@ class _StepBatches(Sampler[list[tuple[int, int]]]):
 class _AugmentedView(Dataset):
     """Applies :class:`Augment` with a generator seeded by ``(seed, epoch, index)``."""
 
-    def __init__(self, base: Dataset, size: tuple[int, int], hflip: float, vflip: float, seed: int, masks: tuple[str, ...]):
+    def __init__(self, base: Dataset, size: tuple[int, int], hflip: float, vflip: float, seed: int,
+                 masks: tuple[str, ...]) -> None:
         self.base, self.size, self.hflip, self.vflip, self.seed, self.masks = base, size, hflip, vflip, seed, masks
 
     def __len__(self) -> int:
