@@ -25,6 +25,13 @@ chosen task lacks is fed as a constant (an all-valid mask, or mid grey:
 :class:`~stablemotion.model.components.TaskEmbedding` whose row for the task replaces the empty prompt.
 ``pipe(image, task="lens")`` picks the task; the flow normalisation and the warp padding are
 the chosen task's.
+
+As in diffusers' Marigold, the pipeline, its input handling and its output stand apart: the
+argument checks and input conversion in :mod:`stablemotion.model.pipeline_inputs`, the output
+(:class:`StableMotionOutput`, ``"pt"``/``"np"``/``"pil"``) in :mod:`stablemotion.model.pipeline_output`.
+``__call__`` runs the named steps ``resolve_settings`` -> ``check_inputs`` -> ``prepare_inputs`` ->
+``check_prepared_inputs`` -> ``estimate_flows`` (``prepare_condition_latents``, ``prepare_latents``,
+``denoise``, ``decode``) -> ``ensemble`` -> ``format_output``.
 """
 
 from __future__ import annotations
