@@ -366,7 +366,7 @@ def test_panorama_style_has_stitcher_like_outlines_and_exact_flow():
 
 def test_photo_pools_are_photo_sources(monkeypatch, tmp_path):
     import stablemotion.data.synth as synth
-    import stablemotion.tasks._photos as photos
+    import stablemotion.data.synthesis.photos as photos
 
     files = [str(tmp_path / f"p{i}.jpg") for i in range(3)]
     monkeypatch.setattr(photos, "resolve_pool", lambda name: files[:2] if name == "mypool-train" else None)

@@ -57,7 +57,8 @@ def test_unknown_task_name_lists_choices():
 
 # --------------------------------------------------------------------------- the tasks package
 def test_new_tasks_are_declared_with_generator_and_protocol():
-    from stablemotion.tasks import LENS, ROTATION, get_entry, get_generator, get_protocol, synth_tasks
+    from stablemotion.data.synthesis import get_entry, get_generator, synth_tasks
+    from stablemotion.tasks import LENS, ROTATION, get_protocol
 
     for spec in (ROTATION, LENS):
         assert get_task(spec.name) is spec and spec.conditions == ("image",) and spec.padding == "border"
@@ -110,9 +111,10 @@ def shift_task():
     """A user task declared in one place: a horizontal shift with an exact flow."""
     import numpy as np
 
-    from stablemotion.tasks import EvalProtocol, Layout, SynthOption, SynthSpec, _spec, declare_task
-    from stablemotion.tasks._photos import random_photo_crop
-    from stablemotion.tasks._writer import FOLDER_SUBDIRS, WarpSample, write_folder_sample
+    from stablemotion.data.synthesis import Layout, SynthOption, SynthSpec, declare_task, registry
+    from stablemotion.data.synthesis.photos import random_photo_crop
+    from stablemotion.data.synthesis.writer import FOLDER_SUBDIRS, WarpSample, write_folder_sample
+    from stablemotion.tasks import EvalProtocol, _spec
 
     def generate(photo, rng, size, prefilter_sigma, max_shift=4.0):
         h, w = size
@@ -129,9 +131,8 @@ def shift_task():
                       size=(32, 48), help="horizontal shifts")
     declare_task(spec, synth, EvalProtocol())
     yield spec
-    for table in (_spec._REGISTRY, _spec._ENTRIES):
+    for table in (_spec._REGISTRY, _spec._PROTOCOLS, registry._ENTRIES, registry._GENERATORS):
         table.pop("shift", None)
-    _spec._GENERATORS.pop("shift", None)
 
 
 def test_a_declared_task_gets_samples_datasets_and_a_cli_command(shift_task, tmp_path, capsys):
@@ -140,7 +141,7 @@ def test_a_declared_task_gets_samples_datasets_and_a_cli_command(shift_task, tmp
     from stablemotion.cli import main
     from stablemotion.data import TaskFolderDataset
     from stablemotion.data.synth import make_sample
-    from stablemotion.tasks import declare_task
+    from stablemotion.data.synthesis import declare_task
 
     s = make_sample("shift", 0, 0, (16, 24), None, max_shift=6.0)
     assert np.array_equal(s.gt[:, : 24 - s.params["shift"]], s.input[:, s.params["shift"]:])
@@ -153,7 +154,7 @@ def test_a_declared_task_gets_samples_datasets_and_a_cli_command(shift_task, tmp
     assert rc == 2 and "max_shift must be in [1, 16]" in capsys.readouterr().err
     import dataclasses
 
-    from stablemotion.tasks import get_generator
+    from stablemotion.data.synthesis import get_generator
 
     with pytest.raises(ValueError, match="random stream 99"):  # a second task may not reuse a stream
         declare_task(shift_task.replace(name="shift2"), dataclasses.replace(get_generator("shift"), name="shift2"))

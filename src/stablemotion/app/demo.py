@@ -21,9 +21,8 @@ import torch
 
 from ..core.flow import flow_to_color
 from ..core.metrics import psnr, ssim
-from ..data.synth import bundled_photo_paths, make_sample
+from ..data.synthesis import bundled_photo_paths, get_generator, make_sample
 from ..io.images import PathLike, atomic_path, save_image
-from ..tasks import get_generator
 
 __all__ = ["DemoRow", "DemoReport", "run_demo"]
 

@@ -7,8 +7,11 @@ Examples::
     stablemotion synth rotation /tmp/rot --num 200 --max-angle 15
     stablemotion synth lens /tmp/lens --num 200 --max-strength 0.4
 
-The ``synth`` kinds and their options come from the task registry (:mod:`stablemotion.tasks`):
-a task module that declares a generator gets its sub-command without changes here.
+The ``synth`` kinds and their declared options come from the generator registry
+(:mod:`stablemotion.data.synthesis`): a generator module that declares a generator gets its
+sub-command without changes here. Options that need more than a declared number or choice
+(sir's ``--mesh``, rsc's ``--npz-size`` / ``--full-res-jpg``) are added by :data:`SYNTH_EXTRAS`.
+
     stablemotion label-flows /data/DIR-D --split training --out /data/DIR-D/training/flow
 """
 
@@ -16,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..core.constants import DIS_PRESET_NAMES
+from ..data.synthesis import SynthOption, get_generator, synth_tasks, write_dataset
+from ..data.synthesis.sir import COLS, ROWS, STITCHED_MESH
 from ._options import MAX_SIDE, float_arg, int_arg, seed_arg, size_arg
 
 #: Bounds of the data commands' counts (far above any real run; a typo fails at once).
@@ -44,7 +49,41 @@ def _min_size(minimum: int, what: str) -> Any:
 _size = _min_size(8, "--size")  # at most MAX_SIDE (8192) a side: size_arg's bound
 
 
-def _option_type(opt: Any) -> Any:
+# --------------------------------------------------------------------------- per-generator options
+def _sir_arguments(parser: argparse.ArgumentParser) -> None:
+    mesh = _min_size(1, "--mesh")
+    parser.add_argument("--mesh", type=mesh, default=None,
+                        help=f"mesh cells ROWSxCOLS (default {ROWS}x{COLS} for inset, "
+                             f"{STITCHED_MESH[0]}x{STITCHED_MESH[1]} for stitched)")
+
+
+def _sir_options(args: argparse.Namespace) -> dict[str, Any]:
+    mesh = args.mesh or ((ROWS, COLS) if args.style == "inset" else STITCHED_MESH)
+    return {"rows": mesh[0], "cols": mesh[1]}
+
+
+def _rsc_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--npz-size", type=_min_size(8, "--npz-size"), default=None,
+                        help="HxW of the arrays in the npz files (default: --size); flows are rescaled")
+    parser.add_argument("--full-res-jpg", action=argparse.BooleanOptionalAction, default=None,
+                        help="also write jpg/ and jpg_gt/ full-resolution images (default: for split 'test')")
+
+
+def _rsc_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"npz_size": args.npz_size, "full_res_jpg": args.full_res_jpg}
+
+
+#: Command-line options of a generator beyond its declared ones, by generator name:
+#: ``(add_arguments(parser), to_options(args) -> generator / layout options)``.
+SYNTH_EXTRAS: dict[
+    str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict[str, Any]]]
+] = {
+    "rectangling": (_sir_arguments, _sir_options),
+    "rolling_shutter": (_rsc_arguments, _rsc_options),
+}
+
+
+def _option_type(opt: SynthOption) -> Any:
     """argparse ``type=`` of a generator's declared number option: a finite number (``nan`` and
     ``inf`` would pass every bound); its own bounds (``SynthOption.low``/``high``) are checked by
     the generator before anything is written, in one line naming the option (exit 2)."""
@@ -56,8 +95,6 @@ def _option_type(opt: Any) -> Any:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..tasks import get_generator, synth_tasks
-
     p = sub.add_parser("synth", help="make a synthetic dataset with exact flows from ordinary photos")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     for name in synth_tasks():  # one sub-command per declared task generator
@@ -87,8 +124,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             if opt.choices is not None:
                 extra["choices"] = opt.choices
             k.add_argument(opt.cli_flag, dest=opt.name, default=opt.default, help=opt.help, **extra)
-        if synth.cli_arguments is not None:
-            synth.cli_arguments(k)
+        if synth.name in SYNTH_EXTRAS:
+            SYNTH_EXTRAS[synth.name][0](k)
         k.set_defaults(func=_synth, generator=synth.name)
 
     p = sub.add_parser("label-flows", help="estimate pseudo flows (.npy) for (input, gt) pairs, with a quality report")
@@ -109,9 +146,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..data.synth import write_dataset
-    from ..tasks import get_generator
-
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     def progress(it: Iterable[str], total: int) -> Iterable[str]:
@@ -119,8 +153,8 @@ def _synth(args: argparse.Namespace) -> int:
 
     synth = get_generator(args.generator)
     options = {o.name: getattr(args, o.name) for o in synth.options if o.cli_flag}
-    if synth.cli_options is not None:
-        options.update(synth.cli_options(args))
+    if synth.name in SYNTH_EXTRAS:
+        options.update(SYNTH_EXTRAS[synth.name][1](args))
     names = write_dataset(
         synth.name, args.out, args.num, size=args.size, split=args.split, seed=args.seed, photos=args.photos,
         ext=args.ext, quality=args.quality, start=args.start, workers=args.workers, overwrite=args.force,

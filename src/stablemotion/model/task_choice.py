@@ -194,7 +194,7 @@ def choose_task(image: np.ndarray, classifier: Any | None = None, threshold: flo
 def classifier_sample(label: str, seed: int, index: int, photos: Sequence[str],
                       size: tuple[int, int] = SAMPLE_SIZE) -> np.ndarray:
     """The uint8 (H, W, 3) synthetic input of class ``label`` (``sir`` too: a stitched panorama)."""
-    from ..data.synth import make_sample
+    from ..data.synthesis import make_sample
 
     if label == "sir":
         style = ("panorama", "stitched", "inset")[index % 3]
@@ -208,7 +208,7 @@ def _sample_job(job: tuple[str, int, int, Sequence[str]]) -> list[tuple[np.ndarr
     """One sample's classifier inputs with labels. A rolling-shutter or lens sample also gives
     its undistorted truth as a ``none`` example: the pair differs only by the distortion, so the
     classifier cannot tell the classes apart by photo content."""
-    from ..data.synth import make_sample
+    from ..data.synthesis import make_sample
 
     label, seed, index, photos = job
     if label == "sir":
@@ -230,7 +230,7 @@ def make_classifier_data(num_per_task: int, seed: int, photos: Sequence[str], wo
     of every rolling-shutter and lens sample."""
     jobs = [(label, seed, i, list(photos)) for label in classes for i in range(num_per_task)]
     if workers > 1:
-        from ..tasks._writer import pool_context
+        from ..data.synthesis import pool_context
 
         with pool_context().Pool(workers) as pool:
             results = pool.map(_sample_job, jobs, chunksize=8)
@@ -262,7 +262,7 @@ def train_task_classifier(
         photos: a ``--photos`` spec (:func:`stablemotion.data.synth.resolve_photos`) or a list.
         workers: processes generating samples.
     """
-    from ..data.synth import resolve_photos
+    from ..data.synthesis import resolve_photos
 
     if num_per_task < 1 or steps < 1:
         raise ValueError(f"num_per_task and steps must be >= 1, got {num_per_task}, {steps}")

@@ -1,11 +1,8 @@
 """Tasks: what distinguishes one single-image warping task from another.
 
-A task is declared in one module of this package: its :class:`TaskSpec` (condition images,
-warp padding, network resolution, loss weights: what the model and the trainer see), its
-synthetic-sample generator and on-disk layout (:class:`SynthSpec`, used by
-:func:`stablemotion.data.synth.make_sample`, :func:`stablemotion.data.synth.write_dataset` and
-``stablemotion synth``) and its evaluation protocol (:class:`EvalProtocol`), registered
-together with :func:`declare_task`. The package ships
+A task is a :class:`TaskSpec` (condition images, warp padding, network resolution, loss
+weights: what the model and the trainer see) and an :class:`EvalProtocol` (how it is scored),
+registered by :func:`register_task`. The package ships
 
 * ``sir`` (:mod:`.sir`): stitched image rectangling,
 * ``rsc`` (:mod:`.rsc`): rolling-shutter correction,
@@ -13,11 +10,10 @@ together with :func:`declare_task`. The package ships
 * ``lens`` (:mod:`.lens`): radial (barrel / fisheye-like) lens-distortion correction.
 
 A user adds a task for training and inference alone with :func:`register_task` (or by
-passing a :class:`TaskSpec` directly) without editing library code; a task with synthetic
-data is one new module calling :func:`declare_task` (see ``docs/tasks.md``). Shared pieces
-live in :mod:`._photos` (photo sources, crops, procedural scenes), :mod:`._geometry` (flow
-inversion, resampling) and :mod:`._writer` (sampling and writing datasets). Importing this
-package loads neither numpy, OpenCV nor torch.
+passing a :class:`TaskSpec` directly) without editing library code. Synthetic-sample
+generators live in the data layer (:mod:`stablemotion.data.synthesis`, one module per
+generator; :func:`stablemotion.data.synthesis.declare_task` registers a task with its
+generator, see ``docs/tasks.md``). Importing this package loads neither numpy, OpenCV nor torch.
 """
 
 from __future__ import annotations
@@ -30,22 +26,14 @@ from ._spec import (
     PROTOCOL_METRICS,
     RELEASED_TASKS,
     EvalProtocol,
-    Layout,
-    SynthOption,
-    SynthSpec,
-    TaskEntry,
     TaskSpec,
     as_task_list,
     available_tasks,
-    declare_task,
     describe_model_tasks,
-    get_entry,
-    get_generator,
     get_protocol,
     get_task,
     missing_condition_value,
     register_task,
-    synth_tasks,
     union_conditions,
 )
 from .lens import LENS
@@ -64,15 +52,7 @@ __all__ = [
     "get_task",
     "available_tasks",
     "EvalProtocol",
-    "SynthSpec",
-    "SynthOption",
-    "Layout",
-    "TaskEntry",
-    "declare_task",
-    "get_entry",
-    "get_generator",
     "get_protocol",
-    "synth_tasks",
     "PROTOCOL_METRICS",
     "LAYOUT_KINDS",
     "RELEASED_TASKS",

@@ -1,16 +1,15 @@
 """Task descriptions and the task registry.
 
 A :class:`TaskSpec` is what the model and the trainer see of a task (conditions, padding,
-resolution, loss weights). A task module of this package also declares how to make
-synthetic samples for it (:class:`SynthSpec`: a generator, its options and its on-disk
-:class:`Layout`) and how it is scored (:class:`EvalProtocol`), all registered together by
-:func:`declare_task`. Nothing here imports numpy, OpenCV or torch.
+resolution, loss weights); an :class:`EvalProtocol` says how it is scored. Both are
+registered by :func:`register_task`. How to make synthetic samples of a task lives in the data
+layer (:mod:`stablemotion.data.synthesis`). Nothing here imports numpy, OpenCV or torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,172 +232,45 @@ class EvalProtocol:
         return out
 
 
-# --------------------------------------------------------------------------- synthetic data
-@dataclass(frozen=True)
-class SynthOption:
-    """One option of a generator or a layout: a keyword of ``make_sample`` / the writer and,
-    unless ``flag`` is ``""``, a ``stablemotion synth`` option.
-
-    Attributes:
-        name: keyword name (``"max_angle"``).
-        default: default value (also the command line's).
-        help: help text.
-        type: argparse type / converter (``float``, ``int``, ``str``...).
-        choices: allowed values, or None.
-        low, high: bounds of a number (inclusive unless ``open_low``); None = unbounded.
-        open_low: the lower bound is exclusive.
-        flag: command-line flag; None derives ``--max-angle`` from the name, ``""`` keeps the
-            option off the command line (a task's ``cli_arguments`` hook may set it).
-        action: argparse action instead of ``type`` (e.g. ``argparse.BooleanOptionalAction``).
-    """
-
-    name: str
-    default: Any
-    help: str = ""
-    type: Any = float
-    choices: tuple[Any, ...] | None = None
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-    flag: str | None = None
-    action: Any = None
-
-    @property
-    def cli_flag(self) -> str:
-        return "--" + self.name.replace("_", "-") if self.flag is None else self.flag
-
-    def check(self, value: Any) -> None:
-        """Raise ``ValueError`` naming the option when ``value`` is not allowed."""
-        if value is None:
-            return
-        if self.choices is not None and value not in self.choices:
-            raise ValueError(f"{self.name} must be one of {self.choices}, got {value!r}")
-        if self.low is not None or self.high is not None:
-            v = float(value)
-            below = self.low is not None and (v <= self.low if self.open_low else v < self.low)
-            above = self.high is not None and v > self.high
-            if below or above:
-                lo = "-inf" if self.low is None else f"{self.low:g}"
-                hi = "inf" if self.high is None else f"{self.high:g}"
-                raise ValueError(f"{self.name} must be in {'(' if self.open_low else '['}{lo}, {hi}], got {value}")
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How a task's samples go to disk.
-
-    Attributes:
-        kind: one of :data:`LAYOUT_KINDS` (which dataset class reads it back).
-        subdirs: folders inside ``OUT/SPLIT`` that a write fills (checked before writing).
-        write: ``write(sample, split_dir, name, split, ext, quality, **options)`` writes one sample.
-        options: layout options (:class:`SynthOption`), passed to ``write``.
-        describe: the written layout for messages, formatted with ``out`` and ``split``.
-    """
-
-    kind: str
-    subdirs: tuple[str, ...]
-    write: Callable[..., None]
-    options: tuple[SynthOption, ...] = ()
-    describe: str = "{out}/{split}/{{input,gt,flow}}"
-
-
-@dataclass(frozen=True)
-class SynthSpec:
-    """A task's synthetic-data generator.
-
-    Attributes:
-        name: generator name (``make_sample(name, ...)``, ``stablemotion synth NAME``).
-        stream: the random stream id: sample ``i`` uses ``default_rng([seed, i, stream])``;
-            unique per generator and never changed (it fixes every dataset made before).
-        generate: ``generate(photo, rng, size, prefilter_sigma, **options) -> sample``:
-            ``photo`` uint8 (H0, W0, 3) (a photo or a generated scene), ``size`` (H, W).
-        layout: its :class:`Layout`.
-        options: the generator's options (:class:`SynthOption`).
-        aliases: other accepted names (the task name, a dashed spelling).
-        size: default (H, W).
-        split: default split folder name.
-        help: one line for ``stablemotion synth --help``.
-        cli_arguments: optional ``f(parser)`` adding arguments beyond the declared options.
-        cli_options: optional ``f(args) -> dict`` turning those arguments into options.
-    """
-
-    name: str
-    stream: int
-    generate: Callable[..., Any]
-    layout: Layout
-    options: tuple[SynthOption, ...] = ()
-    aliases: tuple[str, ...] = ()
-    size: tuple[int, int] = (384, 512)
-    split: str = "training"
-    help: str = ""
-    cli_arguments: Callable[[Any], None] | None = None
-    cli_options: Callable[[Any], dict[str, Any]] | None = None
-
-    @property
-    def cli_name(self) -> str:
-        return self.name.replace("_", "-")
-
-    def check_options(self, options: Mapping[str, Any], layout: bool = False) -> None:
-        declared = {o.name: o for o in (*self.options, *(self.layout.options if layout else ()))}
-        for key, value in options.items():
-            if key in declared:
-                declared[key].check(value)
-
-
-@dataclass(frozen=True)
-class TaskEntry:
-    """A registered task: its spec and, for the tasks of this package, its generator and protocol."""
-
-    spec: TaskSpec
-    synth: SynthSpec | None = None
-    protocol: EvalProtocol | None = None
-
-
+# --------------------------------------------------------------------------- the registry
 _REGISTRY: dict[str, TaskSpec] = {}
-_ENTRIES: dict[str, TaskEntry] = {}
-_GENERATORS: dict[str, str] = {}  # generator name or alias -> task name
+_PROTOCOLS: dict[str, EvalProtocol] = {}
 
 
-def register_task(task: TaskSpec, overwrite: bool = False) -> TaskSpec:
-    """Make ``task`` available by name to :func:`get_task` (and so to configs and the CLI)."""
+def register_task(task: TaskSpec, overwrite: bool = False, protocol: EvalProtocol | None = None) -> TaskSpec:
+    """Make ``task`` available by name to :func:`get_task` (and so to configs and the CLI),
+    with its evaluation ``protocol`` (:func:`get_protocol`; None keeps the one registered before,
+    else the default :class:`EvalProtocol`).
+
+    A synthetic-sample generator is registered with the task by
+    :func:`stablemotion.data.synthesis.declare_task`.
+
+    Example:
+        >>> from stablemotion.tasks import SIR
+        >>> register_task(SIR) is get_task("SIR")  # the same spec again: nothing changes
+        True
+        >>> register_task(SIR.replace(padding="zeros"))
+        Traceback (most recent call last):
+        ...
+        ValueError: a different task named 'sir' is already registered; pass overwrite=True
+    """
     if task.name in _REGISTRY and not overwrite and _REGISTRY[task.name] != task:
         raise ValueError(f"a different task named {task.name!r} is already registered; pass overwrite=True")
     _REGISTRY[task.name] = task
-    if task.name not in _ENTRIES or _ENTRIES[task.name].spec != task:
-        old = _ENTRIES.get(task.name)
-        _ENTRIES[task.name] = TaskEntry(task, old.synth if old else None, old.protocol if old else None)
+    if protocol is not None:
+        _PROTOCOLS[task.name] = protocol
     return task
 
 
-def declare_task(
-    spec: TaskSpec,
-    synth: SynthSpec | None = None,
-    protocol: EvalProtocol | None = None,
-    overwrite: bool = False,
-) -> TaskSpec:
-    """Register a task with its generator and evaluation protocol (what a task module does).
-
-    The generator becomes available to ``make_sample``, the dataset writers and
-    ``stablemotion synth`` under its name and aliases (and the task's name).
-    """
-    if synth is not None:
-        for key in {synth.name, *synth.aliases, spec.name}:
-            owner = _GENERATORS.get(key)
-            if owner is not None and owner != spec.name and not overwrite:
-                raise ValueError(f"generator name {key!r} is already used by task {owner!r}")
-        streams = {e.synth.stream: n for n, e in _ENTRIES.items() if e.synth is not None and n != spec.name}
-        if synth.stream in streams and not overwrite:
-            raise ValueError(f"random stream {synth.stream} is already used by task {streams[synth.stream]!r}")
-    register_task(spec, overwrite=overwrite)
-    _ENTRIES[spec.name] = TaskEntry(spec, synth, protocol)
-    if synth is not None:
-        for key in {synth.name, *synth.aliases, spec.name}:
-            _GENERATORS[key] = spec.name
-    return spec
-
-
 def get_task(task: str | TaskSpec | Mapping[str, Any]) -> TaskSpec:
-    """Resolve a task name, dict or :class:`TaskSpec` to a :class:`TaskSpec`."""
+    """Resolve a task name (any case), dict or :class:`TaskSpec` to a :class:`TaskSpec`.
+
+    Example:
+        >>> get_task("SIR").conditions
+        ('mask', 'image')
+        >>> get_task({"name": "t", "conditions": ["image"]}).unet_in_channels
+        8
+    """
     if isinstance(task, TaskSpec):
         return task
     if isinstance(task, Mapping):
@@ -410,41 +282,12 @@ def get_task(task: str | TaskSpec | Mapping[str, Any]) -> TaskSpec:
 
 
 def available_tasks() -> list[str]:
+    """Names of the registered tasks, sorted."""
     return sorted(_REGISTRY)
 
 
-def get_entry(task: str | TaskSpec) -> TaskEntry:
-    """The registered :class:`TaskEntry` of a task (by task name, generator name or alias)."""
-    name = task.name if isinstance(task, TaskSpec) else str(task).lower()
-    if name not in _ENTRIES:
-        name = _GENERATORS.get(name, name)
-    if name not in _ENTRIES:
-        raise ValueError(f"unknown task {task!r}; available: {', '.join(sorted(_ENTRIES))}")
-    return _ENTRIES[name]
-
-
-def get_generator(name: str) -> SynthSpec:
-    """The generator of a task, by generator name (``"rectangling"``), alias or task name."""
-    key = str(name).lower()
-    if key not in _GENERATORS:
-        raise ValueError(f"task must be one of {sorted(synth_tasks())}, got {name!r}")
-    synth = _ENTRIES[_GENERATORS[key]].synth
-    assert synth is not None
-    return synth
-
-
 def get_protocol(task: str | TaskSpec) -> EvalProtocol:
-    """The evaluation protocol of a task (the default :class:`EvalProtocol` when it declares none)."""
-    try:
-        entry = get_entry(task)
-    except ValueError:
-        if isinstance(task, TaskSpec):
-            return EvalProtocol()
-        raise
-    return entry.protocol if entry.protocol is not None else EvalProtocol()
-
-
-def synth_tasks() -> list[str]:
-    """Generator names, ordered by their random stream id (the order they were added)."""
-    synths = sorted((e.synth for e in _ENTRIES.values() if e.synth is not None), key=lambda s: s.stream)
-    return [s.name for s in synths]
+    """The evaluation protocol of a task (the default :class:`EvalProtocol` when it declares
+    none, or for an unregistered :class:`TaskSpec`)."""
+    name = task.name if isinstance(task, TaskSpec) else get_task(task).name
+    return _PROTOCOLS.get(name, EvalProtocol())

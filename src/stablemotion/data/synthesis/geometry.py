@@ -1,22 +1,23 @@
-"""Geometry shared by the task generators: flow inversion, resampling, the pixel grid,
-rotation matrices."""
+"""Geometry shared by the synthetic-sample generators: flow inversion, resampling, the pixel
+grid, rotation matrices."""
 
 from __future__ import annotations
 
-from typing import Any
+import cv2
+import numpy as np
+import torch
 
-from ._lazy import cv2, np
-from ._lazy import flow as flow_ops
+from ...core.flow import warp
 
 __all__ = ["invert_flow", "remap", "pixel_grid", "rotations"]
 
 
 def invert_flow(
-    flow: Any,
+    flow: torch.Tensor,
     iterations: int = 200,
     tolerance: float = 1e-4,
     damping: float = 0.5,
-) -> tuple[Any, Any]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Invert a smooth backward flow by damped fixed-point iteration.
 
     ``flow`` maps output pixels to input pixels, ``p -> p + f(p)``. The inverse ``g``
@@ -33,18 +34,24 @@ def invert_flow(
     Returns:
         ``(g, residual)``: g like ``flow`` (float64), pixels; residual (..., 1, H, W) =
         ``|g(q) + f(q + g(q))|`` in pixels (near 0 where the inverse is exact).
+
+    Example:
+        >>> import torch
+        >>> g, residual = invert_flow(torch.full((2, 8, 8), 1.5))
+        >>> round(float(g[0, 4, 4]), 3), float(residual.max()) < 1e-3
+        (-1.5, True)
     """
     if not 0 < damping <= 1:
         raise ValueError(f"damping must be in (0, 1], got {damping}")
     f = flow.double()
     g = -f.clone()
     for _ in range(iterations):
-        target = -flow_ops.warp(f, g, padding="border")
+        target = -warp(f, g, padding="border")
         step = target - g
         g = g + damping * step
         if float(step.abs().max()) * damping < tolerance:
             break
-    residual = (g + flow_ops.warp(f, g, padding="border")).norm(dim=-3, keepdim=True)
+    residual = (g + warp(f, g, padding="border")).norm(dim=-3, keepdim=True)
     return g, residual
 
 
@@ -57,6 +64,12 @@ def remap(image: np.ndarray, coords: np.ndarray, border: int) -> np.ndarray:
 
 
 def pixel_grid(height: int, width: int) -> np.ndarray:
+    """float64 (H, W, 2): the (x, y) pixel coordinates of every pixel.
+
+    Example:
+        >>> pixel_grid(2, 3)[1, 2].tolist()
+        [2.0, 1.0]
+    """
     gx, gy = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
     return np.stack((gx, gy), axis=-1)
 
@@ -70,7 +83,3 @@ def rotations(rvec: np.ndarray) -> np.ndarray:
     cross = cross - cross.transpose(0, 2, 1)
     return np.eye(3)[None] + np.sin(theta) * cross + (1 - np.cos(theta)) * (cross @ cross)
 
-
-_remap = remap
-_pixel_grid = pixel_grid
-_rotations = rotations

@@ -1,6 +1,7 @@
 """Samples and datasets of any declared task: :func:`make_sample` draws a photo and calls the
 task's generator; :func:`write_dataset` writes samples with the task's layout, in parallel
-processes. Nothing here names a task: everything comes from the registry."""
+processes. Nothing here names a task: everything comes from the generator registry
+(:mod:`.registry`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._lazy import cv2, io, np, torch
-from ._photos import _GENERATED, bundled_photo_paths, draw_photo, resolve_photos
-from ._spec import SynthSpec, get_generator
+import cv2
+import numpy as np
+import torch
+
+from ...core.flow import write_flow
+from ...io.images import atomic_path, save_image
+from .photos import _GENERATED, bundled_photo_paths, draw_photo, resolve_photos
+from .registry import SynthSpec, get_generator
 
 __all__ = [
     "WarpSample",
@@ -23,7 +29,12 @@ __all__ = [
     "FOLDER_SUBDIRS",
     "pool_context",
     "save_image_file",
+    "PREFILTER_SIGMA",
 ]
+
+#: Default Gaussian low-pass of the photo crops (pixels): the bilinear re-warp of a sample then
+#: reproduces its target to > 35 dB.
+PREFILTER_SIGMA = 0.7
 
 
 @dataclass
@@ -37,14 +48,15 @@ class WarpSample:
         params: the random parameters of the sample (angle, strength, centre, ...).
     """
 
-    input: Any
-    gt: Any
-    flow: Any
+    input: np.ndarray
+    gt: np.ndarray
+    flow: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def sample_rng(seed: int, index: int, task: str) -> Any:
-    """The generator of sample ``index``: independent of order, workers and resumption."""
+def sample_rng(seed: int, index: int, task: str) -> np.random.Generator:
+    """The random generator of sample ``index`` of generator ``task``: independent of order,
+    workers and resumption (``default_rng([seed, index, stream])``)."""
     return np.random.default_rng([int(seed), int(index), get_generator(task).stream])
 
 
@@ -54,7 +66,7 @@ def make_sample(
     index: int,
     size: tuple[int, int],
     photos: Sequence[Any] | None = None,
-    prefilter_sigma: float = 0.7,
+    prefilter_sigma: float = PREFILTER_SIGMA,
     **options: Any,
 ) -> Any:
     """Synthetic sample ``index`` of a dataset, in memory; what the dataset writers write.
@@ -69,6 +81,16 @@ def make_sample(
         prefilter_sigma: Gaussian low-pass of the photo crop, pixels.
         options: the generator's options (see its task module, e.g. ``style`` for
             rectangling, ``motion_model`` for rolling shutter, ``max_angle`` for rotation).
+
+    Returns:
+        The generator's sample (numpy arrays as written to disk): e.g. a :class:`WarpSample`
+        with uint8 (H, W, 3) ``input`` and ``gt`` and a float32 (H, W, 2) backward ``flow`` in
+        pixels, ``gt(p) = input(p + flow(p))``.
+
+    Example:
+        >>> s = make_sample("rotation", seed=0, index=0, size=(24, 32), photos=["procedural"])
+        >>> s.input.shape, s.gt.dtype.name, s.flow.shape
+        ((24, 32, 3), 'uint8', (24, 32, 2))
     """
     synth = get_generator(task)
     synth.check_options(options)
@@ -79,15 +101,15 @@ def make_sample(
 
 
 # --------------------------------------------------------------------------- writing
-def save_image_file(image: Any, path: Path, quality: int) -> None:
+def save_image_file(image: np.ndarray, path: Path, quality: int) -> None:
     """Write a uint8 image: JPEG with ``quality`` (OpenCV, as the datasets were made), else PNG."""
     if path.suffix.lower() in (".jpg", ".jpeg"):
-        with io.atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             bgr = image[..., ::-1] if image.ndim == 3 else image
             if not cv2.imwrite(str(tmp), np.ascontiguousarray(bgr), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
                 raise OSError(f"OpenCV could not write {path}")
     else:
-        io.save_image(image, path)
+        save_image(image, path)
 
 
 #: Folders of the generic task-folder layout (:class:`stablemotion.data.TaskFolderDataset`).
@@ -96,8 +118,6 @@ FOLDER_SUBDIRS = ("input", "gt", "flow")
 
 def write_folder_sample(sample: WarpSample, root: Path, name: str, split: str, ext: str, quality: int) -> None:
     """The task-folder layout: ``SPLIT/{input,gt}/NAME.EXT`` and ``SPLIT/flow/NAME.npy``."""
-    from ..core.flow import write_flow
-
     save_image_file(sample.input, root / "input" / f"{name}.{ext}", quality)
     save_image_file(sample.gt, root / "gt" / f"{name}.{ext}", quality)
     write_flow(root / "flow" / f"{name}.npy", sample.flow)
@@ -196,7 +216,7 @@ def write_dataset(
     photos: Any = None,
     ext: str = "jpg",
     quality: int = 95,
-    prefilter_sigma: float = 0.7,
+    prefilter_sigma: float = PREFILTER_SIGMA,
     start: int = 0,
     workers: int = 1,
     overwrite: bool = False,

@@ -1,5 +1,5 @@
-"""Photo sources shared by the task generators: photos bundled with scikit-image, folders,
-installed photo pools, procedural scenes, and random crops of them."""
+"""Photo sources shared by the synthetic-sample generators: photos bundled with scikit-image,
+folders, installed photo pools, procedural scenes, and random crops of them."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._lazy import LazyModule, cv2, io, np
+import cv2
+import numpy as np
 
-_pools: Any = LazyModule("stablemotion.data.photos")
+from ...io.images import list_images, load_image
+from ..photos import POOLS, resolve_pool
 
 __all__ = [
     "BUNDLED_PHOTOS",
@@ -26,11 +28,6 @@ __all__ = [
     "random_photo_crop",
     "draw_photo",
 ]
-
-
-def resolve_pool(name: str) -> list[str] | None:
-    """:func:`stablemotion.data.photos.resolve_pool` (imported on first use)."""
-    return _pools.resolve_pool(name)
 
 
 #: Natural photos shipped inside scikit-image's package data (``skimage/data``); no download.
@@ -87,7 +84,7 @@ def list_photos(folder: Any | None = None) -> list[Path]:
     """Photo files of ``folder`` sorted by name, or the bundled photos when ``folder`` is None."""
     if folder is None:
         return bundled_photo_paths()
-    paths = sorted(io.list_images(folder).values())
+    paths = sorted(list_images(folder).values())
     if not paths:
         raise ValueError(f"no images (.png, .jpg, ...) found in photo folder {folder}")
     return paths
@@ -126,7 +123,7 @@ def resolve_photos(spec: Any | None) -> list[str]:
             out += pool * n
         else:
             raise ValueError(
-                f"photo source {name!r} is neither a folder nor one of {sorted([*_PHOTO_SETS, *_GENERATED, *_pools.POOLS])}"
+                f"photo source {name!r} is neither a folder nor one of {sorted([*_PHOTO_SETS, *_GENERATED, *POOLS])}"
             )
     return out
 
@@ -235,7 +232,7 @@ def urban_scene(rng: np.random.Generator, size: tuple[int, int] = (384, 512)) ->
 
 @functools.lru_cache(maxsize=16)
 def _load_photo(path: str) -> np.ndarray:
-    return io.load_image(path, mode="RGB")
+    return load_image(path, mode="RGB")
 
 
 def random_photo_crop(
