@@ -296,8 +296,14 @@ def background_color(image: np.ndarray, tolerance: int = 24) -> tuple[str, float
     Counts the pixels of the outermost 1-pixel frame within ``tolerance`` (max abs
     difference over channels, uint8 units) of pure black and of pure white; returns the
     colour with more such pixels and its fraction of the frame (0 when neither matches).
+
+    Example:
+        >>> image = np.full((4, 4, 3), 255, np.uint8)
+        >>> image[1:3, 1:3] = 90  # content inside a white frame
+        >>> background_color(image)
+        ('white', 1.0)
     """
-    frame = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]], axis=0).astype(np.int16)
+    frame = _frame(image).astype(np.int16)
     black = float((frame.max(axis=-1) <= tolerance).mean())
     white = float((frame.min(axis=-1) >= 255 - tolerance).mean())
     return ("white", white) if white > black else ("black", black)
@@ -343,6 +349,12 @@ def derive_mask(
 
     Returns:
         uint8 (H, W) mask, 255 = valid content, 0 = empty (the DIR-D convention).
+
+    Example:
+        >>> image = np.full((8, 10, 3), 200, np.uint8)
+        >>> image[:, :3] = 0  # a black empty border on the left
+        >>> derive_mask(image)[0].tolist()
+        [0, 0, 0, 255, 255, 255, 255, 255, 255, 255]
     """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"derive_mask expects a uint8 (H, W, 3) RGB image, got {_describe(image)}")
@@ -355,21 +367,39 @@ def derive_mask(
     if background == "auto":
         background, fraction = background_color(image, tolerance)
     img = image.astype(np.int16)
-    if background == "black":
-        similar = img.max(axis=-1) <= tolerance
-    else:
-        similar = img.min(axis=-1) >= 255 - tolerance
-    frame = np.concatenate([similar[0], similar[-1], similar[:, 0], similar[:, -1]])
+    # How far each pixel is from the background colour (max over channels, uint8 units).
+    distance = img.max(axis=-1) if background == "black" else 255 - img.min(axis=-1)
+    similar = distance <= tolerance
     if fraction is None:
-        fraction = float(frame.mean())
+        fraction = float(_frame(similar).mean())
     if fraction < min_border_fraction:
         return np.full((h, w), 255, np.uint8)
+    empty = _empty_border(similar, distance, tolerance)
+    return _clean_valid(~empty, open_size)
 
+
+def _frame(a: np.ndarray) -> np.ndarray:
+    """The outermost 1-pixel frame of an (H, W, ...) array, flattened along its first axis."""
+    return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]], axis=0)
+
+
+def _edge_labels(labels: np.ndarray) -> np.ndarray:
+    """The labels (> 0) of the connected components of an (H, W) labelling that touch the frame."""
+    edge = np.unique(_frame(labels))
+    return edge[edge > 0]
+
+
+def _empty_border(similar: np.ndarray, distance: np.ndarray, tolerance: int) -> np.ndarray:
+    """Step 3 of :func:`derive_mask`: the (H, W) bool empty region.
+
+    ``similar`` are the background-coloured pixels, ``distance`` (H, W) each pixel's distance
+    from the colour. Flat edge-connected regions count whole; a region that is not flat as a
+    whole contributes its flat core and the core's 2-px JPEG fringe.
+    """
+    h, w = similar.shape
     _, labels = cv2.connectedComponents(similar.astype(np.uint8), connectivity=8)
-    edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    edge_labels = edge_labels[edge_labels > 0]
+    edge_labels = _edge_labels(labels)
     # A padded border is flat: most of it is exactly the fill colour (JPEG noise aside).
-    distance = img.max(axis=-1) if background == "black" else 255 - img.min(axis=-1)
     flat = [lab for lab in edge_labels if np.median(distance[labels == lab]) <= tolerance / 3]
     empty = np.isin(labels, flat) & similar
     # A fill region that touches dark (or bright) content at its edge forms one component with
@@ -379,22 +409,24 @@ def derive_mask(
     if rest.any():
         core = rest & (distance <= tolerance / 3)
         _, core_labels, stats, _ = cv2.connectedComponentsWithStats(core.astype(np.uint8), connectivity=8)
-        core_edge = np.unique(np.concatenate([core_labels[0], core_labels[-1], core_labels[:, 0], core_labels[:, -1]]))
-        big = [lab for lab in core_edge if lab > 0 and stats[lab, cv2.CC_STAT_AREA] >= max(16, 0.001 * h * w)]
+        big = [lab for lab in _edge_labels(core_labels) if stats[lab, cv2.CC_STAT_AREA] >= max(16, 0.001 * h * w)]
         if big:
             fringe = cv2.dilate(np.isin(core_labels, big).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
             empty |= fringe & rest
-    valid = (~empty).astype(np.uint8)
+    return empty
+
+
+def _clean_valid(valid: np.ndarray, open_size: int) -> np.ndarray:
+    """Step 4 of :func:`derive_mask`: (H, W) bool valid region -> uint8 mask (255 = valid),
+    opened with an ``open_size`` px square and with the holes that do not touch the edge filled."""
+    valid = valid.astype(np.uint8)
     if open_size > 1:
         kernel = np.ones((open_size, open_size), np.uint8)
         valid = cv2.morphologyEx(valid, cv2.MORPH_OPEN, kernel)
     # Fill holes: empty pixels not connected to the edge through empty pixels become valid.
     _, labels = cv2.connectedComponents((valid == 0).astype(np.uint8), connectivity=8)
-    edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    edge_labels = edge_labels[edge_labels > 0]
-    empty = np.isin(labels, edge_labels) & (valid == 0)
+    empty = np.isin(labels, _edge_labels(labels)) & (valid == 0)
     return np.where(empty, 0, 255).astype(np.uint8)
-
 
 def prepare_mask(
     image: np.ndarray,

@@ -152,6 +152,28 @@ def _mesh_terms(ys: np.ndarray, xs: np.ndarray, h: int, w: int, rows: int, cols:
     return [i.ravel() for i in idx], [wt.ravel() for wt in wts]
 
 
+def _normal_equations(
+    c_pix: np.ndarray,
+    target: np.ndarray,
+    idx: list[np.ndarray],
+    wts: list[np.ndarray],
+    pair_idx: list[list[np.ndarray]],
+    nv: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The data term of :func:`fit_mesh_flow` as normal equations: ``(A^T C A (nv, nv),
+    A^T C target (nv, 2))`` for pixel weights ``c_pix`` (N,), targets (N, 2) in pixels, and
+    the bilinear model's vertex indices ``idx`` / weights ``wts`` (4 of (N,) each)."""
+    normal = np.zeros(nv * nv)
+    rhs = np.zeros((nv, 2))
+    for a in range(4):
+        ca = c_pix * wts[a]
+        rhs[:, 0] += np.bincount(idx[a], weights=ca * target[:, 0], minlength=nv)
+        rhs[:, 1] += np.bincount(idx[a], weights=ca * target[:, 1], minlength=nv)
+        for b in range(4):
+            normal += np.bincount(pair_idx[a][b], weights=ca * wts[b], minlength=nv * nv)
+    return normal.reshape(nv, nv), rhs
+
+
 def fit_mesh_flow(
     flow: np.ndarray,
     weight: np.ndarray | None = None,
@@ -210,15 +232,7 @@ def fit_mesh_flow(
     c_pix = base.copy()
     verts = np.zeros((nv, 2))
     for it in range(irls):
-        normal = np.zeros(nv * nv)
-        rhs = np.zeros((nv, 2))
-        for a in range(4):
-            ca = c_pix * wts[a]
-            rhs[:, 0] += np.bincount(idx[a], weights=ca * target[:, 0], minlength=nv)
-            rhs[:, 1] += np.bincount(idx[a], weights=ca * target[:, 1], minlength=nv)
-            for b in range(4):
-                normal += np.bincount(pair_idx[a][b], weights=ca * wts[b], minlength=nv * nv)
-        normal = normal.reshape(nv, nv)
+        normal, rhs = _normal_equations(c_pix, target, idx, wts, pair_idx, nv)
         lam = smoothness * max(float(c_pix.sum()), 1e-9) / nv
         system = normal + lam * reg + 1e-6 * max(lam, 1e-3) * np.eye(nv)
         # torch honours torch.set_num_threads (workers use 1); numpy BLAS may oversubscribe.
