@@ -35,9 +35,9 @@ def _common(p: argparse.ArgumentParser, study: bool = False) -> None:
     p.add_argument("--model", required=True, help="pipeline folder (see import-checkpoint / tiny-model)")
     p.add_argument("--dataset", required=True, type=Path, help="DIR-D / RS-Real / task-folder test split (or its root)")
     p.add_argument("--task", choices=available_tasks(), default=None, help="check the model is for this task (a multi-task model: which of its tasks to evaluate)")
-    p.add_argument("--split", default=None, help="split folder (default: testing for DIR-D, test for RS-Real)")
+    p.add_argument("--split", default=None, help="split folder (default: the task's protocol: testing for DIR-D, test for RS-Real and task folders)")
     p.add_argument("--format", dest="kind", choices=("auto", "dird", "rsreal", "folder"), default="auto",
-                   help="dataset layout (default: detected)")
+                   help="dataset layout (default: the task's protocol when the folder has it, else detected)")
     p.add_argument("--out", type=Path, required=True, help="output folder (rerun with the same folder to resume)")
     add_inference_options(p, steps=not study, ensemble=not study)
     add_device_options(p)
@@ -48,9 +48,10 @@ def _common(p: argparse.ArgumentParser, study: bool = False) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="run a model over a test split: results, per-image PSNR/SSIM CSV, markdown summary with the identity baseline",
+        help="run a model over a test split by its task's protocol: results, per-image PSNR/SSIM(/EPE) CSV, markdown summary with the identity baseline",
         description=(
-            "Writes OUT/results/NAME.png, OUT/per_image.csv, OUT/summary.md and OUT/summary.json. Finished images are "
+            "Writes OUT/results/NAME.png, OUT/per_image.csv, OUT/summary.md and OUT/summary.json; EPE (pixels, over the "
+            "protocol's region) when the test set has gt flows (flow/, RS-Real npz). Finished images are "
             "skipped on a rerun. Under `accelerate launch` every process takes its shard and the main process merges."
         ),
     )
@@ -152,8 +153,11 @@ def _evaluate(args: argparse.Namespace) -> int:
                        extra_metrics=args.extra_metrics, progress=_progress(dist, "evaluate"))
     if summary is not None:
         m = summary.means
-        print(f"{len(summary.rows)} images  PSNR {m['psnr']:.4f} dB  SSIM {m['ssim']:.4f}  "
-              f"(identity: PSNR {m['identity_psnr']:.4f} dB  SSIM {m['identity_ssim']:.4f})")
+        with_epe = "epe" in summary.columns()
+        epe = f"  EPE {m['epe']:.4f} px" if with_epe else ""
+        epe_id = f"  EPE {m['identity_epe']:.4f} px" if with_epe else ""
+        print(f"{len(summary.rows)} images  PSNR {m['psnr']:.4f} dB  SSIM {m['ssim']:.4f}{epe}  "
+              f"(identity: PSNR {m['identity_psnr']:.4f} dB  SSIM {m['identity_ssim']:.4f}{epe_id})")
         for name, v in summary.extra.items():
             print(f"{name.upper()}: {v.get('note') or v}")
         print(f"wrote {args.out / 'per_image.csv'}, {args.out / 'summary.md'}")

@@ -5,6 +5,12 @@
   default 7x7 uniform window, whole image, no mask.
 * :func:`psnr_torch` / :func:`ssim_torch` are batched torch versions of the same formulas
   for training-time validation (agree with scikit-image to ~1e-6 in float64).
+* :func:`epe` is the one end-point error of the package on (H, W, 2) numpy flows, over all
+  pixels or the valid region (it calls :func:`stablemotion.core.flow.end_point_error`).
+* :func:`score_pair` scores one (output, gt[, flow, gt flow]) pair with a protocol's metrics;
+  :class:`ScoreTable` holds per-image rows and their means: the one result table of
+  ``stablemotion evaluate``, labelling's report, the benchmarks and the tasks
+  (:mod:`stablemotion.evaluation.score` scores whole sets into it).
 * :func:`evaluate_folder` scores a folder of results against a folder of ground truths.
 """
 
@@ -12,9 +18,10 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -28,6 +35,11 @@ __all__ = [
     "ssim",
     "psnr_torch",
     "ssim_torch",
+    "epe",
+    "EPE_REGIONS",
+    "score_pair",
+    "SCORE_FIELDS",
+    "ScoreTable",
     "EvaluationResult",
     "evaluate_folder",
     "evaluate_pairs",
@@ -54,7 +66,15 @@ def _check_uint8_pair(pred: np.ndarray, target: np.ndarray, what: str = "") -> N
 
 
 def psnr(pred: np.ndarray, target: np.ndarray) -> float:
-    """PSNR in dB of uint8 (H, W, 3) images, data range 255 (scikit-image). ``inf`` when equal."""
+    """PSNR in dB of uint8 (H, W, 3) images, data range 255 (scikit-image). ``inf`` when equal.
+
+    Example:
+        >>> a = np.zeros((8, 8, 3), np.uint8)
+        >>> round(psnr(a + 1, a), 2)
+        48.13
+        >>> psnr(a, a)
+        inf
+    """
     _check_uint8_pair(pred, target)
     if np.array_equal(pred, target):
         return math.inf
@@ -62,9 +82,79 @@ def psnr(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def ssim(pred: np.ndarray, target: np.ndarray) -> float:
-    """SSIM of uint8 (H, W, 3) images: scikit-image, data range 255, 7x7 window, channel_axis=2."""
+    """SSIM in [-1, 1] of uint8 (H, W, 3) images (H, W >= 7): scikit-image, data range 255, 7x7 uniform
+    window, channel_axis=2, whole image, no mask (the released settings).
+
+    Example:
+        >>> a = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+        >>> ssim(a, a)
+        1.0
+    """
     _check_uint8_pair(pred, target)
     return float(structural_similarity(target, pred, data_range=255, channel_axis=2))
+
+
+#: Regions EPE may be taken over: every pixel, or where the gt flow samples inside the input.
+EPE_REGIONS = ("all", "valid")
+
+
+def epe(flow: np.ndarray, flow_gt: np.ndarray, region: str = "all") -> float:
+    """Mean end-point error in pixels between (H, W, 2) flows (x, y displacements in pixels).
+
+    ``region="valid"`` averages only where the gt flow samples inside the image
+    (:func:`stablemotion.core.flow.valid_mask`; all pixels when none is valid). The per-pixel
+    error is :func:`stablemotion.core.flow.end_point_error` (the torch version training uses).
+
+    Example:
+        >>> gt = np.zeros((4, 5, 2), np.float32)
+        >>> epe(gt + np.array([3.0, 4.0], np.float32), gt)
+        5.0
+        >>> gt[:, :1, 0] = -9.0  # the first column looks outside the frame
+        >>> epe(gt + np.array([3.0, 4.0], np.float32), gt, region="valid")
+        5.0
+    """
+    from .flow import end_point_error, valid_mask
+
+    if region not in EPE_REGIONS:
+        raise ValueError(f"EPE region must be one of {EPE_REGIONS}, got {region!r}")
+    f, g = np.asarray(flow), np.asarray(flow_gt)
+    if f.shape != g.shape or f.ndim != 3 or f.shape[-1] != 2:
+        raise ValueError(f"flows must both be (H, W, 2), got {f.shape} and {g.shape}")
+    ft = torch.from_numpy(np.ascontiguousarray(f, np.float32)).permute(2, 0, 1)[None]
+    gt = torch.from_numpy(np.ascontiguousarray(g, np.float32)).permute(2, 0, 1)[None]
+    mask = None
+    if region == "valid":
+        keep = valid_mask(gt[0])
+        mask = keep[None] if bool(keep.any()) else None
+    return float(end_point_error(ft, gt, mask)[0])
+
+
+#: Columns of a :class:`ScoreTable` in their CSV order (after ``name``), each present when scored.
+SCORE_FIELDS = ("name", "psnr", "ssim", "epe", "identity_psnr", "identity_ssim", "identity_epe", "seconds")
+
+
+def score_pair(output: np.ndarray, gt: np.ndarray, flow: np.ndarray | None = None, flow_gt: np.ndarray | None = None,
+               metrics: Sequence[str] = ("psnr", "ssim", "epe"), epe_region: str = "all") -> dict[str, float]:
+    """Score one result: PSNR (dB) / SSIM of uint8 (H, W, 3) ``output`` against ``gt``, and EPE (pixels,
+    :func:`epe` over ``epe_region``) of the (H, W, 2) ``flow`` against ``flow_gt`` when both are given.
+
+    Returns:
+        ``{metric: value}`` for the ``metrics`` the arguments allow.
+
+    Example:
+        >>> gt = np.zeros((8, 8, 3), np.uint8)
+        >>> flow_gt = np.zeros((8, 8, 2), np.float32)
+        >>> score_pair(gt, gt, flow_gt + np.array([3.0, 4.0], np.float32), flow_gt, metrics=("psnr", "epe"))
+        {'psnr': inf, 'epe': 5.0}
+    """
+    out: dict[str, float] = {}
+    if "psnr" in metrics:
+        out["psnr"] = psnr(output, gt)
+    if "ssim" in metrics:
+        out["ssim"] = ssim(output, gt)
+    if "epe" in metrics and flow is not None and flow_gt is not None:
+        out["epe"] = epe(flow, flow_gt, epe_region)
+    return out
 
 
 def _check_torch_pair(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,36 +214,93 @@ def ssim_torch(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0
 
 
 @dataclass
-class EvaluationResult:
-    """Per-image scores and their means.
+class ScoreTable:
+    """Per-image scores and their means: the one result table of every scorer.
 
-    ``rows``: one dict per image, ``{"name", "psnr", "ssim"}`` (dB and [0, 1]).
+    ``rows``: one dict per image, ``{"name", "psnr" (dB), "ssim", "epe" (pixels), "identity_*"
+    (the input scored as the result), "seconds"}`` as scored (see :data:`SCORE_FIELDS`; other keys
+    are kept). ``method``, ``settings`` and ``extra`` (e.g. ``{"fid": {...}}``) describe the run;
+    ``seconds`` is its total time. Means skip missing and NaN values.
+
+    Example:
+        >>> t = ScoreTable([{"name": "a", "psnr": 30.0, "ssim": 0.9}, {"name": "b", "psnr": 20.0, "ssim": 0.7}])
+        >>> t.mean_psnr, round(t.mean_ssim, 3), len(t)
+        (25.0, 0.8, 2)
+        >>> math.isnan(t.mean_epe)
+        True
     """
 
-    rows: list[dict] = field(default_factory=list)
-
-    @property
-    def mean_psnr(self) -> float:
-        vals = [r["psnr"] for r in self.rows]
-        return float(np.mean(vals)) if vals else math.nan
-
-    @property
-    def mean_ssim(self) -> float:
-        vals = [r["ssim"] for r in self.rows]
-        return float(np.mean(vals)) if vals else math.nan
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    method: str = "StableMotion"
+    settings: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    #: Whether means also skip infinite values (labelling's report does: identical images give inf dB).
+    finite_means: ClassVar[bool] = False
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def write_csv(self, path: PathLike) -> Path:
-        """Write ``name,psnr,ssim`` rows and a final ``mean`` row, atomically."""
+    def mean(self, key: str) -> float:
+        """Mean of column ``key`` over the rows that have a number there (NaN when none)."""
+        vals = [float(r[key]) for r in self.rows if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)]
+        vals = [v for v in vals if (math.isfinite(v) if self.finite_means else not math.isnan(v))]
+        return float(np.mean(vals)) if vals else math.nan
+
+    @property
+    def means(self) -> dict[str, float]:
+        """``{column: mean}`` for every score column of :data:`SCORE_FIELDS`."""
+        return {k: self.mean(k) for k in SCORE_FIELDS[1:]}
+
+    @property
+    def mean_psnr(self) -> float:
+        return self.mean("psnr")
+
+    @property
+    def mean_ssim(self) -> float:
+        return self.mean("ssim")
+
+    @property
+    def mean_epe(self) -> float:
+        return self.mean("epe")
+
+    @property
+    def mean_identity_psnr(self) -> float:
+        return self.mean("identity_psnr")
+
+    @property
+    def mean_identity_ssim(self) -> float:
+        return self.mean("identity_ssim")
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.mean("seconds")
+
+    def columns(self) -> list[str]:
+        """The :data:`SCORE_FIELDS` some row has (at least name, psnr, ssim)."""
+        return [f for f in SCORE_FIELDS if any(f in r for r in self.rows)] or ["name", "psnr", "ssim"]
+
+    def write_csv(self, path: PathLike, with_mean: bool = True) -> Path:
+        """Write the rows' score columns (6 decimals, NaN empty) and a final ``mean`` row, atomically."""
+        fields = self.columns()
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["name", "psnr", "ssim"])
+            writer.writerow(fields)
             for r in self.rows:
-                writer.writerow([r["name"], f"{r['psnr']:.6f}", f"{r['ssim']:.6f}"])
-            writer.writerow(["mean", f"{self.mean_psnr:.6f}", f"{self.mean_ssim:.6f}"])
+                writer.writerow([_fmt(r.get(k, math.nan)) for k in fields])
+            if with_mean and self.rows:
+                writer.writerow(["mean"] + [_fmt(self.mean(k)) for k in fields[1:]])
         return Path(path)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6f}"
+    return str(v)
+
+
+#: The folder scorer's result (now :class:`ScoreTable`; the old name keeps working).
+EvaluationResult = ScoreTable
 
 
 def evaluate_pairs(
@@ -171,8 +318,7 @@ def evaluate_pairs(
                 f"size mismatch for {name!r}: result {pred_path} is {pred.shape[1]}x{pred.shape[0]}, "
                 f"ground truth {gt_path} is {gt.shape[1]}x{gt.shape[0]} (W x H)"
             )
-        p = psnr(pred, gt)
-        result.rows.append({"name": name, "psnr": p, "ssim": ssim(pred, gt)})
+        result.rows.append({"name": name, **score_pair(pred, gt, metrics=("psnr", "ssim"))})
     return result
 
 

@@ -34,7 +34,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -44,7 +44,7 @@ import torch
 from ..core.constants import DIS_PRESET_NAMES
 from ..core.flow import PADDING_MODES, fit_mesh_flow, read_flow, warp, write_flow
 from ..core.image_processing import mask_valid
-from ..core.metrics import psnr, ssim
+from ..core.metrics import ScoreTable, psnr, ssim
 from ..io.images import PathLike, atomic_path, load_image
 from . import PairedFolderDataset
 from .synth import pool_context
@@ -292,36 +292,17 @@ def estimate_flow(
 
 
 # --------------------------------------------------------------------------- datasets
-@dataclass
-class LabelReport:
-    """Per-image rows of a labelling run and their means."""
+class LabelReport(ScoreTable):
+    """Per-image rows of a labelling run and their means: a :class:`~stablemotion.core.metrics.ScoreTable`
+    whose means skip infinite values (an image already aligned scores inf dB), with the run's ``seconds``.
 
-    rows: list[dict[str, object]] = field(default_factory=list)
-    seconds: float = 0.0
+    Example:
+        >>> rep = LabelReport(rows=[{"name": "a", "psnr": 30.0, "ssim": 0.9}, {"name": "b", "psnr": math.inf}])
+        >>> rep.mean_psnr, rep.summary()["labelled"]
+        (30.0, 2)
+    """
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def _mean(self, key: str) -> float:
-        vals = [float(r[key]) for r in self.rows if isinstance(r.get(key), (int, float))]  # type: ignore[arg-type]
-        vals = [v for v in vals if math.isfinite(v)]
-        return float(np.mean(vals)) if vals else math.nan
-
-    @property
-    def mean_psnr(self) -> float:
-        return self._mean("psnr")
-
-    @property
-    def mean_ssim(self) -> float:
-        return self._mean("ssim")
-
-    @property
-    def mean_identity_psnr(self) -> float:
-        return self._mean("identity_psnr")
-
-    @property
-    def mean_identity_ssim(self) -> float:
-        return self._mean("identity_ssim")
+    finite_means = True
 
     def summary(self) -> dict[str, object]:
         labelled = [r for r in self.rows if not r.get("skipped")]

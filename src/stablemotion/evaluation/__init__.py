@@ -1,7 +1,14 @@
 """The evaluation layer: scoring test sets, the studies and the perceptual judge.
 
-The names of :mod:`stablemotion.evaluation.runner` are available here too (``from stablemotion.evaluation import run_inference``);
-they import lazily so that importing a sibling module stays light.
+* :mod:`.protocol` -- test sets opened by the task's :class:`~stablemotion.tasks.EvalProtocol`.
+* :mod:`.score` -- one scoring path: pairs into a :class:`~stablemotion.core.metrics.ScoreTable`.
+* :mod:`.runner` -- ``stablemotion evaluate``: inference, scoring, merging shards.
+* :mod:`.extra_metrics`, :mod:`.studies` -- FID / LPIPS, the steps and AES studies.
+* :mod:`.judge` (:mod:`.judge_rubric`, :mod:`.judge_client`) -- the vision-language judge.
+
+The names of :mod:`stablemotion.evaluation.runner` (and of :mod:`.score`) are available here too
+(``from stablemotion.evaluation import run_inference``); they import lazily so that importing a
+sibling module stays light.
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ from typing import Any
 def __getattr__(name: str) -> Any:
     if name.startswith("__"):
         raise AttributeError(name)
-    module = importlib.import_module(".runner", __name__)
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    for sub in (".runner", ".score"):
+        module = importlib.import_module(sub, __name__)
+        try:
+            return getattr(module, name)
+        except AttributeError:
+            continue
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -205,31 +205,18 @@ class EvalProtocol:
                 reported only when both are given.
 
         Returns:
-            ``{metric: value}`` for the protocol's metrics that the arguments allow.
+            ``{metric: value}`` for the protocol's metrics that the arguments allow
+            (:func:`stablemotion.core.metrics.score_pair`).
+
+        Example:
+            >>> import numpy as np
+            >>> gt, f = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 2), np.float32)
+            >>> EvalProtocol(metrics=("psnr", "epe")).score(gt, gt, f + np.float32([3, 4]), f)
+            {'psnr': inf, 'epe': 5.0}
         """
-        import numpy as np
+        from ..core.metrics import score_pair
 
-        from ..core.metrics import psnr, ssim
-
-        out: dict[str, float] = {}
-        if "psnr" in self.metrics:
-            out["psnr"] = psnr(output, gt)
-        if "ssim" in self.metrics:
-            out["ssim"] = ssim(output, gt)
-        if "epe" in self.metrics and flow is not None and flow_gt is not None:
-            f, g = np.asarray(flow, np.float64), np.asarray(flow_gt, np.float64)
-            if f.shape != g.shape or f.ndim != 3 or f.shape[-1] != 2:
-                raise ValueError(f"flows must both be (H, W, 2), got {f.shape} and {g.shape}")
-            err = np.linalg.norm(f - g, axis=-1)
-            if self.epe_region == "valid":
-                import torch
-
-                from ..core.flow import valid_mask
-
-                keep = valid_mask(torch.from_numpy(g).permute(2, 0, 1))[0].numpy()
-                err = err[keep] if keep.any() else err
-            out["epe"] = float(err.mean())
-        return out
+        return score_pair(output, gt, flow, flow_gt, metrics=self.metrics, epe_region=self.epe_region)
 
 
 # --------------------------------------------------------------------------- the registry
