@@ -64,3 +64,29 @@ def test_cli_argument_errors(tmp_path, capsys):
         main(["synth", "rolling-shutter", str(tmp_path), "--num", "0"])
     assert exit_info.value.code == 2
     assert "argument --num: must be an integer from 1" in capsys.readouterr().err
+
+
+def test_building_the_command_line_loads_no_generator():
+    """The synth kinds are added when ``synth`` is parsed: ``stablemotion --help`` and the other
+    commands do not import the generators (numpy, OpenCV, torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from stablemotion.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'cv2', 'stablemotion.data.synthesis') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_synth_help_and_extra_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["synth", "rectangling", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--mesh" in out and "default 6x8 for inset, 12x16 for stitched" in out and "--npz-size" not in out
+    with pytest.raises(SystemExit):
+        main(["synth", "rolling-shutter", "--help"])
+    out = capsys.readouterr().out
+    assert "--npz-size" in out and "--full-res-jpg" in out and "--motion" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "rectangling", "out", "--mesh", "0x4"])
+    assert exit_info.value.code == 2 and "argument --mesh: --mesh must be" in capsys.readouterr().err

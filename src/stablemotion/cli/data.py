@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.constants import DIS_PRESET_NAMES
-from ..data.synthesis import SynthOption, get_generator, synth_tasks, write_dataset
-from ..data.synthesis.sir import COLS, ROWS, STITCHED_MESH
 from ._options import MAX_SIDE, float_arg, int_arg, seed_arg, size_arg
+
+if TYPE_CHECKING:
+    from ..data.synthesis import SynthOption, SynthSpec
 
 #: Bounds of the data commands' counts (far above any real run; a typo fails at once).
 MAX_SAMPLES = 10_000_000
@@ -51,6 +52,8 @@ _size = _min_size(8, "--size")  # at most MAX_SIDE (8192) a side: size_arg's bou
 
 # --------------------------------------------------------------------------- per-generator options
 def _sir_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..data.synthesis.sir import COLS, ROWS, STITCHED_MESH
+
     mesh = _min_size(1, "--mesh")
     parser.add_argument("--mesh", type=mesh, default=None,
                         help=f"mesh cells ROWSxCOLS (default {ROWS}x{COLS} for inset, "
@@ -58,6 +61,8 @@ def _sir_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _sir_options(args: argparse.Namespace) -> dict[str, Any]:
+    from ..data.synthesis.sir import COLS, ROWS, STITCHED_MESH
+
     mesh = args.mesh or ((ROWS, COLS) if args.style == "inset" else STITCHED_MESH)
     return {"rows": mesh[0], "cols": mesh[1]}
 
@@ -94,40 +99,75 @@ def _option_type(opt: SynthOption) -> Any:
     return opt.type
 
 
+def _add_kinds(parser: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]) -> None:
+    """The ``synth`` sub-commands: one per declared generator, in the order of their streams."""
+    from ..data.synthesis import get_generator, synth_tasks
+
+    kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True, parser_class=parser_class)
+    for name in synth_tasks():
+        _add_kind(kinds, get_generator(name))
+
+
+def _lazy_synth_parser(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` (``stablemotion synth``) add its kinds when it is first used: building the
+    command line then imports no generator (numpy, OpenCV, torch), and a generator declared after
+    the parser was built still gets its sub-command."""
+    base = type(parser)
+
+    class SynthParser(base):  # type: ignore[valid-type, misc]
+        kinds_added = False
+
+        def parse_known_args(  # type: ignore[override]
+            self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+        ) -> tuple[argparse.Namespace, list[str]]:
+            if not self.kinds_added:
+                self.kinds_added = True
+                _add_kinds(self, base)
+            return super().parse_known_args(args, namespace)
+
+    parser.__class__ = SynthParser
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="make a synthetic dataset with exact flows from ordinary photos")
-    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
-    for name in synth_tasks():  # one sub-command per declared task generator
-        synth = get_generator(name)
-        k = kinds.add_parser(synth.cli_name, help=synth.help)
-        k.add_argument("out", type=Path, help="dataset root to write (the split folder goes inside)")
-        k.add_argument("--num", type=int_arg(1, MAX_SAMPLES), default=100, help="number of samples (default 100)")
-        default_size = f"{synth.size[0]}x{synth.size[1]}"
-        k.add_argument("--size", type=_size, default=_size(default_size), help=f"HxW in pixels (default {default_size})")
-        k.add_argument("--split", default=synth.split, help=f"split folder name (default {synth.split})")
-        k.add_argument("--seed", type=seed_arg, default=0, help="sample i depends only on (seed, i)")
-        k.add_argument("--start", type=int_arg(0, MAX_SAMPLES), default=0,
-                       help="index of the first sample (to extend a dataset)")
-        k.add_argument("--photos", default=None,
-                       help="a photo folder, or sources joined by '+': bundled, bundled-train, bundled-test, "
-                            "procedural, urban, or an installed photo pool (debian, debian-train, debian-test, ...: "
-                            "see `stablemotion photos` and configs/install_photos.sh); weight with '*N', e.g. "
-                            "debian-train+procedural*10; default: bundled")
-        k.add_argument("--ext", choices=("jpg", "png"), default="jpg", help="image format (jpg as the real datasets)")
-        k.add_argument("--quality", type=int_arg(1, 100), default=95, help="JPEG quality, 1 to 100 (default 95)")
-        k.add_argument("--workers", type=int_arg(1, MAX_WORKERS), default=2, help="processes (default 2)")
-        k.add_argument("--force", action="store_true", help="write into non-empty folders")
-        for opt in synth.options:  # the generator's declared options
-            if not opt.cli_flag:
-                continue
-            extra: dict[str, Any] = {"action": opt.action} if opt.action is not None else {"type": _option_type(opt)}
-            if opt.choices is not None:
-                extra["choices"] = opt.choices
-            k.add_argument(opt.cli_flag, dest=opt.name, default=opt.default, help=opt.help, **extra)
-        if synth.name in SYNTH_EXTRAS:
-            SYNTH_EXTRAS[synth.name][0](k)
-        k.set_defaults(func=_synth, generator=synth.name)
+    _lazy_synth_parser(p)
+    _register_label_flows(sub)
 
+
+def _add_kind(kinds: argparse._SubParsersAction, synth: SynthSpec) -> None:
+    """``stablemotion synth NAME``: the common options, the generator's declared options and its
+    :data:`SYNTH_EXTRAS`."""
+    k = kinds.add_parser(synth.cli_name, help=synth.help)
+    k.add_argument("out", type=Path, help="dataset root to write (the split folder goes inside)")
+    k.add_argument("--num", type=int_arg(1, MAX_SAMPLES), default=100, help="number of samples (default 100)")
+    default_size = f"{synth.size[0]}x{synth.size[1]}"
+    k.add_argument("--size", type=_size, default=_size(default_size), help=f"HxW in pixels (default {default_size})")
+    k.add_argument("--split", default=synth.split, help=f"split folder name (default {synth.split})")
+    k.add_argument("--seed", type=seed_arg, default=0, help="sample i depends only on (seed, i)")
+    k.add_argument("--start", type=int_arg(0, MAX_SAMPLES), default=0,
+                   help="index of the first sample (to extend a dataset)")
+    k.add_argument("--photos", default=None,
+                   help="a photo folder, or sources joined by '+': bundled, bundled-train, bundled-test, "
+                        "procedural, urban, or an installed photo pool (debian, debian-train, debian-test, ...: "
+                        "see `stablemotion photos` and configs/install_photos.sh); weight with '*N', e.g. "
+                        "debian-train+procedural*10; default: bundled")
+    k.add_argument("--ext", choices=("jpg", "png"), default="jpg", help="image format (jpg as the real datasets)")
+    k.add_argument("--quality", type=int_arg(1, 100), default=95, help="JPEG quality, 1 to 100 (default 95)")
+    k.add_argument("--workers", type=int_arg(1, MAX_WORKERS), default=2, help="processes (default 2)")
+    k.add_argument("--force", action="store_true", help="write into non-empty folders")
+    for opt in synth.options:  # the generator's declared options
+        if not opt.cli_flag:
+            continue
+        extra: dict[str, Any] = {"action": opt.action} if opt.action is not None else {"type": _option_type(opt)}
+        if opt.choices is not None:
+            extra["choices"] = opt.choices
+        k.add_argument(opt.cli_flag, dest=opt.name, default=opt.default, help=opt.help, **extra)
+    if synth.name in SYNTH_EXTRAS:
+        SYNTH_EXTRAS[synth.name][0](k)
+    k.set_defaults(func=_synth, generator=synth.name)
+
+
+def _register_label_flows(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("label-flows", help="estimate pseudo flows (.npy) for (input, gt) pairs, with a quality report")
     p.add_argument("dataset", type=Path, help="folder with input/ and gt/ (and mask/), or a DIR-D root")
     p.add_argument("--out", type=Path, required=True, help="flow folder to write NNNNN.npy into")
@@ -145,6 +185,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+
+    from ..data.synthesis import get_generator, write_dataset
 
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
