@@ -8,7 +8,7 @@ import importlib
 
 import pytest
 
-MODULES = ["pipeline", "pipeline_inputs", "pipeline_output", "tiny", "loading"]
+MODULES = ["pipeline", "pipeline_inputs", "pipeline_output", "tiny", "loading", "released_weights"]
 
 
 @pytest.mark.parametrize("name", MODULES)
