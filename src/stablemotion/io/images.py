@@ -40,6 +40,13 @@ def atomic_path(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
     A crash or exception while writing leaves any existing ``path`` untouched and
     removes the partial temporary file. The temporary name keeps ``path``'s suffix so
     libraries that pick a format from the extension (PIL, OpenCV, numpy) still work.
+
+    Example:
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> with atomic_path(folder / "a.txt") as tmp:
+        ...     _ = tmp.write_text("done")
+        >>> (folder / "a.txt").read_text(), sorted(p.name for p in folder.iterdir())
+        ('done', ['a.txt'])
     """
     path = Path(path)
     if not overwrite and (path.exists() or path.is_symlink()):  # a dangling link counts as existing
@@ -64,6 +71,11 @@ def write_atomic(path: PathLike, data: bytes | str, overwrite: bool = True) -> P
     The data goes into a new temporary file created exclusively (never through a link) and
     is renamed onto ``path``: a symbolic link at ``path`` is replaced by the file, never
     written through, so the file a link points to is left as it was.
+
+    Example:
+        >>> path = write_atomic(Path(tempfile.mkdtemp()) / "notes.txt", "hello")
+        >>> path.read_text()
+        'hello'
     """
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
@@ -109,7 +121,13 @@ def umask_modes(folder: PathLike) -> Iterator[Path]:
 
 
 def save_image(image: np.ndarray | Image.Image, path: PathLike, overwrite: bool = True) -> Path:
-    """Write an image (PIL or uint8 array (H, W[, C])) atomically; format from the extension."""
+    """Write an image (PIL or uint8 array (H, W[, C])) atomically; format from the extension.
+
+    Example:
+        >>> path = save_image(np.zeros((2, 3, 3), np.uint8), Path(tempfile.mkdtemp()) / "black.png")
+        >>> load_image(path).shape
+        (2, 3, 3)
+    """
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ValueError(f"save_image expects a uint8 array, got {image.dtype} for {path}")
@@ -159,6 +177,15 @@ def open_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, name
     Raises:
         FileNotFoundError: no such file. ValueError: undecodable, truncated or too large
         (the message names the file).
+
+    Example:
+        >>> path = save_image(np.zeros((30, 40, 3), np.uint8), Path(tempfile.mkdtemp()) / "a.png")
+        >>> open_image(path).size  # (W, H)
+        (40, 30)
+        >>> open_image(path, max_pixels=1000)
+        Traceback (most recent call last):
+        ...
+        ValueError: ... is 40x30 px (0 megapixels), more than the limit of 0 megapixels; ...
     """
     path = Path(path)
     label = name or str(path)
@@ -243,6 +270,11 @@ def image_to_rgb(
     Returns:
         ``(rgb uint8 (H, W, 3), mask uint8 (H, W) or None, note)``; the note says what was
         converted ("" when nothing was).
+
+    Example:
+        >>> rgb, mask, note = image_to_rgb(Image.new("L", (3, 2)), grey="convert")
+        >>> rgb.shape, mask, note
+        ((2, 3, 3), None, 'grey (L) converted to RGB')
     """
     if grey not in GREY_POLICIES:
         raise ValueError(f"grey must be one of {GREY_POLICIES}, got {grey!r}")
@@ -304,7 +336,14 @@ def read_rgb(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Read an image file for a model: :func:`open_image` then :func:`image_to_rgb`
-    (errors name the file). Returns ``(rgb uint8 (H, W, 3), alpha mask or None, note)``."""
+    (errors name the file). Returns ``(rgb uint8 (H, W, 3), alpha mask or None, note)``.
+
+    Example:
+        >>> path = save_image(np.full((2, 2, 3), 9, np.uint8), Path(tempfile.mkdtemp()) / "a.png")
+        >>> rgb, mask, note = read_rgb(path)
+        >>> rgb[0, 0].tolist(), mask, note
+        ([9, 9, 9], None, '')
+    """
     with open_image(path, max_pixels=max_pixels) as im:
         return image_to_rgb(im, name=str(path), grey=grey, alpha=alpha)
 
@@ -319,6 +358,11 @@ def load_image(path: PathLike, mode: str = "RGB", max_pixels: int | None = DEFAU
 
     Raises ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing, cannot
     be decoded or is larger than ``max_pixels``.
+
+    Example:
+        >>> path = save_image(np.full((2, 3, 3), 60, np.uint8), Path(tempfile.mkdtemp()) / "a.png")
+        >>> load_image(path, "L").shape, load_image(path, "mask").shape
+        ((2, 3), (2, 3, 3))
     """
     with open_image(path, max_pixels=max_pixels) as im:
         if mode == "mask":
@@ -333,7 +377,12 @@ def load_image(path: PathLike, mode: str = "RGB", max_pixels: int | None = DEFAU
 
 
 def mask_array(image: Image.Image) -> np.ndarray:
-    """A decoded mask image as read: grey (L, 1, 16-bit) stays uint8 (H, W), anything else uint8 RGB (H, W, 3)."""
+    """A decoded mask image as read: grey (L, 1, 16-bit) stays uint8 (H, W), anything else uint8 RGB (H, W, 3).
+
+    Example:
+        >>> mask_array(Image.new("1", (3, 2), 1)).tolist()
+        [[255, 255, 255], [255, 255, 255]]
+    """
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         return _to_uint8(np.array(image))
     if image.mode in ("L", "1", "LA", "La"):
@@ -347,6 +396,15 @@ def list_images(folder: PathLike) -> dict[str, Path]:
     Raises ``ValueError`` when two files share a stem (e.g. ``a.png`` and ``a.jpg``),
     since matching by stem would then be ambiguous. :func:`scan_images` also says what
     was passed over.
+
+    Example:
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = save_image(np.zeros((2, 2, 3), np.uint8), folder / "a.png")
+        >>> _ = write_atomic(folder / "notes.txt", "not an image")
+        >>> {stem: p.name for stem, p in list_images(folder).items()}
+        {'a': 'a.png'}
+        >>> scan_images(folder)[1]
+        [('notes.txt', 'not an image file')]
     """
     return scan_images(folder)[0]
 
@@ -404,7 +462,12 @@ def describe_skipped(skipped: list[tuple[str, str]], limit: int = 8) -> str:
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, C) -> float32 (C, H, W) in [-1, 1]."""
+    """uint8 (H, W, C) -> float32 (C, H, W) in [-1, 1].
+
+    Example:
+        >>> image_to_tensor(np.array([[[0, 255, 51]]], np.uint8)).flatten().tolist()
+        [-1.0, 1.0, -0.6000000238418579]
+    """
     import torch  # here: the command line reads files through this module without torch
 
     if image.dtype != np.uint8 or image.ndim != 3:
@@ -413,7 +476,13 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def tensor_to_image(tensor: torch.Tensor) -> np.ndarray:
-    """float (C, H, W) in [-1, 1] -> uint8 (H, W, C) (rounded, clipped)."""
+    """float (C, H, W) in [-1, 1] -> uint8 (H, W, C) (rounded, clipped); inverts :func:`image_to_tensor`.
+
+    Example:
+        >>> image = np.array([[[0, 255, 51]]], np.uint8)
+        >>> tensor_to_image(image_to_tensor(image)).tolist()
+        [[[0, 255, 51]]]
+    """
     import torch
     if tensor.ndim != 3:
         raise ValueError(f"expected a (C, H, W) tensor, got {tuple(tensor.shape)}")
