@@ -108,3 +108,24 @@ def test_evaluate_data_parallel_two_processes(env: dict[str, Path], tmp_path: Pa
     assert proc.stdout.count("2 images  PSNR") == 1  # only the main process reports
     with open(out / "per_image.csv", newline="") as f:
         assert [r["name"] for r in csv.DictReader(f)] == ["00000", "00001", "mean"]
+
+
+def test_evaluate_reports_epe_on_a_synth_task_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    assert main(["synth", "lens", str(tmp_path / "lens"), "--num", "2", "--size", "32x48", "--split", "test",
+                 "--workers", "1"]) == 0
+    assert main(["tiny-model", "--task", "lens", "--out", str(tmp_path / "model")]) == 0
+    out = tmp_path / "ev"
+    code, text = _run(["evaluate", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "lens"),
+                       "--out", str(out)], capsys)
+    assert code == 0, text
+    assert "2 images  PSNR" in text and " px" in text and "EPE" in text
+    with open(out / "per_image.csv", newline="") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert float(rows["mean"]["epe"]) >= 0 and float(rows["mean"]["identity_epe"]) > 0
+    assert sorted(p.name for p in (out / "flows").iterdir()) == ["00000.npy", "00001.npy"]
+    assert "EPE (px)" in (out / "summary.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["means"]["epe"] == pytest.approx(float(rows["mean"]["epe"]), abs=1e-5)
+    assert summary["settings"]["epe_region"] == "all"

@@ -221,3 +221,68 @@ def test_evaluate_runs_the_chosen_task_of_a_multi_task_model(tmp_path: Path) -> 
     assert summary is not None and seen == ["lens", "lens"]  # the lens prompt, no mask needed
     with pytest.raises(ValueError, match="serves"):
         evaluate(multi, es, tmp_path / "run2", EvalSettings(task="rsc"))
+
+
+def test_score_table_is_the_one_result_table(tmp_path: Path) -> None:
+    from stablemotion.core.metrics import EvaluationResult, ScoreTable
+    from stablemotion.data.labelling import LabelReport
+    from stablemotion.evaluation import EvalSummary
+    from stablemotion.evaluation.score import ScoreItem, score
+
+    assert EvalSummary is ScoreTable and EvaluationResult is ScoreTable and issubclass(LabelReport, ScoreTable)
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 255, (16, 16, 3)).astype(np.uint8)
+    out = np.clip(gt.astype(int) + 9, 0, 255).astype(np.uint8)
+    flow_gt = np.zeros((16, 16, 2), np.float32)
+    table = score([ScoreItem("a", out, gt, flow_gt + np.float32([3, 4]), flow_gt, input=gt),
+                   ScoreItem("b", gt, gt, flow_gt, flow_gt + np.float32([0, 2]))])
+    a, b = table.rows
+    assert a["psnr"] == pytest.approx(_skimage_scores(out, gt)[0]) and a["epe"] == pytest.approx(5.0)
+    assert a["identity_psnr"] == math.inf and a["identity_epe"] == 0.0 and "identity_psnr" not in b
+    assert table.mean_epe == pytest.approx(3.5) and table.mean_psnr == math.inf
+    assert LabelReport(rows=table.rows).mean_psnr == pytest.approx(a["psnr"])  # labelling's means skip inf
+    table.write_csv(tmp_path / "t.csv")
+    rows = _csv_rows(tmp_path / "t.csv")
+    assert list(rows["a"]) == ["name", "psnr", "ssim", "epe", "identity_psnr", "identity_ssim", "identity_epe"]
+    assert float(rows["mean"]["epe"]) == pytest.approx(3.5)
+    with pytest.raises(ValueError, match="size mismatch"):
+        score([ScoreItem("c", out[:8], gt)])
+
+
+def test_evaluate_reports_epe_over_the_protocols_region(tmp_path: Path) -> None:
+    import dataclasses
+
+    from stablemotion.cli import main
+    from stablemotion.core.metrics import epe
+    from stablemotion.tasks import get_protocol
+
+    assert main(["synth", "rotation", str(tmp_path / "rot"), "--num", "2", "--size", "32x48", "--split", "test",
+                 "--workers", "1"]) == 0
+    for f in sorted((tmp_path / "rot" / "test" / "flow").glob("*.npy")):  # the left columns look outside the frame
+        g = np.zeros((32, 48, 2), np.float32)
+        g[:, :6, 0] = -1000.0
+        np.save(f, g)
+    es = open_eval_set(tmp_path / "rot", "rotation")  # the protocol's layout and split
+    assert es.kind == "folder" and es.has_flows and es.protocol == get_protocol("rotation")
+    pipe = tiny_pipeline("rotation", seed=0)
+    scores = {}
+    for region in ("all", "valid"):
+        es.protocol = dataclasses.replace(es.protocol, epe_region=region)
+        out = tmp_path / region
+        summary = evaluate(pipe, es, out, EvalSettings())
+        for row in summary.rows:
+            flow = np.load(out / "flows" / f"{row['name']}.npy")
+            gt = es.get(row["name"]).flow_gt
+            assert row["epe"] == pytest.approx(epe(flow, gt, region), rel=1e-6)
+        assert summary.settings["epe_region"] == region and "EPE (px)" in (out / "summary.md").read_text()
+        scores[region] = summary.mean_epe
+    assert scores["all"] > scores["valid"] + 100  # the outside columns count only over "all"
+
+
+def test_rs_real_epe_is_scored_on_the_valid_region(tmp_path: Path) -> None:
+    write_rolling_shutter_dataset(tmp_path / "rs", 2, size=(40, 40), split="test", seed=0, npz_size=(32, 32))
+    es = open_eval_set(tmp_path / "rs", "rsc")
+    assert es.protocol.epe_region == "valid" and es.has_flows
+    summary = evaluate(tiny_pipeline("rsc", seed=1), es, tmp_path / "out", EvalSettings())
+    assert summary.settings["epe_region"] == "valid"
+    assert all(math.isfinite(r["epe"]) and math.isfinite(r["identity_epe"]) for r in summary.rows)

@@ -115,3 +115,25 @@ def test_match_folders_ignores_rectify_side_files_only_next_to_their_result(tmp_
     assert common == ["w_flow", "x", "y"]  # w_flow is a ground-truth name: kept
     assert set(results) == {"w_flow", "x", "y"}
     assert [r["name"] for r in metrics.evaluate_folder(tmp_path / "res", tmp_path / "gt").rows] == ["w_flow", "x", "y"]
+
+
+def test_epe_is_the_torch_end_point_error_over_all_or_valid_pixels(rng):
+    import torch
+
+    from stablemotion.core.flow import end_point_error, valid_mask
+
+    pred = rng.normal(0, 3, (12, 10, 2)).astype(np.float32)
+    gt = rng.normal(0, 3, (12, 10, 2)).astype(np.float32)
+    gt[:, :2, 0] = -50.0  # looks outside the frame
+    t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None]  # noqa: E731
+    assert metrics.epe(pred, gt) == pytest.approx(float(end_point_error(t(pred), t(gt))[0]))
+    keep = valid_mask(t(gt)[0])
+    assert metrics.epe(pred, gt, "valid") == pytest.approx(float(end_point_error(t(pred), t(gt), keep[None])[0]))
+    err = np.linalg.norm(pred - gt, axis=-1)
+    assert not keep[0, :, :2].any() and metrics.epe(pred, gt, "valid") == pytest.approx(float(err[keep[0].numpy()].mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="region"):
+        metrics.epe(pred, gt, "inside")
+    with pytest.raises(ValueError, match=r"\(H, W, 2\)"):
+        metrics.epe(pred[:, :5], gt)
+    scores = metrics.score_pair(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), metrics=("ssim",))
+    assert scores == {"ssim": 1.0}
