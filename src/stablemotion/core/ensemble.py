@@ -63,6 +63,10 @@ def border_band_width(height: int, width: int, band: float | None = None) -> tup
     Returns:
         ``(band_rows, band_cols)``: how many rows at the top and bottom, and columns at
         the left and right, use the minimum. Never more than half the size.
+
+    Example:
+        >>> border_band_width(384, 512), border_band_width(768, 512), border_band_width(8, 8, band=0)
+        ((20, 20), (40, 20), (0, 0))
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
@@ -83,6 +87,10 @@ def border_band_mask(
 
     ``band`` is either ``(rows, cols)`` in pixels of this image, or a reference width passed
     to :func:`border_band_width`.
+
+    Example:
+        >>> border_band_mask(4, 5, band=(1, 2)).int().tolist()
+        [[1, 1, 1, 1, 1], [1, 1, 0, 1, 1], [1, 1, 0, 1, 1], [1, 1, 1, 1, 1]]
     """
     rows, cols = band if isinstance(band, tuple) else border_band_width(height, width, band)
     mask = torch.zeros(height, width, dtype=torch.bool, device=device)
@@ -96,7 +104,12 @@ def border_band_mask(
 
 
 def median(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Median along ``dim``; for an even count the mean of the two middle values."""
+    """Median along ``dim``; for an even count the mean of the two middle values.
+
+    Example:
+        >>> median(torch.tensor([[3.0, 1.0, 2.0], [4.0, 1.0, 2.0]]), dim=0).tolist()
+        [3.5, 1.0, 2.0]
+    """
     n = x.shape[dim]
     if n == 0:
         raise ValueError("median of an empty ensemble")
@@ -132,6 +145,11 @@ def ensemble_images(
 
     Returns:
         (B, C, H, W): per-pixel median, per-pixel minimum inside the border band.
+
+    Example:
+        >>> members = torch.stack([torch.full((1, 3, 3), v) for v in (0.25, 0.5, 0.75)])[None]  # (1, 3, 1, 3, 3)
+        >>> ensemble_images(members, band=(1, 1))[0, 0].tolist()  # minimum on the border, median inside
+        [[0.25, 0.25, 0.25], [0.25, 0.5, 0.25], [0.25, 0.25, 0.25]]
     """
     _check_members(warped, "warped")
     if rounding not in ENSEMBLE_ROUNDINGS:
@@ -157,6 +175,11 @@ def ensemble_flows(flows: torch.Tensor) -> torch.Tensor:
 
     Returns:
         (B, 2, H, W), pixels.
+
+    Example:
+        >>> flows = torch.tensor([1.0, 2.0, 9.0]).view(1, 3, 1, 1, 1).expand(1, 3, 2, 1, 1)
+        >>> ensemble_flows(flows).flatten().tolist()
+        [2.0, 2.0]
     """
     _check_members(flows, "flows", channels=2)
     return median(flows, dim=1)
@@ -171,6 +194,12 @@ def flow_uncertainty(flows: torch.Tensor, center: torch.Tensor | None = None) ->
 
     Returns:
         (B, 1, H, W), pixels (0 where all members agree).
+
+    Example:
+        >>> flows = torch.zeros(1, 2, 2, 1, 1)
+        >>> flows[0, 1, 0] = 3.0  # two members 3 px apart
+        >>> flow_uncertainty(flows).flatten().tolist()  # each is 1.5 px from their median
+        [1.5]
     """
     _check_members(flows, "flows", channels=2)
     if center is None:
