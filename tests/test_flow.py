@@ -373,3 +373,18 @@ def test_mesh_regularize_with_a_content_mask_keeps_the_border_on_content() -> No
     assert left(plain) > 0.05 and left(snapped) == 0.0
     with pytest.raises(ValueError, match="valid must be"):
         mesh_regularize(flow, cells=(6, 8), valid=torch.ones(3, h, w))
+
+
+# --------------------------------------------------------------------------- the module's split
+def test_every_name_of_flow_stays_importable_from_it() -> None:
+    """flow.py was split into grid, flow_checks, mesh, visualize and io.flow_files; the names
+    it exported are still there, and are the objects of their new homes."""
+    from stablemotion.core import mesh, visualize
+    from stablemotion.io import flow_files
+
+    for name in fl.__all__:
+        assert hasattr(fl, name), name
+    for home in (mesh, visualize, flow_files):
+        for name in set(home.__all__) & set(fl.__all__):
+            assert getattr(fl, name) is getattr(home, name), name
+    assert fl.read_flow is flow_files.read_flow and fl.flow_to_color is visualize.flow_to_color
