@@ -40,10 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, write_section  # noqa: E402
 from stablemotion.core.constants import RECTANGLING_STYLE_NAMES  # noqa: E402
 from stablemotion.core.flow import warp  # noqa: E402
-from stablemotion.core.metrics import psnr, ssim  # noqa: E402
 from stablemotion.data._common import mask_to_tensor  # noqa: E402
 from stablemotion.data.labelling import LabelConfig, estimate_flow, warp_numpy  # noqa: E402
 from stablemotion.data.synth import bundled_photo_paths, make_sample  # noqa: E402
+from stablemotion.evaluation.score import ScoreItem  # noqa: E402
+from stablemotion.evaluation.score import score as score_set  # noqa: E402
 from stablemotion.io.images import image_to_tensor, tensor_to_image  # noqa: E402
 
 SYNTH = {"sir": "rectangling", "rsc": "rolling_shutter"}
@@ -64,12 +65,11 @@ def test_set(task: str, num: int, size: tuple[int, int], seed: int, **options: o
 
 def score(preds: list[np.ndarray], flows: list[np.ndarray],
           samples: list[dict[str, np.ndarray]]) -> tuple[float, float, float]:
-    """Mean PSNR (dB), SSIM and flow end-point error against the synthetic gt flow (pixels).
-    Flows are (H, W, 2), pixels."""
-    triples = list(zip(preds, flows, samples, strict=True))
-    return (float(np.mean([psnr(p, s["gt"]) for p, _, s in triples])),
-            float(np.mean([ssim(p, s["gt"]) for p, _, s in triples])),
-            float(np.mean([np.linalg.norm(f - s["flow"], axis=-1).mean() for _, f, s in triples])))
+    """Mean PSNR (dB), SSIM and flow end-point error against the synthetic gt flow (pixels, all pixels),
+    by the one scoring path (:func:`stablemotion.evaluation.score.score`). Flows are (H, W, 2), pixels."""
+    items = [ScoreItem(str(i), p, s["gt"], f, s["flow"]) for i, (p, f, s) in enumerate(zip(preds, flows, samples, strict=True))]
+    table = score_set(items)
+    return table.mean_psnr, table.mean_ssim, table.mean_epe
 
 
 def run_pipeline(pipe, samples, steps: int, ensemble: int, final_step: str | None = None,

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, write_section  # noqa: E402
 from mini_models import SYNTH, test_set  # noqa: E402
 from stablemotion.core.flow import RELEASED_FLOW_RESIZE, encode_flow, resize_flow  # noqa: E402
-from stablemotion.core.metrics import psnr, ssim  # noqa: E402
+from stablemotion.core.metrics import epe, psnr, ssim  # noqa: E402
 from stablemotion.data.labelling import warp_numpy  # noqa: E402
 
 BAND = 0.08
@@ -198,7 +198,7 @@ def measure(task: str, num: int, out_size: tuple[int, int], seed: int, style: st
                     pred = warp_numpy(s["image"], flow_np, padding)
                     rec["psnr"].append(psnr(pred, s["gt"]))
                     rec["ssim"].append(ssim(pred, s["gt"]))
-                    rec["epe"].append(float(np.linalg.norm(flow_np - s["flow"], axis=-1).mean()))
+                    rec["epe"].append(epe(flow_np, s["flow"]))
                     rec["identity"].append(psnr(s["image"], s["gt"]))
                     if "mask" in s:
                         rec["left"].append(border_left(s["mask"], flow_np))

@@ -36,8 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, write_section  # noqa: E402
-from mini_models import run_pipeline  # noqa: E402
-from stablemotion.core.metrics import psnr, ssim  # noqa: E402
+from mini_models import run_pipeline, score  # noqa: E402
+from stablemotion.core.metrics import epe as end_point_error  # noqa: E402
 from stablemotion.data.labelling import warp_numpy  # noqa: E402
 from stablemotion.data.synth import URBAN, make_sample, resolve_photos  # noqa: E402
 
@@ -105,13 +105,11 @@ def main() -> None:
                                 ("AES-4", 4, None)):
             results.append((f"{name}, {label}", *run_pipeline(pipe, samples, 1, ens, None, reg)))
     gt_spread = spread([s["flow"] for s in samples])
-    zero_epe = float(np.mean([np.linalg.norm(s["flow"], axis=-1).mean() for s in samples]))
+    zero_epe = float(np.mean([end_point_error(np.zeros_like(s["flow"]), s["flow"]) for s in samples]))
     rows = []
     for label, images, flows in results:
-        p = float(np.mean([psnr(im, s["gt"]) for im, s in zip(images, samples, strict=True)]))
+        p, ss, epe = score(images, flows, samples)
         pv = float(np.mean([masked_psnr(im, s["gt"], s["valid"]) for im, s in zip(images, samples, strict=True)]))
-        ss = float(np.mean([ssim(im, s["gt"]) for im, s in zip(images, samples, strict=True)]))
-        epe = float(np.mean([np.linalg.norm(f - s["flow"], axis=-1).mean() for f, s in zip(flows, samples, strict=True)]))
         rows.append({"method": label, "psnr": p, "psnr_seen": pv, "ssim": ss, "epe": epe, "epe_ratio": epe / zero_epe,
                      "spread": spread(flows)})
         print(f"{label:56s} PSNR {p:6.2f}  seen {pv:6.2f}  SSIM {ss:.4f}  EPE {epe:.2f} ({epe / zero_epe:.2f}x)  "
