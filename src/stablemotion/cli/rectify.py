@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..io.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, SIDE_FILE_SUFFIXES, list_images
+from ..io.images import DEFAULT_MAX_PIXELS, SIDE_FILE_SUFFIXES, list_images
+from ..model.rectify_folder import STATE_NAME, check_out_folder, clean_litter
 from ..tasks import available_tasks, describe_model_tasks
 from ._options import (
     MAX_MASK_TOLERANCE,
@@ -54,7 +54,7 @@ from ._options import (
     seed_arg,
 )
 
-_STATE = ".stablemotion-rectify"
+_STATE = STATE_NAME
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -113,40 +113,19 @@ class _Job:
 
 # --------------------------------------------------------------------------- planning (no model, no torch)
 def _collect_inputs(inputs: list[Path], notes: list[str] | None = None) -> list[tuple[str, Path]]:
-    """(stem, path) of every input: files as given, folders' image files (not sub-folders).
-
-    What a folder holds but is not rectified (hidden files, HEIC/RAW files, other files) is
-    said in one line per folder (also appended to ``notes``, for the run's summary); a file
-    given by name whose type cannot be read is refused before the model loads."""
+    """(stem, path) of every input (:func:`stablemotion.model.service.collect_inputs`); what the folders
+    hold but is not rectified is said in one line per folder (also appended to ``notes``, for the summary)."""
     import os
 
-    from ..io.images import UNSUPPORTED_IMAGE_TYPES, describe_skipped, scan_images
+    from ..model.rectify_folder import collect_inputs
 
-    main = os.environ.get("RANK", "0") in ("0", "")  # one note under accelerate / torchrun
-    found: dict[str, Path] = {}
-    for item in inputs:
-        if item.is_dir():
-            images, skipped = scan_images(item)
-            if not images:
-                why = f" ({describe_skipped(skipped)})" if skipped else ""
-                raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {item}{why}")
-            if skipped and main:
-                print(f"{item}: {describe_skipped(skipped)}")
-            if skipped and notes is not None:
-                notes.append(f"{item}: {describe_skipped(skipped)}")
-            entries = list(images.items())
-        elif item.is_file():
-            why = UNSUPPORTED_IMAGE_TYPES.get(item.suffix.lower())
-            if why is not None:
-                raise ValueError(f"input {item}: {why}")
-            entries = [(item.stem, item)]
-        else:
-            raise FileNotFoundError(f"input not found: {item}")
-        for stem, path in entries:
-            if stem in found and found[stem] != path:
-                raise ValueError(f"two inputs share the name {stem!r} ({found[stem]}, {path}); outputs would collide")
-            found[stem] = path
-    return list(found.items())
+    items, skipped = collect_inputs(inputs)
+    for note in skipped:
+        if os.environ.get("RANK", "0") in ("0", ""):  # one note under accelerate / torchrun
+            print(note)
+        if notes is not None:
+            notes.append(note)
+    return items
 
 
 def _masks(args: argparse.Namespace, items: list[tuple[str, Path]], needs_mask: bool) -> list[Path | None]:
@@ -205,142 +184,31 @@ def _check_names(args: argparse.Namespace, jobs: list[_Job]) -> None:
             owner[key] = job.stem
 
 
-def _check_out(out: Path) -> None:
-    """--out exists or can be made, and is writable (checked before the model loads).
-
-    The probe is a new file of a unique name created exclusively (``mkstemp``: ``O_EXCL``,
-    never through a link, never one another process probes with)."""
-    import os
-    import tempfile
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f"{_STATE}.probe.", suffix=".tmp.probe", dir=out)
-        os.close(fd)
-        Path(probe).unlink(missing_ok=True)
-    except OSError as exc:
-        raise ValueError(f"--out {out} is not writable: {exc.strerror or exc}") from None
-
-
-_LITTER = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp\.[A-Za-z0-9]+$")
-
-
-def _clean_litter(out: Path) -> int:
-    """Remove temporary files a killed run left behind (``atomic_path``'s ``.NAME.XXXXXX.tmp.EXT``).
-
-    Only while holding the folder's lock (no other run's temporary files are there then);
-    links are left alone (rectify never makes one)."""
-    removed = 0
-    for path in out.iterdir():
-        if _LITTER.match(path.name) and not path.is_symlink() and path.is_file():
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
 def _settings_record(args: argparse.Namespace, model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Everything that changes an image's outputs, as recorded in the manifest."""
     return {"model": model, "seed": args.seed, "mask": args.mask, **{k: v for k, v in kwargs.items()},
             "dtype": args.dtype, "max_work_pixels": args.max_work_pixels}
 
 
-def _complete(job: _Job) -> bool:
-    """All of ``job``'s outputs are in place (regular files, not links)."""
-    return all(p.is_file() and not p.is_symlink() for p in job.outputs.values())
-
-
 def _plan_resume(args: argparse.Namespace, jobs: list[_Job], record: dict[str, Any],
                  key: str) -> tuple[list[str], list[str]]:
-    """Main process, holding the folder's lock: which jobs are done, and the folder's manifest updated for the run.
+    """Main process, holding the folder's lock: which jobs are done, and the manifest updated for the run
+    (:func:`stablemotion.model.rectify_folder.plan_resume`) -> (stems done, notes to print)."""
+    from ..model.rectify_folder import plan_resume
 
-    A job is done when its outputs are complete and the manifest records them with this
-    run's settings (a folder without a manifest, or with an older version's single record of
-    the same settings, vouches for complete outputs as before). A folder holding any image made
-    with other settings is refused unless --force; with --force this run's images are redone
-    and the others stay, each recorded with its own settings. The jobs about to be (re)written
-    are dropped from the manifest until they are finished. -> (stems done, notes to print)
-    """
-    from ..io.outdir import Manifest
-
-    man = Manifest.load(args.out)
-    man.merge_journals()  # images a killed run finished
-    complete = {j.stem for j in jobs if _complete(j)}
-    current = json.loads(json.dumps(record))
-    notes: list[str] = []
-    if man.legacy is not None:  # an older version's one record for the whole folder (uncapped then)
-        old = {"max_work_pixels": 0, **man.legacy}
-        if old != current:
-            results = [p.name for p in args.out.iterdir() if not p.name.startswith(".")]
-            if results and not args.force:
-                raise ValueError(f"{args.out} holds results made with other settings ({_differ(old, current)} "
-                                 "differ); use another --out, or --force to redo this run's images there")
-        else:
-            for job in jobs:
-                if job.stem in complete:
-                    man.record(job.stem, key, (p.name for p in job.outputs.values()))
-    elif not man.found:  # no manifest: complete outputs count as done, as they always did
-        for job in jobs:
-            if job.stem in complete:
-                man.record(job.stem, key, (p.name for p in job.outputs.values()))
-    stems = {j.stem for j in jobs}
-    other = sorted(s for s, e in man.outputs.items() if e["settings"] != key and man.present(s))
-    if other:
-        differ = sorted({k for s in other for k in _differ(man.settings.get(man.outputs[s]["settings"], {}),
-                                                                current).split(", ")})
-        shown = ", ".join(other[:5]) + (" ..." if len(other) > 5 else "")
-        if not args.force:
-            ours = all(s in stems for s in other)
-            raise ValueError(
-                f"{args.out} holds {len(other)} image(s) made with other settings ({', '.join(differ)} differ: "
-                f"{shown}); use another --out, or --force to " + ("redo them" if ours else
-                "write there anyway (the images not in this run keep their settings, recorded per image)"))
-        kept = [s for s in other if s not in stems]
-        if kept:
-            notes.append(f"note: {len(kept)} image(s) in {args.out} made with other settings are kept as they are "
-                         f"({', '.join(kept[:5])}{' ...' if len(kept) > 5 else ''}); the folder mixes settings")
-    done = [] if args.force else [j.stem for j in jobs if j.stem in complete
-                                  and man.outputs.get(j.stem, {}).get("settings") == key]
-    man.forget(stems - set(done))
-    man.settings[key] = record
-    man.save(keep=(key,))
-    man.clear_journals()
-    return done, notes
-
-
-def _differ(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """The names of the settings that differ between two records, comma-separated."""
-    return ", ".join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))) or "settings"
+    return plan_resume(args.out, {j.stem: j.outputs for j in jobs}, record, key, args.force)
 
 
 def _preflight(jobs: list[_Job], needs_mask: bool, max_pixels: int | None, grey: str = "refuse") -> dict[str, str]:
-    """Header checks of every input and mask (size, mode, decodability of the header), and no output
-    name taken by a symbolic link -> failures by stem."""
-    from PIL import Image, UnidentifiedImageError
-
-    from ..io.images import check_single_frame, warnings_as_errors
+    """Header checks of every input and mask, and no output name taken by a symbolic link
+    (:func:`stablemotion.model.service.check_input_files`) -> failures by stem."""
+    from ..model.rectify_folder import check_input_files
 
     failures: dict[str, str] = {}
     for job in jobs:
         try:
-            for path in job.outputs.values():  # replacing it would silently drop the user's link
-                if path.is_symlink():
-                    raise ValueError(f"output {path} is a symbolic link; rectify never replaces or writes through "
-                                     "links: remove it or choose another --out")
-            with warnings_as_errors(), Image.open(job.image) as im:  # header only: our own size limit applies
-                w, h = im.size
-                mode = im.mode
-                check_single_frame(im, str(job.image))
-            if max_pixels is not None and w * h > max_pixels:
-                raise ValueError(f"{job.image} is {w}x{h} px ({w * h / 1e6:.0f} megapixels), more than --max-pixels "
-                                 f"{max_pixels / 1e6:.0f} megapixels")
-            if grey == "refuse" and mode in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F", "LA"):
-                raise ValueError(f"{job.image} is a grey image ({mode}); pass --grey convert to replicate the channel")
-            if needs_mask and job.mask is not None:
-                with warnings_as_errors(), Image.open(job.mask) as m:
-                    if m.size != (w, h):
-                        raise ValueError(f"mask {job.mask} is {m.size[0]}x{m.size[1]} px but the image is {w}x{h} px")
-        except (UnidentifiedImageError, OSError) as exc:
-            failures[job.stem] = f"cannot decode image: {exc}"
+            check_input_files(job.image, job.mask if needs_mask else None, outputs=job.outputs.values(),
+                              max_pixels=max_pixels, grey=grey)
         except ValueError as exc:
             failures[job.stem] = str(exc)
     return failures
@@ -354,11 +222,11 @@ def _rectify(args: argparse.Namespace) -> int:
     dist = Dist(args.device)  # checks --device before anything else
     args.input_notes = []  # what the input folders hold but are not rectified: repeated in the summary
     items = _collect_inputs(args.inputs, args.input_notes)
-    _check_out(args.out)
+    check_out_folder(args.out)
     lock = _lock_out(args.out, dist)
     try:
         if dist.main:
-            removed = _clean_litter(args.out)
+            removed = clean_litter(args.out)
             if removed:
                 print(f"removed {removed} temporary file(s) left in {args.out} by an interrupted run")
         if args.task == "auto":
@@ -529,6 +397,8 @@ class _TaskInfo:
 def _task_of(args: argparse.Namespace) -> _TaskInfo:
     """The model's task and default ensemble size from its config file (cheap: no weights)."""
     from ..model.catalog import bundled_model_path
+    from ..model.rectify_folder import read_model_tasks
+    from ..model.service import takes_mask
     from ..tasks import MASK_CONDITIONS, get_task
     from ._options import check_model_folder
 
@@ -538,23 +408,17 @@ def _task_of(args: argparse.Namespace) -> _TaskInfo:
         check_model_folder(args.model)
         folder = Path(args.model)
         if not folder.is_dir():  # a hub id: resolved when it loads
-            name = args.task or "sir"
-            spec = get_task(name)
-            return _TaskInfo(spec.name, any(c in MASK_CONDITIONS for c in spec.conditions), 1, (spec.name,))
-    config = json.loads((folder / "model_index.json").read_text())
-    try:
-        default = get_task(config["task"])
-        serves = {t.name: t for t in map(get_task, config.get("tasks") or [config["task"]])}
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ValueError(f"{folder}/model_index.json has no valid task description ({exc})") from None
-    if args.task is not None and args.task not in serves:
-        raise ValueError(f"--task {args.task} but the model {args.model or folder} is {describe_model_tasks(serves)}")
-    spec = serves[args.task] if args.task is not None else default
+            spec = get_task(args.task or "sir")
+            return _TaskInfo(spec.name, takes_mask(spec), 1, (spec.name,))
+    model = read_model_tasks(folder)
+    if args.task is not None and args.task not in model.served:
+        raise ValueError(f"--task {args.task} but the model {args.model or folder} is "
+                         f"{describe_model_tasks(model.served)}")
+    spec = model.served[args.task] if args.task is not None else model.default
     extra = [c for c in spec.conditions if c not in MASK_CONDITIONS and c != "image"]
     if extra:
         raise ValueError(f"the command line supports image and mask conditions only; task needs {extra}")
-    return _TaskInfo(spec.name, any(c in MASK_CONDITIONS for c in spec.conditions),
-                     int(config.get("default_ensemble_size", 1)), tuple(serves))
+    return _TaskInfo(spec.name, takes_mask(spec), model.ensemble, tuple(model.served))
 
 
 def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str, Any],
@@ -567,12 +431,12 @@ def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str
     from tqdm import tqdm
 
     from ..io.outdir import Journal
-    from ..tasks import MASK_CONDITIONS
+    from ..model.service import takes_mask
 
     failures: dict[str, str] = {}
     processed = 0
     spec = pipe.resolve_task(args.task)  # a multi-task model runs the chosen task
-    needs_mask = any(c in MASK_CONDITIONS for c in spec.conditions)
+    needs_mask = takes_mask(spec)
     # unset options are left to the pipeline's defaults (so that a capped run may pick its cheaper ensemble mode)
     pipe_kwargs = {k: v for k, v in kwargs.items() if v is not None}
     bar = tqdm(jobs, desc="rectify" if dist.world == 1 else f"rectify [{dist.rank}/{dist.world}]", unit="img",
@@ -597,93 +461,47 @@ def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str
     return processed, failures
 
 
-class _FiniteFlow:
-    """``pipe`` whose call refuses a non-finite flow with a message naming the image."""
-
-    def __init__(self, pipe: Any, image: Path) -> None:
-        self.pipe, self.image = pipe, image
-        self.config = getattr(pipe, "config", None)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        import numpy as np
-
-        out = self.pipe(*args, **kwargs)
-        if not np.isfinite(out.flow).all():
-            raise ValueError(f"{self.image}: the model produced a non-finite flow (NaN/inf); try --dtype fp32")
-        return out
-
-
 def _run_one(args: argparse.Namespace, pipe: Any, spec: Any, job: _Job, pipe_kwargs: dict[str, Any],
              needs_mask: bool, max_pixels: int | None, bar: Any) -> None:
-    """Rectify one image and write all its outputs (each atomically); raises ``ValueError``/``OSError``."""
-    import numpy as np
-    import torch
+    """Rectify one image and write all its outputs (each atomically) through the rectify service
+    (:mod:`stablemotion.model.service`); raises ``ValueError``/``OSError``."""
+    from ..io.images import load_image, read_rgb
+    from ..model.service import (
+        NonFiniteFlowError,
+        RectifyRequest,
+        prepare_request,
+        rectify,
+        unchanged_reason,
+        write_results,
+    )
 
-    from ..core.flow import write_flow
-    from ..core.image_processing import prepare_mask
-    from ..core.large_image import rectify_capped, uncertainty_colours
-    from ..io.images import atomic_path, load_image, read_rgb, save_image
-
-    image, alpha, note = read_rgb(job.image, grey=args.grey, alpha="mask" if args.mask == "alpha" else args.alpha,
+    alpha_mask = args.mask == "alpha"
+    image, alpha, note = read_rgb(job.image, grey=args.grey, alpha="mask" if alpha_mask else args.alpha,
                                   max_pixels=max_pixels)
     if note:
         bar.write(f"{job.stem}: {note}")
-    mask = None
+    request = RectifyRequest(image, task=spec)
     if needs_mask:
-        given = alpha if args.mask == "alpha" else (None if job.mask is None else load_image(job.mask, "mask"))
-        if args.mask == "alpha" and alpha is None:
+        if alpha_mask and alpha is None:
             raise ValueError(f"--mask alpha but {job.image} has no transparent pixel; pass a mask file or "
                              "drop --mask to derive one from the empty border")
-        source = "alpha channel" if args.mask == "alpha" else f"mask {job.mask}"
-        mask, note = prepare_mask(image, given, source=source, background=args.mask_background,
-                                  tolerance=args.mask_tolerance)
-        if job.mask is None and args.mask != "alpha" and bool((mask > 0).all()):
-            bar.write(f"{job.stem}: no empty border found: nothing to rectangle, written unchanged "
-                      "(pass --mask to force a run)")
-            _write_unchanged(job, image, mask)
-            return
-        if job.mask is None:
-            bar.write(f"{job.stem}: {note}")
-    cap = args.max_work_pixels or image.shape[0] * image.shape[1]  # 0: no cap
-    res = rectify_capped(_FiniteFlow(pipe, job.image), image, mask, spec.padding, cap,
-                         generator=torch.Generator().manual_seed(args.seed), task=spec.name, **pipe_kwargs)
+        given = alpha if alpha_mask else (None if job.mask is None else load_image(job.mask, "mask"))
+        request = prepare_request(image, given, task=spec, background=args.mask_background,
+                                  tolerance=args.mask_tolerance,
+                                  source="alpha channel" if alpha_mask else f"mask {job.mask}")
+    if needs_mask and job.mask is None and not unchanged_reason(request):
+        bar.write(f"{job.stem}: {request.note}")
+    try:
+        res = rectify(pipe, request, max_work_pixels=args.max_work_pixels, seed=args.seed, **pipe_kwargs)
+    except NonFiniteFlowError as exc:
+        raise ValueError(f"{job.image}: {exc}; try --dtype fp32") from None
+    if res.unchanged:
+        bar.write(f"{job.stem}: {res.reason}, written unchanged (pass --mask to force a run)")
     if res.work_size != image.shape[:2]:
         bar.write(f"{job.stem}: {image.shape[1]}x{image.shape[0]} px, over --max-work-pixels: the model ran at "
                   f"{res.work_size[1]}x{res.work_size[0]}, the flow was applied at full size")
-    del image
-    paths = job.outputs
-    save_image(res.image, paths["image"])
-    save_image(res.flow_colours, paths["flow_color"])
-    if "flow" in paths:
-        write_flow(paths["flow"], res.flow)
-    if "mask" in paths and mask is not None:
-        save_image(mask, paths["mask"])
-    if "uncertainty" in paths and res.spread is not None:
-        with atomic_path(paths["uncertainty"]) as tmp, open(tmp, "wb") as f:
-            np.save(f, res.spread)
-        save_image(uncertainty_colours(res.spread)[0], paths["uncertainty_color"])
-
-
-def _write_unchanged(job: _Job, image: Any, mask: Any) -> None:
-    """The input as its own result: zero flow (SIR with no empty border)."""
-    import numpy as np
-
-    from ..core.flow import write_flow
-    from ..core.large_image import flow_colours, uncertainty_colours
-    from ..io.images import atomic_path, save_image
-
-    zero = np.zeros((*image.shape[:2], 2), np.float32)
-    save_image(image, job.outputs["image"])
-    save_image(flow_colours(zero)[0], job.outputs["flow_color"])  # a strip at a time: bounded memory
-    if "flow" in job.outputs:
-        write_flow(job.outputs["flow"], zero)
-    if "mask" in job.outputs:
-        save_image(mask, job.outputs["mask"])
-    if "uncertainty" in job.outputs:  # no members ran: zero spread
-        spread = np.zeros(image.shape[:2], np.float32)
-        with atomic_path(job.outputs["uncertainty"]) as tmp, open(tmp, "wb") as f:
-            np.save(f, spread)
-        save_image(uncertainty_colours(spread)[0], job.outputs["uncertainty_color"])
+    del image, request
+    write_results(res, job.outputs)
 
 
 def _summary(args: argparse.Namespace, dist: Dist, processed: int, skipped: int, failures: dict[str, str]) -> int:

@@ -23,16 +23,12 @@ from __future__ import annotations
 
 import importlib
 import json
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
-from ..io.images import PathLike, atomic_path, save_image
+from ..io.images import PathLike, atomic_path
 from .extra_metrics import FID_WEIGHTS, LPIPS_BACKBONE, optional_metrics
 from .protocol import EvalSample, EvalSet, open_eval_set, shard_names
 from .score import (
@@ -146,53 +142,44 @@ def run_inference(
     Returns:
         The names processed in this call (skipped ones excluded).
     """
-    from ..core.flow import write_flow
-
     out = Path(out)
     results = out / "results"
     results.mkdir(parents=True, exist_ok=True)
     todo = [n for n in (eval_set.names if names is None else names) if not (results / f"{n}.png").is_file()]
     timings = out / "timings" / f"rank{rank}.jsonl"
     timings.parent.mkdir(parents=True, exist_ok=True)
-    device = pipe._execution_device
     spec = pipe.resolve_task(settings.task)
     done = []
     it = progress(todo) if progress is not None else todo
     for name in it:
-        sample = eval_set.get(name)
-        if "mask" in spec.conditions and sample.mask is None:
-            raise ValueError(f"{name}: the {spec.name} model needs a mask but the dataset has none")
-        kwargs: dict[str, Any] = {"mask": sample.mask} if "mask" in spec.conditions else {}
-        if sample.network_image is not None and settings.processing_resolution is None:
-            kwargs["processing_image"] = sample.network_image  # RS-Real: the stored 256x256 condition
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        res = pipe(
-            sample.image,
-            num_inference_steps=settings.steps,
-            ensemble_size=settings.ensemble,
-            ensemble_mode=settings.ensemble_mode,
-            processing_resolution=settings.processing_resolution,
-            decode_scale=settings.decode_scale,
-            final_step=settings.final_step,
-            flow_regularization=settings.flow_regularization,
-            generator=torch.Generator().manual_seed(settings.seed),
-            output_type="np",
-            show_progress_bar=False,
-            task=spec.name,
-            **kwargs,
-        )
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        save_image((res.image[0] * 255.0).round().astype(np.uint8), results / f"{name}.png")
-        if save_flow:
-            write_flow(out / "flows" / f"{name}.npy", res.flow[0])
+        paths = {"image": results / f"{name}.png", **({"flow": out / "flows" / f"{name}.npy"} if save_flow else {})}
+        seconds = _rectify_sample(pipe, spec, eval_set.get(name), settings, paths)
         with open(timings, "a") as f:
             f.write(json.dumps({"name": name, "seconds": seconds}) + "\n")
         done.append(name)
     return done
+
+
+def _rectify_sample(pipe: StableMotionPipeline, spec: Any, sample: EvalSample, settings: EvalSettings,
+                    paths: dict[str, Path]) -> float:
+    """Rectify one test image at full size (no working-size cap, the dataset's mask as it is) through the
+    rectify service (:mod:`stablemotion.model.service`) and write ``paths`` -> the pipeline's seconds."""
+    from ..model.service import RectifyRequest, rectify, write_results
+
+    if "mask" in spec.conditions and sample.mask is None:
+        raise ValueError(f"{sample.name}: the {spec.name} model needs a mask but the dataset has none")
+    mask = sample.mask if "mask" in spec.conditions else None
+    kwargs: dict[str, Any] = {}
+    if sample.network_image is not None and settings.processing_resolution is None:
+        kwargs["processing_image"] = sample.network_image  # RS-Real: the stored 256x256 condition
+    request = RectifyRequest(sample.image, mask, spec, mask_given=True)
+    res = rectify(pipe, request, max_work_pixels=0, seed=settings.seed, num_inference_steps=settings.steps,
+                  ensemble_size=settings.ensemble, ensemble_mode=settings.ensemble_mode,
+                  processing_resolution=settings.processing_resolution,
+                  decode_scale=settings.decode_scale, final_step=settings.final_step,
+                  flow_regularization=settings.flow_regularization, **kwargs)
+    write_results(res, paths)
+    return res.pipe_seconds
 
 
 def evaluate(
