@@ -941,7 +941,7 @@ def _rectify(
         res = unchanged_result(request, reason)
     else:
         res = rectify_request(models.get(params.task), request, max_work_pixels=max_work_pixels,
-                              seed=params.seed, check_finite=False, num_inference_steps=params.steps,
+                              seed=params.seed, num_inference_steps=params.steps,
                               ensemble_size=params.ensemble, **dict(getattr(models, "inference", {})))
     paths = {key: folder / name for key, name in _RESULT_NAMES.items()
              if key != "uncertainty_color" or res.spread is not None}
