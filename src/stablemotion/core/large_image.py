@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .flow import RELEASED_FLOW_RESIZE, check_flow, flow_to_color, resize_flow
+from .grid import normalize_coords
 from .image_processing import mask_valid
 from .visualize import scalar_to_color
 
@@ -131,9 +132,7 @@ def warp_strips(image: np.ndarray, flow: np.ndarray, padding: str, strip_pixels:
             if s1 - s0 < 2 <= h:
                 s0, s1 = (s0, s0 + 2) if s0 + 2 <= h else (h - 2, h)
         band = torch.from_numpy(image[s0:s1]).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        gx = 2.0 * x / max(w - 1, 1) - 1.0
-        gy = 2.0 * (y - s0) / max(s1 - s0 - 1, 1) - 1.0
-        grid = torch.stack((gx, gy), dim=-1).unsqueeze(0)
+        grid = torch.stack((normalize_coords(x, w), normalize_coords(y - s0, s1 - s0)), dim=-1).unsqueeze(0)
         warped = F.grid_sample(band, grid, mode="bilinear", padding_mode=padding, align_corners=True)
         out[r0:r1] = warped[0].clamp_(0, 1).mul_(255.0).round_().permute(1, 2, 0).to(torch.uint8).numpy()
     return out
