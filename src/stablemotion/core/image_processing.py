@@ -55,7 +55,12 @@ MASK_THRESHOLD = 0.5
 
 def mask_valid(mask: np.ndarray) -> np.ndarray:
     """uint8/bool/float mask (H, W) or (H, W, C) -> bool (H, W), True = valid content
-    (channel mean >= :data:`MASK_THRESHOLD` of the range)."""
+    (channel mean >= :data:`MASK_THRESHOLD` of the range).
+
+    Example:
+        >>> mask_valid(np.array([[0, 200], [127, 255]], np.uint8)).tolist()  # valid from 128 of 255
+        [[False, True], [False, True]]
+    """
     m = np.asarray(mask)
     if m.dtype == bool:
         m = m.astype(np.float32)
@@ -153,6 +158,11 @@ def to_image_batch(image: ImageInput, name: str = "image") -> torch.Tensor:
 
     Raises ``ValueError`` naming ``name`` for grey, RGBA, wrongly shaped, out-of-range or
     differently sized images.
+
+    Example:
+        >>> batch = to_image_batch([np.zeros((4, 6, 3), np.uint8)] * 2)
+        >>> tuple(batch.shape), batch.dtype
+        ((2, 3, 4, 6), torch.float32)
     """
     items = _split_batch(image, name, item_ndim=3)
     out = [_single_image(x, f"{name}[{i}]" if len(items) > 1 else name) for i, x in enumerate(items)]
@@ -168,7 +178,12 @@ def pil_to_rgb(image: Image.Image, name: str = "image", grey: str = "refuse", al
     """A decoded PIL image -> uint8 (H, W, 3) RGB array by the one reading rule of the package
     (:func:`stablemotion.io.images.image_to_rgb`: palette, CMYK and 16-bit converted, an opaque
     alpha dropped; grey and real alpha refused with a message naming ``name`` unless
-    ``grey="convert"`` / ``alpha="drop"``)."""
+    ``grey="convert"`` / ``alpha="drop"``).
+
+    Example:
+        >>> pil_to_rgb(Image.new("RGB", (3, 2), (1, 2, 3)))[0, 0].tolist()
+        [1, 2, 3]
+    """
     return image_to_rgb(image, name=name, grey=grey, alpha=alpha)[0]
 
 
@@ -223,6 +238,11 @@ def to_mask_batch(mask: ImageInput, name: str = "mask", encoding: str = "binary"
     with the input's own channels (C = 1, or 3 for an RGB mask such as DIR-D's JPEGs),
     no threshold, as the released ``ToTensor`` reads them; a batch mixing 1- and 3-channel
     masks is expanded to 3 channels.
+
+    Example:
+        >>> mask = to_mask_batch(np.array([[0, 255], [255, 200]], np.uint8))
+        >>> tuple(mask.shape), mask[0, 0].tolist()
+        ((1, 1, 2, 2), [[0.0, 1.0], [1.0, 1.0]])
     """
     if encoding not in MASK_ENCODINGS:
         raise ValueError(f"mask encoding must be one of {MASK_ENCODINGS}, got {encoding!r}")
@@ -242,14 +262,24 @@ def to_mask_batch(mask: ImageInput, name: str = "mask", encoding: str = "binary"
 
 def to_vae_range(x: torch.Tensor) -> torch.Tensor:
     """[0, 1] -> [-1, 1] (the VAE's input range); a (B, 1, H, W) mask becomes 3 channels
-    (a 3-channel mask keeps its channels, as the release feeds it)."""
+    (a 3-channel mask keeps its channels, as the release feeds it).
+
+    Example:
+        >>> to_vae_range(torch.tensor([0.0, 0.5, 1.0]).view(1, 1, 1, 3))[0, :, 0].tolist()  # 1 -> 3 channels
+        [[-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0]]
+    """
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     return x * 2.0 - 1.0
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (antialiased when shrinking) resize of (B, C, H, W) to ``size = (H', W')``."""
+    """Bilinear (antialiased when shrinking) resize of (B, C, H, W) to ``size = (H', W')``.
+
+    Example:
+        >>> tuple(resize_image(torch.rand(1, 3, 8, 8), (4, 6)).shape)
+        (1, 3, 4, 6)
+    """
     if tuple(image.shape[-2:]) == tuple(size):
         return image
     shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
@@ -257,7 +287,12 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int], binarize: bool = True) -> torch.Tensor:
-    """Resize a mask (B, C, H, W) in [0, 1] to ``size``; re-binarise at 0.5 unless ``binarize=False``."""
+    """Resize a mask (B, C, H, W) in [0, 1] to ``size``; re-binarise at 0.5 unless ``binarize=False``.
+
+    Example:
+        >>> resize_mask(torch.tensor([[[[1.0, 1.0, 0.0, 0.0]]]]), (1, 2)).tolist()
+        [[[[1.0, 0.0]]]]
+    """
     if tuple(mask.shape[-2:]) == tuple(size):
         return mask
     out = resize_image(mask, size)
@@ -272,6 +307,10 @@ def processing_size(
     ``resolution`` is ``(H, W)``, an int (square), or ``0`` for the input's own size rounded
     to the nearest multiple. Explicit sizes must be multiples of ``multiple`` (the product
     of the VAE and UNet downsampling factors).
+
+    Example:
+        >>> processing_size((380, 500), 0, 64), processing_size((380, 500), 256, 64)
+        ((384, 512), (256, 256))
     """
     if resolution is None:
         raise ValueError("processing_resolution is None and the model config has no default")
@@ -453,6 +492,15 @@ def prepare_mask(
 
     Raises:
         ValueError: a given mask of another size, or with no valid pixel.
+
+    Example:
+        >>> image = np.full((8, 10, 3), 200, np.uint8)
+        >>> image[:, :3] = 0  # a black empty border
+        >>> prepare_mask(image, None)[1]
+        'derived mask from the black border (30.0% empty)'
+        >>> given = np.full((8, 10), 255, np.uint8)
+        >>> prepare_mask(image, given)[1]
+        'uploaded mask (0.0% empty)'
     """
     h, w = image.shape[:2]
     if mask is not None:
