@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,17 +40,13 @@ SEED, STEPS = 7, 1
 
 
 @pytest.fixture(scope="module")
-def sir_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("models") / "sir"
-    assert main(["tiny-model", "--task", "sir", "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def sir_pipe(sir_model: Path):
-    pipe = load_pipeline(sir_model, progress=False)
+def sir_folder_and_pipe(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A tiny SIR pipeline folder (``stablemotion tiny-model``) and the pipeline loaded from it."""
+    folder = tmp_path_factory.mktemp("models") / "sir"
+    assert main(["tiny-model", "--task", "sir", "--out", str(folder)]) == 0
+    pipe = load_pipeline(folder, progress=False)
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return folder, pipe
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +159,8 @@ def test_an_unchanged_image_writes_zero_flow_and_spread(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- one result whoever asks
 def test_the_cli_the_app_and_evaluation_give_the_same_image_and_flow(
-        sir_model: Path, sir_pipe, dird: Path, tmp_path: Path) -> None:
+        sir_folder_and_pipe: tuple[Path, Any], dird: Path, tmp_path: Path) -> None:
+    sir_model, sir_pipe = sir_folder_and_pipe
     eval_set = open_eval_set(dird, task="sir")
     name = eval_set.names[0]
     sample = eval_set.get(name)
