@@ -107,9 +107,10 @@ def score_item(item: ScoreItem, metrics: Sequence[str] = ("psnr", "ssim", "epe")
     if not identity or item.input is None:
         return row
     image = _image(item.input)
+    image_metrics = [m for m in metrics if m != "epe"]
     same = image.shape == gt.shape
-    row["identity_psnr"] = score_pair(image, gt, metrics=("psnr",))["psnr"] if same else math.nan
-    row["identity_ssim"] = score_pair(image, gt, metrics=("ssim",))["ssim"] if same else math.nan
+    ident = score_pair(image, gt, metrics=image_metrics) if same else dict.fromkeys(image_metrics, math.nan)
+    row.update({f"identity_{k}": v for k, v in ident.items()})
     if "epe" in metrics and flow_gt is not None:
         row["identity_epe"] = epe(np.zeros_like(flow_gt), flow_gt, epe_region)
     return row
