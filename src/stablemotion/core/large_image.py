@@ -45,7 +45,12 @@ STRIP_PIXELS = 1 << 18
 
 def working_size(height: int, width: int, max_pixels: int) -> tuple[int, int]:
     """The (H, W) the pipeline runs at: the input's own size within ``max_pixels``, else the
-    largest size with the input's aspect ratio (rounded down) that fits in it."""
+    largest size with the input's aspect ratio (rounded down) that fits in it.
+
+    Example:
+        >>> working_size(3000, 4000, 1_000_000), working_size(300, 400, 1_000_000)
+        ((866, 1154), (300, 400))
+    """
     if height * width <= max_pixels:
         return height, width
     scale = math.sqrt(max_pixels / (height * width))
@@ -62,6 +67,10 @@ def memory_bound(height: int, width: int, ensemble: int, max_work_pixels: int = 
     for the ensemble at its processing resolution, which do not depend on the image size.
     With the default limits (4096 x 4096, ensemble 8, 1 Mpx) this is 1.8 GiB; the measured
     peak of such a request with the bundled SIR model is 0.52-0.64 GB (README, "Web app").
+
+    Example:
+        >>> round(memory_bound(4096, 4096, 8) / 2**30, 2)  # GiB at the default limits
+        1.84
     """
     work = min(height * width, max_work_pixels)
     return 100 * work * ensemble + 60 * height * width + 128 * 2**20
@@ -69,7 +78,12 @@ def memory_bound(height: int, width: int, ensemble: int, max_work_pixels: int = 
 
 def strips(height: int, width: int, strip_pixels: int | None = None) -> Iterator[tuple[int, int]]:
     """Row ranges [r0, r1) of about ``strip_pixels`` (default :data:`STRIP_PIXELS`) pixels, at least
-    2 rows each, covering ``height``."""
+    2 rows each, covering ``height``.
+
+    Example:
+        >>> list(strips(5, 4, strip_pixels=8))
+        [(0, 2), (2, 4), (4, 5)]
+    """
     rows = max(2, (STRIP_PIXELS if strip_pixels is None else strip_pixels) // max(width, 1))
     for r0 in range(0, height, rows):
         yield r0, min(height, r0 + rows)
@@ -87,6 +101,11 @@ def shrink_mask(mask: np.ndarray, size: tuple[int, int], encoding: str) -> np.nd
     ``"binary"`` (the pipeline's default encoding): thresholded as the pipeline reads it
     (channel mean >= 0.5) before and after the shrink, as the pipeline's own resize does;
     ``"as_read"``: the grey levels are kept (the pipeline takes them as they are).
+
+    Example:
+        >>> mask = np.array([[255, 255, 0, 0], [255, 255, 0, 100]], np.uint8)
+        >>> shrink_mask(mask, (1, 2), "binary").tolist(), shrink_mask(mask, (1, 2), "as_read").tolist()
+        ([[255, 0]], [[255, 25]])
     """
     if encoding == "binary":
         mask = mask_valid(mask).astype(np.uint8) * np.uint8(255)  # the package's one mask rule
@@ -97,7 +116,13 @@ def shrink_mask(mask: np.ndarray, size: tuple[int, int], encoding: str) -> np.nd
 
 
 def upsample_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w, 2) flow in pixels of (h, w) -> (H, W, 2) float32 in pixels of ``size``, the pipeline's rule."""
+    """(h, w, 2) flow in pixels of (h, w) -> (H, W, 2) float32 in pixels of ``size``, the pipeline's rule.
+
+    Example:
+        >>> full = upsample_flow(np.ones((2, 2, 2), np.float32), (4, 4))  # 1 px at 2x2 is 2 px at 4x4
+        >>> full.shape, full[0, 0].tolist()
+        ((4, 4, 2), [2.0, 2.0])
+    """
     small = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).permute(2, 0, 1)
     full = resize_flow(small, size, **RELEASED_FLOW_RESIZE)  # (2, H, W)
     out = np.empty((*size, 2), np.float32)
@@ -114,6 +139,13 @@ def warp_strips(image: np.ndarray, flow: np.ndarray, padding: str, strip_pixels:
     rounding of the sample coordinates. Each strip samples only the band of input rows its
     flow reaches (all rows for ``"reflection"`` padding when it reaches outside), so the
     float work is the strip plus that band, not the whole image.
+
+    Example:
+        >>> image = (np.arange(18, dtype=np.uint8) * 10).reshape(2, 3, 3)
+        >>> flow = np.zeros((2, 3, 2), np.float32)
+        >>> flow[..., 0] = 1.0  # sample one pixel to the right
+        >>> image[..., 0].tolist(), warp_strips(image, flow, "border")[..., 0].tolist()
+        ([[0, 30, 60], [90, 120, 150]], [[30, 60, 60], [120, 150, 150]])
     """
     h, w = image.shape[:2]
     out = np.empty_like(image)
@@ -140,7 +172,13 @@ def warp_strips(image: np.ndarray, flow: np.ndarray, padding: str, strip_pixels:
 
 def flow_colours(flow: np.ndarray) -> tuple[np.ndarray, float]:
     """(H, W, 2) flow -> its Middlebury colours (as the pipeline's ``flow_colored``), a strip at a time,
-    and its largest magnitude in pixels."""
+    and its largest magnitude in pixels.
+
+    Example:
+        >>> colours, top = flow_colours(np.array([[[0.0, 0.0], [3.0, 0.0]]], np.float32))
+        >>> colours.tolist(), top
+        ([[[255, 255, 255], [255, 0, 0]]], 3.0)
+    """
     h, w = flow.shape[:2]
     top = 0.0
     for r0, r1 in strips(h, w):
@@ -153,7 +191,13 @@ def flow_colours(flow: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def uncertainty_colours(spread: np.ndarray) -> tuple[np.ndarray, float]:
-    """(H, W) spread in px -> inferno colours scaled to its maximum (RGB uint8), and that maximum."""
+    """(H, W) spread in px -> inferno colours scaled to its maximum (RGB uint8), and that maximum.
+
+    Example:
+        >>> colours, top = uncertainty_colours(np.array([[0.0, 2.0]]))
+        >>> colours.shape, top
+        ((1, 2, 3), 2.0)
+    """
     top = float(spread.max(initial=0.0))
     h, w = spread.shape
     out = np.empty((h, w, 3), np.uint8)
@@ -163,7 +207,12 @@ def uncertainty_colours(spread: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def upsample_spread(spread: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w) ensemble spread in pixels of (h, w) -> (H, W) in pixels of ``size`` (bilinear, as the flow)."""
+    """(h, w) ensemble spread in pixels of (h, w) -> (H, W) in pixels of ``size`` (bilinear, as the flow).
+
+    Example:
+        >>> upsample_spread(np.ones((2, 2), np.float32), (4, 4))[0].tolist()  # 1 px at 2x2 is 2 px at 4x4
+        [2.0, 2.0, 2.0, 2.0]
+    """
     h, w = spread.shape
     scale = (size[0] / h + size[1] / w) / 2.0  # the aspect ratio is kept: both nearly equal
     small = torch.from_numpy(np.ascontiguousarray(spread, dtype=np.float32))[None, None]

@@ -110,6 +110,11 @@ def scalar_to_color(values: np.ndarray, top: float | None = None) -> tuple[np.nd
 
     Returns:
         ``(uint8 (H, W, 3) RGB, top)``.
+
+    Example:
+        >>> colours, top = scalar_to_color(np.array([[0.0, 1.0, np.nan]]), top=2.0)
+        >>> colours.shape, top, colours[0, 0].tolist() == colours[0, 2].tolist()  # NaN is drawn as 0
+        ((1, 3, 3), 2.0, True)
     """
     values = np.nan_to_num(np.asarray(values, dtype=np.float32))
     if values.ndim != 2:
