@@ -59,7 +59,17 @@ _FORMAT = 2
 
 
 def check_not_link(path: Path, what: str) -> None:
-    """Raise ``ValueError`` if ``path`` is a symbolic link (rectify never writes through one)."""
+    """Raise ``ValueError`` if ``path`` is a symbolic link (rectify never writes through one).
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> (folder / "link").symlink_to(folder / "elsewhere")
+        >>> check_not_link(folder / "link", "the output")
+        Traceback (most recent call last):
+        ...
+        ValueError: the output .../link is a symbolic link; rectify never writes through links: ...
+    """
     if path.is_symlink():
         raise ValueError(f"{what} {path} is a symbolic link; rectify never writes through links: "
                          "remove the link or choose another --out")
@@ -169,7 +179,14 @@ def _holder(fd: int) -> str:
 
 
 def settings_key(record: dict[str, Any]) -> str:
-    """A short stable name of a settings record: the first 16 hex digits of the SHA-256 of its canonical JSON."""
+    """A short stable name of a settings record: the first 16 hex digits of the SHA-256 of its canonical JSON.
+
+    Example:
+        >>> settings_key({"steps": 1, "task": "sir"}) == settings_key({"task": "sir", "steps": 1})
+        True
+        >>> len(settings_key({"steps": 1}))
+        16
+    """
     canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -184,6 +201,18 @@ class Manifest:
         outputs: by stem, ``{"settings": key, "files": [file names]}``.
         legacy: the single settings record of a format-1 file (older versions), else ``None``.
         found: whether the folder had a manifest file at all.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> man = Manifest.load(folder)  # no manifest yet: an empty one
+        >>> key = settings_key({"task": "sir"})
+        >>> man.settings[key] = {"task": "sir"}
+        >>> man.record("a", key, ["a.png"])
+        >>> man.save()
+        >>> again = Manifest.load(folder)
+        >>> again.found, again.outputs, again.present("a")  # a.png itself was never written
+        (True, {'a': {'settings': '...', 'files': ['a.png']}}, False)
     """
 
     folder: Path
@@ -285,6 +314,16 @@ class Journal:
     A line is appended once all of an image's files are in place, so a killed run leaves
     exactly the finished images recorded; the main process merges the journals into the
     :class:`Manifest`. Opened with ``O_APPEND | O_NOFOLLOW``.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> journal = Journal(folder, rank=0)
+        >>> journal.add("a", "0123456789abcdef", ["a.png"])
+        >>> journal.close()
+        >>> man = Manifest.load(folder)
+        >>> man.merge_journals(), man.outputs["a"]["files"]
+        (1, ['a.png'])
     """
 
     def __init__(self, folder: Path, rank: int) -> None:
