@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import stablemotion
 
 
@@ -30,3 +32,25 @@ def test_import_is_light_and_unknown_names_fail() -> None:
         assert "no_such_name" in str(exc)
     else:
         raise AssertionError("unknown attribute did not raise")
+
+
+def test_names_of_earlier_versions_still_import_with_a_deprecation_warning() -> None:
+    """Modules moved into the layer packages and generator names moved out of ``tasks`` keep working."""
+    import importlib
+    import warnings
+
+    import stablemotion.core.flow
+    import stablemotion.data.synthesis
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old_flow = importlib.import_module("stablemotion.flow")
+        from stablemotion.tasks import SynthSpec
+        from stablemotion.tasks.sir import make_rectangling_sample
+    assert old_flow is stablemotion.core.flow
+    assert SynthSpec is stablemotion.data.synthesis.SynthSpec
+    assert make_rectangling_sample is stablemotion.data.synthesis.sir.make_rectangling_sample
+    moved = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert any("stablemotion.tasks.SynthSpec moved to stablemotion.data.synthesis" in m for m in moved), moved
+    with pytest.raises(ImportError):
+        from stablemotion.tasks import no_such_name  # noqa: F401

@@ -75,3 +75,30 @@ def install() -> None:
     """Register the finder once (idempotent)."""
     if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
         sys.meta_path.insert(0, _MovedModules())
+
+
+#: module -> the module its generator-side names moved to (the task layer keeps only specs)
+MOVED_ATTRIBUTES = {
+    "stablemotion.tasks": "stablemotion.data.synthesis",
+    "stablemotion.tasks.sir": "stablemotion.data.synthesis.sir",
+    "stablemotion.tasks.rsc": "stablemotion.data.synthesis.rsc",
+    "stablemotion.tasks.rotation": "stablemotion.data.synthesis.rotation",
+    "stablemotion.tasks.lens": "stablemotion.data.synthesis.lens",
+}
+
+
+def moved_attribute(module: str, name: str) -> object:
+    """A module's ``__getattr__`` for names that moved away (a ``DeprecationWarning`` names the new home).
+
+    Raises ``AttributeError`` for names that never existed there either."""
+    target = MOVED_ATTRIBUTES.get(module)
+    if target is None or name.startswith("__"):
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(target), name, _MISSING)
+    if value is _MISSING:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    warnings.warn(f"{module}.{name} moved to {target}; import it from there", DeprecationWarning, stacklevel=3)
+    return value
+
+
+_MISSING = object()

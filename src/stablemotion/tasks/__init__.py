@@ -63,3 +63,9 @@ __all__ = [
     "MISSING_MASK_VALUE",
     "MISSING_IMAGE_VALUE",
 ]
+
+
+def __getattr__(name: str) -> object:  # generator-side names moved to stablemotion.data.synthesis
+    from .._compat import moved_attribute
+
+    return moved_attribute(__name__, name)

@@ -28,3 +28,9 @@ PROTOCOL = EvalProtocol(
 )
 
 register_task(RSC, protocol=PROTOCOL)
+
+
+def __getattr__(name: str) -> object:  # generator-side names moved to stablemotion.data.synthesis
+    from .._compat import moved_attribute
+
+    return moved_attribute(__name__, name)
