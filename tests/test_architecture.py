@@ -75,3 +75,9 @@ def test_the_checker_resolves_relative_and_lazy_imports() -> None:
     assert [(line, t) for line, t in got if line < 4] == [(1, "stablemotion.cli"), (2, "stablemotion.app")]
     assert (5, "stablemotion.model.tiny") in got
     assert [_layer(t) for _, t in got[:2]] == ["cli", "app"]
+
+
+def test_no_source_file_is_over_600_lines() -> None:
+    """One concept per module: a module that outgrows this is split along its concepts."""
+    long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > 600}
+    assert not long, f"modules over 600 lines: {long}"

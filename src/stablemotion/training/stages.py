@@ -76,7 +76,14 @@ class _FlowCodec(torch.nn.Module):
 
 
 def stack_conditions(batch: Batch, task: TaskSpec) -> torch.Tensor:
-    """(B, C, H, W): the task's conditions in order, as the regressor takes them."""
+    """(B, C, H, W): the task's conditions in order, as the regressor takes them.
+
+    Example:
+        >>> from stablemotion.tasks import get_task
+        >>> batch = {"image": torch.zeros(2, 3, 8, 8), "mask": torch.ones(2, 1, 8, 8)}
+        >>> stack_conditions(batch, get_task("sir")).shape  # sir: the image (3 channels) and its mask (1)
+        torch.Size([2, 4, 8, 8])
+    """
     return torch.cat([batch[name] for name in task.conditions], 1)
 
 
