@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ...core.flow import warp
+from ...core.grid import pixel_grid_np as pixel_grid  # the one pixel grid, (H, W, 2) (x, y)
 
 __all__ = ["invert_flow", "remap", "pixel_grid", "rotations"]
 
@@ -61,17 +62,6 @@ def remap(image: np.ndarray, coords: np.ndarray, border: int) -> np.ndarray:
     my = np.ascontiguousarray(coords[..., 1], dtype=np.float32)
     out = cv2.remap(image.astype(np.float32), mx, my, interpolation=cv2.INTER_CUBIC, borderMode=border)
     return out.reshape(*coords.shape[:2], -1)
-
-
-def pixel_grid(height: int, width: int) -> np.ndarray:
-    """float64 (H, W, 2): the (x, y) pixel coordinates of every pixel.
-
-    Example:
-        >>> pixel_grid(2, 3)[1, 2].tolist()
-        [2.0, 1.0]
-    """
-    gx, gy = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
-    return np.stack((gx, gy), axis=-1)
 
 
 def rotations(rvec: np.ndarray) -> np.ndarray:
