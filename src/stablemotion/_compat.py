@@ -15,6 +15,7 @@ import importlib.abc
 import importlib.util
 import sys
 import warnings
+from collections.abc import Callable
 from types import ModuleType
 
 #: old module name -> new module name
@@ -102,3 +103,27 @@ def moved_attribute(module: str, name: str) -> object:
 
 
 _MISSING = object()
+
+
+def reexporting_getattr(package: str, *modules: str) -> Callable[[str], object]:
+    """A package's ``__getattr__`` that serves the names of its main module(s) lazily (and its
+    submodules, for ``from . import x``), so that importing a sibling module stays light.
+
+    Example:
+        >>> getattr_ = reexporting_getattr("stablemotion.model", "loading")
+        >>> getattr_("load_pipeline").__module__
+        'stablemotion.model.loading'
+    """
+
+    def __getattr__(name: str) -> object:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if importlib.util.find_spec(f"{package}.{name}") is not None:
+            return importlib.import_module(f"{package}.{name}")
+        for module in modules:
+            value = getattr(importlib.import_module(f"{package}.{module}"), name, _MISSING)
+            if value is not _MISSING:
+                return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -14,15 +14,6 @@ they import lazily so that importing a sibling module stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._compat import reexporting_getattr
 
-
-def __getattr__(name: str) -> Any:
-    if name.startswith("__"):
-        raise AttributeError(name)
-    module = importlib.import_module(".server", __name__)
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+__getattr__ = reexporting_getattr(__name__, "server")

@@ -13,17 +13,6 @@ sibling module stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._compat import reexporting_getattr
 
-
-def __getattr__(name: str) -> Any:
-    if name.startswith("__"):
-        raise AttributeError(name)
-    for sub in (".runner", ".score"):
-        module = importlib.import_module(sub, __name__)
-        try:
-            return getattr(module, name)
-        except AttributeError:
-            continue
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = reexporting_getattr(__name__, "runner", "score")

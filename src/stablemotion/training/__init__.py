@@ -12,18 +12,6 @@ they import lazily so that importing a sibling module stays light.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import Any
+from .._compat import reexporting_getattr
 
-
-def __getattr__(name: str) -> Any:
-    if name.startswith("__"):
-        raise AttributeError(name)
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule (`from . import losses`)
-        return importlib.import_module(f".{name}", __name__)
-    module = importlib.import_module(".trainer", __name__)
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+__getattr__ = reexporting_getattr(__name__, "trainer")
