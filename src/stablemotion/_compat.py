@@ -119,11 +119,13 @@ def reexporting_getattr(package: str, *modules: str) -> Callable[[str], object]:
         if name.startswith("__"):
             raise AttributeError(name)
         if importlib.util.find_spec(f"{package}.{name}") is not None:
-            return importlib.import_module(f"{package}.{name}")
-        for module in modules:
-            value = getattr(importlib.import_module(f"{package}.{module}"), name, _MISSING)
-            if value is not _MISSING:
-                return value
-        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+            value = importlib.import_module(f"{package}.{name}")
+        else:
+            value = next((v for m in modules if (v := getattr(importlib.import_module(f"{package}.{m}"), name,
+                                                                 _MISSING)) is not _MISSING), _MISSING)
+        if value is _MISSING:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        setattr(sys.modules[package], name, value)  # resolved once: later lookups skip the file-system search
+        return value
 
     return __getattr__
