@@ -23,6 +23,7 @@ from ._spec import (
     MASK_CONDITIONS,
     MISSING_IMAGE_VALUE,
     MISSING_MASK_VALUE,
+    MOTION_MODEL_NAMES,
     PROTOCOL_METRICS,
     RELEASED_TASKS,
     EvalProtocol,
@@ -62,6 +63,7 @@ __all__ = [
     "missing_condition_value",
     "MISSING_MASK_VALUE",
     "MISSING_IMAGE_VALUE",
+    "MOTION_MODEL_NAMES",
 ]
 
 

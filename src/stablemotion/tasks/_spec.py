@@ -23,6 +23,10 @@ RELEASED_TASKS = ("sir", "rsc")
 #: Condition names that hold a binary mask (1 = valid content) rather than a photo.
 MASK_CONDITIONS = frozenset({"mask"})
 
+#: The low-dimensional motion families a task may name as its ``motion_model`` (the keys of
+#: :data:`stablemotion.core.motion_models.MOTION_MODELS`; tests check they agree).
+MOTION_MODEL_NAMES = ("rolling_shutter", "rotation", "lens")
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -41,6 +45,10 @@ class TaskSpec:
             image (RSC), instead of the whole image (SIR).
         flow_gamma: flow normalisation of the VAE encoding.
         description: one line for help texts.
+        motion_model: the low-dimensional motion family of the task's correcting flows
+            (:data:`MOTION_MODEL_NAMES`: ``"rolling_shutter"``, ``"rotation"``, ``"lens"``; see
+            :mod:`stablemotion.core.motion_models`), or ``None`` (SIR: no parametric family).
+            The pipeline's ``flow_projection="motion_model"`` and correction gate use it.
     """
 
     name: str
@@ -51,6 +59,7 @@ class TaskSpec:
     valid_region_loss: bool = False
     flow_gamma: float = FLOW_GAMMA
     description: str = ""
+    motion_model: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -76,6 +85,9 @@ class TaskSpec:
         object.__setattr__(self, "loss_weights", weights)
         if self.flow_gamma <= 0:
             raise ValueError(f"task {self.name!r}: flow_gamma must be positive")
+        if self.motion_model is not None and self.motion_model not in MOTION_MODEL_NAMES:
+            raise ValueError(f"task {self.name!r}: motion_model must be None or one of {MOTION_MODEL_NAMES}, "
+                             f"got {self.motion_model!r}")
 
     @property
     def num_conditions(self) -> int:
@@ -95,11 +107,21 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskSpec:
+        """A spec from :meth:`to_dict`'s dict. A dict saved before ``motion_model`` existed
+        takes the registered task's of the same name (so a saved ``"rsc"`` model keeps its family).
+
+        Example:
+            >>> TaskSpec.from_dict({"name": "rsc", "conditions": ["image"]}).motion_model
+            'rolling_shutter'
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown task fields {sorted(unknown)}; expected some of {sorted(known)}")
-        return cls(**dict(data))
+        fields = dict(data)
+        if "motion_model" not in fields and str(fields.get("name", "")).lower() in _REGISTRY:
+            fields["motion_model"] = _REGISTRY[str(fields["name"]).lower()].motion_model
+        return cls(**fields)
 
     def replace(self, **changes: Any) -> TaskSpec:
         return dataclasses.replace(self, **changes)

@@ -19,6 +19,7 @@ LENS = TaskSpec(
     resolution=(384, 512),
     loss_weights={"v": 1.0, "warp": 1.0, "vgg": 0.01},
     description="lens-distortion correction: barrel / fisheye-like distorted photo -> rectilinear photo",
+    motion_model="lens",
 )
 
 PROTOCOL = EvalProtocol(

@@ -20,6 +20,7 @@ ROTATION = TaskSpec(
     resolution=(384, 512),
     loss_weights={"v": 1.0, "warp": 1.0, "vgg": 0.01},
     description="rotation correction: tilted photo -> upright photo filling the frame, content preserved",
+    motion_model="rotation",
 )
 
 PROTOCOL = EvalProtocol(

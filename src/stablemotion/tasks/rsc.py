@@ -19,6 +19,7 @@ RSC = TaskSpec(
     loss_weights={"v": 1.0, "warp": 1.0, "vgg": 0.01},
     valid_region_loss=True,
     description="rolling-shutter correction: rolling-shutter image -> global-shutter image",
+    motion_model="rolling_shutter",
 )
 
 PROTOCOL = EvalProtocol(
