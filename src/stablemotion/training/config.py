@@ -37,6 +37,8 @@ __all__ = [
     "ValidationConfig",
     "TrainConfig",
     "ConfigError",
+    "OBJECTIVES",
+    "E2E_NOISES",
     "load_config",
     "apply_overrides",
 ]
@@ -110,10 +112,28 @@ class ModelConfig:
     retarget: bool = False  # allow model.init of other tasks: re-map its conv_in and prompts to this run's
 
 
+#: ``loss.objective`` values: the diffusion v-loss (plus the task's image terms), or end-to-end
+#: one-step training on the decoded flow (:mod:`stablemotion.training.e2e`).
+OBJECTIVES = ("diffusion", "e2e")
+#: ``loss.e2e_noise`` values: the latent the one-step UNet call gets in end-to-end training.
+E2E_NOISES = ("gaussian", "zeros")
+
+
 @dataclass
 class LossConfig:
-    """Loss weights override the task's defaults key by key (``{"vgg": 0}`` turns VGG off)."""
+    """Loss weights override the task's defaults key by key (``{"vgg": 0}`` turns VGG off).
 
+    ``objective``: ``"diffusion"`` (v-loss at random timesteps, plus the task's image terms of the
+    one-shot x0) or ``"e2e"`` (end-to-end one-step training, :mod:`stablemotion.training.e2e`: the UNet
+    runs as one-step inference does, the frozen VAE decodes the flow in the graph, and the loss is
+    ``weights.epe`` x end-point error (px) + ``weights.photo`` x L1 of the warped input, plus any
+    warp/mask/vgg weights; the timestep and pyramid keys do not apply). ``e2e_noise``: the e2e
+    initial latent, ``"gaussian"`` (what the pipeline draws by default) or ``"zeros"`` (E2E-FT; call
+    the pipeline with zero ``latents`` then, as validation does).
+    """
+
+    objective: str = "diffusion"
+    e2e_noise: str = "gaussian"
     weights: dict[str, float] = field(default_factory=dict)
     vgg_weights: str | None = "imagenet"  # "imagenet", a local .pth/.safetensors path, or null = random
     pyramid_noise: bool = True
@@ -153,6 +173,9 @@ class TrainLoopConfig:
     batch_size: int = 16  # per process
     grad_accum: int = 1
     max_steps: int = 70000
+    # Wall-clock budget of the run in minutes (None = none): at the budget the run ends as if
+    # max_steps were reached (checkpoint, export); for fixed-time runs such as configs/gpu_recipe.sh.
+    max_minutes: float | None = None
     mixed_precision: str = "no"  # "no", "bf16", "fp16"
     gradient_checkpointing: bool = False
     ema: bool = True
@@ -311,6 +334,7 @@ class TrainConfig:
             _check_range(src, f"loss.weights.{name}", value, low=0.0)
         if weights.mask and "mask" not in spec.conditions:
             raise ConfigError(f"{src}: loss.weights.mask needs a task with a 'mask' condition")
+        self._check_objective(src, weights)
         if weights.flow_smooth and self.train.stage != "vae":
             raise ConfigError(f"{src}: loss.weights.flow_smooth applies to train.stage 'vae' only (the decoder's smoothness)")
         if check_paths:
@@ -341,6 +365,26 @@ class TrainConfig:
             overrides.pop("mask", None)
         return LossWeights.from_mapping(spec.loss_weights, overrides)
 
+    def _check_objective(self, src: str, weights: Any) -> None:
+        """``loss.objective`` and ``loss.e2e_noise`` are known values; the e2e terms go with the e2e objective."""
+        lo = self.loss
+        if lo.objective not in OBJECTIVES:
+            raise ConfigError(f"{src}: loss.objective must be one of {', '.join(map(repr, OBJECTIVES))}, "
+                              f"got {lo.objective!r}")
+        if lo.e2e_noise not in E2E_NOISES:
+            raise ConfigError(f"{src}: loss.e2e_noise must be one of {', '.join(map(repr, E2E_NOISES))}, "
+                              f"got {lo.e2e_noise!r}")
+        if lo.objective == "e2e":
+            if self.train.stage != "unet":
+                raise ConfigError(f"{src}: loss.objective 'e2e' trains the UNet (train.stage 'unet'), "
+                                  f"not train.stage {self.train.stage!r}")
+            if not (weights.epe or weights.photo or weights.warp or weights.mask or weights.vgg):
+                raise ConfigError(f"{src}: loss.objective 'e2e' needs a flow or image loss: set loss.weights.epe "
+                                  "and/or loss.weights.photo above 0")
+        elif weights.epe or weights.photo:
+            raise ConfigError(f"{src}: loss.weights.epe and loss.weights.photo apply to loss.objective 'e2e' only "
+                              f"(loss.objective is {lo.objective!r})")
+
     def _check_values(self, src: str) -> None:
         """Ranges of the numeric settings: each problem names the key and the expected range."""
         o, t, d, lo = self.optim, self.train, self.data, self.loss
@@ -358,6 +402,8 @@ class TrainConfig:
                          ("checkpoint.keep", self.checkpoint.keep), ("logging.every", self.logging.every),
                          ("validation.steps", self.validation.steps)):
             _check_range(src, key, val, low=1)
+        if t.max_minutes is not None:
+            _check_range(src, "train.max_minutes", t.max_minutes, low=0.0, low_open=True)
         _check_range(src, "train.ema_decay", t.ema_decay, low=0.0, high=1.0)
         _check_range(src, "train.ema_power", t.ema_power, low=0.0, low_open=True)
         _check_range(src, "data.hflip", d.hflip, low=0.0, high=1.0, note="a probability")

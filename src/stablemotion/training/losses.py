@@ -3,7 +3,10 @@
 * :func:`pyramid_noise_like` - Marigold's annealed multi-resolution noise.
 * :func:`v_target` / :func:`x0_from_v` - v-prediction target and the one-shot x0 estimate
   through which the task losses reach the UNet.
-* :func:`warp_loss`, :func:`mask_loss` - condition losses on images in [-1, 1].
+* :func:`warp_loss`, :func:`mask_loss` - condition losses on images in [-1, 1] (``warp_loss``
+  with ``norm="l1"`` is the end-to-end objective's photometric term).
+* :func:`flow_epe_loss` - the end-to-end objective's flow term: end-point error (pixels) in the
+  valid region.
 * :func:`flow_laplacian`, :func:`flow_smoothness_loss` - the codec's smoothness term: L1
   between the discrete Laplacians of a decoded and a ground-truth flow (pixels).
 * :class:`PerceptualLoss` - VGG16 ``features[:9]`` (up to relu2_2) feature MSE.
@@ -23,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..core.flow import warp
+from ..core.flow import end_point_error, warp
 
 __all__ = [
     "LossWeights",
@@ -31,6 +34,7 @@ __all__ = [
     "v_target",
     "x0_from_v",
     "warp_loss",
+    "flow_epe_loss",
     "mask_loss",
     "flow_laplacian",
     "flow_smoothness_loss",
@@ -54,6 +58,11 @@ class LossWeights:
     codec's smoothness term (:func:`flow_smoothness_loss`, pixels; VAE stage only, off by
     default): it makes the decoder reproduce the ground truth's second differences, so a
     smooth flow comes back smooth, at the border as in the centre.
+
+    ``epe`` and ``photo`` weigh the end-to-end objective's terms (``loss.objective: e2e``, UNet
+    stage only; off by default): the end-point error of the one-step flow (pixels,
+    :func:`flow_epe_loss`) and the L1 between the input warped with it and the ground truth
+    (:func:`warp_loss` with ``norm="l1"``, images in [-1, 1]); both on the task's valid region.
     """
 
     v: float = 1.0
@@ -63,6 +72,8 @@ class LossWeights:
     flow: float = 1.0
     image: float = 1.0
     flow_smooth: float = 0.0
+    epe: float = 0.0
+    photo: float = 0.0
 
     @classmethod
     def from_mapping(cls, weights: Mapping[str, float], overrides: Mapping[str, float] | None = None) -> LossWeights:
@@ -140,24 +151,53 @@ def warp_loss(
     target: torch.Tensor,
     padding: str = "border",
     valid: torch.Tensor | None = None,
+    norm: str = "l2",
 ) -> torch.Tensor:
-    """MSE between ``warp(image, flow)`` and ``target``.
+    """MSE (``norm="l2"``) or mean absolute error (``"l1"``) between ``warp(image, flow)`` and ``target``.
 
     Args:
         image, target: (B, C, H, W) in [-1, 1].
         flow: (B, 2, H, W), pixels (predicted).
         valid: optional (B, 1, H, W) weights in [0, 1] (RSC: ``warp(1, flow_gt)``, the
-            region the ground-truth flow can fill); the MSE is averaged over it only.
+            region the ground-truth flow can fill); the error is averaged over it only.
+        norm: ``"l2"`` (squared error) or ``"l1"`` (absolute error).
 
     Returns:
         scalar loss.
+
+    Example:
+        >>> image = torch.linspace(-1, 1, 8).expand(1, 3, 8, 8).contiguous()
+        >>> round(float(warp_loss(image, torch.zeros(1, 2, 8, 8), image, norm="l1")), 6)  # zero flow: the input
+        0.0
     """
+    if norm not in ("l1", "l2"):
+        raise ValueError(f"warp_loss norm must be 'l1' or 'l2', got {norm!r}")
     pred = warp(image, flow, padding=padding, check_finite=False, fill=-1.0)  # zeros padding: black, as released
-    err = (pred.float() - target.float()).pow(2)
+    diff = pred.float() - target.float()
+    err = diff.abs() if norm == "l1" else diff.pow(2)
     if valid is None:
         return err.mean()
     w = valid.float().expand_as(err)
     return (err * w).sum() / w.sum().clamp_min(1.0)
+
+
+def flow_epe_loss(flow: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean end-point error of a predicted flow, in pixels: the batch mean of
+    :func:`stablemotion.core.flow.end_point_error` (per sample, over ``valid``).
+
+    Args:
+        flow, target: (B, 2, H, W), pixels.
+        valid: optional (B, 1, H, W) weights in [0, 1] (see :func:`gt_valid_region`).
+
+    Returns:
+        scalar loss (pixels).
+
+    Example:
+        >>> target = torch.zeros(2, 2, 4, 4)
+        >>> float(flow_epe_loss(target + torch.tensor([3.0, 4.0]).view(1, 2, 1, 1), target))
+        5.0
+    """
+    return end_point_error(flow, target, valid).mean()
 
 
 def gt_valid_region(flow_gt: torch.Tensor) -> torch.Tensor:

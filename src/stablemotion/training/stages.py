@@ -1,7 +1,8 @@
 """What differs between the training stages: one object per ``train.stage``.
 
 * ``"unet"`` (:class:`UnetStage`): the motion model, a UNet trained with the v-prediction loss
-  (plus the warp / mask / perceptual terms of its one-step flow); exported as a pipeline.
+  (plus the warp / mask / perceptual terms of its one-step flow), or with ``loss.objective: e2e``
+  end to end on the decoded one-step flow (:mod:`stablemotion.training.e2e`); exported as a pipeline.
 * ``"vae"`` (:class:`VaeStage`): the VAE as a flow codec (its decoder, and the encoder when
   asked); exported as a diffusers ``AutoencoderKL`` folder.
 * ``"regression"`` (:class:`RegressionStage`): a plain network regressing the flow from the
@@ -25,6 +26,7 @@ from ..core.flow import encode_flow, warp
 from ..model.components import decode_flow_latents, encode_latents
 from ..model.regression import FlowRegressor
 from ..tasks import TaskSpec
+from .e2e import e2e_losses
 from .losses import (
     LossWeights,
     flow_smoothness_loss,
@@ -172,10 +174,14 @@ class UnetStage(Stage):
 
     def losses(self, tr: Trainer, batch: Batch, spec: TaskSpec, step: int) -> dict[str, torch.Tensor]:
         """The v-prediction MSE at a random timestep (seeded by ``(seed, step, process)``), plus the
-        image terms of the one-step flow when the task weights them."""
+        image terms of the one-step flow when the task weights them; with ``loss.objective: e2e``
+        the end-to-end losses of the one-step flow instead (:func:`~stablemotion.training.e2e.e2e_losses`)."""
         g = torch.Generator().manual_seed((tr.cfg.train.seed * 7_919 + step * 104_729 + tr.acc.process_index) % (2**63))
         with torch.no_grad():
             cond = condition_latents(tr.vae, batch, tr.conditions)
+        if tr.cfg.loss.objective == "e2e":
+            return e2e_losses(tr, batch, spec, cond, g)
+        with torch.no_grad():
             z0 = encode_latents(tr.vae, encode_flow(batch["flow"], spec.flow_gamma))
         t, noise = self._timesteps_and_noise(tr, z0, g)
         sa = tr.alphas_cumprod[t].view(-1, 1, 1, 1).to(z0.dtype)
@@ -220,9 +226,15 @@ class UnetStage(Stage):
 
     def predict(self, tr: Trainer, sample: Batch, task: TaskSpec, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         conds = {k: (sample[k][None] + 1) / 2 for k in task.conditions if k != "image"}
+        latents = None
+        if tr.cfg.loss.objective == "e2e" and tr.cfg.loss.e2e_noise == "zeros":  # the input it was trained on
+            f = tr.pipe.vae_scale_factor
+            h, w = tr.cfg.task_resolution(task.name)
+            latents = torch.zeros(1, int(tr.pipe.unet.config.out_channels), h // f, w // f)
         out = tr.pipe(
             (sample["image"][None] + 1) / 2, conditions=conds, num_inference_steps=tr.cfg.validation.steps,
             generator=torch.Generator().manual_seed(i), show_progress_bar=False, output_type="pt", task=task.name,
+            latents=latents,
         )
         return out.image.to(torch.float32) * 2 - 1, out.flow
 
