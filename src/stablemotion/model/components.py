@@ -13,6 +13,8 @@
   ``register_to_config`` so save/load round-trips.
 * :func:`adapt_conv_in` -- re-map ``conv_in``'s 4-channel slots by condition name, to fine-tune a
   model of one task into a model of other conditions (a new condition's slot starts at zero).
+* :class:`GlobalContextUNet` -- a ``UNet2DConditionModel`` with a path that sees the whole frame
+  (a pooled bottleneck feature FiLMs the bottleneck and joins the time embedding of the up blocks).
 * :func:`make_scheduler` -- DDIM with trailing spacing and v-prediction.
 * :func:`infer_task` -- the task of a UNet from its input channel count.
 * :func:`encode_latents` / :func:`decode_flow_latents` -- the one flow/image codec of the
@@ -22,6 +24,8 @@
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -38,6 +42,7 @@ from ..tasks import RELEASED_TASKS, TaskSpec, available_tasks, get_task
 __all__ = [
     "EmptyTextEmbedding",
     "TaskEmbedding",
+    "GlobalContextUNet",
     "task_text_embeddings",
     "adapt_conv_in",
     "expand_conv_in",
@@ -160,6 +165,72 @@ class TaskEmbedding(ModelMixin, ConfigMixin):
         text encoder (:func:`task_text_embeddings`)."""
         return cls.from_tensor(task_names, task_text_embeddings(text_encoder, tokenizer,
                                                                 [get_task(n).description or n for n in task_names]))
+
+
+#: The global vector of the UNet call in progress (per thread / task): set by the bottleneck hook,
+#: read by the up blocks' hooks.
+_GLOBAL_TEMB: contextvars.ContextVar[dict[int, torch.Tensor] | None] = contextvars.ContextVar("_GLOBAL_TEMB", default=None)
+
+
+class GlobalContextUNet(UNet2DConditionModel):
+    """A ``UNet2DConditionModel`` with a global-context path (rolling shutter and tilt are global properties).
+
+    The bottleneck (the mid block's output, (B, C, h, w)) is average-pooled over the whole frame to
+    (B, C); a small MLP (``global_context``: Linear, SiLU, Linear) turns it into a per-channel FiLM
+    of the bottleneck (``x * (1 + scale) + shift``) and a vector added to the time embedding that
+    every ResNet of the up blocks reads, so every output resolution sees the whole frame. The last
+    layer starts at zero: a new model computes exactly what the plain UNet does.
+
+    Same config (and ``__init__``) as ``UNet2DConditionModel``; saved and loaded like it (safetensors,
+    weights only; a pipeline records the class). The extra weights are ``global_context.*``.
+
+    Example:
+        >>> unet = GlobalContextUNet(sample_size=8, in_channels=8, out_channels=4, block_out_channels=(8, 16),
+        ...     down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        ...     layers_per_block=1, cross_attention_dim=8, norm_num_groups=8, attention_head_dim=2)
+        >>> out = unet(torch.zeros(1, 8, 8, 8), 999, encoder_hidden_states=torch.zeros(1, 2, 8)).sample
+        >>> tuple(out.shape), sorted({k.split(".")[1] for k in unet.state_dict() if k.startswith("global_context.")})
+        ((1, 4, 8, 8), ['0', '2'])
+    """
+
+    @functools.wraps(UNet2DConditionModel.__init__)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.mid_block is None:
+            raise ValueError("GlobalContextUNet needs a mid block (mid_block_type must not be None)")
+        channels = int(self.config.block_out_channels[-1])
+        temb = int(self.time_embedding.linear_2.out_features)
+        with torch.random.fork_rng(devices=[]):  # what is drawn after this UNet is as without the path
+            self.global_context = nn.Sequential(nn.Linear(channels, channels), nn.SiLU(),
+                                                nn.Linear(channels, 2 * channels + temb))
+        nn.init.zeros_(self.global_context[2].weight)
+        nn.init.zeros_(self.global_context[2].bias)
+        self.mid_block.register_forward_hook(self._film_bottleneck)
+        for block in self.up_blocks:
+            block.register_forward_pre_hook(self._add_global_temb, with_kwargs=True)
+
+    def _film_bottleneck(self, module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+        c = out.shape[1]
+        g = self.global_context(out.float().mean(dim=(2, 3))).to(out.dtype)  # (B, 2C + T)
+        stash = _GLOBAL_TEMB.get()
+        if stash is not None:
+            stash[id(self)] = g[:, 2 * c:]
+        return out * (1 + g[:, :c, None, None]) + g[:, c : 2 * c, None, None]
+
+    def _add_global_temb(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        stash = _GLOBAL_TEMB.get()
+        extra = None if stash is None else stash.get(id(self))
+        if extra is not None and kwargs.get("temb") is not None:
+            kwargs = {**kwargs, "temb": kwargs["temb"] + extra.to(kwargs["temb"].dtype)}
+        return args, kwargs
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """``UNet2DConditionModel.forward`` with the global-context path."""
+        token = _GLOBAL_TEMB.set({})
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            _GLOBAL_TEMB.reset(token)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from ..io.images import PathLike, umask_modes
 from ..tasks import TaskSpec, as_task_list, union_conditions
-from .components import EmptyTextEmbedding, TaskEmbedding, make_scheduler
+from .components import EmptyTextEmbedding, GlobalContextUNet, TaskEmbedding, make_scheduler
 from .pipeline import StableMotionPipeline
 
 __all__ = ["ARCH_KEYS", "norm_groups", "tiny_components", "tiny_pipeline", "save_tiny_base"]
@@ -27,7 +27,7 @@ __all__ = ["ARCH_KEYS", "norm_groups", "tiny_components", "tiny_pipeline", "save
 #: Keyword arguments of :func:`tiny_components` that shape the architecture (the rest of
 #: :func:`tiny_pipeline`'s keywords are pipeline config).
 ARCH_KEYS = ("unet_channels", "unet_layers", "unet_attention", "vae_channels", "vae_layers", "vae_attention",
-             "cross_attention_dim")
+             "cross_attention_dim", "global_context")
 
 
 def norm_groups(channels: Sequence[int]) -> int:
@@ -39,13 +39,14 @@ def norm_groups(channels: Sequence[int]) -> int:
 
 
 def _tiny_unet(
-    in_channels: int, cross_attention_dim: int, channels: Sequence[int], layers: int, attention: Sequence[bool]
+    in_channels: int, cross_attention_dim: int, channels: Sequence[int], layers: int, attention: Sequence[bool],
+    global_context: bool = False,
 ) -> UNet2DConditionModel:
     if len(attention) != len(channels):
         raise ValueError(f"unet_attention needs one flag per level ({len(channels)}), got {list(attention)}")
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
-    return UNet2DConditionModel(
+    return (GlobalContextUNet if global_context else UNet2DConditionModel)(
         sample_size=16,
         in_channels=in_channels,
         out_channels=4,
@@ -85,6 +86,7 @@ def tiny_components(
     vae_channels: Sequence[int] = (32, 32),
     vae_layers: int = 1,
     vae_attention: bool = True,
+    global_context: bool = False,
 ) -> dict[str, Any]:
     """Random-weight small components of the SD architecture family (nothing is downloaded).
 
@@ -104,6 +106,9 @@ def tiny_components(
         vae_channels / vae_layers: VAE block widths (downsampling ``2 ** (levels - 1)``)
             and layers per block; always 4 latent channels. ``vae_attention=False`` drops
             the self-attention of the VAE's middle block (quadratic in pixels; costly on CPU).
+        global_context: the UNet is a :class:`~stablemotion.model.components.GlobalContextUNet`
+            (a pooled bottleneck feature FiLMs the bottleneck and joins the up blocks' time
+            embedding: a path that sees the whole frame; config key ``model.tiny.global_context``).
 
     Returns:
         ``{"unet", "vae", "scheduler", "text_embedding"}``; image sizes must be multiples
@@ -121,7 +126,7 @@ def tiny_components(
         unet_attention = [True] + [False] * (len(unet_channels) - 1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = _tiny_unet(in_channels, cross_attention_dim, unet_channels, unet_layers, unet_attention)
+        unet = _tiny_unet(in_channels, cross_attention_dim, unet_channels, unet_layers, unet_attention, global_context)
         vae = _tiny_vae(vae_channels, vae_layers, vae_attention)
         embedding = EmptyTextEmbedding.from_tensor(torch.randn(1, 2, cross_attention_dim))
     if isinstance(task, (list, tuple)):
