@@ -485,7 +485,7 @@ def test_new_task_datasets_are_deterministic_task_folders(tmp_path, task):
     with pytest.raises(FileExistsError):
         write_dataset(task, tmp_path / "a", 1, size=(40, 56))
     with pytest.raises(TypeError, match="unknown option"):
-        write_dataset(task, tmp_path / "c", 1, size=(40, 56), style="inset")
+        write_dataset(task, tmp_path / "c", 1, size=(40, 56), white_fraction=0.5)
 
 
 def test_make_sample_dispatches_through_the_registry():
@@ -498,3 +498,77 @@ def test_make_sample_dispatches_through_the_registry():
     assert sample_rng(0, 0, "rsc").random() == sample_rng(0, 0, "rolling-shutter").random()
     with pytest.raises(ValueError, match="task must be one of"):
         make_sample("nope", 0, 0, (32, 48), None)
+
+
+@pytest.mark.parametrize("task", ["sir", "rsc", "rotation", "lens"])
+def test_identity_samples_have_nothing_to_correct(task):
+    from stablemotion.data.synthesis import make_sample
+    from stablemotion.data.synthesis.writer import is_identity_sample
+
+    idx = [i for i in range(40) if is_identity_sample(task, 3, i, 0.3)]
+    other = [i for i in range(40) if not is_identity_sample(task, 3, i, 0.3)]
+    assert 4 <= len(idx) <= 24  # about 30% of the indices
+    s = make_sample(task, 3, idx[0], (24, 32), photos=["procedural"], identity_fraction=0.3)
+    image, gt = (s.rs, s.gs) if task == "rsc" else (s.input, s.gt)
+    assert (image == gt).all() and not s.flow.any()
+    if task == "sir":
+        assert (s.mask == 255).all()  # a full rectangle: no empty border
+    if task == "rsc":
+        assert s.valid.all()
+    # the other samples are exactly those of a dataset made without the option
+    plain = make_sample(task, 3, other[0], (24, 32), photos=["procedural"])
+    mixed = make_sample(task, 3, other[0], (24, 32), photos=["procedural"], identity_fraction=0.3)
+    np.testing.assert_array_equal(plain.flow, mixed.flow)
+    assert plain.flow.any()
+    with pytest.raises(ValueError, match="identity_fraction"):
+        make_sample(task, 3, 0, (24, 32), photos=["procedural"], identity_fraction=1.5)
+
+
+def test_synth_cli_writes_identity_samples(tmp_path):
+    from stablemotion.cli import main
+    from stablemotion.core.flow import read_flow
+
+    assert main(["synth", "lens", str(tmp_path), "--num", "12", "--size", "24x32", "--photos", "procedural",
+                 "--workers", "1", "--identity-fraction", "0.5"]) == 0
+    flows = [read_flow(p) for p in sorted((tmp_path / "train" / "flow").glob("*.npy"))]
+    zero = sum(not f.any() for f in flows)
+    assert 2 <= zero <= 10
+    with pytest.raises(SystemExit):
+        main(["synth", "lens", str(tmp_path / "x"), "--identity-fraction", "2"])
+
+
+def test_rotation_straighten_target_is_a_rigid_rotation_scaled_to_fill():
+    from stablemotion.core.motion_models import fill_scale
+    from stablemotion.data.synth import make_rotation_sample
+
+    photo = np.random.default_rng(0).integers(0, 255, (300, 400, 3)).astype(np.uint8)
+    h, w, angle = 60, 80, 8.0
+    s = make_rotation_sample(photo, np.random.default_rng(1), (h, w), angle=angle)
+    assert s.params["style"] == "straighten" and s.params["scale"] == pytest.approx(fill_scale((h, w), angle))
+    grid = np.stack(np.meshgrid(np.arange(w), np.arange(h)), -1).astype(np.float64)
+    c = np.array([(w - 1) / 2, (h - 1) / 2])
+    theta = np.radians(-angle)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    expected = c + s.params["scale"] * (grid - c) @ rot.T - grid  # M(p) - p, one rotation for the whole frame
+    np.testing.assert_allclose(s.flow, expected, atol=1e-3)
+    assert _inside(s.flow)  # scaled to fill: every output pixel comes from inside the input
+    corners = np.array([s.flow[y, x] + grid[y, x] for y in (0, h - 1) for x in (0, w - 1)])
+    gap = np.minimum.reduce([corners[:, 0], corners[:, 1], w - 1 - corners[:, 0], h - 1 - corners[:, 1]])
+    assert gap.min() < 0.5  # the tightest scale: a corner touches the input's edge
+    assert _rewarp_psnr(s) > 30
+    blend = make_rotation_sample(photo, np.random.default_rng(1), (h, w), angle=angle, style="blend")
+    assert blend.params["style"] == "blend" and "band" in blend.params
+    with pytest.raises(ValueError, match="style"):
+        make_rotation_sample(photo, np.random.default_rng(1), (h, w), style="crop")
+
+
+def test_photo_sources_accept_a_folder_in_a_list(tmp_path):
+    from PIL import Image
+
+    from stablemotion.data.synthesis import resolve_photos
+
+    for i in range(2):
+        Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.jpg")
+    got = resolve_photos(f"{tmp_path}*2+procedural")
+    assert sorted(got[:4]) == sorted([str(tmp_path / "0.jpg"), str(tmp_path / "1.jpg")] * 2)
+    assert got[4:] == ["procedural"]

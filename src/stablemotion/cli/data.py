@@ -155,6 +155,10 @@ def _add_kind(kinds: argparse._SubParsersAction, synth: SynthSpec) -> None:
     k.add_argument("--quality", type=int_arg(1, 100), default=95, help="JPEG quality, 1 to 100 (default 95)")
     k.add_argument("--workers", type=int_arg(1, MAX_WORKERS), default=2, help="processes (default 2)")
     k.add_argument("--force", action="store_true", help="write into non-empty folders")
+    if synth.identity is not None:
+        k.add_argument("--identity-fraction", type=float_arg(0.0, 1.0), default=0.0,
+                       help="share of identity samples: the same scene with nothing to correct (target as "
+                            "input, zero flow), so a model learns to leave a correct image alone (default 0)")
     for opt in synth.options:  # the generator's declared options
         if not opt.cli_flag:
             continue
@@ -200,7 +204,7 @@ def _synth(args: argparse.Namespace) -> int:
     names = write_dataset(
         synth.name, args.out, args.num, size=args.size, split=args.split, seed=args.seed, photos=args.photos,
         ext=args.ext, quality=args.quality, start=args.start, workers=args.workers, overwrite=args.force,
-        progress=progress, **options,
+        progress=progress, identity_fraction=getattr(args, "identity_fraction", 0.0), **options,
     )
     layout = synth.layout.describe.format(out=args.out, split=args.split)
     print(f"wrote {len(names)} samples ({names[0]}..{names[-1]}) to {layout}")

@@ -437,6 +437,11 @@ class Trainer:
         if self.step % c.checkpoint.every == 0 or self.step == stop:
             self.save_checkpoint()
 
+    def _over_budget(self, t0: float) -> bool:
+        """Whether ``train.max_minutes`` (wall clock since ``t0``, this process's start) has passed."""
+        minutes = self.cfg.train.max_minutes
+        return minutes is not None and (time.perf_counter() - t0) / 60.0 >= minutes
+
     def train(self, resume: bool | str | os.PathLike = False, max_steps: int | None = None,
               show_progress: bool = True) -> TrainResult:
         """Train until ``max_steps`` (default ``config.train.max_steps``), then export.
@@ -462,11 +467,12 @@ class Trainer:
         last: dict[str, float] = {}
         bar = tqdm(total=stop, initial=self.step, desc="train", disable=not (show_progress and self.acc.is_main_process))
         t0, done0 = time.perf_counter(), self.step
+        budget_hit = False
         micro = self.step * c.train.grad_accum
         accum: dict[str, float] = {}
         try:  # the bar is closed on errors too, so that an error message starts its own line
             for batch in self._loader(self.step):
-                if self.step >= stop:
+                if self.step >= stop or (self.step > done0 and (budget_hit := self._over_budget(t0))):
                     break
                 losses = self._micro_step(batch, micro)
                 micro += 1
@@ -482,7 +488,11 @@ class Trainer:
                 self._after_step(last, stop, bar, (self.step - done0) / max(time.perf_counter() - t0, 1e-9))
         finally:
             bar.close()
-        pipeline_dir = self._export_at_end() if self.step >= c.train.max_steps else None
+        if budget_hit:
+            self.acc.print(f"time budget of {c.train.max_minutes:g} min reached at step {self.step}: ending the run there")
+            if self.step % c.checkpoint.every != 0:
+                self.save_checkpoint()
+        pipeline_dir = self._export_at_end() if self.step >= c.train.max_steps or budget_hit else None
         self.acc.end_training()
         return TrainResult(self.step, pipeline_dir, last, history)
 

@@ -31,7 +31,14 @@ from ...tasks.lens import LENS, PROTOCOL
 from .geometry import pixel_grid, remap
 from .photos import random_photo_crop
 from .registry import Layout, SynthOption, SynthSpec, declare_task
-from .writer import FOLDER_SUBDIRS, PREFILTER_SIGMA, WarpSample, write_dataset, write_folder_sample
+from .writer import (
+    FOLDER_SUBDIRS,
+    PREFILTER_SIGMA,
+    WarpSample,
+    identity_warp_sample,
+    write_dataset,
+    write_folder_sample,
+)
 
 __all__ = [
     "LensParams",
@@ -189,6 +196,7 @@ SYNTH = SynthSpec(
     ),
     size=(384, 512),
     split="train",
+    identity=identity_warp_sample,
     help="lens-distortion samples (barrel / fisheye-like -> rectilinear) in the task-folder layout (input, gt, flow)",
 )
 

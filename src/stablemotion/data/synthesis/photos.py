@@ -97,7 +97,8 @@ def resolve_photos(spec: Any | None) -> list[str]:
     ``bundled-train``, ``bundled-test`` (:func:`bundled_photo_paths`), ``procedural``
     (a new :func:`procedural_scene` per sample), ``urban`` (a new :func:`urban_scene`
     per sample) and the installed photo pools of :mod:`stablemotion.data.photos` (``debian``,
-    ``debian-train``, ``debian-test``, ...; fixed train/test split). A name may carry a repeat count, ``procedural*10``, to weight the draw.
+    ``debian-train``, ``debian-test``, ...; fixed train/test split) or a folder. A name may carry
+    a repeat count, ``procedural*10``, to weight the draw.
     None = ``bundled``.
 
     Returns:
@@ -117,6 +118,8 @@ def resolve_photos(spec: Any | None) -> list[str]:
             raise ValueError(f"photo source {part!r}: the repeat count must be an integer, as 'procedural*10'") from None
         if name in _GENERATED:
             out += [name] * n
+        elif Path(name).is_dir():
+            out += [str(p) for p in list_photos(name)] * n
         elif name in _PHOTO_SETS:
             out += [str(p) for p in bundled_photo_paths(name)] * n
         elif (pool := resolve_pool(name)) is not None:

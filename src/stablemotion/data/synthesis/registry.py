@@ -121,6 +121,10 @@ class SynthSpec:
         size: default (H, W) in pixels.
         split: default split folder name.
         help: one line for ``stablemotion synth --help``.
+        identity: ``identity(sample) -> sample``: the same scene with nothing to correct (the
+            target as input, zero flow; for SIR a full rectangle without border), so a model
+            trained on a share of them learns to leave a correct image alone
+            (``identity_fraction`` of :func:`~stablemotion.data.synthesis.make_sample`).
     """
 
     name: str
@@ -132,6 +136,7 @@ class SynthSpec:
     size: tuple[int, int] = (384, 512)
     split: str = "training"
     help: str = ""
+    identity: Callable[[Any], Any] | None = None
 
     @property
     def cli_name(self) -> str:

@@ -1,17 +1,21 @@
-"""Rotation correction: a tilted photo -> an upright image that fills the frame, its content
-preserved (as in the rotation-correction literature; not a rotate-and-crop, which loses the
-corners).
+"""Rotation correction: a tilted photo -> an upright image that fills the frame.
 
 The synthetic-sample generator of :mod:`stablemotion.tasks.rotation`
-(:func:`make_rotation_sample`): the input is a photo rotated by ``angle`` about the
-frame centre and cropped to the frame (rendered from a photo region larger than the rotated
-frame, so it has no empty corners). The target maps the whole input frame onto the output
-frame (:func:`rotation_correction_map`): output pixel ``p`` shows input pixel
-``M(p) = c + R(-angle * w(p)) (p - c)``, where ``w = 1`` in the centre (the content there is
-exactly upright: rotated back rigidly) and falls smoothly to 0 at the frame's edge (the output
-border shows the input border: nothing is cropped and no corner is empty). The band where
-``w`` falls is as narrow as it can be while ``M`` provably stays inside the input frame. The
-flow is exact: ``flow(p) = M(p) - p`` and ``gt(p) = input(p + flow(p))``; both images are
+(:func:`make_rotation_sample`): the input is a photo rotated by ``angle`` about the frame
+centre and cropped to the frame (rendered from a photo region larger than the rotated frame,
+so it has no empty corners). Two target styles:
+
+* ``"straighten"`` (default; what a photo editor's "straighten" does): output pixel ``p`` shows
+  input pixel ``M(p) = c + s R(-angle) (p - c)``, the rigid rotation back about the centre ``c``
+  with the largest scale ``s <= 1`` that keeps the output frame inside the input
+  (:func:`stablemotion.core.motion_models.straighten_flow`, :func:`~stablemotion.core.motion_models.fill_scale`):
+  everything is upright, the corners that the tilt pushed out are cropped. One parameter, so
+  the model's flow can be projected onto it exactly.
+* ``"blend"`` (the earlier target, kept for old datasets): ``M(p) = c + R(-angle * w(p)) (p - c)``
+  with ``w = 1`` in the centre falling smoothly to 0 at the frame's edge
+  (:func:`rotation_correction_map`): nothing is cropped, but the edges stay tilted.
+
+The flow is exact: ``flow(p) = M(p) - p`` and ``gt(p) = input(p + flow(p))``; both images are
 resampled from the same photo, so the flow holds to interpolation accuracy.
 
 Layout: task folder, ``SPLIT/{input,gt}/NNNNN.EXT`` and ``SPLIT/flow/NNNNN.npy``
@@ -26,12 +30,20 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ...core.motion_models import fill_scale, straighten_flow
 from ...io.images import PathLike
 from ...tasks.rotation import PROTOCOL, ROTATION
 from .geometry import pixel_grid, remap
 from .photos import random_photo_crop
 from .registry import Layout, SynthOption, SynthSpec, declare_task
-from .writer import FOLDER_SUBDIRS, PREFILTER_SIGMA, WarpSample, write_dataset, write_folder_sample
+from .writer import (
+    FOLDER_SUBDIRS,
+    PREFILTER_SIGMA,
+    WarpSample,
+    identity_warp_sample,
+    write_dataset,
+    write_folder_sample,
+)
 
 __all__ = [
     "rotation_correction_map",
@@ -40,8 +52,12 @@ __all__ = [
     "MAX_ANGLE",
     "MIN_ANGLE_DEFAULT",
     "MAX_ANGLE_DEFAULT",
+    "ROTATION_STYLES",
     "SYNTH",
 ]
+
+#: Target styles of :func:`make_rotation_sample`.
+ROTATION_STYLES = ("straighten", "blend")
 
 #: The largest tilt (degrees) the generator accepts.
 MAX_ANGLE = 25.0
@@ -101,6 +117,7 @@ def make_rotation_sample(
     max_angle: float = MAX_ANGLE_DEFAULT,
     angle: float | None = None,
     prefilter_sigma: float = PREFILTER_SIGMA,
+    style: str = "straighten",
 ) -> WarpSample:
     """Make a rotation-correction sample from a photo.
 
@@ -113,11 +130,23 @@ def make_rotation_sample(
             degrees, its sign random.
         angle: a fixed tilt (degrees) instead of a random one.
         prefilter_sigma: Gaussian low-pass of the scene, pixels.
+        style: ``"straighten"`` (rotate back, scale to fill the frame) or ``"blend"`` (rotate
+            the centre back, blend to identity at the edge); see the module docstring.
 
     Returns:
         :class:`WarpSample` with ``warp(input, flow, "border") ~= gt``; ``params``:
-        ``angle`` (degrees, positive = counter-clockwise in the input), ``band``.
+        ``angle`` (degrees, positive = counter-clockwise in the input), ``style`` and ``scale``
+        (straighten) or ``band`` (blend).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> photo = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+        >>> s = make_rotation_sample(photo, rng, (24, 32), angle=5.0)
+        >>> s.params["style"], round(s.params["scale"], 3), s.flow.shape
+        ('straighten', 0.898, (24, 32, 2))
     """
+    if style not in ROTATION_STYLES:
+        raise ValueError(f"style must be one of {ROTATION_STYLES}, got {style!r}")
     if not 0.0 <= min_angle <= max_angle <= MAX_ANGLE:
         raise ValueError(f"need 0 <= min_angle <= max_angle <= {MAX_ANGLE}, got {min_angle}, {max_angle}")
     h, w = int(size[0]), int(size[1])
@@ -135,13 +164,18 @@ def make_rotation_sample(
     c = np.array([a, b])
     to_scene = lambda q: centre + (q - c) @ rot.T  # noqa: E731  input pixel -> scene pixel
     image = remap(scene, to_scene(grid), cv2.BORDER_REPLICATE)
-    src = rotation_correction_map((h, w), angle)
+    if style == "straighten":
+        src = grid + straighten_flow((h, w), angle).astype(np.float64)
+        params = {"angle": angle, "style": style, "scale": fill_scale((h, w), angle)}
+    else:
+        src = rotation_correction_map((h, w), angle)
+        params = {"angle": angle, "style": style, "band": _band(angle, h, w)}
     gt = remap(scene, to_scene(src), cv2.BORDER_REPLICATE)
     return WarpSample(
         input=np.clip(np.round(image), 0, 255).astype(np.uint8),
         gt=np.clip(np.round(gt), 0, 255).astype(np.uint8),
         flow=(src - grid).astype(np.float32),
-        params={"angle": angle, "band": _band(angle, h, w)},
+        params=params,
     )
 
 
@@ -169,10 +203,14 @@ SYNTH = SynthSpec(
         SynthOption("max_angle", MAX_ANGLE_DEFAULT,
                     f"largest tilt, degrees (default {MAX_ANGLE_DEFAULT:g}, at most {MAX_ANGLE:g})",
                     low=0.0, high=MAX_ANGLE),
+        SynthOption("style", "straighten", "target: straighten (rotate back and scale to fill the frame, as photo "
+                    "editors do; default) or blend (rotate the centre back, blend to identity at the edge)",
+                    str, choices=ROTATION_STYLES),
     ),
     size=(384, 512),
     split="train",
-    help="rotation-correction samples (tilted photo -> upright, frame filled) in the task-folder layout "
+    identity=identity_warp_sample,
+    help="rotation-correction samples (tilted photo -> upright, frame filled, straightened) in the task-folder layout "
          "(input, gt, flow)",
 )
 

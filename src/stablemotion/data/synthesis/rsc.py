@@ -279,6 +279,21 @@ def generate(
     return make_rolling_shutter_sample(scene, rng, size=size, **options)
 
 
+def identity_rolling_shutter_sample(sample: RollingShutterSample) -> RollingShutterSample:
+    """The identity version of an RSC sample: the global-shutter image as input (a still
+    camera), zero flow, everything valid.
+
+    Example:
+        >>> from stablemotion.data.synthesis import make_sample
+        >>> s = make_sample("rsc", seed=0, index=0, size=(24, 32), photos=["procedural"])
+        >>> i = identity_rolling_shutter_sample(s)
+        >>> bool((i.rs == s.gs).all()), float(abs(i.flow).max()), bool(i.valid.all())
+        (True, 0.0, True)
+    """
+    return RollingShutterSample(rs=sample.gs.copy(), gs=sample.gs, flow=np.zeros_like(sample.flow),
+                                valid=np.ones_like(sample.valid), motion=np.zeros_like(sample.motion))
+
+
 def write_rsreal_sample(
     sample: RollingShutterSample, root: Path, name: str, split: str, ext: str, quality: int,
     npz_size: tuple[int, int] | None = None, full_res_jpg: bool | None = None,
@@ -329,6 +344,7 @@ SYNTH = SynthSpec(
     aliases=("rsc", "rolling-shutter"),
     size=(256, 256),
     split="train",
+    identity=identity_rolling_shutter_sample,
     help="rolling-shutter samples in the RS-Real layout (npz with condition, out_flow, gs)",
 )
 

@@ -373,6 +373,24 @@ def generate(
     return make_rectangling_sample(crop, rng, **options)
 
 
+def identity_rectangling_sample(sample: RectanglingSample) -> RectanglingSample:
+    """The identity version of a SIR sample: the full rectangle as input (no empty border),
+    an all-content mask, zero flow and the regular mesh.
+
+    Example:
+        >>> from stablemotion.data.synthesis import make_sample
+        >>> s = make_sample("sir", seed=0, index=0, size=(24, 32), photos=["procedural"])
+        >>> i = identity_rectangling_sample(s)
+        >>> bool((i.input == s.gt).all()), int(i.mask.min()), float(abs(i.flow).max())
+        (True, 255, 0.0)
+    """
+    h, w = sample.gt.shape[:2]
+    rows, cols = sample.mesh.shape[0] - 1, sample.mesh.shape[1] - 1
+    xs, ys = np.meshgrid(np.linspace(0.0, w - 1.0, cols + 1), np.linspace(0.0, h - 1.0, rows + 1))
+    return RectanglingSample(input=sample.gt.copy(), mask=np.full((h, w), 255, np.uint8), gt=sample.gt,
+                             flow=np.zeros_like(sample.flow), mesh=np.stack((xs, ys), axis=-1))
+
+
 def write_dird_sample(sample: RectanglingSample, root: Path, name: str, split: str, ext: str, quality: int) -> None:
     """The DIR-D layout: ``SPLIT/{input,mask,gt}/NAME.EXT`` and ``SPLIT/flow/NAME.npy``."""
     save_image_file(sample.input, root / "input" / f"{name}.{ext}", quality)
@@ -400,6 +418,7 @@ SYNTH = SynthSpec(
     aliases=("sir",),
     size=(384, 512),
     split="training",
+    identity=identity_rectangling_sample,
     help="stitched-image rectangling samples in the DIR-D layout (input, mask, gt, flow)",
 )
 

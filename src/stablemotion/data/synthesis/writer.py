@@ -30,6 +30,8 @@ __all__ = [
     "pool_context",
     "save_image_file",
     "PREFILTER_SIGMA",
+    "identity_warp_sample",
+    "is_identity_sample",
 ]
 
 #: Default Gaussian low-pass of the photo crops (pixels): the bilinear re-warp of a sample then
@@ -54,6 +56,37 @@ class WarpSample:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+def identity_warp_sample(sample: WarpSample) -> WarpSample:
+    """The identity version of a :class:`WarpSample`: its target as input, zero flow.
+
+    Example:
+        >>> s = make_sample("lens", seed=0, index=0, size=(24, 32), photos=["procedural"])
+        >>> i = identity_warp_sample(s)
+        >>> bool((i.input == s.gt).all()), float(abs(i.flow).max()), i.params["identity"]
+        (True, 0.0, True)
+    """
+    return WarpSample(input=sample.gt.copy(), gt=sample.gt, flow=np.zeros_like(sample.flow),
+                      params={**sample.params, "identity": True})
+
+
+def _identity_draw(seed: int, index: int, stream: int) -> float:
+    """The uniform draw that makes sample ``index`` an identity sample: its own random stream,
+    so datasets made without identity samples are unchanged by the option."""
+    return float(np.random.default_rng([int(seed), int(index), int(stream), 1]).random())
+
+
+def is_identity_sample(task: str, seed: int, index: int, identity_fraction: float) -> bool:
+    """Whether sample ``index`` of a dataset with ``identity_fraction`` is an identity sample.
+
+    Example:
+        >>> sum(is_identity_sample("rotation", 0, i, 0.25) for i in range(400))  # about a quarter
+        112
+    """
+    if identity_fraction <= 0.0:
+        return False
+    return _identity_draw(seed, index, get_generator(task).stream) < identity_fraction
+
+
 def sample_rng(seed: int, index: int, task: str) -> np.random.Generator:
     """The random generator of sample ``index`` of generator ``task``: independent of order,
     workers and resumption (``default_rng([seed, index, stream])``)."""
@@ -67,6 +100,7 @@ def make_sample(
     size: tuple[int, int],
     photos: Sequence[Any] | None = None,
     prefilter_sigma: float = PREFILTER_SIGMA,
+    identity_fraction: float = 0.0,
     **options: Any,
 ) -> Any:
     """Synthetic sample ``index`` of a dataset, in memory; what the dataset writers write.
@@ -79,6 +113,9 @@ def make_sample(
         photos: photo files (or :data:`PROCEDURAL` / :data:`URBAN` tokens) to draw from (default:
             :func:`bundled_photo_paths`).
         prefilter_sigma: Gaussian low-pass of the photo crop, pixels.
+        identity_fraction: share of samples (drawn per index, :func:`is_identity_sample`) that
+            are identity samples: the same scene with nothing to correct (the generator's
+            ``identity``: target as input, zero flow; SIR: a full rectangle, no border).
         options: the generator's options (see its task module, e.g. ``style`` for
             rectangling, ``motion_model`` for rolling shutter, ``max_angle`` for rotation).
 
@@ -94,10 +131,17 @@ def make_sample(
     """
     synth = get_generator(task)
     synth.check_options(options)
+    if not 0.0 <= float(identity_fraction) <= 1.0:
+        raise ValueError(f"identity_fraction must be in [0, 1], got {identity_fraction}")
     rng = sample_rng(seed, index, synth.name)
     paths = [str(p) for p in (photos if photos is not None else bundled_photo_paths())]
     photo = draw_photo(rng, paths, size)
-    return synth.generate(photo, rng, (int(size[0]), int(size[1])), prefilter_sigma, **options)
+    sample = synth.generate(photo, rng, (int(size[0]), int(size[1])), prefilter_sigma, **options)
+    if is_identity_sample(synth.name, seed, index, float(identity_fraction)):
+        if synth.identity is None:
+            raise ValueError(f"generator {synth.name!r} declares no identity sample; use identity_fraction=0")
+        sample = synth.identity(sample)
+    return sample
 
 
 # --------------------------------------------------------------------------- writing
@@ -137,13 +181,15 @@ class _Job:
     prefilter_sigma: float
     options: tuple[tuple[str, Any], ...]
     layout_options: tuple[tuple[str, Any], ...]
+    identity_fraction: float = 0.0
 
 
 def _run_job(job: _Job) -> str:
     cv2.setNumThreads(1)
     name = f"{job.index:05d}"
     synth = get_generator(job.task)
-    sample = make_sample(job.task, job.seed, job.index, job.size, job.photos, job.prefilter_sigma, **dict(job.options))
+    sample = make_sample(job.task, job.seed, job.index, job.size, job.photos, job.prefilter_sigma,
+                         identity_fraction=job.identity_fraction, **dict(job.options))
     synth.layout.write(sample, Path(job.out) / job.split, name, job.split, job.ext, job.quality,
                        **dict(job.layout_options))
     return name
@@ -221,6 +267,7 @@ def write_dataset(
     workers: int = 1,
     overwrite: bool = False,
     progress: Callable[[Iterable[str], int], Iterable[str]] | None = None,
+    identity_fraction: float = 0.0,
     **options: Any,
 ) -> list[str]:
     """Write ``num`` synthetic samples of ``task`` in the task's layout.
@@ -243,6 +290,7 @@ def write_dataset(
         overwrite: allow writing into non-empty folders.
         progress: called as ``progress(iterator, total)`` on the finished sample names;
             e.g. ``lambda it, n: tqdm(it, total=n)``.
+        identity_fraction: share of identity samples (nothing to correct; :func:`make_sample`).
         options: the generator's and the layout's options (declared in the task module).
 
     Returns:
@@ -257,6 +305,10 @@ def write_dataset(
     _check_out(out_p, split, synth.layout.subdirs, overwrite)
     if num < 1:
         raise ValueError(f"num must be at least 1, got {num}")
+    if not 0.0 <= float(identity_fraction) <= 1.0:
+        raise ValueError(f"identity_fraction must be in [0, 1], got {identity_fraction}")
+    if identity_fraction > 0 and synth.identity is None:
+        raise ValueError(f"generator {synth.name!r} declares no identity sample; use identity_fraction=0")
     synth.check_options({**gen, **lay}, layout=True)
     if len(size) != 2 or min(size) < 8:
         raise ValueError(f"size must be (H, W) with both at least 8 pixels, got {size}")
@@ -274,6 +326,7 @@ def write_dataset(
         "photos": tuple(str(p) for p in photo_paths), "out": str(out_p), "split": split, "ext": ext,
         "quality": int(quality), "prefilter_sigma": float(prefilter_sigma),
         "options": tuple(sorted(gen.items())), "layout_options": tuple(sorted(lay.items())),
+        "identity_fraction": float(identity_fraction),
     }
     jobs = [_Job(index=i, **base) for i in range(start, start + num)]  # type: ignore[arg-type]
     return _run_jobs(jobs, workers, progress)
