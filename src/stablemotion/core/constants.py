@@ -4,7 +4,7 @@ line can read them without loading torch)."""
 from __future__ import annotations
 
 __all__ = ["FLOW_GAMMA", "PADDING_MODES", "DIS_PRESET_NAMES", "ENSEMBLE_MODES", "FINAL_STEPS", "FLOW_REGULARIZATIONS",
-           "RECTANGLING_STYLE_NAMES", "RS_MOTION_NAMES"]
+           "FLOW_PROJECTIONS", "DEFAULT_CORRECTION_GATE", "RECTANGLING_STYLE_NAMES", "RS_MOTION_NAMES"]
 
 #: Flow normalisation of the VAE encoding: channels are ``u / 50, v / 50, 1 / 50``.
 FLOW_GAMMA = 50.0
@@ -19,6 +19,13 @@ FINAL_STEPS = ("x0", "prev_sample")
 #: Post-processing of each member flow: none, or its projection onto a smooth mesh of per-cell
 #: homographies (:func:`stablemotion.core.flow.mesh_regularize`: straight lines stay straight).
 FLOW_REGULARIZATIONS = ("none", "mesh")
+#: Projection of each member flow onto the task's motion family: none, or the robust fit of
+#: :func:`stablemotion.core.motion_models.fit_motion_model` (``TaskSpec.motion_model``).
+FLOW_PROJECTIONS = ("none", "motion_model")
+#: The correction gate's confidence threshold of ``stablemotion rectify`` and the app: an image
+#: whose predicted correction is less supported is left unchanged
+#: (:mod:`stablemotion.model.correction_gate`).
+DEFAULT_CORRECTION_GATE = 0.5
 #: Border styles of the synthetic SIR generator (:func:`stablemotion.data.synth.make_rectangling_sample`).
 RECTANGLING_STYLE_NAMES = ("inset", "stitched", "panorama")
 #: Camera-motion models of the synthetic RSC generator

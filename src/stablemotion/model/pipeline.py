@@ -31,7 +31,9 @@ argument checks and input conversion in :mod:`stablemotion.model.pipeline_inputs
 (:class:`StableMotionOutput`, ``"pt"``/``"np"``/``"pil"``) in :mod:`stablemotion.model.pipeline_output`.
 ``__call__`` runs the named steps ``resolve_settings`` -> ``check_inputs`` -> ``prepare_inputs`` ->
 ``check_prepared_inputs`` -> ``estimate_flows`` (``prepare_condition_latents``, ``prepare_latents``,
-``denoise``, ``decode``) -> ``ensemble`` -> ``format_output``.
+``denoise``, ``decode``) -> ``assess_members`` (the correction gate's scores,
+:mod:`stablemotion.model.correction_gate`) -> ``project_members`` (``flow_projection="motion_model"``)
+-> ``ensemble`` -> ``apply_gate`` -> ``format_output``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DCon
 from diffusers.utils import replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..core.constants import FINAL_STEPS, FLOW_REGULARIZATIONS
+from ..core.constants import FINAL_STEPS, FLOW_PROJECTIONS, FLOW_REGULARIZATIONS
 from ..core.ensemble import (
     ENSEMBLE_MODES,
     ENSEMBLE_ROUNDINGS,
@@ -64,6 +66,7 @@ from ..core.image_processing import (
 )
 from ..tasks import MASK_CONDITIONS, TaskSpec, missing_condition_value
 from .components import EmptyTextEmbedding, TaskEmbedding, decode_flow_latents, encode_latents
+from .correction_gate import apply_gate, assess_members, check_gate, gate_reason, project_members
 from .pipeline_inputs import (
     PipelineInputsMixin,
     check_choice,
@@ -123,6 +126,11 @@ class StableMotionPipeline(PipelineInputsMixin, DiffusionPipeline):
             fixed width in pixels).
         default_flow_regularization: ``"none"`` or ``"mesh"`` (see :data:`FLOW_REGULARIZATIONS`).
         mesh_cells: ``[rows, cols]`` of the ``"mesh"`` regularisation, at the processing resolution.
+        default_flow_projection: ``"none"`` or ``"motion_model"`` (see :data:`FLOW_PROJECTIONS`).
+        default_correction_gate: confidence threshold of the correction gate when a call passes
+            ``correction_gate=None``; 0 (the default) = off: the pipeline corrects every image
+            (``stablemotion rectify`` and the app gate at
+            :data:`~stablemotion.model.correction_gate.DEFAULT_CORRECTION_GATE` unless told otherwise).
         task_resolutions: a multi-task model's per-task default processing resolution
             ``{task: [H, W]}`` (tasks trained at their own size); others use
             ``default_processing_resolution``.
@@ -157,6 +165,8 @@ class StableMotionPipeline(PipelineInputsMixin, DiffusionPipeline):
         default_flow_regularization: str = "none",
         mesh_cells: list[int] | tuple[int, int] = (12, 16),
         task_resolutions: dict | None = None,
+        default_flow_projection: str = "none",
+        default_correction_gate: float = 0.0,
     ) -> None:
         super().__init__()
         spec, specs, conditions = model_tasks(unet, text_embedding, task, tasks)
@@ -164,6 +174,8 @@ class StableMotionPipeline(PipelineInputsMixin, DiffusionPipeline):
         check_choice("default_final_step", default_final_step, FINAL_STEPS)
         check_choice("mask_encoding", mask_encoding, MASK_ENCODINGS)
         check_choice("default_flow_regularization", default_flow_regularization, FLOW_REGULARIZATIONS)
+        check_choice("default_flow_projection", default_flow_projection, FLOW_PROJECTIONS)
+        gate = check_gate(default_correction_gate, "default_correction_gate")
         if len(mesh_cells) != 2 or min(int(c) for c in mesh_cells) < 1:
             raise ValueError(f"mesh_cells must be [rows, cols] >= 1, got {list(mesh_cells)}")
         check_choice("ensemble_rounding", ensemble_rounding, ENSEMBLE_ROUNDINGS)
@@ -185,6 +197,8 @@ class StableMotionPipeline(PipelineInputsMixin, DiffusionPipeline):
             default_flow_regularization=default_flow_regularization,
             mesh_cells=[int(c) for c in mesh_cells],
             task_resolutions=own or None,
+            default_flow_projection=default_flow_projection,
+            default_correction_gate=gate,
         )
         self.task: TaskSpec = spec
         #: The tasks this model serves, by name (one for a single-task model).
@@ -268,6 +282,9 @@ class StableMotionPipeline(PipelineInputsMixin, DiffusionPipeline):
         output_flow_colored: bool = False,
         flow_regularization: str | None = None,
         task: str | None = None,
+        flow_projection: str | None = None,
+        correction_gate: float | None = None,
+        always_correct: bool = False,
     ) -> StableMotionOutput | tuple:
         """Estimate the rectifying flow of ``image`` and apply it.
 
@@ -311,6 +328,15 @@ class StableMotionPipeline(PipelineInputsMixin, DiffusionPipeline):
                 visualisation costs time at full resolution, so it is off by default).
             task: which of a multi-task model's tasks to run (``self.tasks``); ``None`` = the
                 default task (``self.task``, the only one of a single-task model).
+            flow_projection: ``"none"`` or ``"motion_model"``: replace every member flow by its
+                robust fit of the task's motion family (``TaskSpec.motion_model``,
+                :mod:`stablemotion.core.motion_models`; SIR has none and is kept); default from
+                the config.
+            correction_gate: confidence threshold in [0, 1] (0 = off; default from the config,
+                ``default_correction_gate``): an image whose correction is less supported
+                (:mod:`stablemotion.model.correction_gate`) comes back unchanged, zero flow,
+                with its reason in ``gate_reason``. The confidence is always reported.
+            always_correct: apply every correction whatever its confidence (the gate off).
 
         Returns:
             :class:`StableMotionOutput` (or a tuple ``(flow, image, flow_colored, uncertainty)``).
@@ -319,7 +345,8 @@ class StableMotionPipeline(PipelineInputsMixin, DiffusionPipeline):
         """
         spec = self.resolve_task(task)
         s = self.resolve_settings(spec, num_inference_steps, ensemble_size, ensemble_mode, processing_resolution,
-                                  final_step, decode_scale, border_band, flow_regularization)
+                                  final_step, decode_scale, border_band, flow_regularization, flow_projection,
+                                  0.0 if always_correct else correction_gate)
         conds_in = merge_mask(mask, conditions)
         ens, mode = s["ensemble_size"], s["ensemble_mode"]
         self.check_inputs(conds_in, s["num_inference_steps"], ens, mode, batch_size, output_type, decode_scale,
@@ -332,10 +359,16 @@ class StableMotionPipeline(PipelineInputsMixin, DiffusionPipeline):
         conds = {name: t.expand(n, -1, -1, -1) for name, t in conds.items()}  # a single condition serves the batch
         member_flows_lr = self.estimate_flows(images, conds, size, s, proc, batch_size, generator, latents,
                                               show_progress_bar, spec)
+        supports = assess_members(member_flows_lr, spec, tuple(self.config.mesh_cells))
+        if s["flow_projection"] == "motion_model":
+            member_flows_lr = project_members(member_flows_lr, spec)
         flow, rect, uncertainty, members = self.ensemble(images, member_flows_lr, mode, s["border_band"], spec)
+        reasons = [gate_reason(sup, s["correction_gate"]) for sup in supports]
+        flow, rect, uncertainty = apply_gate(reasons, images, flow, rect, uncertainty)
         self.maybe_free_model_hooks()
         return format_output(flow, rect, uncertainty, members if return_members else None, s, output_type,
-                             output_flow_colored, return_dict)
+                             output_flow_colored, return_dict, confidence=[sup.confidence for sup in supports],
+                             gate_reason=reasons)
 
     def estimate_flows(
         self,

@@ -16,11 +16,12 @@ from typing import Any
 import torch
 from diffusers import UNet2DConditionModel
 
-from ..core.constants import FINAL_STEPS, FLOW_REGULARIZATIONS
+from ..core.constants import FINAL_STEPS, FLOW_PROJECTIONS, FLOW_REGULARIZATIONS
 from ..core.ensemble import ENSEMBLE_MODES
 from ..core.image_processing import MASK_THRESHOLD, ImageInput, processing_size, to_image_batch, to_mask_batch
 from ..tasks import MASK_CONDITIONS, TaskSpec, get_task, union_conditions
 from .components import EmptyTextEmbedding, TaskEmbedding, infer_task
+from .correction_gate import check_gate
 from .pipeline_output import OUTPUT_TYPES
 
 __all__ = ["PipelineInputsMixin", "check_choice", "merge_mask", "model_tasks", "check_count",
@@ -269,6 +270,8 @@ class PipelineInputsMixin:
         decode_scale: int = 1,
         border_band: float | None = None,
         flow_regularization: str | None = None,
+        flow_projection: str | None = None,
+        correction_gate: float | None = None,
     ) -> dict[str, Any]:
         """The call's inference settings, ``None`` replaced by the config's defaults (a multi-task
         model's ``task_resolutions`` first); what :attr:`StableMotionOutput.settings` reports.
@@ -281,6 +284,9 @@ class PipelineInputsMixin:
             (1, 3, [32, 32], 'x0')
         """
         cfg = self.config
+        projection = cfg.get("default_flow_projection", "none") if flow_projection is None else flow_projection
+        check_choice("flow_projection", projection, FLOW_PROJECTIONS)
+        gate = cfg.get("default_correction_gate", 0.0) if correction_gate is None else correction_gate
         res = processing_resolution
         if res is None:
             res = (cfg.get("task_resolutions") or {}).get(task.name, cfg.default_processing_resolution)
@@ -296,5 +302,7 @@ class PipelineInputsMixin:
             "ensemble_rounding": cfg.ensemble_rounding,
             "flow_regularization": (cfg.default_flow_regularization if flow_regularization is None
                                     else flow_regularization),
+            "flow_projection": projection,
+            "correction_gate": check_gate(gate),
             "task": task.name,
         }

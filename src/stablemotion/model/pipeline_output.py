@@ -45,15 +45,20 @@ class StableMotionOutput(BaseOutput):
         settings: the inference settings actually used, defaults resolved
             (``num_inference_steps``, ``ensemble_size``, ``ensemble_mode``,
             ``processing_resolution`` [h, w], ``final_step``, ``decode_scale``,
-            ``mask_encoding``, ``border_band``, ``ensemble_rounding``).
+            ``mask_encoding``, ``border_band``, ``ensemble_rounding``, ``flow_projection``,
+            ``correction_gate`` (the threshold applied; 0 = off)).
+        confidence: per image, how well the predicted correction is supported, in [0, 1]
+            (:mod:`stablemotion.model.correction_gate`), a list of B floats.
+        gate_reason: per image, ``""`` when corrected, else the one-line reason it was left
+            unchanged (zero flow, the input as ``image``), a list of B strings.
 
     Example:
         >>> import numpy as np
         >>> from stablemotion.model.tiny import tiny_pipeline
         >>> out = tiny_pipeline("sir")(np.zeros((16, 24, 3), np.float32), mask=np.ones((16, 24), np.float32),
         ...                            output_type="np", show_progress_bar=False)
-        >>> out.flow.shape, out.image.shape, out.uncertainty
-        ((1, 16, 24, 2), (1, 16, 24, 3), None)
+        >>> out.flow.shape, out.image.shape, out.uncertainty, out.gate_reason
+        ((1, 16, 24, 2), (1, 16, 24, 3), None, [''])
     """
 
     flow: torch.Tensor | np.ndarray
@@ -62,6 +67,8 @@ class StableMotionOutput(BaseOutput):
     uncertainty: torch.Tensor | np.ndarray | None = None
     members: torch.Tensor | None = None
     settings: dict[str, Any] | None = None
+    confidence: list[float] | None = None
+    gate_reason: list[str] | None = None
 
 
 def format_output(
@@ -73,6 +80,8 @@ def format_output(
     output_type: str = "pt",
     output_flow_colored: bool = False,
     return_dict: bool = True,
+    confidence: list[float] | None = None,
+    gate_reason: list[str] | None = None,
 ) -> StableMotionOutput | tuple:
     """The pipeline's result tensors laid out as ``output_type`` (see :class:`StableMotionOutput`).
 
@@ -83,6 +92,8 @@ def format_output(
         output_type: ``"pt"``, ``"np"`` or ``"pil"``.
         output_flow_colored: also draw the flow's colour picture.
         return_dict: ``False`` returns the tuple ``(flow, image, flow_colored, uncertainty)``.
+        confidence, gate_reason: the correction gate's per-image confidence and reason
+            (:class:`StableMotionOutput`), returned as they are.
 
     Example:
         >>> import torch
@@ -110,4 +121,4 @@ def format_output(
     if not return_dict:
         return (out_flow, out_image, out_col, out_unc)
     return StableMotionOutput(flow=out_flow, image=out_image, flow_colored=out_col, uncertainty=out_unc,
-                              members=members, settings=settings)
+                              members=members, settings=settings, confidence=confidence, gate_reason=gate_reason)

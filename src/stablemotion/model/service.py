@@ -19,9 +19,12 @@ the same image and flow whichever of them runs it:
   chooses (:data:`RESULT_KEYS`): the CLI's ``NAME.png`` / ``NAME_flow.png`` / ..., the app's
   ``rectified.png`` / ``flow.png`` / ... in a request folder, evaluation's ``results/NAME.png``.
 
-Whether an image is corrected at all is decided in one place, :func:`unchanged_reason`
-(today: a SIR image whose derived mask has no empty border is returned as it is, with a zero
-flow); a future correction gate belongs there.
+Whether an image is corrected at all is decided in one place, :func:`unchanged_reason`: a SIR
+image whose derived mask has no empty border is returned as it is, with a zero flow, before
+the model runs; after it runs, the correction gate's verdict on the prediction
+(:func:`stablemotion.model.correction_gate.gate_reason`, applied by the pipeline when
+``correction_gate`` is set and reported as ``gate_reason``) leaves an image whose correction is
+not supported unchanged, with its reason. ``always_correct=True`` turns the gate off.
 
 Example:
     >>> import numpy as np
@@ -43,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.constants import DEFAULT_CORRECTION_GATE
 from ..core.image_processing import mask_valid, prepare_mask
 from ..core.large_image import MAX_WORK_PIXELS, CappedResult
 from ..io.images import PathLike, atomic_path
@@ -51,7 +55,7 @@ from ..tasks import MASK_CONDITIONS, TaskSpec, get_task
 __all__ = [
     "RESULT_KEYS", "NonFiniteFlowError", "RectifyRequest", "RectifyResult", "prepare_request", "rectify",
     "rectify_image", "rectify_many", "resolve_task", "takes_mask", "unchanged_reason", "unchanged_result",
-    "write_results",
+    "write_results", "DEFAULT_CORRECTION_GATE",
 ]
 
 #: The files :func:`write_results` can write, by key: the rectified image, the flow's colour
@@ -136,6 +140,8 @@ class RectifyResult(CappedResult):
         unchanged: the image was returned as it is (zero flow), for ``reason``.
         reason: why it was left unchanged, or ``""``.
         task: the name of the task that ran.
+        confidence: the correction gate's confidence in the prediction, in [0, 1]
+            (:mod:`stablemotion.model.correction_gate`), or ``None`` when the model did not run.
 
     Example:
         >>> import numpy as np
@@ -149,6 +155,7 @@ class RectifyResult(CappedResult):
     unchanged: bool = False
     reason: str = ""
     task: str = ""
+    confidence: float | None = None
 
     @property
     def spread_max(self) -> float:
@@ -192,20 +199,24 @@ def prepare_request(
     return RectifyRequest(image, used, task, mask is not None, note)
 
 
-def unchanged_reason(request: RectifyRequest) -> str:
+def unchanged_reason(request: RectifyRequest, gate_reason: str = "") -> str:
     """Why ``request`` is returned unchanged instead of rectified, or ``""`` (rectify it).
 
-    The one place that decides whether an image is corrected at all (a correction gate goes
-    here): a derived mask without an empty border leaves nothing to rectangle.
+    The one place that decides whether an image is corrected at all: before the model runs, a
+    derived mask without an empty border leaves nothing to rectangle; after it runs,
+    ``gate_reason`` is the correction gate's verdict on the prediction (the pipeline's
+    ``gate_reason``: :func:`stablemotion.model.correction_gate.gate_reason`, ``""`` = supported).
 
     Example:
         >>> import numpy as np
         >>> unchanged_reason(prepare_request(np.full((8, 8, 3), 99, np.uint8), task="sir"))
         'no empty border found: nothing to rectangle'
+        >>> unchanged_reason(RectifyRequest(np.zeros((8, 8, 3), np.uint8), task="rsc"), "left unchanged: a test")
+        'left unchanged: a test'
     """
     if request.mask is not None and not request.mask_given and bool(mask_valid(request.mask).all()):
         return "no empty border found: nothing to rectangle"
-    return ""
+    return str(gate_reason or "")
 
 
 def unchanged_result(request: RectifyRequest, reason: str = "") -> RectifyResult:
@@ -230,6 +241,7 @@ class _Checked:
 
     def __init__(self, pipe: Any) -> None:
         self.pipe, self.seconds = pipe, 0.0
+        self.gate_reason, self.confidence = "", None  # the correction gate's verdict (first image)
         self.config = getattr(pipe, "config", None)  # what rectify_capped reads of the pipeline
         device = getattr(pipe, "_execution_device", None)
         self.cuda = getattr(device, "type", None) == "cuda"
@@ -247,6 +259,9 @@ class _Checked:
         self.seconds += time.perf_counter() - t0
         if not np.isfinite(out.flow).all():
             raise NonFiniteFlowError("the model produced a non-finite flow (NaN/inf)")
+        reasons, confidence = getattr(out, "gate_reason", None), getattr(out, "confidence", None)
+        self.gate_reason = str(reasons[0]) if reasons else ""
+        self.confidence = float(confidence[0]) if confidence else None
         return out
 
 
@@ -256,6 +271,8 @@ def rectify(
     *,
     max_work_pixels: int | None = MAX_WORK_PIXELS,
     seed: int = 0,
+    correction_gate: float | None = None,
+    always_correct: bool = False,
     **pipe_kwargs: Any,
 ) -> RectifyResult:
     """Rectify one prepared image with ``pipe`` -> :class:`RectifyResult` at the input's size.
@@ -267,6 +284,12 @@ def rectify(
     tasks by name. ``pipe_kwargs`` go to the pipeline (``num_inference_steps``,
     ``ensemble_size``, ...). A flow holding NaN/inf raises :class:`NonFiniteFlowError` (before
     the full-size warp).
+
+    ``correction_gate``: the gate's confidence threshold in [0, 1] (``None``: the pipeline's
+    ``default_correction_gate``, 0 = off, for the bundled models; ``stablemotion rectify`` and
+    the app pass :data:`DEFAULT_CORRECTION_GATE`); ``always_correct=True`` turns it off. An image
+    the gate leaves unchanged comes back as :func:`unchanged_result` (the input itself, zero
+    flow) with the gate's reason; ``confidence`` is reported either way.
 
     Example:
         >>> import numpy as np
@@ -287,13 +310,23 @@ def rectify(
     kwargs = dict(pipe_kwargs)
     if getattr(pipe, "tasks", None) is not None:  # a pipeline serving tasks by name runs the one asked for
         kwargs["task"] = spec.name
+    if correction_gate is not None:
+        kwargs["correction_gate"] = correction_gate
+    if always_correct:
+        kwargs["always_correct"] = True
     image = request.image
     checked = _Checked(pipe)
     res = large_image.rectify_capped(checked, image, request.mask, spec.padding,
                                      max_work_pixels or image.shape[0] * image.shape[1],
                                      generator=torch.Generator().manual_seed(seed), **kwargs)
+    reason = unchanged_reason(request, checked.gate_reason)
+    if reason:
+        kept = unchanged_result(request, reason)
+        kept.task, kept.confidence, kept.pipe_seconds, kept.seconds = spec.name, checked.confidence, \
+            checked.seconds, res.seconds
+        return kept
     return RectifyResult(res.image, res.flow, res.flow_colours, res.flow_max, res.spread, res.work_size,
-                         res.seconds, request.mask, checked.seconds, task=spec.name)
+                         res.seconds, request.mask, checked.seconds, task=spec.name, confidence=checked.confidence)
 
 
 def rectify_image(
@@ -304,11 +337,14 @@ def rectify_image(
     task: TaskSpec | str | None = None,
     max_work_pixels: int | None = MAX_WORK_PIXELS,
     seed: int = 0,
+    correction_gate: float | None = None,
+    always_correct: bool = False,
     **pipe_kwargs: Any,
 ) -> RectifyResult:
     """Rectify a uint8 (H, W, 3) image: :func:`prepare_request` (the mask rule), then :func:`rectify`.
 
-    ``task`` ``None``: the pipeline's default task.
+    ``task`` ``None``: the pipeline's default task. ``correction_gate`` / ``always_correct``: the
+    correction gate (see :func:`rectify`).
 
     Example:
         >>> import numpy as np
@@ -320,7 +356,8 @@ def rectify_image(
     """
     spec = resolve_task(pipe, task)
     request = prepare_request(image, mask, task=spec)
-    return rectify(pipe, request, max_work_pixels=max_work_pixels, seed=seed, **pipe_kwargs)
+    return rectify(pipe, request, max_work_pixels=max_work_pixels, seed=seed, correction_gate=correction_gate,
+                   always_correct=always_correct, **pipe_kwargs)
 
 
 def rectify_many(pipe: Any, requests: Iterable[RectifyRequest], **kwargs: Any) -> Iterator[RectifyResult]:
