@@ -95,3 +95,23 @@ def test_an_e2e_run_with_global_context_trains_it_and_exports_a_loadable_pipelin
     loaded = load_pipeline(result.pipeline_dir, progress=False)
     assert isinstance(loaded.unet, GlobalContextUNet)
     assert loaded.unet.global_context[2].weight.abs().sum() > 0  # the exported (EMA) weights hold the trained path
+
+
+def test_fine_tuning_an_existing_pipeline_adds_the_path_and_starts_from_its_outputs(tmp_path, photo):
+    from stablemotion.model.components import with_global_context
+    from stablemotion.training import Trainer
+    from stablemotion.training.config import load_config
+    from test_training import _config, _make_sir_folder
+
+    plain = tiny_pipeline("sir")
+    plain.save_pretrained(tmp_path / "init")
+    unet = with_global_context(plain.unet)
+    x, emb = torch.randn(1, 12, 16, 16), plain.text_embedding(1)
+    with torch.no_grad():
+        assert torch.allclose(unet(x, 999, encoder_hidden_states=emb).sample,
+                              plain.unet(x, 999, encoder_hidden_states=emb).sample, atol=1e-6)
+    data = _make_sir_folder(tmp_path / "data", photo)
+    cfg = _config(tmp_path, data, **{"model": {"base": "tiny", "init": str(tmp_path / "init"),
+                                               "tiny": {"global_context": True}}})
+    trainer = Trainer(load_config(cfg))
+    assert isinstance(trainer.pipe.unet, GlobalContextUNet)

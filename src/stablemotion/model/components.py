@@ -43,6 +43,7 @@ __all__ = [
     "EmptyTextEmbedding",
     "TaskEmbedding",
     "GlobalContextUNet",
+    "with_global_context",
     "task_text_embeddings",
     "adapt_conv_in",
     "expand_conv_in",
@@ -231,6 +232,26 @@ class GlobalContextUNet(UNet2DConditionModel):
             return super().forward(*args, **kwargs)
         finally:
             _GLOBAL_TEMB.reset(token)
+
+
+def with_global_context(unet: UNet2DConditionModel) -> GlobalContextUNet:
+    """``unet`` with a new (zero-started) global-context path: same config and weights, so it computes
+    exactly what ``unet`` did until the path is trained (to fine-tune an existing model with it).
+    A :class:`GlobalContextUNet` is returned as it is.
+
+    Example:
+        >>> from stablemotion.model.tiny import tiny_components
+        >>> plain = tiny_components("rsc")["unet"]
+        >>> type(with_global_context(plain)).__name__
+        'GlobalContextUNet'
+    """
+    if isinstance(unet, GlobalContextUNet):
+        return unet
+    new = GlobalContextUNet.from_config(unet.config).to(device=unet.device, dtype=unet.dtype)
+    missing, unexpected = new.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("global_context.") for k in missing):
+        raise ValueError(f"with_global_context: the UNet's weights do not fit (missing {missing}, unexpected {unexpected})")
+    return new.train(unet.training)
 
 
 @torch.no_grad()

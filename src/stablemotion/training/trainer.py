@@ -214,6 +214,10 @@ class Trainer:
             pipe = tiny_pipeline(want, seed=m.seed, **m.tiny)
         else:
             pipe = build_pipeline(m.base, want, revision=m.revision, local_files_only=m.local_files_only)
+        if m.tiny.get("global_context") and (m.init or m.base == "tiny"):  # model.init: add the path to its UNet
+            from ..model.components import with_global_context
+
+            pipe.unet = with_global_context(pipe.unet)
         if m.vae:
             from diffusers import AutoencoderKL
 
