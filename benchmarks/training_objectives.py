@@ -15,6 +15,7 @@ rows of one run only.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -100,7 +101,8 @@ def main() -> None:
     print(table)
     if not args.no_write:
         body = (f"configs/mini_rsc.yaml's UNet (random weights), CPU, {args.threads} torch thread(s), EMA on, "
-                "no validation or checkpoints; the other jobs on this machine's cores slow every row alike.\n\n" + table)
+                "no validation or checkpoints; rows run one after the other, so other jobs on the machine's cores "
+                f"can slow rows unequally (load average at the end: {os.getloadavg()[0]:.1f}).\n\n" + table)
         print(f"updated {write_section('training_objectives', 'Training step cost: diffusion vs e2e objective', body)}")
 
 
