@@ -743,7 +743,7 @@ def test_end_to_end_in_chromium(browser, tmp_path: Path) -> None:
                                timeout=120_000)
         assert not page.is_visible("#error")
         meta = page.inner_text("#meta")
-        assert meta.startswith("task SIR detected (100%: flat empty border") and "mask derived from" in meta
+        assert meta.startswith("task SIR detected (100%: ") and "border" in meta and "mask derived from" in meta
 
         # a bad upload shows the server's message on the page
         bad = tmp_path / "upload" / "notes.png"
@@ -962,17 +962,40 @@ def test_auto_refuses_a_mask_for_a_task_without_one(client: TestClient, picture:
 
 
 @pytest.mark.parametrize(
-    ("choice", "message"),
+    ("choice", "reason"),
     [
         (TaskChoice(None, 0.48, "classifier unsure: best guess lens at 48% < 60%", {"lens": 0.48}, "lens"),
-         "cannot tell the task (best guess lens at 48%): choose the task"),
+         "cannot tell the task (best guess lens at 48%): the image is returned unchanged; choose a task to rectify it"),
         (TaskChoice("none", 0.9, "classifier (no distortion seen)", {"none": 0.9}, "none"),
-         "no distortion recognised (the classifier sees an ordinary photo); choose a task to rectify it anyway"),
+         "no correction needed (classifier (no distortion seen)): the image is returned unchanged; choose a task "
+         "to rectify it anyway"),
+    ],
+    ids=["undecided", "none"],
+)
+def test_auto_with_nothing_to_correct_returns_the_image_unchanged(
+        client: TestClient, picture: np.ndarray, fake: FakePipe, choose: SimpleNamespace, choice: TaskChoice,
+        reason: str) -> None:
+    """Do no harm: an image the choice finds no task for is copied unchanged and reported, not refused."""
+    choose.result = choice
+    r = post(client, encode(picture), task="auto")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["unchanged"] is True and body["reason"] == reason and body["confidence"] is None
+    assert body["task"] == choice.task and body["model"] is None
+    assert not fake.calls and len(choose.calls) == 1
+    out = np.array(Image.open(io.BytesIO(client.get(body["urls"]["rectified.png"]).content)))
+    assert np.array_equal(out, picture)
+    assert not np.load(io.BytesIO(client.get(body["urls"]["flow.npy"]).content)).any()
+
+
+@pytest.mark.parametrize(
+    ("choice", "message"),
+    [
         (TaskChoice("rotation", 0.91, "classifier (rotation)", {"rotation": 0.91}, "rotation"),
          "the image looks like a rotation task (91%) but this server has no rotation model (it has sir, rsc); "
          "choose a task to rectify it anyway"),
     ],
-    ids=["undecided", "none", "no-model"],
+    ids=["no-model"],
 )
 def test_auto_without_a_task_to_run_is_422(client: TestClient, picture: np.ndarray, fake: FakePipe,
                                            choose: SimpleNamespace, choice: TaskChoice, message: str) -> None:

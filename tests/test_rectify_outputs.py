@@ -135,7 +135,7 @@ def test_per_process_state_files_replace_a_planted_link(tmp_path: Path, capsys: 
     assert _summary(argparse.Namespace(out=tmp_path / "out"), TwoProcesses(), 3, 0, {}) == 0  # type: ignore[arg-type]
     assert victim.read_bytes() == VICTIM
     assert not (state / "rank1.json").is_symlink()
-    assert json.loads((state / "rank1.json").read_text()) == {"processed": 3, "failures": {}}
+    assert json.loads((state / "rank1.json").read_text()) == {"processed": 3, "failures": {}, "unchanged": {}}
 
 
 # --------------------------------------------------------------------------- item 8: one run at a time
@@ -223,7 +223,7 @@ def test_a_folder_never_mixes_settings_silently(sir_model: Path, photo: np.ndarr
         save_image(_stitched(photo, shift=7 * i), tmp_path / "six" / f"s{i}.png")
     save_image(_stitched(photo, shift=50), tmp_path / "other" / "o.png")
     out = tmp_path / "o"
-    model = ["--model", str(sir_model), "--out", str(out), "--save-flow"]
+    model = ["--model", str(sir_model), "--out", str(out), "--save-flow", "--always-correct"]
     code, text = _run(["rectify", str(tmp_path / "six"), *model], capsys)
     assert code == 0 and "rectified 6 images" in text, text
     seed0 = read_flow(out / "s0_flow.npy")
@@ -306,7 +306,7 @@ def test_images_over_the_cap_run_at_the_working_size_and_are_warped_at_full_size
     save_image(img, tmp_path / "in" / "big.png")
     out = tmp_path / "out"
     code, text = _run(["rectify", str(tmp_path / "in"), "--model", str(sir_model), "--out", str(out), "--save-flow",
-                       "--save-mask", "--ensemble", "2", "--max-work-pixels", "4096"], capsys)
+                       "--save-mask", "--ensemble", "2", "--max-work-pixels", "4096", "--always-correct"], capsys)
     assert code == 0, text
     assert "128x96 px, over --max-work-pixels: the model ran at 73x55" in text, text
     flow = read_flow(out / "big_flow.npy")

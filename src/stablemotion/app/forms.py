@@ -7,13 +7,16 @@ are refused, the CLI's rule: :func:`~stablemotion.io.images.check_single_frame`)
 ``max_side`` pixels per side (checked from the header, before decoding), RGB only (the
 library's rule: grey and real transparency are refused with a message in the page's
 terms), a SIR mask of the image's size, no mask for tasks without one, ``steps`` /
-``ensemble`` in range. Every refusal is an :class:`~stablemotion.app.errors._InputError`
+``ensemble`` in range, ``always_correct`` a checkbox value (``1``/``on``/``true``, or
+``0``/``off``/``false``/empty: the correction gate applies). Every refusal is an :class:`~stablemotion.app.errors._InputError`
 (400, 413 or 415; 422 when ``auto`` finds no task to run).
 
 **Automatic task choice** (``task=auto``): on the inference worker, after validation,
 :func:`~stablemotion.model.task_choice.choose_task` looks at the image (a flat empty border
 means SIR, otherwise the bundled task classifier) and the request runs as if that task had
-been chosen. An uploaded mask is accepted only when SIR is chosen.
+been chosen. An uploaded mask is accepted only when SIR is chosen. An image that needs no
+correction (the choice's task ``"none"``) or whose task cannot be told is returned unchanged,
+with the reason (not refused).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class _Params:
     steps: int | None
     ensemble: int | None
     seed: int
+    always_correct: bool = False
 
 
 def _int_field(form: Mapping[str, Any], key: str, label: str, low: int, high: int) -> int | None:
@@ -82,7 +86,27 @@ def _parse_params(form: Mapping[str, Any], tasks: list[str], limits: AppLimits) 
     steps = _int_field(form, "steps", "steps", 1, limits.max_steps)
     ensemble = _int_field(form, "ensemble", "ensemble size", 1, limits.max_ensemble)
     seed = _int_field(form, "seed", "seed", 0, 2**32 - 1)
-    return _Params(task, steps, ensemble, 0 if seed is None else seed)
+    return _Params(task, steps, ensemble, 0 if seed is None else seed, _bool_field(form, "always_correct"))
+
+
+def _bool_field(form: Mapping[str, Any], key: str) -> bool:
+    """A checkbox: ``1``/``on``/``true``/``yes`` -> True; absent, empty, ``0``/``off``/``false``/``no`` -> False.
+
+    Example:
+        >>> _bool_field({"always_correct": "on"}, "always_correct"), _bool_field({}, "always_correct")
+        (True, False)
+    """
+    raw = form.get(key)
+    if raw is None:
+        return False
+    if not isinstance(raw, str):
+        raise _InputError(f"{key} must be a checkbox value, not a file")
+    value = raw.strip().lower()
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("", "0", "off", "false", "no"):
+        return False
+    raise _InputError(f"{key} must be 1/on/true or 0/off/false, got {raw.strip()[:20]!r}")
 
 
 async def _read_upload(form: Mapping[str, Any], key: str, label: str, limits: AppLimits) -> bytes | None:
@@ -195,22 +219,36 @@ def _choose_task(image: np.ndarray, tasks: Sequence[str], threshold: float) -> A
     """Run on the inference worker: :func:`~stablemotion.model.task_choice.choose_task` for ``image``.
 
     Returns its :class:`~stablemotion.model.task_choice.TaskChoice` when it names a task of this
-    server; otherwise raises a 422 saying why (the messages of ``rectify --task auto``).
+    server, or says the image needs none (``task == "none"``) or cannot be told (``task is None``:
+    both are returned unchanged, :func:`_unchanged_choice`); otherwise raises a 422 saying why.
     """
     from ..model.task_choice import choose_task
 
     choice = choose_task(image, threshold=threshold)
     log.info("auto: task %s (%.0f%%): %s", choice.task or "undecided", 100 * choice.confidence, choice.reason)
-    if choice.task is None:
-        raise _InputError(f"cannot tell the task (best guess {choice.best} at {choice.confidence:.0%}): "
-                          "choose the task", 422)
-    if choice.task == "none":
-        raise _InputError("no distortion recognised (the classifier sees an ordinary photo); choose a task to "
-                          "rectify it anyway", 422)
+    if choice.task is None or choice.task == "none":
+        return choice
     if choice.task not in tasks:
         raise _InputError(f"the image looks like a {choice.task} task ({choice.confidence:.0%}) but this server has "
                           f"no {choice.task} model (it has {', '.join(tasks)}); choose a task to rectify it anyway", 422)
     return choice
+
+
+def _unchanged_choice(choice: Any) -> str:
+    """Why an ``auto`` image whose choice names no task is returned unchanged (one line), or ``""``.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> _unchanged_choice(SimpleNamespace(task=None, best="rsc", confidence=0.4, reason=""))
+        'cannot tell the task (best guess rsc at 40%): the image is returned unchanged; choose a task to rectify it'
+    """
+    if choice.task is None:
+        return (f"cannot tell the task (best guess {choice.best} at {choice.confidence:.0%}): the image is returned "
+                "unchanged; choose a task to rectify it")
+    if choice.task == "none":
+        why = f" ({choice.reason})" if getattr(choice, "reason", "") else ""
+        return f"no correction needed{why}: the image is returned unchanged; choose a task to rectify it anyway"
+    return ""
 
 
 async def _read_form(request: Request, tasks: list[str], limits: AppLimits) -> tuple[_Params, bytes, bytes | None]:

@@ -57,6 +57,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse
 
+from ..core.constants import DEFAULT_CORRECTION_GATE
 from ..core.flow import write_flow
 from ..core.large_image import (
     MAX_WORK_PIXELS,
@@ -98,6 +99,7 @@ from .forms import (  # noqa: F401
     _read_upload,
     _task_mask,
     _to_rgb,
+    _unchanged_choice,
 )
 from .middleware import (  # noqa: F401
     LOOPBACK_HOSTS,
@@ -134,27 +136,35 @@ def _rectify(
     request: RectifyRequest,
     folder: Path,
     max_work_pixels: int = MAX_WORK_PIXELS,
+    reason: str = "",
 ) -> dict[str, Any]:
     """Run on the inference worker: rectify ``request`` with the rectify service and write the result
     files into ``folder`` (:mod:`stablemotion.model.service`) -> the answer's metadata.
 
     Images over ``max_work_pixels`` run the pipeline at :func:`working_size` and are warped
     at full size with its flow (see the module docstring); the others as ``rectify`` does. An
-    image the service leaves unchanged (zero flow) does not load the model.
+    image the service leaves unchanged before the model runs (zero flow) does not load the model;
+    the correction gate (:data:`DEFAULT_CORRECTION_GATE`, off with ``params.always_correct``)
+    may leave it unchanged after. ``reason`` (or ``params.task`` ``None``: no task) returns it
+    unchanged without running anything.
     """
-    reason = unchanged_reason(request)
+    reason = reason or unchanged_reason(request)
     if reason:
         res = unchanged_result(request, reason)
     else:
         res = rectify_request(models.get(params.task), request, max_work_pixels=max_work_pixels,
                               seed=params.seed, num_inference_steps=params.steps,
-                              ensemble_size=params.ensemble, **dict(getattr(models, "inference", {})))
+                              ensemble_size=params.ensemble, correction_gate=DEFAULT_CORRECTION_GATE,
+                              always_correct=params.always_correct, **dict(getattr(models, "inference", {})))
     paths = {key: folder / name for key, name in _RESULT_NAMES.items()
              if key != "uncertainty_color" or res.spread is not None}
     files = [path.name for path in write_results(res, paths, png_compress_level=3)]
     files.insert(files.index("flow.npy") + 1, "flow.flo")  # written on its first download
     info: dict[str, Any] = {"seconds": round(res.seconds, 3), "flow_max_px": round(res.flow_max, 3),
-                            "work_width": res.work_size[1], "work_height": res.work_size[0]}
+                            "work_width": res.work_size[1], "work_height": res.work_size[0],
+                            "unchanged": bool(res.unchanged), "reason": res.reason,
+                            "confidence": None if res.confidence is None else round(float(res.confidence), 3),
+                            "always_correct": bool(params.always_correct)}
     if res.spread is not None:
         info["uncertainty_max_px"] = round(res.spread_max, 3)
     info["files"] = files
@@ -310,6 +320,13 @@ def _add_rectify_route(app: FastAPI, registry: _Models, limits: AppLimits, queue
             task, choice, work_mask, note = params.task, None, mask, mask_note
             if auto:  # chosen here, on the worker: the classifier is a model too
                 choice = _choose_task(image, registry.tasks, task_threshold)
+                skip = _unchanged_choice(choice)
+                if skip:  # nothing to correct, or the task cannot be told: the image comes back as it is
+                    rid, folder = results.new()
+                    kept = RectifyRequest(image, None, None)
+                    return {"id": rid, "task": "none" if choice.task == "none" else None, "choice": choice,
+                            "mask": "", "meta": _rectify(registry, params, kept, folder, limits.max_work_pixels,
+                                                         reason=skip)}
                 task = choice.task
                 work_mask, note = _task_mask(image, given, task, f" (the task was chosen automatically: {choice.reason})")
             rid, folder = results.new()
@@ -337,7 +354,7 @@ def _answer(done: dict[str, Any], ahead: int, registry: _Models, params: _Params
     rid, task, choice, meta = done["id"], done["task"], done["choice"], done["meta"]
     urls = {name: f"/api/results/{rid}/{name}" for name in meta.pop("files")}
     return {
-        "id": rid, "task": task, "model": registry.names[task],
+        "id": rid, "task": task, "model": registry.names.get(task) if task else None,
         "auto": None if choice is None else {"confidence": round(float(choice.confidence), 3),
                                              "reason": choice.reason},
         "width": int(image.shape[1]), "height": int(image.shape[0]),

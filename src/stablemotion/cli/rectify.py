@@ -25,7 +25,14 @@ input warped at full size a strip of rows at a time. Every output is at the inpu
 
 SIR masks come from --mask (a file for one input, a folder matched by file stem, or
 "alpha": the inputs' own alpha channel); without it they are derived from the stitched
-image's empty border. Under `accelerate launch` or `torchrun` every process takes a shard
+image's empty border.
+
+Do no harm: an image whose predicted correction is not supported (a flow below 0.5 px, a
+rotation below 0.5 deg, a flow that disagrees with the task's motion family or ensemble
+members that disagree: confidence below --correction-gate, default 0.5) is written unchanged
+and reported with its reason, as is a SIR image without an empty border and, with --task
+auto, an image that needs no correction or whose task cannot be told; --always-correct
+applies every correction. Under `accelerate launch` or `torchrun` every process takes a shard
 of the inputs and the main process prints one summary.
 """
 
@@ -37,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.constants import DEFAULT_CORRECTION_GATE, FLOW_PROJECTIONS
 from ..io.images import DEFAULT_MAX_PIXELS, SIDE_FILE_SUFFIXES, list_images
 from ..model.rectify_folder import STATE_NAME, check_out_folder, clean_litter
 from ..tasks import available_tasks, describe_model_tasks
@@ -99,6 +107,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run the model on images larger than this many pixels shrunk to it, and warp them at "
                         "full size in strips (bounded memory; default 1048576 = 1024 x 1024, as the web app; "
                         "0 = no cap: the whole image goes through the pipeline)")
+    p.add_argument("--flow-projection", choices=FLOW_PROJECTIONS, default=None,
+                   help="motion_model: replace the predicted flow by its robust fit of the task's motion family "
+                        "(rolling shutter, rotation, lens; SIR has none); default: the model's config (none)")
+    p.add_argument("--correction-gate", type=float_arg(0.0, 1.0), default=DEFAULT_CORRECTION_GATE,
+                   help=f"leave an image unchanged (reported with the reason) when the confidence that its "
+                        f"correction is supported is below this (default {DEFAULT_CORRECTION_GATE:g}; 0 = off)")
+    p.add_argument("--always-correct", action="store_true",
+                   help="apply every predicted correction, whatever its confidence (the correction gate off)")
     p.add_argument("--force", action="store_true", help="redo images whose outputs exist (default: skip them)")
     p.set_defaults(func=_rectify)
 
@@ -217,6 +233,9 @@ def _preflight(jobs: list[_Job], needs_mask: bool, max_pixels: int | None, grey:
 # --------------------------------------------------------------------------- the command
 def _rectify(args: argparse.Namespace) -> int:
     kwargs = inference_kwargs(args)
+    kwargs["flow_projection"] = getattr(args, "flow_projection", None)
+    kwargs["correction_gate"] = 0.0 if getattr(args, "always_correct", False) else getattr(
+        args, "correction_gate", DEFAULT_CORRECTION_GATE)
     max_pixels = None if args.max_pixels <= 0 else int(args.max_pixels)
     args.max_work_pixels = _max_work_pixels(args.max_work_pixels)
     dist = Dist(args.device)  # checks --device before anything else
@@ -229,6 +248,7 @@ def _rectify(args: argparse.Namespace) -> int:
             removed = clean_litter(args.out)
             if removed:
                 print(f"removed {removed} temporary file(s) left in {args.out} by an interrupted run")
+        args.unchanged = {}  # stem -> why it was written unchanged (this process's images)
         if args.task == "auto":
             return _rectify_auto(args, dist, items, kwargs, max_pixels)
         processed, skipped, failures = _process(args, dist, items, kwargs, max_pixels)
@@ -358,12 +378,13 @@ def _rectify_auto(args: argparse.Namespace, dist: Dist, items: list[tuple[str, P
         choice = choose_task(image, threshold=args.task_threshold)
         if dist.main:
             print(f"{stem}: task {choice.task or 'undecided'} ({choice.confidence:.0%}): {choice.reason}")
-        if choice.task is None:
-            failures[stem] = (f"cannot tell the task (best guess {choice.best} at {choice.confidence:.0%}): "
-                              f"pass --task {tasks}")
-        elif choice.task == "none":
-            failures[stem] = ("no distortion recognised (the classifier sees an ordinary photo); pass --task "
-                              f"{tasks} to rectify it anyway")
+        if choice.task is None or choice.task == "none":
+            why = (f"cannot tell the task (best guess {choice.best} at {choice.confidence:.0%})" if choice.task is None
+                   else f"no correction needed ({choice.reason})" if choice.reason else "no correction needed")
+            try:
+                _copy_unchanged(args, dist, stem, image, kwargs, f"{why}; pass --task {tasks} to rectify it anyway")
+            except (ValueError, OSError) as exc:
+                failures[stem] = str(exc).splitlines()[0]
         elif model_tasks is not None and choice.task not in model_tasks:
             failures[stem] = (f"the image looks like a {choice.task} task ({choice.confidence:.0%}) but --model "
                               f"{args.model} is a {'/'.join(model_tasks)} model; pass --task {model_tasks[0]} to use "
@@ -373,7 +394,7 @@ def _rectify_auto(args: argparse.Namespace, dist: Dist, items: list[tuple[str, P
                               f"{choice.task} model is bundled; pass --model with a {choice.task} model")
         else:
             groups.setdefault(choice.task, []).append((stem, path))
-    processed = skipped = 0
+    processed, skipped = (len(args.unchanged) if dist.main else 0), 0
     # one record for the whole run (each image's task follows from the image): the groups never conflict
     record = _settings_record(args, f"auto:{args.model or 'bundled'}", kwargs)
     for task, group in groups.items():
@@ -384,6 +405,17 @@ def _rectify_auto(args: argparse.Namespace, dist: Dist, items: list[tuple[str, P
         processed, skipped = processed + n, skipped + s
         failures.update(f)
     return _summary(args, dist, processed, skipped, failures)
+
+
+def _copy_unchanged(args: argparse.Namespace, dist: Dist, stem: str, image: Any, kwargs: dict[str, Any],
+                    reason: str) -> None:
+    """``--task auto``: write an image the choice leaves alone as its own result (zero flow), with ``reason``."""
+    from ..model.service import RectifyRequest, unchanged_result, write_results
+
+    args.unchanged[stem] = reason
+    if dist.main:  # every process chose the same: one writes
+        outputs = _outputs(args, stem, False, kwargs.get("ensemble_size") or 1)
+        write_results(unchanged_result(RectifyRequest(image), reason), outputs)
 
 
 @dataclass
@@ -496,7 +528,9 @@ def _run_one(args: argparse.Namespace, pipe: Any, spec: Any, job: _Job, pipe_kwa
     except NonFiniteFlowError as exc:
         raise ValueError(f"{job.image}: {exc}; try --dtype fp32") from None
     if res.unchanged:
-        bar.write(f"{job.stem}: {res.reason}, written unchanged (pass --mask to force a run)")
+        hint = "--always-correct applies it anyway" if res.confidence is not None else "pass --mask to force a run"
+        args.unchanged[job.stem] = res.reason
+        bar.write(f"{job.stem}: {res.reason}, written unchanged ({hint})")
     if res.work_size != image.shape[:2]:
         bar.write(f"{job.stem}: {image.shape[1]}x{image.shape[0]} px, over --max-work-pixels: the model ran at "
                   f"{res.work_size[1]}x{res.work_size[0]}, the flow was applied at full size")
@@ -513,17 +547,19 @@ def _summary(args: argparse.Namespace, dist: Dist, processed: int, skipped: int,
     if dist.world > 1:  # every process leaves its counts; the main one reports once
         check_not_link(state, "the state folder")
         state.mkdir(exist_ok=True)
-        write_atomic(state / f"rank{dist.rank}.json", json.dumps({"processed": processed, "failures": failures}))
+        write_atomic(state / f"rank{dist.rank}.json", json.dumps({"processed": processed, "failures": failures,
+                                                                  "unchanged": getattr(args, "unchanged", {})}))
         dist.barrier()
         if not dist.main:
             return 1 if failures else 0
-        processed, failures = 0, {}
+        processed, failures, args.unchanged = 0, {}, {}
         for rank in range(dist.world):
             path = state / f"rank{rank}.json"
             check_not_link(path, "the state file")
             rec = json.loads(path.read_text())
             processed += rec["processed"]
             failures.update(rec["failures"])
+            args.unchanged.update(rec.get("unchanged", {}))
             path.unlink()
     manifest = Manifest.load(args.out)
     manifest.merge_journals()
@@ -531,12 +567,17 @@ def _summary(args: argparse.Namespace, dist: Dist, processed: int, skipped: int,
     manifest.clear_journals()
     if state.is_dir() and not state.is_symlink() and not any(state.iterdir()):
         state.rmdir()
+    unchanged = getattr(args, "unchanged", {})
     parts = [f"rectified {processed} image{'s' if processed != 1 else ''} -> {args.out}"]
+    if unchanged:
+        parts.append(f"{len(unchanged)} of them left unchanged")
     if skipped:
         parts.append(f"skipped {skipped} already done (--force redoes them)")
     if failures:
         parts.append(f"{len(failures)} failed")
     print("; ".join(parts))
+    for stem, why in sorted(unchanged.items()):
+        print(f"  unchanged {stem}: {why}")
     for stem, why in sorted(failures.items()):
         print(f"  failed {stem}: {why}")
     for note in getattr(args, "input_notes", []):
