@@ -74,11 +74,12 @@ def _int_field(form: Mapping[str, Any], key: str, label: str, low: int, high: in
 
 
 def _parse_params(form: Mapping[str, Any], tasks: list[str], limits: AppLimits) -> _Params:
-    """The form's ``task`` (default: the first of ``tasks``), ``steps``, ``ensemble`` and ``seed`` (default 0), checked.
+    """The form's ``task`` (default: the first of ``tasks``), ``steps``, ``ensemble``, ``seed`` (default 0) and
+    ``always_correct`` (the correction gate off; default False), checked.
 
     Example:
-        >>> _parse_params({"task": "rsc", "steps": "4"}, ["sir", "rsc"], AppLimits())
-        _Params(task='rsc', steps=4, ensemble=None, seed=0)
+        >>> _parse_params({"task": "rsc", "steps": "4", "always_correct": "1"}, ["sir", "rsc"], AppLimits())
+        _Params(task='rsc', steps=4, ensemble=None, seed=0, always_correct=True)
     """
     task = form.get("task") or tasks[0]
     if not isinstance(task, str) or task not in (*tasks, AUTO):
