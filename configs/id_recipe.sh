@@ -38,20 +38,21 @@ ID=0.15
 [ -d data/id_lens/test/flow ] || $S synth lens data/id_lens --split test --num 64 --size 96x128 --ext jpg --quality 92 --photos bundled-test --seed 1 --workers "$W"
 
 # ---- the runs: name, config, overrides
+E2E="-o loss.objective=e2e -o loss.weights.epe=1.0 -o loss.weights.photo=5.0"
 declare -A CFG=(
   [sir]="configs/id_sir.yaml"
   [multi]="configs/id_multi.yaml"
-  [multi_e2e]="configs/id_multi.yaml -o loss.objective=e2e"
+  [multi_e2e]="configs/id_multi.yaml $E2E"
   [rsc_diffusion]="configs/id_rsc.yaml"
-  [rsc_e2e]="configs/id_rsc.yaml -o loss.objective=e2e"
-  [rsc_e2e_global]="configs/id_rsc.yaml -o loss.objective=e2e -o model.global_context=true"
-  [rsc_large]="configs/id_rsc_large.yaml -o model.global_context=true"
+  [rsc_e2e]="configs/id_rsc.yaml $E2E"
+  [rsc_e2e_global]="configs/id_rsc.yaml $E2E -o model.tiny.global_context=true"
+  [rsc_large]="configs/id_rsc_large.yaml"
 )
 mkdir -p runs
 if [ "$GPU" = 1 ]; then
-  NUM="-o train.device=null -o train.batch_size=32 -o train.max_steps=${STEPS:-3000} -o train.max_minutes=${MINUTES:-5.5} -o data.num_workers=2 -o checkpoint.every=500"
+  NUM="-o train.device=null -o train.batch_size=${BATCH:-32} -o train.max_steps=${STEPS:-3000} -o train.max_minutes=${MINUTES:-5.5} -o data.num_workers=2 -o checkpoint.every=500"
 else
-  NUM="-o train.max_steps=${STEPS:-1500}${MINUTES:+ -o train.max_minutes=$MINUTES}"
+  NUM="${STEPS:+-o train.max_steps=$STEPS}${MINUTES:+ -o train.max_minutes=$MINUTES}"
 fi
 pids=()
 for r in $RUNS; do
@@ -67,7 +68,7 @@ for p in "${pids[@]}"; do wait "$p" || echo "a run failed (see runs/id_*.log)" >
 if [ -n "${OUT:-}" ]; then  # at most 8 files come back from the GPU machine: one tar per run, logs together
   mkdir -p "$OUT"
   for r in $RUNS; do
-    [ -d runs/id_$r/pipeline ] && $S convert runs/id_$r/pipeline --out runs/id_${r}_fp16 --force >/dev/null && tar -cf "$OUT/$r.tar" -C runs id_${r}_fp16
+    [ -d runs/id_$r/pipeline ] && $S convert runs/id_$r/pipeline --out runs/id_${r}_fp16 --force >/dev/null && tar -czf "$OUT/$r.tgz" -C runs id_${r}_fp16
   done
   tar -czf "$OUT/logs.tgz" runs/*.log runs/id_*/config.yaml 2>/dev/null || true
 fi
