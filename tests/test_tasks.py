@@ -171,4 +171,5 @@ def test_synth_cli_lists_every_declared_generator(capsys):
     with pytest.raises(SystemExit):
         main(["synth", "rotation", "--help"])
     out = capsys.readouterr().out
-    assert "--min-angle" in out and "--max-angle" in out and "--style" not in out
+    assert "--min-angle" in out and "--max-angle" in out
+    assert "straighten" in out and "panorama" not in out  # its own --style, not rectangling's
