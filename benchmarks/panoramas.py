@@ -79,8 +79,15 @@ def make_panorama(photo: np.ndarray, rng: np.random.Generator, min_side: int = 3
     if status != cv2.Stitcher_OK or pano is None or min(pano.shape[:2]) < 64:
         return None
     pano = np.ascontiguousarray(pano[..., ::-1])
-    empty = derive_mask(pano, background="black", tolerance=2, open_size=1) == 0  # the stitcher's exact zeros
-    return pano, empty
+    return pano, stitcher_empty(pano)
+
+
+def stitcher_empty(pano: np.ndarray) -> np.ndarray:
+    """The stitcher's empty area of ``pano`` (uint8 RGB, before any JPEG): its exact zeros connected to
+    the frame, bool (H, W). (Not :func:`derive_mask`, which decides whether there is a border at all.)"""
+    _, labels = cv2.connectedComponents((pano.max(axis=2) == 0).astype(np.uint8), connectivity=8)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, edge[edge > 0])
 
 
 def main() -> None:

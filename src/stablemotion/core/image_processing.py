@@ -14,20 +14,21 @@ Kept apart from model code. Conventions:
   ``(H, W, 1)``, ``(H, W, 3)`` or ``(B, H, W, 1|3)``, torch ``(H, W)``, ``(1|3, H, W)``,
   ``(B, 1|3, H, W)``, or a list; uint8 (0..255), bool, or float in [0, 1]. Masks are thresholded at
   half range, so JPEG-compressed masks (DIR-D's are 3-channel JPEGs) come out binary.
-* :func:`derive_mask` makes a SIR mask from a stitched image's empty border.
+* :func:`derive_mask` makes a SIR mask from a stitched image's empty border, as
+  :func:`stablemotion.core.borders.detect_empty_border` finds it (and only when it finds one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from ..io.images import image_to_rgb
+from .borders import EmptyBorder, detect_empty_border
 
 __all__ = [
     "ImageInput",
@@ -41,6 +42,7 @@ __all__ = [
     "processing_size",
     "background_color",
     "derive_mask",
+    "find_border",
     "prepare_mask",
     "MASK_THRESHOLD",
     "mask_valid",
@@ -330,11 +332,12 @@ def processing_size(
 
 # --------------------------------------------------------------------------- masks from the empty border
 def background_color(image: np.ndarray, tolerance: int = 24) -> tuple[str, float]:
-    """Guess the empty-border colour of a stitched image: ``"black"`` or ``"white"``.
+    """Which fill colour, ``"black"`` or ``"white"``, more of the outermost 1-pixel frame is close to.
 
-    Counts the pixels of the outermost 1-pixel frame within ``tolerance`` (max abs
-    difference over channels, uint8 units) of pure black and of pure white; returns the
-    colour with more such pixels and its fraction of the frame (0 when neither matches).
+    Counts the frame pixels within ``tolerance`` (max abs difference over channels, uint8 units)
+    of pure black and of pure white; returns the colour with more such pixels and its fraction of
+    the frame (0 when neither matches). A hint only: whether the image has an empty border at all
+    is :func:`stablemotion.core.borders.detect_empty_border`'s decision.
 
     Example:
         >>> image = np.full((4, 4, 3), 255, np.uint8)
@@ -348,6 +351,46 @@ def background_color(image: np.ndarray, tolerance: int = 24) -> tuple[str, float
     return ("white", white) if white > black else ("black", black)
 
 
+def _check_mask_options(image: np.ndarray, background: str, tolerance: int) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"derive_mask expects a uint8 (H, W, 3) RGB image, got {_describe(image)}")
+    if background not in ("auto", "black", "white"):
+        raise ValueError(f"background must be 'auto', 'black' or 'white', got {background!r}")
+    if not 0 <= tolerance <= 255:
+        raise ValueError(f"tolerance must be in [0, 255], got {tolerance}")
+
+
+def find_border(
+    image: np.ndarray,
+    background: str = "auto",
+    tolerance: int = 24,
+    min_border_fraction: float = 0.02,
+    open_size: int = 3,
+) -> EmptyBorder:
+    """:func:`stablemotion.core.borders.detect_empty_border` with :func:`derive_mask`'s options.
+
+    ``background`` ``"auto"`` tries black and white; an empty border that covers less than
+    ``min_border_fraction`` of the outermost pixel frame does not count (``found`` False).
+
+    Example:
+        >>> image = np.full((8, 10, 3), 200, np.uint8)
+        >>> image[:, :3] = 0
+        >>> border = find_border(image)
+        >>> border.found, border.fill
+        (True, (0, 0, 0))
+    """
+    _check_mask_options(image, background, tolerance)
+    border = detect_empty_border(image, fill=None if background == "auto" else background, tolerance=tolerance,
+                                 open_size=open_size)
+    if border.found:
+        share = float(_frame(border.mask).mean())
+        if share < min_border_fraction:
+            return EmptyBorder(False, np.zeros_like(border.mask), None, 0.0,
+                               f"no empty border: it covers {share:.1%} of the image frame, under "
+                               f"{min_border_fraction:.1%}")
+    return border
+
+
 def derive_mask(
     image: np.ndarray,
     background: str = "auto",
@@ -357,34 +400,20 @@ def derive_mask(
 ) -> np.ndarray:
     """Derive a SIR validity mask from a stitched image's empty border.
 
-    The rule (stitched panoramas fill the area outside the warped views with one colour,
-    usually black, sometimes white, then JPEG compression adds noise):
-
-    1. background colour: ``"black"``/``"white"``, or ``"auto"`` = the one more of the
-       outermost pixel frame is close to (:func:`background_color`);
-    2. a pixel is *background-coloured* when every channel is within ``tolerance``
-       (uint8 units, default 24: covers JPEG noise at quality >= ~75) of that colour;
-    3. the *empty* region is the background-coloured pixels 8-connected to the image edge:
-       dark (or bright) content inside the picture is kept, however dark. A connected
-       region counts only if it is flat -- its median distance from the colour is at most
-       ``tolerance / 3`` -- as a padded border is (the fill colour up to JPEG noise), and
-       textured dark content at the frame (hair, foliage, shadow) is not; when a fill region
-       touches dark content and so is not flat as a whole, its flat core (pixels within
-       ``tolerance / 3`` of the colour, connected to the edge, at least 0.1% of the image)
-       and the core's 2-px JPEG fringe count;
-    4. JPEG speckles are cleaned with a morphological opening of the valid region
-       (``open_size`` px square) followed by filling valid-region holes that do not
-       touch the edge (removes isolated empty-coloured specks inside the content).
-
-    If less than ``min_border_fraction`` of the outer frame is background-coloured the
-    image has no empty border and everything is valid.
-
-    Known limits: flat content of the background colour at the image edge (a saturated
-    black sky or shadow), or dark texture touching the empty border itself, is counted
-    as empty; check with ``rectify --save-mask`` and pass an edited mask with ``--mask``.
+    The empty border is what :func:`stablemotion.core.borders.detect_empty_border` finds (the
+    one rule of the package, strict: an exactly flat region of one fill colour touching the
+    frame, outlined by straight or gently curved segments, with content along the outline that
+    is not itself of that colour). Without one the whole image is valid: dark or bright scene
+    regions at the frame (a black helmet, a night sky, a clipped sky) are content.
 
     Args:
         image: uint8 (H, W, 3) RGB.
+        background: ``"auto"`` (black or white), ``"black"`` or ``"white"``: the fill colour.
+        tolerance: how far (max abs difference over channels, uint8 units) a pixel of the
+            border's JPEG fringe may be from the fill (default 24: JPEG quality >= ~75).
+        min_border_fraction: an empty border covering less of the outermost pixel frame does
+            not count.
+        open_size: the valid region is opened with this square (px) to drop JPEG specks.
 
     Returns:
         uint8 (H, W) mask, 255 = valid content, 0 = empty (the DIR-D convention).
@@ -395,77 +424,14 @@ def derive_mask(
         >>> derive_mask(image)[0].tolist()
         [0, 0, 0, 255, 255, 255, 255, 255, 255, 255]
     """
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"derive_mask expects a uint8 (H, W, 3) RGB image, got {_describe(image)}")
-    if background not in ("auto", "black", "white"):
-        raise ValueError(f"background must be 'auto', 'black' or 'white', got {background!r}")
-    if not 0 <= tolerance <= 255:
-        raise ValueError(f"tolerance must be in [0, 255], got {tolerance}")
-    h, w = image.shape[:2]
-    fraction: float | None = None
-    if background == "auto":
-        background, fraction = background_color(image, tolerance)
-    img = image.astype(np.int16)
-    # How far each pixel is from the background colour (max over channels, uint8 units).
-    distance = img.max(axis=-1) if background == "black" else 255 - img.min(axis=-1)
-    similar = distance <= tolerance
-    if fraction is None:
-        fraction = float(_frame(similar).mean())
-    if fraction < min_border_fraction:
-        return np.full((h, w), 255, np.uint8)
-    empty = _empty_border(similar, distance, tolerance)
-    return _clean_valid(~empty, open_size)
+    border = find_border(image, background, tolerance, min_border_fraction, open_size)
+    return np.where(border.mask, 0, 255).astype(np.uint8)
 
 
 def _frame(a: np.ndarray) -> np.ndarray:
     """The outermost 1-pixel frame of an (H, W, ...) array, flattened along its first axis."""
     return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]], axis=0)
 
-
-def _edge_labels(labels: np.ndarray) -> np.ndarray:
-    """The labels (> 0) of the connected components of an (H, W) labelling that touch the frame."""
-    edge = np.unique(_frame(labels))
-    return edge[edge > 0]
-
-
-def _empty_border(similar: np.ndarray, distance: np.ndarray, tolerance: int) -> np.ndarray:
-    """Step 3 of :func:`derive_mask`: the (H, W) bool empty region.
-
-    ``similar`` are the background-coloured pixels, ``distance`` (H, W) each pixel's distance
-    from the colour. Flat edge-connected regions count whole; a region that is not flat as a
-    whole contributes its flat core and the core's 2-px JPEG fringe.
-    """
-    h, w = similar.shape
-    _, labels = cv2.connectedComponents(similar.astype(np.uint8), connectivity=8)
-    edge_labels = _edge_labels(labels)
-    # A padded border is flat: most of it is exactly the fill colour (JPEG noise aside).
-    flat = [lab for lab in edge_labels if np.median(distance[labels == lab]) <= tolerance / 3]
-    empty = np.isin(labels, flat) & similar
-    # A fill region that touches dark (or bright) content at its edge forms one component with
-    # it and is not flat as a whole: keep its flat core -- the pixels at most tolerance / 3
-    # from the colour, connected to the image edge -- and the core's JPEG fringe (2 px).
-    rest = np.isin(labels, edge_labels) & ~empty
-    if rest.any():
-        core = rest & (distance <= tolerance / 3)
-        _, core_labels, stats, _ = cv2.connectedComponentsWithStats(core.astype(np.uint8), connectivity=8)
-        big = [lab for lab in _edge_labels(core_labels) if stats[lab, cv2.CC_STAT_AREA] >= max(16, 0.001 * h * w)]
-        if big:
-            fringe = cv2.dilate(np.isin(core_labels, big).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-            empty |= fringe & rest
-    return empty
-
-
-def _clean_valid(valid: np.ndarray, open_size: int) -> np.ndarray:
-    """Step 4 of :func:`derive_mask`: (H, W) bool valid region -> uint8 mask (255 = valid),
-    opened with an ``open_size`` px square and with the holes that do not touch the edge filled."""
-    valid = valid.astype(np.uint8)
-    if open_size > 1:
-        kernel = np.ones((open_size, open_size), np.uint8)
-        valid = cv2.morphologyEx(valid, cv2.MORPH_OPEN, kernel)
-    # Fill holes: empty pixels not connected to the edge through empty pixels become valid.
-    _, labels = cv2.connectedComponents((valid == 0).astype(np.uint8), connectivity=8)
-    empty = np.isin(labels, _edge_labels(labels)) & (valid == 0)
-    return np.where(empty, 0, 255).astype(np.uint8)
 
 def prepare_mask(
     image: np.ndarray,
@@ -511,9 +477,10 @@ def prepare_mask(
             raise ValueError(f"{source} has no valid pixel (white = valid content, black = empty)")
         name = "uploaded mask" if source == "the mask" else source
         return mask, f"{name} ({1 - valid.mean():.1%} empty)"
-    derived = derive_mask(image, background=background, tolerance=tolerance)
-    empty = float((derived == 0).mean())
-    if empty == 0:
-        return derived, "no empty border found: the whole image counts as content"
-    colour = background if background != "auto" else background_color(image, tolerance)[0]
-    return derived, f"derived mask from the {colour} border ({empty:.1%} empty)"
+    border = find_border(image, background=background, tolerance=tolerance)
+    derived = np.where(border.mask, 0, 255).astype(np.uint8)
+    if not border.found:
+        why = border.reason.removeprefix("no empty border: ")
+        return derived, f"no empty border found ({why}): the whole image counts as content"
+    colour = {(0, 0, 0): "black", (255, 255, 255): "white"}.get(border.fill, f"rgb{border.fill}")  # type: ignore[arg-type]
+    return derived, f"derived mask from the {colour} border ({border.fraction:.1%} empty)"
