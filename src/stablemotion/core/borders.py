@@ -118,12 +118,12 @@ def _fills(fill: tuple[int, int, int] | str | None) -> list[tuple[str, tuple[int
 
 def _distance(image: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
     """Max over channels of |pixel - colour|, uint8 (H, W)."""
-    if colour == (0, 0, 0):
-        return image.max(axis=2)
+    r, g, b = cv2.split(image)
     if colour == (255, 255, 255):
-        return 255 - image.min(axis=2)
-    diff = cv2.absdiff(image, np.full_like(image, 0) + np.array(colour, np.uint8))
-    return diff.max(axis=2)
+        return 255 - cv2.min(cv2.min(r, g), b)
+    if colour != (0, 0, 0):
+        r, g, b = (cv2.absdiff(c, np.full_like(c, v)) for c, v in zip((r, g, b), colour, strict=True))
+    return cv2.max(cv2.max(r, g), b)
 
 
 def _frame_labels(labels: np.ndarray) -> np.ndarray:
