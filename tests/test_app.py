@@ -519,7 +519,7 @@ def status(key):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
 
 side, ensemble, cap = (int(a) for a in sys.argv[1:4])
-s = make_sample("rectangling", 7, 0, (96, 128), [str(p) for p in bundled_photo_paths("bundled-test")])
+s = make_sample("rectangling", 7, 0, (384, 512), [str(p) for p in bundled_photo_paths("bundled-test")])  # a border the strict detector finds
 big = io.BytesIO()
 Image.fromarray(cv2.resize(s.input, (side, side), interpolation=cv2.INTER_LINEAR)).save(big, format="JPEG")
 small = io.BytesIO()

@@ -216,7 +216,7 @@ def _task_mask(image: np.ndarray, given: np.ndarray | None, task: str, why: str 
     return mask, note.replace("derived mask from", "mask derived from")
 
 
-def _choose_task(image: np.ndarray, tasks: Sequence[str], threshold: float) -> Any:
+def _choose_task(image: np.ndarray, tasks: Sequence[str], threshold: float | None) -> Any:
     """Run on the inference worker: :func:`~stablemotion.model.task_choice.choose_task` for ``image``.
 
     Returns its :class:`~stablemotion.model.task_choice.TaskChoice` when it names a task of this

@@ -197,7 +197,7 @@ def create_app(
     result_root: PathLike | None = None,
     allowed_hosts: Sequence[str] | None = None,
     inference: Mapping[str, Any] | None = None,
-    task_threshold: float = 0.6,
+    task_threshold: float | None = None,
 ) -> FastAPI:
     """The web app (a FastAPI/ASGI application; serve it with ``uvicorn``).
 
@@ -225,8 +225,9 @@ def create_app(
         allowed_hosts: the ``Host`` names (without port) the app answers to; others get 400
             (DNS-rebinding protection). Default: ``localhost``, ``127.0.0.1``, ``::1``, as
             :func:`allowed_hosts_for` gives for a server bound to 127.0.0.1; ``"*"`` allows any.
-        task_threshold: ``task=auto``: the task classifier's least confidence to act on
-            (:func:`~stablemotion.model.task_choice.choose_task`'s ``threshold``).
+        task_threshold: ``task=auto``: the task classifier's least calibrated confidence to act on
+            (:func:`~stablemotion.model.task_choice.choose_task`'s ``threshold``; None = the
+            classifier's own).
 
     Example:
         >>> from stablemotion.model.tiny import tiny_pipeline
@@ -241,7 +242,7 @@ def create_app(
                        max_ensemble=max_ensemble, max_queue=max_queue, max_work_pixels=max_work_pixels,
                        max_decodes=max_decodes, max_connections=max_connections, body_timeout=body_timeout,
                        body_idle_timeout=body_idle_timeout, header_timeout=header_timeout)
-    if not 0.0 <= task_threshold <= 1.0:
+    if task_threshold is not None and not 0.0 <= task_threshold <= 1.0:
         raise ValueError(f"task_threshold must be in [0, 1], got {task_threshold}")
     hosts = _allowed_hosts(allowed_hosts)
     registry = _Models({t: None for t in BUNDLED_MODELS} if models is None else models, device, torch_dtype)
@@ -278,7 +279,8 @@ def _new_app(queue: _Queue, results: _Results) -> FastAPI:
     return FastAPI(title="StableMotion", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
 
-def _add_page_routes(app: FastAPI, registry: _Models, limits: AppLimits, queue: _Queue, task_threshold: float) -> None:
+def _add_page_routes(app: FastAPI, registry: _Models, limits: AppLimits, queue: _Queue,
+                     task_threshold: float | None) -> None:
     """``GET /`` (the page), ``GET /api/info`` (tasks, limits, formats) and ``GET /api/status`` (the queue)."""
     page = _page()
 
@@ -300,7 +302,7 @@ def _add_page_routes(app: FastAPI, registry: _Models, limits: AppLimits, queue: 
 
 
 def _add_rectify_route(app: FastAPI, registry: _Models, limits: AppLimits, queue: _Queue, results: _Results,
-                       task_threshold: float) -> None:
+                       task_threshold: float | None) -> None:
     """``POST /api/rectify``: admit, read and decode the upload, run it on the worker, answer its result's JSON."""
 
     @app.post("/api/rectify")

@@ -79,9 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (not an input folder)")
     p.add_argument("--task", choices=[*available_tasks(), "auto"], default=None,
                    help="check the model is for this task; without --model it picks the bundled model (default sir); "
-                        "auto: choose each image's task (a flat empty border = sir, else a small classifier)")
-    p.add_argument("--task-threshold", type=float_arg(0.0, 1.0), default=0.6,
-                   help="--task auto: the classifier's least confidence to act on (default 0.6)")
+                        "auto: choose each image's task (an empty border of a stitched image = sir, else a calibrated classifier; "
+                        "an image it is not sure about is copied unchanged)")
+    p.add_argument("--task-threshold", type=float_arg(0.0, 1.0), default=None,
+                   help="--task auto: the classifier's least calibrated confidence to act on (default: the "
+                        "classifier's own, chosen so that at most 2%% of ordinary photos are warped)")
     p.add_argument("--mask", default=None,
                    help="SIR mask file (one input), folder (matched by stem), or 'alpha' (each input's alpha channel)")
     p.add_argument("--save-mask", action="store_true", help="write the mask used (derived or given) as NAME_mask.png")

@@ -92,8 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
                    help="seconds for a request's headers to arrive once connected; then the connection is "
                         "closed (default 10)")
-    p.add_argument("--task-threshold", type=float, default=0.6,
-                   help="task 'auto': the task classifier's least confidence to act on (default 0.6)")
+    p.add_argument("--task-threshold", type=float, default=None,
+                   help="task 'auto': the task classifier's least calibrated confidence to act on (default: the "
+                        "classifier's own)")
     p.add_argument("--allowed-hosts", nargs="+", action="extend", default=[], metavar="HOST",
                    help="more host names/addresses (no port) the app answers to, besides the bound address "
                         "(and localhost when bound to loopback or 0.0.0.0); '*' = any (see above)")
@@ -125,6 +126,8 @@ def check_options(args: argparse.Namespace) -> None:
     """Refuse an out-of-range, infinite or NaN numeric option with one line naming it (before anything loads)."""
     for option, (low, high, unit) in OPTION_RANGES.items():
         value = getattr(args, option[2:].replace("-", "_"))
+        if value is None:  # an option whose default is "decided elsewhere" (--task-threshold)
+            continue
         if not (math.isfinite(value) and low <= value <= high):  # NaN fails every comparison
             raise ValueError(f"{option} must be a number from {_shown(low)} to {_shown(high)} ({unit}), got {value}")
     if args.max_connections <= args.max_queue + 1:
