@@ -1,6 +1,6 @@
-"""Rotation correction: a tilted photo -> an upright image that fills the frame, its content
-preserved (as in the rotation-correction literature; not a rotate-and-crop, which loses the
-corners).
+"""Rotation correction: a tilted photo -> an upright image that fills the frame (the
+"straighten" of photo editors: rotated back about the centre and scaled by the least amount
+that keeps the frame filled; :func:`stablemotion.core.motion_models.straighten_flow`).
 
 Evaluation: PSNR / SSIM of the output against the gt (full image, no mask) and EPE over all
 pixels. The synthetic samples (task-folder layout) are made by
@@ -19,7 +19,7 @@ ROTATION = TaskSpec(
     padding="border",
     resolution=(384, 512),
     loss_weights={"v": 1.0, "warp": 1.0, "vgg": 0.01},
-    description="rotation correction: tilted photo -> upright photo filling the frame, content preserved",
+    description="rotation correction: tilted photo -> upright photo filling the frame (straightened)",
     motion_model="rotation",
 )
 
