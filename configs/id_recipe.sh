@@ -12,7 +12,7 @@
 #                                               # 5.5 min budget per run), weights tarred to OUT
 # Knobs: PHOTOS (training photo sources; default the Debian pool's training split + scenes,
 # `bash configs/install_photos.sh` first, or a folder from configs/pack_photos.py), WORKERS,
-# SCALE (multiplies sample counts, e.g. 0.02 for a smoke test), RUNS (which runs, default all),
+# SCALE (multiplies sample counts, e.g. 0.02 for a smoke test), RUNS (which runs, default all; RUNS= makes the data only),
 # MINUTES (per-run budget), STEPS (max steps).
 set -euo pipefail
 S="${STABLEMOTION:-stablemotion}"
@@ -21,7 +21,7 @@ GPU="${GPU:-0}"
 W="${WORKERS:-2}"
 SCALE="${SCALE:-1}"
 PHOTOS="${PHOTOS:-debian-train}"
-RUNS="${RUNS:-sir multi multi_e2e rsc_diffusion rsc_e2e rsc_e2e_global rsc_large}"
+RUNS="${RUNS-sir multi multi_e2e rsc_diffusion rsc_e2e rsc_e2e_global rsc_large}"
 P="$PHOTOS+bundled-train*3+procedural*40"
 PR="$PHOTOS+bundled-train*3+procedural*10+urban*30"
 n() { python3 -c "print(max(8, int($1 * $SCALE)))"; }
