@@ -102,6 +102,26 @@ def test_night_like_photo_is_not_a_border(cat: np.ndarray) -> None:
     assert not result.found, result.reason
 
 
+@pytest.mark.parametrize("width", [6, 10])
+def test_clipped_sky_with_a_soft_transition_is_not_a_border(cat: np.ndarray, width: int) -> None:
+    """The top third clipped to exactly 255 (a flat, gently curved white region on three sides of the
+    frame), the photo fading into it over ``width`` px (sensor bloom) rather than cut off by a step."""
+    h, w = cat.shape[:2]
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    edge = 0.3 * h + 8 * np.sin(xx / w * 3)  # the clipped sky's lower edge, px
+    t = np.clip((yy - edge) / width, 0, 1)[..., None]  # 0 in the sky, 1 from `width` px below its edge
+    noise = np.random.default_rng(0).normal(0, 2, cat.shape) * (yy > edge)[..., None]
+    image = _jpeg(np.clip(255 * (1 - t) + cat * t + noise, 0, 255).astype(np.uint8), 90)
+    assert (image.min(axis=2) == 255).mean() > 0.25  # a third of it is as white as a stitched fill
+    result = detect_empty_border(image)
+    assert not result.found, result.reason
+    assert "fades into it" in result.reason
+    # the same sky cut off by a hard step (a stitched white fill) is found
+    stitched = cat.copy()
+    stitched[yy < edge] = 255
+    assert detect_empty_border(_jpeg(stitched, 90)).found
+
+
 def test_fill_and_tolerance_options(cat: np.ndarray) -> None:
     colour = (40, 90, 200)
     image, truth = _stitched(cat, colour)
