@@ -113,9 +113,7 @@ def main() -> None:
           f"{r['psnr_distorted']:.2f}", f"{r['psnr_distorted'] - base[r['task']]['psnr_distorted']:+.2f}",
           f"{r['epe']:.2f}"] for r in rows],
     )
-    cmd = "python benchmarks/identity.py --num " + str(args.num) + "".join(
-        f" --candidate {n}={f}" for n, f in candidates.items())
-    body = (f"`{cmd}`\n\n{args.num} ordinary photos (held-out crops and scikit-image's, PSNR capped at 60 dB) and "
+    body = (f"{args.num} ordinary photos (held-out crops and scikit-image's, PSNR capped at 60 dB) and "
             f"{args.num} distorted held-out samples per task, raw model (gate off, no projection). Targets: mean flow "
             "on ordinary photos < 0.5 px at 384x512; distorted sets at most 0.3 dB below the bundled model.\n\n"
             + table + (f"\n\n{args.note}" if args.note else ""))

@@ -168,9 +168,8 @@ def main() -> None:
         args.json.write_text(json.dumps({"rsc": rsc_table, "rotation": rot_table, "real": real}, indent=1))
     if args.no_write:
         return
-    cmd = "python benchmarks/levers.py --num " + str(args.num) + "".join(f' --model "{m}"' for m in args.model)
     body = (
-        f"`{cmd}`\n\nRaw models (gate off), {args.num} held-out samples per task at {SIZE[0]}x{SIZE[1]}.\n\n"
+        f"Raw models (gate off), {args.num} held-out samples per task at {SIZE[0]}x{SIZE[1]}.\n\n"
         f"**RSC** (realistic camera motion, mean |gt flow| {zero_rsc:.2f} px; targets: EPE ratio <= 0.75, "
         "gain on seen pixels >= +1.0 dB, spread ratio within 0.5-2):\n\n"
         + markdown_table(["model", "projection", "EPE (px)", "EPE / zero motion's", "gain, seen pixels (dB)",
