@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU recipe: configs/id_recipe.sh with its GPU numbers (batch 32, every run at once on one
-# GPU, 5.5 minutes of training each) - the data, the bundled minis' fine-tunes (SIR, multi-task)
-# and the RSC levers - in about 9 minutes on one modern GPU, weights (fp16, one .tgz per run) and
-# the training logs written to OUT. From a checkout on a machine with a GPU:
+# GPU, 5 minutes of training each) - the data, the bundled minis' fine-tunes (SIR, multi-task)
+# and the RSC levers - then the do-no-harm and levers tables of the new weights (JSON), in about
+# 9 minutes on one modern GPU; weights (fp16, one .tgz per run), logs and JSON written to OUT.
+# From a checkout on a machine with a GPU:
 #
 #   OUT=gpu_out bash configs/gpu_recipe.sh
 #
@@ -28,6 +29,6 @@ PHOTOS_DEFAULT=debian-train
 [ -d .gpu_photos ] && PHOTOS_DEFAULT=.gpu_photos
 t0=$(date +%s)
 GPU=1 WORKERS="${WORKERS:-$(nproc)}" PHOTOS="${PHOTOS:-$PHOTOS_DEFAULT}" STABLEMOTION="$PY -m stablemotion" OUT="$OUT" \
-  bash configs/id_recipe.sh
+  MINUTES="${MINUTES:-5}" BENCH="${BENCH:-1}" PYTHON="$PY" bash configs/id_recipe.sh
 echo "gpu recipe: $(( $(date +%s) - t0 )) s"
 ls -la "$OUT"

@@ -13,7 +13,8 @@
 # Knobs: PHOTOS (training photo sources; default the Debian pool's training split + scenes,
 # `bash configs/install_photos.sh` first, or a folder from configs/pack_photos.py), WORKERS,
 # SCALE (multiplies sample counts, e.g. 0.02 for a smoke test), RUNS (which runs, default all; RUNS= makes the data only),
-# MINUTES (per-run budget), STEPS (max steps).
+# MINUTES (per-run budget), STEPS (max steps), BENCH=1 (score the new runs: identity and levers
+# tables as JSON next to the logs; PYTHON names the interpreter).
 set -euo pipefail
 S="${STABLEMOTION:-stablemotion}"
 cd "$(dirname "$0")/.."
@@ -65,11 +66,23 @@ for r in $RUNS; do
   fi
 done
 for p in "${pids[@]}"; do wait "$p" || echo "a run failed (see runs/id_*.log)" >&2; done
+if [ "${BENCH:-0}" = 1 ]; then  # the do-no-harm and levers tables of the new runs, as JSON (BENCHMARKS.md takes them with --json)
+  PY="${PYTHON:-python3}"
+  cands=(); models=()
+  for r in $RUNS; do
+    [ -d runs/id_$r/pipeline ] && cands+=(--candidate "$r=runs/id_$r/pipeline") && models+=(--model "$r=runs/id_$r/pipeline")
+  done
+  if [ ${#cands[@]} -gt 0 ]; then
+    $PY benchmarks/identity.py --num 8 --threads 4 "${cands[@]}" --no-write --json runs/identity.json > runs/bench_identity.log 2>&1 &
+    $PY benchmarks/levers.py --num 24 --threads 4 "${models[@]}" --no-write --json runs/levers.json > runs/bench_levers.log 2>&1 &
+    wait
+  fi
+fi
 if [ -n "${OUT:-}" ]; then  # at most 8 files come back from the GPU machine: one tar per run, logs together
   mkdir -p "$OUT"
   for r in $RUNS; do
     [ -d runs/id_$r/pipeline ] && $S convert runs/id_$r/pipeline --out runs/id_${r}_fp16 --force >/dev/null && tar -czf "$OUT/$r.tgz" -C runs id_${r}_fp16
   done
-  tar -czf "$OUT/logs.tgz" runs/*.log runs/id_*/config.yaml 2>/dev/null || true
+  tar -czf "$OUT/logs.tgz" runs/*.log runs/*.json runs/id_*/config.yaml 2>/dev/null || true
 fi
 echo "done: python benchmarks/rsc_levers.py; python benchmarks/multi_task.py; python benchmarks/gate.py"
