@@ -146,7 +146,7 @@ def main() -> None:
     from stablemotion.model import bundled_model_path, load_pipeline
 
     t0 = time.perf_counter()
-    models = [("bundled rsc mini (diffusion)", str(bundled_model_path("rsc"))),
+    models = [("bundled rsc mini (e2e, identity samples)", str(bundled_model_path("rsc"))),
               ("bundled multi mini (diffusion, blend rotation)", str(bundled_model_path("rotation")))]
     models += [tuple(m.split("=", 1)) for m in args.model]
     rsc = test_set(args.num, SIZE, args.seed, "bundled-test", 0.25, 0.1)
