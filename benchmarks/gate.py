@@ -62,8 +62,8 @@ def distorted_set(task: str, num: int, seed: int) -> list[dict[str, np.ndarray]]
     return out
 
 
-def undistorted_set(num: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """``num`` ordinary photos at :data:`SIZE`: held-out photo crops and scikit-image's photos."""
+def undistorted_set(num: int, seed: int, size: tuple[int, int] = SIZE) -> list[dict[str, np.ndarray]]:
+    """``num`` ordinary photos at ``size`` (H, W): held-out photo crops and scikit-image's photos."""
     import cv2
     from skimage import data
 
@@ -79,14 +79,14 @@ def undistorted_set(num: int, seed: int) -> list[dict[str, np.ndarray]]:
         if photo.ndim == 2:
             photo = np.repeat(photo[..., None], 3, -1)
         h, w = photo.shape[:2]
-        scale = max(SIZE[0] / h, SIZE[1] / w) * rng.uniform(1.0, 1.6)
-        big = cv2.resize(photo[..., :3], (max(SIZE[1], round(w * scale)), max(SIZE[0], round(h * scale))),
+        scale = max(size[0] / h, size[1] / w) * rng.uniform(1.0, 1.6)
+        big = cv2.resize(photo[..., :3], (max(size[1], round(w * scale)), max(size[0], round(h * scale))),
                          interpolation=cv2.INTER_AREA)
-        y = int(rng.integers(0, big.shape[0] - SIZE[0] + 1))
-        x = int(rng.integers(0, big.shape[1] - SIZE[1] + 1))
-        crop = np.ascontiguousarray(big[y:y + SIZE[0], x:x + SIZE[1]])
-        out.append({"image": crop, "gt": crop, "flow": np.zeros((*SIZE, 2), np.float32),
-                    "mask": np.full(SIZE, 255, np.uint8)})
+        y = int(rng.integers(0, big.shape[0] - size[0] + 1))
+        x = int(rng.integers(0, big.shape[1] - size[1] + 1))
+        crop = np.ascontiguousarray(big[y:y + size[0], x:x + size[1]])
+        out.append({"image": crop, "gt": crop, "flow": np.zeros((*size, 2), np.float32),
+                    "mask": np.full(size, 255, np.uint8)})
     return out
 
 

@@ -39,12 +39,7 @@ PHOTO_SIZE = (384, 512)
 
 def ordinary_photos(num: int, seed: int) -> list[dict[str, np.ndarray]]:
     """``num`` ordinary photos at :data:`PHOTO_SIZE` (gate.undistorted_set at that size)."""
-    size = gate.SIZE
-    try:
-        gate.SIZE = PHOTO_SIZE
-        return gate.undistorted_set(num, seed)
-    finally:
-        gate.SIZE = size
+    return gate.undistorted_set(num, seed, PHOTO_SIZE)
 
 
 def bundled_models() -> dict[str, str]:

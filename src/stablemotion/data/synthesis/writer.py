@@ -87,6 +87,14 @@ def is_identity_sample(task: str, seed: int, index: int, identity_fraction: floa
     return _identity_draw(seed, index, get_generator(task).stream) < identity_fraction
 
 
+def _check_identity(synth: SynthSpec, identity_fraction: float) -> None:
+    """Raise ``ValueError`` for a share outside [0, 1] or a generator without identity samples."""
+    if not 0.0 <= float(identity_fraction) <= 1.0:
+        raise ValueError(f"identity_fraction must be in [0, 1], got {identity_fraction}")
+    if identity_fraction > 0 and synth.identity is None:
+        raise ValueError(f"generator {synth.name!r} declares no identity sample; use identity_fraction=0")
+
+
 def sample_rng(seed: int, index: int, task: str) -> np.random.Generator:
     """The random generator of sample ``index`` of generator ``task``: independent of order,
     workers and resumption (``default_rng([seed, index, stream])``)."""
@@ -131,15 +139,12 @@ def make_sample(
     """
     synth = get_generator(task)
     synth.check_options(options)
-    if not 0.0 <= float(identity_fraction) <= 1.0:
-        raise ValueError(f"identity_fraction must be in [0, 1], got {identity_fraction}")
+    _check_identity(synth, identity_fraction)
     rng = sample_rng(seed, index, synth.name)
     paths = [str(p) for p in (photos if photos is not None else bundled_photo_paths())]
     photo = draw_photo(rng, paths, size)
     sample = synth.generate(photo, rng, (int(size[0]), int(size[1])), prefilter_sigma, **options)
-    if is_identity_sample(synth.name, seed, index, float(identity_fraction)):
-        if synth.identity is None:
-            raise ValueError(f"generator {synth.name!r} declares no identity sample; use identity_fraction=0")
+    if synth.identity is not None and is_identity_sample(synth.name, seed, index, float(identity_fraction)):
         sample = synth.identity(sample)
     return sample
 
@@ -305,10 +310,7 @@ def write_dataset(
     _check_out(out_p, split, synth.layout.subdirs, overwrite)
     if num < 1:
         raise ValueError(f"num must be at least 1, got {num}")
-    if not 0.0 <= float(identity_fraction) <= 1.0:
-        raise ValueError(f"identity_fraction must be in [0, 1], got {identity_fraction}")
-    if identity_fraction > 0 and synth.identity is None:
-        raise ValueError(f"generator {synth.name!r} declares no identity sample; use identity_fraction=0")
+    _check_identity(synth, identity_fraction)
     synth.check_options({**gen, **lay}, layout=True)
     if len(size) != 2 or min(size) < 8:
         raise ValueError(f"size must be (H, W) with both at least 8 pixels, got {size}")
