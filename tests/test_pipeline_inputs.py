@@ -73,7 +73,7 @@ def test_resolve_settings_fills_the_config_defaults(pipe: StableMotionPipeline) 
     s = pipe.resolve_settings(pipe.task, ensemble_size=3, border_band=5.0)
     assert list(s) == ["num_inference_steps", "ensemble_size", "ensemble_mode", "processing_resolution", "final_step",
                        "decode_scale", "mask_encoding", "border_band", "ensemble_rounding", "flow_regularization",
-                       "flow_projection", "correction_gate", "task"]
+                       "flow_projection", "correction_gate", "aspect_mode", "task"]
     assert (s["num_inference_steps"], s["ensemble_size"], s["ensemble_mode"], s["border_band"]) == (1, 3, "image", 5.0)
     assert s["processing_resolution"] == [32, 32] and s["task"] == "sir"
 

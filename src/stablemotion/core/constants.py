@@ -3,7 +3,7 @@ line can read them without loading torch)."""
 
 from __future__ import annotations
 
-__all__ = ["FLOW_GAMMA", "PADDING_MODES", "DIS_PRESET_NAMES", "ENSEMBLE_MODES", "FINAL_STEPS", "FLOW_REGULARIZATIONS",
+__all__ = ["ASPECT_MODES", "FLOW_GAMMA", "PADDING_MODES", "DIS_PRESET_NAMES", "ENSEMBLE_MODES", "FINAL_STEPS", "FLOW_REGULARIZATIONS",
            "FLOW_PROJECTIONS", "DEFAULT_CORRECTION_GATE", "RECTANGLING_STYLE_NAMES", "RS_MOTION_NAMES"]
 
 #: Flow normalisation of the VAE encoding: channels are ``u / 50, v / 50, 1 / 50``.
@@ -22,6 +22,10 @@ FLOW_REGULARIZATIONS = ("none", "mesh")
 #: Projection of each member flow onto the task's motion family: none, or the robust fit of
 #: :func:`stablemotion.core.motion_models.fit_motion_model` (``TaskSpec.motion_model``).
 FLOW_PROJECTIONS = ("none", "motion_model")
+#: How the pipeline sees an image of another aspect ratio than its processing resolution's:
+#: ``auto`` (windows for tasks with a local flow, SIR), ``windows`` (overlapping windows of the
+#: network's aspect ratio along the long side, blended) or ``squeeze`` (resized whole).
+ASPECT_MODES = ("auto", "windows", "squeeze")
 #: The correction gate's confidence threshold of ``stablemotion rectify`` and the app: an image
 #: whose predicted correction is less supported is left unchanged
 #: (:mod:`stablemotion.model.correction_gate`).

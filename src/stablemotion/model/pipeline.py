@@ -76,6 +76,7 @@ from .pipeline_inputs import (
 )
 from .pipeline_output import OUTPUT_TYPES as OUTPUT_TYPES  # the old home of the name
 from .pipeline_output import StableMotionOutput, format_output
+from .windows import estimate_in_windows, plan_windows
 
 __all__ = ["StableMotionOutput", "StableMotionPipeline"]
 
@@ -285,6 +286,7 @@ class StableMotionPipeline(PipelineInputsMixin, DiffusionPipeline):
         flow_projection: str | None = None,
         correction_gate: float | None = None,
         always_correct: bool = False,
+        aspect_mode: str | None = None,
     ) -> StableMotionOutput | tuple:
         """Estimate the rectifying flow of ``image`` and apply it.
 
@@ -337,6 +339,10 @@ class StableMotionPipeline(PipelineInputsMixin, DiffusionPipeline):
                 (:mod:`stablemotion.model.correction_gate`) comes back unchanged, zero flow,
                 with its reason in ``gate_reason``. The confidence is always reported.
             always_correct: apply every correction whatever its confidence (the gate off).
+            aspect_mode: ``"auto"``, ``"windows"`` or ``"squeeze"``: how an image far wider or taller
+                than the processing resolution is seen (:mod:`stablemotion.model.windows`: overlapping
+                windows of the network's aspect ratio, blended; ``"auto"`` = windows for tasks with a
+                local flow, SIR); default from the config (``default_aspect_mode``, else ``"auto"``).
 
         Returns:
             :class:`StableMotionOutput` (or a tuple ``(flow, image, flow_colored, uncertainty)``).
@@ -346,7 +352,7 @@ class StableMotionPipeline(PipelineInputsMixin, DiffusionPipeline):
         spec = self.resolve_task(task)
         s = self.resolve_settings(spec, num_inference_steps, ensemble_size, ensemble_mode, processing_resolution,
                                   final_step, decode_scale, border_band, flow_regularization, flow_projection,
-                                  0.0 if always_correct else correction_gate)
+                                  0.0 if always_correct else correction_gate, aspect_mode)
         conds_in = merge_mask(mask, conditions)
         ens, mode = s["ensemble_size"], s["ensemble_mode"]
         self.check_inputs(conds_in, s["num_inference_steps"], ens, mode, batch_size, output_type, decode_scale,
@@ -357,8 +363,14 @@ class StableMotionPipeline(PipelineInputsMixin, DiffusionPipeline):
         s["processing_resolution"] = list(size)
         n = images.shape[0]
         conds = {name: t.expand(n, -1, -1, -1) for name, t in conds.items()}  # a single condition serves the batch
-        member_flows_lr = self.estimate_flows(images, conds, size, s, proc, batch_size, generator, latents,
-                                              show_progress_bar, spec)
+        layout = plan_windows(tuple(images.shape[-2:]), size, s["aspect_mode"], spec, proc, latents)
+        s["windows"] = len(layout) if layout else 0
+        if layout is None:
+            member_flows_lr = self.estimate_flows(images, conds, size, s, proc, batch_size, generator, latents,
+                                                  show_progress_bar, spec)
+        else:
+            member_flows_lr = estimate_in_windows(self, images, conds, size, s, layout, batch_size, generator,
+                                                  show_progress_bar, spec)
         supports = assess_members(member_flows_lr, spec, tuple(self.config.mesh_cells))
         if s["flow_projection"] == "motion_model":
             member_flows_lr = project_members(member_flows_lr, spec)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from diffusers import UNet2DConditionModel
 
-from ..core.constants import FINAL_STEPS, FLOW_PROJECTIONS, FLOW_REGULARIZATIONS
+from ..core.constants import ASPECT_MODES, FINAL_STEPS, FLOW_PROJECTIONS, FLOW_REGULARIZATIONS
 from ..core.ensemble import ENSEMBLE_MODES
 from ..core.image_processing import MASK_THRESHOLD, ImageInput, processing_size, to_image_batch, to_mask_batch
 from ..tasks import MASK_CONDITIONS, TaskSpec, get_task, union_conditions
@@ -272,6 +272,7 @@ class PipelineInputsMixin:
         flow_regularization: str | None = None,
         flow_projection: str | None = None,
         correction_gate: float | None = None,
+        aspect_mode: str | None = None,
     ) -> dict[str, Any]:
         """The call's inference settings, ``None`` replaced by the config's defaults (a multi-task
         model's ``task_resolutions`` first); what :attr:`StableMotionOutput.settings` reports.
@@ -287,6 +288,8 @@ class PipelineInputsMixin:
         projection = cfg.get("default_flow_projection", "none") if flow_projection is None else flow_projection
         check_choice("flow_projection", projection, FLOW_PROJECTIONS)
         gate = cfg.get("default_correction_gate", 0.0) if correction_gate is None else correction_gate
+        aspect = cfg.get("default_aspect_mode", "auto") if aspect_mode is None else aspect_mode
+        check_choice("aspect_mode", aspect, ASPECT_MODES)
         res = processing_resolution
         if res is None:
             res = (cfg.get("task_resolutions") or {}).get(task.name, cfg.default_processing_resolution)
@@ -304,5 +307,6 @@ class PipelineInputsMixin:
                                     else flow_regularization),
             "flow_projection": projection,
             "correction_gate": check_gate(gate),
+            "aspect_mode": aspect,
             "task": task.name,
         }

@@ -46,6 +46,8 @@ __all__ = [
     "random_rectangling_mesh",
     "stitched_region",
     "panorama_region",
+    "panorama_views",
+    "folded_cells",
     "stitched_outline_mesh",
     "write_dird_sample",
     "write_rectangling_dataset",
@@ -218,6 +220,42 @@ def _outline_edges(region: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray
     return top, bottom, left, right
 
 
+def _profile_edges(region: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, ...]:
+    """The four edges of a wide (or tall) region as :func:`_outline_edges` returns them, from its
+    column and row profiles: the top edge at evenly spaced columns is each column's first content
+    row, and so on. Monotone along every edge by construction, so the long notched outlines of
+    many-view panoramas never fold the mesh as an arc-length split of the outline can.
+
+    Example:
+        >>> region = np.zeros((20, 100), np.uint8); region[2:18, 5:95] = 255
+        >>> top, bottom, left, right = _profile_edges(region, 2, 4)
+        >>> top[:, 1].tolist(), left[:, 0].tolist(), top[0].tolist() == left[0].tolist()
+        ([2.0, 2.0, 2.0, 2.0, 2.0], [5.0, 5.0, 5.0], True)
+    """
+    if region.shape[0] > region.shape[1]:  # a tall region: the wide one's edges, transposed
+        left, right, top, bottom = _profile_edges(np.ascontiguousarray(region.T), cols, rows)
+        return top[:, ::-1], bottom[:, ::-1], left[:, ::-1], right[:, ::-1]
+    inside = region > 0
+    columns = np.flatnonzero(inside.any(axis=0))
+    x0, x1 = float(columns[0]), float(columns[-1])
+    xs = np.linspace(x0, x1, cols + 1)
+    col = inside[:, np.round(xs).astype(int)]
+    top = np.stack([xs, col.argmax(axis=0).astype(np.float64)], 1)
+    bottom = np.stack([xs, (len(col) - 1 - col[::-1].argmax(axis=0)).astype(np.float64)], 1)
+
+    def side(x_end: np.ndarray, y0: float, y1: float, last: bool) -> np.ndarray:
+        ys = np.linspace(y0, y1, rows + 1)
+        row = inside[np.round(ys).astype(int)]
+        x = (row.shape[1] - 1 - row[:, ::-1].argmax(axis=1)) if last else row.argmax(axis=1)
+        edge = np.stack([x.astype(np.float64), ys], 1)
+        edge[0], edge[-1] = x_end[0], x_end[1]  # the corners are the top and bottom edges' ends
+        return edge
+
+    left = side(np.stack([top[0], bottom[0]]), top[0, 1], bottom[0, 1], last=False)
+    right = side(np.stack([top[-1], bottom[-1]]), top[-1, 1], bottom[-1, 1], last=True)
+    return top, bottom, left, right
+
+
 def panorama_region(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """The content region of a random panorama as stitching software makes it: a uint8 (H, W)
     mask, 255 = content.
@@ -227,13 +265,21 @@ def panorama_region(rng: np.random.Generator, height: int, width: int) -> np.nda
     jitter of a hand-held camera), each view's rectangle mapped onto the sphere; the union's
     bounding box is the panorama, scaled to the canvas (as the network sees any panorama).
     Its outline has slanted and slightly curved edges, deep notches where views meet, and
-    wedges at the corners.
+    wedges at the corners. A canvas wider (or taller) than 2:1 gets as many views as its
+    aspect ratio needs, so that a wide panorama is not a squeezed near-square one.
+
+    Example:
+        >>> region = panorama_region(np.random.default_rng(0), 60, 360)   # a 6:1 panorama
+        >>> region.shape, bool(region[30, 60:300].all()), 0.7 < float(region.mean()) / 255 < 1.0
+        ((60, 360), True, True)
     """
     n = int(rng.integers(2, 5))
     fov = math.radians(rng.uniform(40.0, 70.0))
     aspect = 0.75 if rng.random() < 0.75 else 4.0 / 3.0  # view height / width
     f = 0.5 / math.tan(fov / 2.0)  # view width = 1
     overlap = rng.uniform(0.2, 0.5)
+    n = panorama_views(n, max(width / height, height / width), aspect, overlap)
+    tall = height > 2 * width
     t = np.linspace(0.0, 1.0, 24)
     side = np.concatenate([
         np.stack([t, 0 * t], 1), np.stack([0 * t + 1, t], 1), np.stack([1 - t, 0 * t + 1], 1), np.stack([0 * t, 1 - t], 1),
@@ -251,8 +297,22 @@ def panorama_region(rng: np.random.Generator, height: int, width: int) -> np.nda
         d = rays @ rot.T
         theta = np.arctan2(d[:, 0], d[:, 2])
         phi = np.arctan2(d[:, 1], np.hypot(d[:, 0], d[:, 2]))
-        outlines.append(np.stack([theta, phi], 1))
+        outline = np.stack([theta, phi], 1)
+        outlines.append(outline[:, ::-1] if tall else outline)  # a vertical panorama: the wide one turned
     return _fill_views(outlines, height, width)
+
+
+def panorama_views(drawn: int, ratio: float, view_aspect: float, overlap: float) -> int:
+    """Views of a panorama of long/short side ``ratio``: ``drawn`` (2-4) up to 2:1, else the count
+    whose union of views (height/width ``view_aspect``, ``overlap`` shared) is about ``ratio`` long.
+
+    Example:
+        >>> panorama_views(3, 1.33, 0.75, 0.3), panorama_views(3, 6.0, 0.75, 0.3)
+        (3, 6)
+    """
+    if ratio <= 2.0:
+        return drawn
+    return max(2, round(1.0 + (ratio * view_aspect - 1.0) / (1.0 - overlap)))
 
 
 def stitched_outline_mesh(
@@ -277,11 +337,33 @@ def stitched_outline_mesh(
     """
     if region is None:
         region = stitched_region(rng, height, width, max_tilt)
-    top, bottom, left, right = _outline_edges(region, rows, cols)
+    if max(height / width, width / height) > 2.0:
+        top, bottom, left, right = _profile_edges(region, rows, cols)
+    else:
+        top, bottom, left, right = _outline_edges(region, rows, cols)
     mesh = _coons(top, bottom, left, right)
     mesh[..., 0] = np.clip(mesh[..., 0], 0.0, width - 1.0)
     mesh[..., 1] = np.clip(mesh[..., 1], 0.0, height - 1.0)
     return mesh
+
+
+def folded_cells(mesh: np.ndarray) -> int:
+    """Cells of ``mesh`` ((rows+1, cols+1, 2), (x, y)) that are not convex quads in the mesh's own
+    orientation: where a per-cell homography (:func:`~stablemotion.core.flow.mesh_to_flow`) folds or explodes.
+
+    Example:
+        >>> from stablemotion.core.flow import rigid_mesh
+        >>> mesh = rigid_mesh(2, 2, 10, 10)
+        >>> folded_cells(mesh), folded_cells(mesh[:, ::-1])
+        (0, 4)
+    """
+    corners = [mesh[:-1, :-1], mesh[:-1, 1:], mesh[1:, 1:], mesh[1:, :-1]]
+    turns = []
+    for k in range(4):
+        a, b, c = corners[k], corners[(k + 1) % 4], corners[(k + 2) % 4]
+        e1, e2 = b - a, c - b
+        turns.append(e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0])
+    return int((np.stack(turns).min(axis=0) <= 0).sum())
 
 
 #: Border styles of :func:`make_rectangling_sample`.
@@ -347,6 +429,10 @@ def make_rectangling_sample(
         mesh = stitched_outline_mesh(rng, h, w, rows=rows, cols=cols, max_tilt=max_inset)
     elif style == "panorama":
         mesh = stitched_outline_mesh(rng, h, w, rows=rows, cols=cols, region=panorama_region(rng, h, w))
+        for _ in range(16 if max(h / w, w / h) > 2.0 else 0):  # wide: draw again until no cell folds
+            if not folded_cells(mesh):
+                break
+            mesh = stitched_outline_mesh(rng, h, w, rows=rows, cols=cols, region=panorama_region(rng, h, w))
     else:
         mesh = random_rectangling_mesh(rng, h, w, rows=rows, cols=cols, max_inset=max_inset)
     fill = 255 if white_fraction > 0 and rng.random() < white_fraction else 0
