@@ -1,5 +1,5 @@
 """The package's layers import downwards only (io < core < tasks < data < model < training,
-evaluation < app < cli), and one module is one concept of bounded size."""
+evaluation, batch < app < cli), and one module is one concept of bounded size."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import stablemotion
 
 SRC = Path(stablemotion.__file__).parent
 #: layer of each sub-package; a module may import its own layer and those below it
-LAYERS = {"io": 0, "core": 1, "tasks": 2, "data": 3, "model": 4, "training": 5, "evaluation": 5, "app": 6, "cli": 7}
+LAYERS = {"io": 0, "core": 1, "tasks": 2, "data": 3, "model": 4, "training": 5, "evaluation": 5, "batch": 5,
+          "app": 6, "cli": 7}
 #: modules of the package root that are not a layer (the lazy public API, the old-name aliases, ``python -m``)
 ROOT_MODULES = {"__init__", "_compat", "__main__"}
 

@@ -25,6 +25,7 @@ from ..core.constants import ENSEMBLE_MODES, FINAL_STEPS, FLOW_REGULARIZATIONS
 from ..core.errors import is_out_of_memory
 from ..core.sizes import parse_size
 from ..core.sizes import shown_value as _show
+from ..model.precision import DTYPE_CHOICES, DTYPE_NAMES  # no torch import
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +51,7 @@ __all__ = [
     "MAX_DECODE_SCALE",
     "MAX_SEED",
     "resolve_dtype",
+    "settle_dtype",
     "resolve_device",
     "inference_kwargs",
     "load_model",
@@ -59,7 +61,6 @@ __all__ = [
     "out_of_memory_message",
 ]
 
-DTYPE_NAMES = ("fp32", "bf16", "fp16")
 ENSEMBLE_MODE_CHOICES = ENSEMBLE_MODES
 FINAL_STEP_CHOICES = FINAL_STEPS
 FLOW_REGULARIZATION_CHOICES = FLOW_REGULARIZATIONS
@@ -167,7 +168,9 @@ class _SizeAction(argparse.Action):
 
 def add_device_options(p: argparse.ArgumentParser) -> None:
     """``--dtype``, ``--device``, ``--no-channels-last``."""
-    p.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32", help="weights and compute dtype (default fp32)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="weights and compute dtype (default auto: bf16 on GPUs and CPUs with native bfloat16, "
+                        "fp16 on other GPUs, fp32 otherwise; the choice is printed)")
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, cuda:1, mps ... (default auto; under accelerate: the process's device)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
@@ -200,10 +203,26 @@ def add_inference_options(p: argparse.ArgumentParser, steps: bool = True, ensemb
                         "straight, no ripples); default: the model's (none)")
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    import torch
+def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
+    """The torch dtype of a ``--dtype`` name, ``auto`` resolved for ``device``
+    (:func:`stablemotion.model.precision.torch_dtype_of`)."""
+    from ..model.precision import torch_dtype_of
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    dtype = torch_dtype_of(name, device)
+    assert dtype is not None
+    return dtype
+
+
+def settle_dtype(args: argparse.Namespace, device: torch.device | str, show: bool = True) -> str:
+    """Resolve ``args.dtype`` (``auto``) for ``device`` in place, so that what is recorded (settings,
+    manifests) is the dtype that ran; prints the choice once when ``show`` -> the resolved name."""
+    from ..model.precision import describe_choice, resolve_dtype_name
+
+    asked = args.dtype
+    args.dtype = resolve_dtype_name(asked, device)
+    if show and asked == "auto":
+        print(describe_choice(asked, device))
+    return str(args.dtype)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -416,14 +435,11 @@ def load_model(model: str | None, task: str | None, dtype: torch.dtype, quiet: b
 
 
 def prepare_for_inference(pipe: StableMotionPipeline, device: torch.device, channels_last: bool = True) -> None:
-    """Move to ``device``, apply the channels_last policy, silence the per-call progress bar."""
-    import torch
+    """Move to ``device``, apply the channels_last policy, silence the per-call progress bar
+    (:func:`stablemotion.model.loading.prepare_for_inference`)."""
+    from ..model.loading import prepare_for_inference as prepare
 
-    pipe.to(device)
-    if channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    pipe.set_progress_bar_config(disable=True)
+    prepare(pipe, device, channels_last)
 
 
 class Dist:

@@ -110,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- helpers
 def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Dist]:
     from ..evaluation.runner import EvalSettings, open_eval_set
-    from ._options import load_model, prepare_for_inference, resolve_dtype
+    from ._options import load_model, prepare_for_inference, resolve_dtype, settle_dtype
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
@@ -118,6 +118,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Dist]:
     dist = Dist(args.device)
     if not args.dataset.exists():
         raise FileNotFoundError(f"--dataset {args.dataset}: no such folder")
+    settle_dtype(args, dist.device, show=dist.main)  # the settings record the dtype that ran
     pipe = load_model(args.model, args.task, resolve_dtype(args.dtype), quiet=True)
     task = pipe.resolve_task(args.task).name  # a multi-task model: --task picks which
     eval_set = open_eval_set(args.dataset, task, split=args.split, kind=args.kind)

@@ -33,7 +33,9 @@ members that disagree: confidence below --correction-gate, default 0.5) is writt
 and reported with its reason, as is a SIR image without an empty border and, with --task
 auto, an image that needs no correction or whose task cannot be told; --always-correct
 applies every correction. Under `accelerate launch` or `torchrun` every process takes a shard
-of the inputs and the main process prints one summary.
+of the inputs and the main process prints one summary. --engine ray runs the images on a Ray
+cluster instead (a pool of actors that each load the model once; see the README, "Batch at
+scale"): the same files, plus a Parquet manifest of every image (--manifest).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.constants import DEFAULT_CORRECTION_GATE, FLOW_PROJECTIONS
-from ..io.images import DEFAULT_MAX_PIXELS, SIDE_FILE_SUFFIXES, list_images
+from ..io.images import DEFAULT_MAX_PIXELS, list_images
 from ..model.rectify_folder import STATE_NAME, check_out_folder, clean_litter
 from ..tasks import available_tasks, describe_model_tasks
 from ._options import (
@@ -61,6 +63,7 @@ from ._options import (
     out_of_memory_message,
     seed_arg,
 )
+from ._rectify_engine import add_engine_options
 
 _STATE = STATE_NAME
 
@@ -118,6 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--always-correct", action="store_true",
                    help="apply every predicted correction, whatever its confidence (the correction gate off)")
     p.add_argument("--force", action="store_true", help="redo images whose outputs exist (default: skip them)")
+    add_engine_options(p)
     p.set_defaults(func=_rectify)
 
 
@@ -170,18 +174,23 @@ def _masks(args: argparse.Namespace, items: list[tuple[str, Path]], needs_mask: 
     return [mask]
 
 
+def _file_options(args: argparse.Namespace, kwargs: dict[str, Any] | None = None) -> Any:
+    """The per-file options of this run (:class:`stablemotion.model.rectify_files.FileOptions`)."""
+    from ..core.large_image import MAX_WORK_PIXELS
+    from ..model.rectify_files import FileOptions
+
+    return FileOptions(
+        grey=args.grey, alpha=args.alpha, mask=args.mask, mask_background=args.mask_background,
+        mask_tolerance=args.mask_tolerance, max_pixels=None if args.max_pixels <= 0 else int(args.max_pixels),
+        max_work_pixels=MAX_WORK_PIXELS if args.max_work_pixels is None else args.max_work_pixels, seed=args.seed,
+        pipe_kwargs={k: v for k, v in (kwargs or {}).items() if v is not None}, image_ext=args.image_ext,
+        save_flow=args.save_flow, flow_format=args.flow_format, save_mask=args.save_mask)
+
+
 def _outputs(args: argparse.Namespace, stem: str, with_mask: bool, ensemble: int) -> dict[str, Path]:
-    out: Path = args.out
-    flow, mask, spread = (f"{stem}{sfx}" for sfx in SIDE_FILE_SUFFIXES)
-    paths = {"image": out / f"{stem}.{args.image_ext}", "flow_color": out / f"{flow}.png"}
-    if args.save_flow:
-        paths["flow"] = out / f"{flow}.{args.flow_format}"
-    if with_mask and args.save_mask:
-        paths["mask"] = out / f"{mask}.png"
-    if ensemble > 1:
-        paths["uncertainty"] = out / f"{spread}.npy"
-        paths["uncertainty_color"] = out / f"{spread}.png"
-    return paths
+    from ..model.rectify_files import output_paths
+
+    return output_paths(args.out, stem, _file_options(args), with_mask, ensemble)
 
 
 def _check_names(args: argparse.Namespace, jobs: list[_Job]) -> None:
@@ -204,8 +213,9 @@ def _check_names(args: argparse.Namespace, jobs: list[_Job]) -> None:
 
 def _settings_record(args: argparse.Namespace, model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Everything that changes an image's outputs, as recorded in the manifest."""
-    return {"model": model, "seed": args.seed, "mask": args.mask, **{k: v for k, v in kwargs.items()},
-            "dtype": args.dtype, "max_work_pixels": args.max_work_pixels}
+    from ..model.rectify_files import settings_record
+
+    return settings_record(model, _file_options(args), kwargs, args.dtype)
 
 
 def _plan_resume(args: argparse.Namespace, jobs: list[_Job], record: dict[str, Any],
@@ -241,21 +251,35 @@ def _rectify(args: argparse.Namespace) -> int:
     max_pixels = None if args.max_pixels <= 0 else int(args.max_pixels)
     args.max_work_pixels = _max_work_pixels(args.max_work_pixels)
     dist = Dist(args.device)  # checks --device before anything else
+    if args.engine == "ray" and dist.world > 1:
+        raise ValueError("--engine ray starts its own workers: run it as one process, not under accelerate "
+                         "launch / torchrun")
     args.input_notes = []  # what the input folders hold but are not rectified: repeated in the summary
     items = _collect_inputs(args.inputs, args.input_notes)
     check_out_folder(args.out)
     lock = _lock_out(args.out, dist)
+    args.ray = None
     try:
         if dist.main:
             removed = clean_litter(args.out)
             if removed:
                 print(f"removed {removed} temporary file(s) left in {args.out} by an interrupted run")
+        if args.engine == "ray":
+            from ._rectify_engine import start_ray
+
+            args.ray = start_ray(args)  # resolves --dtype where the actors run
+        else:
+            from ._options import settle_dtype
+
+            settle_dtype(args, dist.device, show=dist.main)
         args.unchanged = {}  # stem -> why it was written unchanged (this process's images)
         if args.task == "auto":
             return _rectify_auto(args, dist, items, kwargs, max_pixels)
         processed, skipped, failures = _process(args, dist, items, kwargs, max_pixels)
         return _summary(args, dist, processed, skipped, failures)
     finally:
+        if args.ray is not None:
+            args.ray.close()
         if lock is not None:
             lock.release()
 
@@ -348,7 +372,13 @@ def _process(args: argparse.Namespace, dist: Dist, items: list[tuple[str, Path]]
 
     mine = [j for j in dist.shard(todo) if j.stem not in failures]
     processed = 0
-    if mine:
+    if args.ray is not None:
+        from ._rectify_engine import run_ray
+
+        processed, late = run_ray(args, todo, [j for j in jobs if j.stem in done_stems], failures, kwargs, record,
+                                  needs_mask, ensemble)
+        failures.update(late)
+    elif mine:
         pipe = load_model(args.model, args.task, resolve_dtype(args.dtype), quiet=not dist.main)
         prepare_for_inference(pipe, dist.device, args.channels_last)
         processed, late = _run(args, pipe, mine, kwargs, dist, max_pixels, key)
@@ -465,21 +495,19 @@ def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str
     from tqdm import tqdm
 
     from ..io.outdir import Journal
-    from ..model.service import takes_mask
 
     failures: dict[str, str] = {}
     processed = 0
     spec = pipe.resolve_task(args.task)  # a multi-task model runs the chosen task
-    needs_mask = takes_mask(spec)
     # unset options are left to the pipeline's defaults (so that a capped run may pick its cheaper ensemble mode)
-    pipe_kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    options = _file_options(args, kwargs)
     bar = tqdm(jobs, desc="rectify" if dist.world == 1 else f"rectify [{dist.rank}/{dist.world}]", unit="img",
                disable=not dist.main)
     journal = Journal(args.out, dist.rank)
     try:
         for job in bar:
             try:
-                _run_one(args, pipe, spec, job, pipe_kwargs, needs_mask, max_pixels, bar)
+                _run_one(args, pipe, spec, job, options, bar)
                 journal.add(job.stem, key, (p.name for p in job.outputs.values()))
                 processed += 1
             except (ValueError, OSError) as exc:
@@ -495,49 +523,16 @@ def _run(args: argparse.Namespace, pipe: Any, jobs: list[_Job], kwargs: dict[str
     return processed, failures
 
 
-def _run_one(args: argparse.Namespace, pipe: Any, spec: Any, job: _Job, pipe_kwargs: dict[str, Any],
-             needs_mask: bool, max_pixels: int | None, bar: Any) -> None:
-    """Rectify one image and write all its outputs (each atomically) through the rectify service
-    (:mod:`stablemotion.model.service`); raises ``ValueError``/``OSError``."""
-    from ..io.images import load_image, read_rgb
-    from ..model.service import (
-        NonFiniteFlowError,
-        RectifyRequest,
-        prepare_request,
-        rectify,
-        unchanged_reason,
-        write_results,
-    )
+def _run_one(args: argparse.Namespace, pipe: Any, spec: Any, job: _Job, options: Any, bar: Any) -> None:
+    """Rectify one image and write all its outputs (each atomically):
+    :func:`stablemotion.model.rectify_files.read_input` then :func:`~stablemotion.model.rectify_files.rectify_decoded`,
+    the code every engine runs; raises ``ValueError``/``OSError``."""
+    from ..model.rectify_files import read_input, rectify_decoded
 
-    alpha_mask = args.mask == "alpha"
-    image, alpha, note = read_rgb(job.image, grey=args.grey, alpha="mask" if alpha_mask else args.alpha,
-                                  max_pixels=max_pixels)
-    if note:
-        bar.write(f"{job.stem}: {note}")
-    request = RectifyRequest(image, task=spec)
-    if needs_mask:
-        if alpha_mask and alpha is None:
-            raise ValueError(f"--mask alpha but {job.image} has no transparent pixel; pass a mask file or "
-                             "drop --mask to derive one from the empty border")
-        given = alpha if alpha_mask else (None if job.mask is None else load_image(job.mask, "mask"))
-        request = prepare_request(image, given, task=spec, background=args.mask_background,
-                                  tolerance=args.mask_tolerance,
-                                  source="alpha channel" if alpha_mask else f"mask {job.mask}")
-    if needs_mask and job.mask is None and not unchanged_reason(request):
-        bar.write(f"{job.stem}: {request.note}")
-    try:
-        res = rectify(pipe, request, max_work_pixels=args.max_work_pixels, seed=args.seed, **pipe_kwargs)
-    except NonFiniteFlowError as exc:
-        raise ValueError(f"{job.image}: {exc}; try --dtype fp32") from None
+    decoded = read_input(job.image, options, job.mask)  # job.mask: only for tasks that take one (_masks)
+    res = rectify_decoded(pipe, spec, decoded, job.outputs, options, job.stem, bar.write)
     if res.unchanged:
-        hint = "--always-correct applies it anyway" if res.confidence is not None else "pass --mask to force a run"
         args.unchanged[job.stem] = res.reason
-        bar.write(f"{job.stem}: {res.reason}, written unchanged ({hint})")
-    if res.work_size != image.shape[:2]:
-        bar.write(f"{job.stem}: {image.shape[1]}x{image.shape[0]} px, over --max-work-pixels: the model ran at "
-                  f"{res.work_size[1]}x{res.work_size[0]}, the flow was applied at full size")
-    del image, request
-    write_results(res, job.outputs)
 
 
 def _summary(args: argparse.Namespace, dist: Dist, processed: int, skipped: int, failures: dict[str, str]) -> int:

@@ -159,10 +159,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     from ..app.server_options import server_options
     from ..model.catalog import BUNDLED_LIMITS, BUNDLED_MODELS
-    from ._options import load_model, prepare_for_inference, resolve_device, resolve_dtype
+    from ._options import load_model, prepare_for_inference, resolve_device, resolve_dtype, settle_dtype
 
     kwargs = inference_kwargs(args)
-    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(settle_dtype(args, device), device)
     models: dict[str, Any] = dict.fromkeys(BUNDLED_MODELS)
     for spec in args.model:  # loaded now, so that a bad --model fails before serving
         pipe = load_model(spec, None, dtype, quiet=True)
