@@ -1,5 +1,5 @@
 # Set-up is idempotent: `.venv` is created and the package installed (editable, with
-# the test and app extras) only when pyproject.toml or constraints.txt changed.
+# the test, app and ray extras) only when pyproject.toml or constraints.txt changed.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -c constraints.txt -e '.[test,app]'
+	$(BIN)/python -m pip install -c constraints.txt -e '.[test,app,ray]'
 	touch $(STAMP)
 
 setup: $(STAMP)
