@@ -133,13 +133,19 @@ def _fills(fill: tuple[int, int, int] | str | None) -> list[tuple[str, tuple[int
 
 
 def _distance(image: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
-    """Max over channels of |pixel - colour|, uint8 (H, W)."""
-    r, g, b = cv2.split(image)
-    if colour == (255, 255, 255):
-        return 255 - cv2.min(cv2.min(r, g), b)
-    if colour != (0, 0, 0):
-        r, g, b = (cv2.absdiff(c, np.full_like(c, v)) for c, v in zip((r, g, b), colour, strict=True))
-    return cv2.max(cv2.max(r, g), b)
+    """Max over channels of |pixel - colour|, uint8 (H, W); a band of rows at a time, so a
+    100-megapixel image needs no three full-size channel copies."""
+    out = np.empty(image.shape[:2], np.uint8)
+    step = max(1, (1 << 22) // max(1, image.shape[1]))
+    for r0 in range(0, image.shape[0], step):
+        r, g, b = cv2.split(image[r0:r0 + step])
+        if colour == (255, 255, 255):
+            out[r0:r0 + step] = 255 - cv2.min(cv2.min(r, g), b)
+            continue
+        if colour != (0, 0, 0):
+            r, g, b = (cv2.absdiff(c, np.full_like(c, v)) for c, v in zip((r, g, b), colour, strict=True))
+        out[r0:r0 + step] = cv2.max(cv2.max(r, g), b)
+    return out
 
 
 def _frame_labels(labels: np.ndarray) -> np.ndarray:
@@ -354,10 +360,15 @@ def _full_mask(image: np.ndarray, colour: tuple[int, int, int], accepted: np.nda
     lut = np.zeros(int(labels.max()) + 1, bool)
     lut[keep] = True
     empty = lut[labels]
+    del labels, core  # int32 labels are 4 bytes a pixel: freed before the next labelling (100-megapixel images)
     # The JPEG fringe: pixels within ``tolerance`` of the fill at most 3 px from the flat core.
-    fringe = cv2.dilate(empty.astype(np.uint8), _disk(3)) > 0
-    empty |= fringe & (dist <= tolerance)
-    valid = (~empty).astype(np.uint8)
+    fringe = cv2.dilate(empty.view(np.uint8), _disk(3))
+    fringe &= dist <= tolerance
+    del dist
+    empty |= fringe.view(bool)
+    del fringe
+    valid = (~empty).view(np.uint8)
+    del empty
     if open_size > 1:
         valid = cv2.morphologyEx(valid, cv2.MORPH_OPEN, np.ones((open_size, open_size), np.uint8))
     # empty pixels not connected to the frame through empty pixels are content

@@ -64,6 +64,10 @@ def mask_valid(mask: np.ndarray) -> np.ndarray:
         [[False, True], [False, True]]
     """
     m = np.asarray(mask)
+    if m.dtype == bool and m.ndim == 2:
+        return m.copy()
+    if m.dtype == np.uint8 and m.ndim == 2:  # integer rule, 1 byte a pixel: mean >= 127.5 of 255
+        return m >= 128
     if m.dtype == bool:
         m = m.astype(np.float32)
     elif m.dtype == np.uint8:
@@ -425,7 +429,7 @@ def derive_mask(
         [0, 0, 0, 255, 255, 255, 255, 255, 255, 255]
     """
     border = find_border(image, background, tolerance, min_border_fraction, open_size)
-    return np.where(border.mask, 0, 255).astype(np.uint8)
+    return np.where(border.mask, np.uint8(0), np.uint8(255))  # uint8 scalars: no 8-byte-a-pixel temporary
 
 
 def _frame(a: np.ndarray) -> np.ndarray:
@@ -478,7 +482,7 @@ def prepare_mask(
         name = "uploaded mask" if source == "the mask" else source
         return mask, f"{name} ({1 - valid.mean():.1%} empty)"
     border = find_border(image, background=background, tolerance=tolerance)
-    derived = np.where(border.mask, 0, 255).astype(np.uint8)
+    derived = np.where(border.mask, np.uint8(0), np.uint8(255))
     if not border.found:
         why = border.reason.removeprefix("no empty border: ")
         return derived, f"no empty border found ({why}): the whole image counts as content"

@@ -30,7 +30,7 @@ from .image_processing import mask_valid
 from .visualize import scalar_to_color
 
 __all__ = [
-    "MAX_WORK_PIXELS", "MIN_WORK_PIXELS", "STRIP_PIXELS", "CappedResult", "flow_colours", "memory_bound",
+    "MAX_WORK_PIXELS", "MIN_WORK_PIXELS", "STRIP_PIXELS", "CappedResult", "StripFlow", "flow_colours", "memory_bound",
     "rectify_capped", "shrink_mask", "strips", "uncertainty_colours", "upsample_flow", "upsample_spread",
     "warp_strips", "working_size",
 ]
@@ -115,6 +115,73 @@ def shrink_mask(mask: np.ndarray, size: tuple[int, int], encoding: str) -> np.nd
     return small
 
 
+class StripFlow:
+    """A full-size (H, W, 2) float32 flow in pixels, kept as the network's (h, w, 2) estimate and
+    upsampled a strip of rows at a time (the pipeline's rule, :func:`upsample_flow`), so a
+    100-megapixel image never holds its 800 MB flow: ``flow[r0:r1]`` gives rows r0..r1 as an
+    array, ``np.asarray(flow)`` the whole flow (only when asked for, e.g. ``--save-flow``).
+
+    Example:
+        >>> small = np.ones((2, 2, 2), np.float32)      # 1 px at 2 x 2 ...
+        >>> flow = StripFlow(small, (4, 6))
+        >>> flow.shape, flow[1:3].shape, flow[0, 0].tolist()   # ... is 2 px down and 3 px across at 4 x 6
+        ((4, 6, 2), (2, 6, 2), [3.0, 2.0])
+        >>> bool(np.allclose(np.asarray(flow), upsample_flow(small, (4, 6))))
+        True
+    """
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, small: np.ndarray, size: tuple[int, int]) -> None:
+        small = np.ascontiguousarray(small, dtype=np.float32)
+        if small.ndim != 3 or small.shape[2] != 2:
+            raise ValueError(f"StripFlow needs an (h, w, 2) flow, got {small.shape}")
+        self.small = small
+        self.size = (int(size[0]), int(size[1]))
+        self.shape = (*self.size, 2)
+        self._columns: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.size[0]
+
+    def columns(self) -> torch.Tensor:
+        """The flow upsampled along the rows' length only: (2, h, W), magnitudes at full size."""
+        if self._columns is None:
+            h, w = self.small.shape[:2]
+            height, width = self.size
+            t = torch.from_numpy(self.small).permute(2, 0, 1)[None]
+            if w > 1:
+                t = F.interpolate(t, size=(h, width), mode="bilinear", align_corners=True)
+            else:
+                t = t.expand(-1, -1, -1, width)
+            self._columns = t[0] * torch.tensor([width / w, height / h]).view(2, 1, 1)
+        return self._columns
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        """Rows [r0, r1) of the full-size flow: (r1 - r0, W, 2) float32, pixels."""
+        cols = self.columns()
+        h, height = cols.shape[1], self.size[0]
+        ys = torch.arange(r0, r1, dtype=torch.float64) * ((h - 1) / (height - 1) if height > 1 else 0.0)
+        y0 = ys.floor().clamp_(0, h - 1).long()
+        y1 = (y0 + 1).clamp_(max=h - 1)
+        t = (ys - y0).float().view(1, -1, 1)
+        part = cols[:, y0] * (1 - t) + cols[:, y1] * t  # (2, R, W)
+        return part.permute(1, 2, 0).contiguous().numpy()
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice) and key.step in (None, 1):
+            r0, r1, _ = key.indices(self.size[0])
+            return self.rows(r0, max(r0, r1))
+        return self.__array__()[key]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.empty(self.shape, np.float32)
+        for r0, r1 in strips(*self.size):
+            out[r0:r1] = self.rows(r0, r1)
+        return out if dtype is None else out.astype(dtype)
+
+
 def upsample_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(h, w, 2) flow in pixels of (h, w) -> (H, W, 2) float32 in pixels of ``size``, the pipeline's rule.
 
@@ -131,11 +198,13 @@ def upsample_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def warp_strips(image: np.ndarray, flow: np.ndarray, padding: str, strip_pixels: int | None = None) -> np.ndarray:
-    """Backward-warp a uint8 (H, W, 3) image with an (H, W, 2) pixel flow, a strip of rows at a time.
+def warp_strips(image: np.ndarray, flow: np.ndarray | StripFlow, padding: str,
+                strip_pixels: int | None = None) -> np.ndarray:
+    """Backward-warp a uint8 or uint16 (H, W, C) image with an (H, W, 2) pixel flow (an array or a
+    :class:`StripFlow`), a strip of rows at a time; the output has the input's dtype (16-bit stays 16-bit).
 
     The same result as the pipeline's ``warp`` of the image in [0, 1] (bilinear,
-    ``align_corners=True``, ``padding``), clamped and rounded to uint8, up to float32
+    ``align_corners=True``, ``padding``), clamped and rounded to the input's dtype, up to float32
     rounding of the sample coordinates. Each strip samples only the band of input rows its
     flow reaches (all rows for ``"reflection"`` padding when it reaches outside), so the
     float work is the strip plus that band, not the whole image.
@@ -147,6 +216,9 @@ def warp_strips(image: np.ndarray, flow: np.ndarray, padding: str, strip_pixels:
         >>> image[..., 0].tolist(), warp_strips(image, flow, "border")[..., 0].tolist()
         ([[0, 30, 60], [90, 120, 150]], [[30, 60, 60], [120, 150, 150]])
     """
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"warp_strips takes a uint8 or uint16 image, got {image.dtype}")
+    top = 255.0 if image.dtype == np.uint8 else 65535.0
     h, w = image.shape[:2]
     out = np.empty_like(image)
     xs = torch.arange(w, dtype=torch.float32)
@@ -163,10 +235,10 @@ def warp_strips(image: np.ndarray, flow: np.ndarray, padding: str, strip_pixels:
             s1 = min(max(math.floor(high) + 2, s0 + 1), h)
             if s1 - s0 < 2 <= h:
                 s0, s1 = (s0, s0 + 2) if s0 + 2 <= h else (h - 2, h)
-        band = torch.from_numpy(image[s0:s1]).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        band = torch.from_numpy(image[s0:s1].astype(np.float32)).permute(2, 0, 1).unsqueeze(0).div_(top)
         grid = torch.stack((normalize_coords(x, w), normalize_coords(y - s0, s1 - s0)), dim=-1).unsqueeze(0)
         warped = F.grid_sample(band, grid, mode="bilinear", padding_mode=padding, align_corners=True)
-        out[r0:r1] = warped[0].clamp_(0, 1).mul_(255.0).round_().permute(1, 2, 0).to(torch.uint8).numpy()
+        out[r0:r1] = warped[0].clamp_(0, 1).mul_(top).round_().permute(1, 2, 0).numpy().astype(image.dtype)
     return out
 
 
@@ -226,7 +298,8 @@ class CappedResult:
 
     Attributes:
         image: (H, W, 3) uint8, the rectified image.
-        flow: (H, W, 2) float32, backward flow in pixels of the input.
+        flow: (H, W, 2) float32, backward flow in pixels of the input: an array, or for an image
+            larger than the working size a :class:`StripFlow` (rows on demand; ``np.asarray`` for all).
         flow_colours: (H, W, 3) uint8, the flow's Middlebury colours.
         flow_max: largest flow magnitude, pixels.
         spread: (H, W) float32 ensemble spread in pixels, or ``None`` (no ensemble).
@@ -235,7 +308,7 @@ class CappedResult:
     """
 
     image: np.ndarray
-    flow: np.ndarray
+    flow: np.ndarray | StripFlow
     flow_colours: np.ndarray
     flow_max: float
     spread: np.ndarray | None
@@ -286,7 +359,7 @@ def rectify_capped(
     out = pipe(work_image, mask=work_mask, output_type="np", **kwargs)
     spread = None if out.uncertainty is None else np.asarray(out.uncertainty[0, ..., 0], dtype=np.float32)
     if capped:
-        flow = upsample_flow(out.flow[0], (h, w))
+        flow = StripFlow(out.flow[0], (h, w))  # full size a strip at a time: never all of it at once
         del out
         rectified = warp_strips(image, flow, padding)
         if spread is not None:

@@ -60,6 +60,22 @@ def _as_hw2(flow: np.ndarray | torch.Tensor, path: PathLike) -> np.ndarray:
     return np.ascontiguousarray(flow, dtype=np.float32)
 
 
+def _streamed(flow: object) -> bool:
+    """A flow that hands out rows (``flow.rows(r0, r1)``, e.g. a full-size
+    :class:`~stablemotion.core.large_image.StripFlow`): written without materialising it."""
+    return not isinstance(flow, (np.ndarray, torch.Tensor)) and callable(getattr(flow, "rows", None))
+
+
+def _write_rows(f: object, flow: object, path: PathLike, dtype: str = "<f4", rows_per_chunk: int = 256) -> None:
+    """Write a row-streamed (H, W, 2) flow's values row-major to the open binary file ``f``, checked finite."""
+    height = int(flow.shape[0])  # type: ignore[attr-defined]
+    for r0 in range(0, height, rows_per_chunk):
+        part = flow.rows(r0, min(height, r0 + rows_per_chunk))  # type: ignore[attr-defined]
+        if not np.isfinite(part).all():
+            raise ValueError(f"cannot write {path}: flow contains NaN or infinite values")
+        f.write(np.ascontiguousarray(part, dtype=dtype).tobytes())  # type: ignore[attr-defined]
+
+
 def write_flo(path: PathLike, flow: np.ndarray | torch.Tensor) -> Path:
     """Write a Middlebury ``.flo`` file atomically (magic 202021.25, width, height, float32 u/v).
 
@@ -79,6 +95,12 @@ def write_flo(path: PathLike, flow: np.ndarray | torch.Tensor) -> Path:
         >>> read_flo(path)[1, 2].tolist()
         [1.5, 1.5]
     """
+    if _streamed(flow):
+        h, w = int(flow.shape[0]), int(flow.shape[1])  # type: ignore[union-attr]
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            f.write(struct.pack("<fii", FLO_MAGIC, w, h))
+            _write_rows(f, flow, path)
+        return Path(path)
     arr = _as_hw2(flow, path)
     h, w, _ = arr.shape
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -213,6 +235,12 @@ def write_flow(path: PathLike, flow: np.ndarray | torch.Tensor) -> Path:
         return write_flo(path, flow)
     if suffix == ".png":
         return write_flow_png(path, flow)
+    if suffix == ".npy" and _streamed(flow):  # the header, then the rows: never the whole flow in memory
+        shape = (int(flow.shape[0]), int(flow.shape[1]), 2)  # type: ignore[union-attr]
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            _write_rows(f, flow, path)
+        return Path(path)
     if suffix == ".npy":
         arr = _as_hw2(flow, path)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:

@@ -317,7 +317,7 @@ def image_to_rgb(
         if (a == 255).all():
             notes.append("fully opaque alpha channel dropped")
         elif alpha == "mask":
-            mask = np.where(a >= 128, 255, 0).astype(np.uint8)
+            mask = np.where(a >= 128, np.uint8(255), np.uint8(0))
             notes.append("alpha channel used as the mask")
         elif alpha == "drop":
             notes.append("alpha channel dropped")

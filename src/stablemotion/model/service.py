@@ -227,10 +227,12 @@ def unchanged_result(request: RectifyRequest, reason: str = "") -> RectifyResult
         >>> unchanged_result(RectifyRequest(np.ones((2, 3, 3), np.uint8), task="rsc")).image.sum()
         np.uint64(18)
     """
-    from ..core.large_image import flow_colours
+    from ..core.large_image import MAX_WORK_PIXELS, StripFlow, flow_colours
 
     h, w = request.image.shape[:2]
-    zero = np.zeros((h, w, 2), np.float32)
+    zero = np.zeros((2, 2, 2), np.float32)
+    # as for a rectified image: larger than the working size, the flow comes by strips (no 800 MB of zeros)
+    zero = StripFlow(zero, (h, w)) if h * w > MAX_WORK_PIXELS else np.zeros((h, w, 2), np.float32)
     task = request.task if isinstance(request.task, str) else getattr(request.task, "name", "")
     return RectifyResult(request.image, zero, flow_colours(zero)[0], 0.0, None, (h, w), 0.0, request.mask,
                          unchanged=True, reason=reason, task=task or "")
