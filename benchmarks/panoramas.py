@@ -39,6 +39,7 @@ from roughness import BAND, roughness  # noqa: E402
 from roughness import border_left as _border_left  # noqa: E402
 from stablemotion.core.flow import resize_flow  # noqa: E402
 from stablemotion.core.image_processing import derive_mask  # noqa: E402
+from stablemotion.core.stitching import overlapping_views  # noqa: E402
 from stablemotion.data.synth import PROCEDURAL, make_sample, resolve_photos  # noqa: E402
 from stablemotion.io.images import load_image  # noqa: E402
 
@@ -57,16 +58,7 @@ def border_left(empty: np.ndarray, flow: np.ndarray, frame: int = 4) -> float:
 
 def views(photo: np.ndarray, rng: np.random.Generator, n: int) -> list[np.ndarray]:
     """``n`` overlapping views across ``photo`` (uint8 RGB), each under a small random homography."""
-    h, w = photo.shape[:2]
-    vw, vh = int(w * rng.uniform(0.45, 0.6)), int(h * rng.uniform(0.75, 0.92))
-    out = []
-    for x in np.linspace(0, w - vw, n).astype(int):
-        y = int(rng.integers(0, h - vh + 1))
-        src = np.float32([[x, y], [x + vw, y], [x + vw, y + vh], [x, y + vh]])
-        dst = np.float32([[0, 0], [vw, 0], [vw, vh], [0, vh]]) + rng.normal(0, 0.04 * vw, (4, 2)).astype(np.float32)
-        homography = cv2.getPerspectiveTransform(src, dst)
-        out.append(cv2.warpPerspective(photo, homography, (vw, vh), borderMode=cv2.BORDER_REFLECT))
-    return out
+    return overlapping_views(photo, n, rng)
 
 
 def make_panorama(photo: np.ndarray, rng: np.random.Generator, min_side: int = 360) -> tuple[np.ndarray, np.ndarray] | None:

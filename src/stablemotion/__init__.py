@@ -32,6 +32,8 @@ _EXPORTS = {
     "read_flow": "core.flow",
     "write_flow": "core.flow",
     "flow_to_color": "core.flow",
+    "stitch": "model.stitch",
+    "StitchResult": "model.stitch",
 }
 
 __all__ = [
@@ -49,6 +51,8 @@ __all__ = [
     "read_flow",
     "write_flow",
     "flow_to_color",
+    "stitch",
+    "StitchResult",
 ]
 
 if TYPE_CHECKING:
@@ -60,6 +64,7 @@ if TYPE_CHECKING:
         load_pipeline,
     )
     from .model.pipeline import StableMotionOutput, StableMotionPipeline
+    from .model.stitch import StitchResult, stitch
     from .tasks import TaskSpec, get_task, register_task
 
 
