@@ -75,3 +75,23 @@ def test_capped_rectify_returns_a_strip_flow_for_large_images() -> None:
     assert out.image.shape == image.shape and np.isfinite(np.asarray(out.flow)).all()
     whole = rectify_capped(pipe, image, None, "zeros", max_work_pixels=96 * 128)
     assert isinstance(whole.flow, np.ndarray)
+
+
+def test_a_sixteen_bit_request_gives_a_sixteen_bit_result_with_its_metadata(tmp_path: Path) -> None:
+    from stablemotion.io.metadata import ImageMetadata, read_image_with_metadata, to_model_input
+    from stablemotion.model.service import RectifyRequest, rectify, unchanged_result, write_results
+
+    rng = np.random.default_rng(5)
+    original = rng.integers(0, 65536, (40, 60, 3), dtype=np.uint16)
+    request = RectifyRequest(to_model_input(original), task="rsc", original=original)
+    meta = ImageMetadata(xmp=b'<x:xmpmeta GPano:ProjectionType="cylindrical"/>')
+    for max_work in (32 * 32, None):  # capped (strip warp) and whole (the pipeline's own size)
+        res = rectify(tiny_pipeline("rsc"), request, max_work_pixels=max_work, always_correct=True)
+        assert res.image.dtype == np.uint16 and res.image.shape == original.shape
+        out = write_results(res, {"image": tmp_path / "a.png"}, metadata=meta)[0]
+        back, _, _, got = read_image_with_metadata(out)
+        assert back.dtype == np.uint16 and np.array_equal(back, res.image) and got.has_panorama_tags
+    kept = unchanged_result(request, "a test")
+    assert kept.image is original
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        write_results(kept, {"image": tmp_path / "b.jpg"}, jpeg_quality=0)

@@ -322,6 +322,7 @@ def rectify_capped(
     mask: np.ndarray | None,
     padding: str,
     max_work_pixels: int = MAX_WORK_PIXELS,
+    warp_image: np.ndarray | None = None,
     **pipe_kwargs: Any,
 ) -> CappedResult:
     """Rectify a uint8 (H, W, 3) image with ``pipe``, running the network at :func:`working_size`.
@@ -330,7 +331,9 @@ def rectify_capped(
     are shrunk by area averaging (the mask as the pipeline reads it), the flow is upsampled
     with the pipeline's rule and the image warped at full size in strips (``padding``: the
     task's warp padding). ``pipe_kwargs`` go to the pipeline call (``generator``, ``task``,
-    ``num_inference_steps``, ...); ``output_type="np"`` is set here.
+    ``num_inference_steps``, ...); ``output_type="np"`` is set here. ``warp_image``: the image to
+    warp at full size instead of ``image`` (the same picture at another bit depth, uint16 (H, W, C):
+    a 16-bit input gives a 16-bit output, warped with the ensemble flow).
 
     Example:
         >>> import numpy as np
@@ -341,6 +344,8 @@ def rectify_capped(
         ((80, 120, 3), (80, 120, 2), (52, 78))
     """
     h, w = image.shape[:2]
+    if warp_image is not None and warp_image.shape[:2] != (h, w):
+        raise ValueError(f"warp_image is {warp_image.shape[1]}x{warp_image.shape[0]} px but the image is {w}x{h} px")
     work = working_size(h, w, max_work_pixels)
     capped = work != (h, w)
     kwargs = dict(pipe_kwargs)
@@ -361,12 +366,14 @@ def rectify_capped(
     if capped:
         flow = StripFlow(out.flow[0], (h, w))  # full size a strip at a time: never all of it at once
         del out
-        rectified = warp_strips(image, flow, padding)
+        rectified = warp_strips(image if warp_image is None else warp_image, flow, padding)
         if spread is not None:
             spread = upsample_spread(spread, (h, w))
     else:
         rectified = (np.clip(out.image[0], 0, 1) * 255.0).round().astype(np.uint8)
         flow = np.asarray(out.flow[0], dtype=np.float32)
         del out
+        if warp_image is not None:
+            rectified = warp_strips(warp_image, flow, padding)
     colours, flow_max = flow_colours(flow)
     return CappedResult(rectified, flow, colours, flow_max, spread, work, time.perf_counter() - t0)

@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,6 +51,9 @@ from ..core.image_processing import mask_valid, prepare_mask
 from ..core.large_image import MAX_WORK_PIXELS, CappedResult
 from ..io.images import PathLike, atomic_path
 from ..tasks import MASK_CONDITIONS, TaskSpec, get_task
+
+if TYPE_CHECKING:
+    from ..io.metadata import ImageMetadata
 
 __all__ = [
     "RESULT_KEYS", "NonFiniteFlowError", "RectifyRequest", "RectifyResult", "prepare_request", "rectify",
@@ -112,6 +115,9 @@ class RectifyRequest:
         task: the task to run (a name or spec; ``None``: the pipeline's default task).
         mask_given: the mask came from the caller (``False``: derived from the empty border).
         note: one line on the mask for the user (what was used, % empty), or ``""``.
+        original: the input at its own bit depth when that is not 8 bits (uint16 (H, W, 3), e.g. a
+            16-bit PNG or TIFF; ``image`` is then its 8-bit copy for the model): the full-size warp
+            uses it, so the result is 16-bit too. ``None``: ``image`` is the input.
 
     Example:
         >>> import numpy as np
@@ -125,6 +131,7 @@ class RectifyRequest:
     task: TaskSpec | str | None = None
     mask_given: bool = False
     note: str = ""
+    original: np.ndarray | None = None
 
 
 @dataclass
@@ -234,7 +241,8 @@ def unchanged_result(request: RectifyRequest, reason: str = "") -> RectifyResult
     # as for a rectified image: larger than the working size, the flow comes by strips (no 800 MB of zeros)
     zero = StripFlow(zero, (h, w)) if h * w > MAX_WORK_PIXELS else np.zeros((h, w, 2), np.float32)
     task = request.task if isinstance(request.task, str) else getattr(request.task, "name", "")
-    return RectifyResult(request.image, zero, flow_colours(zero)[0], 0.0, None, (h, w), 0.0, request.mask,
+    image = request.image if request.original is None else request.original
+    return RectifyResult(image, zero, flow_colours(zero)[0], 0.0, None, (h, w), 0.0, request.mask,
                          unchanged=True, reason=reason, task=task or "")
 
 
@@ -320,7 +328,8 @@ def rectify(
     checked = _Checked(pipe)
     res = large_image.rectify_capped(checked, image, request.mask, spec.padding,
                                      max_work_pixels or image.shape[0] * image.shape[1],
-                                     generator=torch.Generator().manual_seed(seed), **kwargs)
+                                     generator=torch.Generator().manual_seed(seed), warp_image=request.original,
+                                     **kwargs)
     reason = unchanged_reason(request, checked.gate_reason)
     if reason:
         kept = unchanged_result(request, reason)
@@ -399,8 +408,14 @@ def write_results(
     paths: Mapping[str, PathLike],
     *,
     png_compress_level: int | None = None,
+    metadata: ImageMetadata | None = None,
+    jpeg_quality: int = 95,
 ) -> list[Path]:
     """Write the files of ``result`` named in ``paths`` (keys of :data:`RESULT_KEYS`), each atomically.
+
+    The rectified ``"image"`` keeps the input's bit depth (a 16-bit result goes to PNG or TIFF)
+    and carries the input's ``metadata`` (:class:`~stablemotion.io.metadata.ImageMetadata`: EXIF
+    with the orientation reset, ICC profile, XMP panorama tags); JPEG at ``jpeg_quality`` (1-100).
 
     ``"flow"`` is written by its suffix (``.npy``/``.flo``/``.png``, pixels); ``"mask"`` only
     when the result has one; ``"uncertainty"`` (``.npy``, pixels) and ``"uncertainty_color"``
@@ -422,6 +437,7 @@ def write_results(
     """
     from ..core.flow import write_flow
     from ..core.large_image import uncertainty_colours
+    from ..io.metadata import save_image_with_metadata
 
     unknown = set(paths) - set(RESULT_KEYS)
     if unknown:
@@ -432,7 +448,10 @@ def write_results(
     written: list[Path] = []
     for key, where in paths.items():
         path = Path(where)
-        if key == "image":
+        if key == "image" and (metadata is not None or result.image.dtype != np.uint8
+                               or path.suffix.lower() in (".jpg", ".jpeg", ".tif", ".tiff")):
+            save_image_with_metadata(result.image, path, metadata, jpeg_quality=jpeg_quality)
+        elif key == "image":
             _save_array_image(result.image, path, png_compress_level)
         elif key == "flow_color":
             _save_array_image(result.flow_colours, path, png_compress_level)
