@@ -2,7 +2,8 @@
 
 For each input NAME.ext it writes into --out:
 
-  NAME.png               the rectified image (input resolution; --image-ext picks the format)
+  NAME.png               the rectified image (input resolution and bit depth, with the input's EXIF,
+                         ICC profile and XMP; --image-ext picks the format, --jpeg-quality JPEG's)
   NAME_flow.png          the flow's Middlebury colour picture
   NAME_flow.npy / .flo   with --save-flow: the backward flow (H, W, 2) float32, pixels
                          (8 bytes a pixel: 96 MB for a 12-megapixel photo, so it is opt-in)
@@ -99,7 +100,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=seed_arg, default=0, help="noise seed (each image uses the same seed)")
     p.add_argument("--save-flow", action="store_true", help="also write the flow NAME_flow.npy (or .flo)")
     p.add_argument("--flow-format", choices=("npy", "flo"), default="npy", help="file format of --save-flow")
-    p.add_argument("--image-ext", choices=("png", "jpg", "tif"), default="png", help="format of the rectified image")
+    p.add_argument("--image-ext", choices=("png", "jpg", "tif"), default="png",
+                   help="format of the rectified image (16-bit inputs: png or tif, kept 16-bit)")
+    p.add_argument("--jpeg-quality", type=int_arg(1, 100), default=95, help="quality of JPEG outputs (default 95)")
     p.add_argument("--grey", choices=("refuse", "convert"), default="refuse",
                    help="grey inputs: refuse (default) or convert to RGB by replicating the channel")
     p.add_argument("--alpha", choices=("refuse", "drop"), default="refuse",
@@ -184,6 +187,7 @@ def _file_options(args: argparse.Namespace, kwargs: dict[str, Any] | None = None
         mask_tolerance=args.mask_tolerance, max_pixels=None if args.max_pixels <= 0 else int(args.max_pixels),
         max_work_pixels=MAX_WORK_PIXELS if args.max_work_pixels is None else args.max_work_pixels, seed=args.seed,
         pipe_kwargs={k: v for k, v in (kwargs or {}).items() if v is not None}, image_ext=args.image_ext,
+        jpeg_quality=args.jpeg_quality,
         save_flow=args.save_flow, flow_format=args.flow_format, save_mask=args.save_mask)
 
 

@@ -59,6 +59,7 @@ class FileOptions:
         seed: the noise seed of every image.
         pipe_kwargs: pipeline options (``num_inference_steps``, ``correction_gate`` ...), ``None`` values left out.
         image_ext, save_flow, flow_format, save_mask: which result files, in which format.
+        jpeg_quality: quality (1-100) of a JPEG rectified image (``image_ext="jpg"``).
 
     Example:
         >>> FileOptions(seed=3).seed
@@ -75,6 +76,7 @@ class FileOptions:
     seed: int = 0
     pipe_kwargs: dict[str, Any] = field(default_factory=dict)
     image_ext: str = "png"
+    jpeg_quality: int = 95
     save_flow: bool = False
     flow_format: str = "npy"
     save_mask: bool = False
@@ -111,8 +113,11 @@ def settings_record(model: str, options: FileOptions, kwargs: dict[str, Any], dt
         >>> settings_record("bundled:sir", FileOptions(), {"num_inference_steps": None}, "fp32")["dtype"]
         'fp32'
     """
-    return {"model": model, "seed": options.seed, "mask": options.mask, **dict(kwargs), "dtype": dtype,
-            "max_work_pixels": options.max_work_pixels}
+    record = {"model": model, "seed": options.seed, "mask": options.mask, **dict(kwargs), "dtype": dtype,
+              "max_work_pixels": options.max_work_pixels}
+    if options.image_ext == "jpg":  # only JPEG outputs depend on it (PNG/TIFF folders keep their records)
+        record["jpeg_quality"] = options.jpeg_quality
+    return record
 
 
 @dataclass
@@ -120,7 +125,10 @@ class DecodedInput:
     """An input file read for the model (CPU work only).
 
     Attributes:
-        image: (H, W, 3) uint8 RGB.
+        image: (H, W, 3) uint8 RGB (the model's input).
+        original: the input at its own bit depth when it is 16-bit (uint16 (H, W, 3)): warped at full
+            size, so the result stays 16-bit; ``None`` for 8-bit inputs.
+        metadata: the input's EXIF (orientation reset), ICC profile and XMP, carried to the rectified image.
         alpha: (H, W) uint8 alpha mask (255 = valid) when ``FileOptions.mask == "alpha"`` and the file has
             transparent pixels, else ``None``.
         mask: the given mask file's content (uint8 (H, W) or (H, W, 3)), or ``None``.
@@ -139,6 +147,8 @@ class DecodedInput:
     note: str = ""
     name: str = ""
     mask_name: str = ""
+    original: np.ndarray | None = None
+    metadata: Any = None
 
 
 def read_input(path: PathLike, options: FileOptions, mask: PathLike | None = None,
@@ -156,13 +166,18 @@ def read_input(path: PathLike, options: FileOptions, mask: PathLike | None = Non
         >>> read_input(path, FileOptions(grey="convert")).note
         'grey (L) converted to RGB'
     """
-    from ..io.images import load_image, read_rgb
+    from ..io.images import load_image
+    from ..io.metadata import read_image_with_metadata, to_model_input
 
-    image, alpha, note = read_rgb(path, grey=options.grey, alpha="mask" if options.mask == "alpha" else options.alpha,
-                                  max_pixels=options.max_pixels)
+    image, alpha, note, meta = read_image_with_metadata(
+        path, grey=options.grey, alpha="mask" if options.mask == "alpha" else options.alpha,
+        max_pixels=options.max_pixels)
+    original = image if image.dtype != np.uint8 else None
+    if original is not None:
+        image = to_model_input(original)
     given = None if mask is None else load_image(mask, "mask")
     return DecodedInput(image, alpha, given, note, str(path) if name is None else name,
-                        "" if mask is None else str(mask))
+                        "" if mask is None else str(mask), original, meta)
 
 
 def rectify_decoded(pipe: Any, spec: Any, decoded: DecodedInput, outputs: dict[str, Path], options: FileOptions,
@@ -207,6 +222,7 @@ def rectify_decoded(pipe: Any, spec: Any, decoded: DecodedInput, outputs: dict[s
         request = prepare_request(image, given, task=spec, background=options.mask_background,
                                   tolerance=options.mask_tolerance,
                                   source="alpha channel" if alpha_mask else f"mask {decoded.mask_name or None}")
+    request.original = decoded.original
     if needs_mask and decoded.mask is None and not unchanged_reason(request):
         say(request.note)
     try:
@@ -220,6 +236,8 @@ def rectify_decoded(pipe: Any, spec: Any, decoded: DecodedInput, outputs: dict[s
     if res.work_size != image.shape[:2]:
         say(f"{image.shape[1]}x{image.shape[0]} px, over --max-work-pixels: the model ran at "
             f"{res.work_size[1]}x{res.work_size[0]}, the flow was applied at full size")
+    if decoded.original is not None and outputs["image"].suffix.lower() in (".jpg", ".jpeg"):
+        raise ValueError(f"{decoded.name} is a 16-bit image and JPEG holds 8 bits: use --image-ext png or tif")
     del image, request
-    write_results(res, outputs)
+    write_results(res, outputs, metadata=decoded.metadata, jpeg_quality=options.jpeg_quality)
     return res
