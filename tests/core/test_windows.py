@@ -73,3 +73,18 @@ def test_pipeline_runs_a_wide_panorama_in_windows() -> None:
     batch = pipe([image, image], mask=mask, output_type="np", generator=torch.Generator().manual_seed(0),
                  show_progress_bar=False, processing_resolution=32, ensemble_size=2, ensemble_mode="flow")
     assert batch.flow.shape == (2, 32, 192, 2) and np.isfinite(batch.flow).all()
+
+
+def test_rectify_takes_the_aspect_mode(tmp_path) -> None:
+    import argparse
+
+    from stablemotion.cli._options import add_inference_options, inference_kwargs
+
+    p = argparse.ArgumentParser()
+    add_inference_options(p)
+    p.add_argument("--model", default=None)
+    p.add_argument("--task", default="rsc")
+    assert "aspect_mode" not in inference_kwargs(p.parse_args([]))  # unset: old settings records unchanged
+    assert inference_kwargs(p.parse_args(["--aspect-mode", "squeeze"]))["aspect_mode"] == "squeeze"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--aspect-mode", "stretch"])

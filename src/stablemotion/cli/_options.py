@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.constants import ENSEMBLE_MODES, FINAL_STEPS, FLOW_REGULARIZATIONS
+from ..core.constants import ASPECT_MODES, ENSEMBLE_MODES, FINAL_STEPS, FLOW_REGULARIZATIONS
 from ..core.errors import is_out_of_memory
 from ..core.sizes import parse_size
 from ..core.sizes import shown_value as _show
@@ -198,6 +198,9 @@ def add_inference_options(p: argparse.ArgumentParser, steps: bool = True, ensemb
     p.add_argument("--final-step", choices=FINAL_STEP_CHOICES, default=None,
                    help="last denoising step returns the x0 estimate or DDIM's prev_sample (the release); "
                         "default: the model's")
+    p.add_argument("--aspect-mode", choices=ASPECT_MODES, default=None,
+                   help="images far wider or taller than the network's view: windows (overlapping windows of its "
+                        "aspect ratio, blended), squeeze (resized whole) or auto (windows for SIR; the default)")
     p.add_argument("--flow-regularization", choices=FLOW_REGULARIZATION_CHOICES, default=None,
                    help="mesh: project the flow onto a smooth mesh of per-cell homographies (straight lines stay "
                         "straight, no ripples); default: the model's (none)")
@@ -278,6 +281,8 @@ def inference_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "final_step": args.final_step,
         "flow_regularization": getattr(args, "flow_regularization", None),
     }
+    if getattr(args, "aspect_mode", None) is not None:  # only when asked: older output folders keep their records
+        kwargs["aspect_mode"] = args.aspect_mode
     steps = getattr(args, "steps", None)  # a list for `study steps`
     check_model_limits(args, steps if isinstance(steps, list) else [kwargs["num_inference_steps"]],
                        kwargs["processing_resolution"], decode_scale)
