@@ -34,3 +34,21 @@ def photo() -> np.ndarray:
     from skimage import data
 
     return cv2.resize(data.astronaut(), (128, 96), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory: pytest.TempPathFactory):
+    """``tiny_model_folder("rsc")``: a tiny random-weight pipeline folder of a task made by
+    ``stablemotion tiny-model`` (written once per session and task)."""
+    from stablemotion.cli import main
+
+    made: dict[str, object] = {}
+
+    def make(task: str):
+        if task not in made:
+            out = tmp_path_factory.mktemp("tiny_models") / task
+            assert main(["tiny-model", "--task", task, "--out", str(out)]) == 0
+            made[task] = out
+        return made[task]
+
+    return make

@@ -15,11 +15,9 @@ from stablemotion.io.metadata import ImageMetadata, read_image_with_metadata, sa
 XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><GPano:ProjectionType>cylindrical</GPano:ProjectionType></x:xmpmeta>'
 
 
-@pytest.fixture(scope="module")
-def rsc_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("models") / "rsc"
-    assert main(["tiny-model", "--task", "rsc", "--out", str(out)]) == 0
-    return out
+@pytest.fixture
+def rsc_model(tiny_model_folder) -> Path:
+    return tiny_model_folder("rsc")
 
 
 def _photo16(h: int = 96, w: int = 128) -> np.ndarray:
