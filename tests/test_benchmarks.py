@@ -179,3 +179,31 @@ def test_multi_task_benchmark_compares_single_and_multi_task_models(tmp_path: Pa
     cv = [r["method"].split(" (")[0] for r in rows if r["task"] == "lens (OpenCV)"]
     assert cv == ["identity", "single-task", "multi-task"]
     assert "- lens: multi-task" in proc.stdout and "rsc: multi-task" not in proc.stdout
+
+
+def test_wide_panoramas_benchmark_measures_and_quick_run(tmp_path: Path) -> None:
+    bench = _load_benchmark("wide_panoramas")
+    valid = np.ones((30, 40), bool)
+    valid[:4] = False  # an empty band along the top
+    assert bench.largest_rectangle(valid) == (4, 0, 30, 40)
+    zero = np.zeros((30, 40, 2), np.float32)
+    assert bench.content_kept(valid, zero) == 1.0 and abs(bench.empty_share(valid, zero) - 4 / 30) < 1e-9
+    down = zero.copy()
+    down[..., 1] = 5.0  # every output pixel samples 5 px lower: no empty pixel, content row 4 (of 4-29) unseen
+    assert bench.empty_share(valid, down) == 0.0 and abs(bench.content_kept(valid, down) - 25 / 26) < 1e-9
+    out = tmp_path / "rows.json"
+    proc = _run("wide_panoramas.py", "--quick", "--no-write", "--json", str(out), "--pictures", str(tmp_path / "pics"),
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    rows = {(r["aspect"], r["method"], r["mask"]): r for r in doc["rows"]}
+    for method in ("windows", "squeeze", "crop", "inpaint"):
+        assert ("4:1", method, "derived") in rows and ("4:3", method, "derived") in rows
+    assert ("4:1", "windows", "true") in rows
+    inpaint, crop = rows[("4:1", "inpaint", "derived")], rows[("4:1", "crop", "derived")]
+    assert inpaint["invented"] > 0.05 and crop["kept"] < 1.0 and not np.isfinite(crop["psnr"])
+    assert rows[("4:1", "windows", "derived")]["mb_mp"] > 0 and rows[("4:1", "crop", "derived")]["mb_mp"] >= 0
+    gt = rows[("4:1", "gt flow", "derived")]  # the reference: the exact flow reaches nearly all content
+    assert gt["kept"] > 0.97 and gt["psnr"] > rows[("4:1", "squeeze", "derived")]["psnr"]
+    assert len(doc["targets"]) == 1 and doc["targets"][0].startswith("- 4:1: content kept")
+    assert len(list((tmp_path / "pics").glob("*.jpg"))) == 2
