@@ -236,23 +236,32 @@ def _profile_edges(region: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray
         left, right, top, bottom = _profile_edges(np.ascontiguousarray(region.T), cols, rows)
         return top[:, ::-1], bottom[:, ::-1], left[:, ::-1], right[:, ::-1]
     inside = region > 0
-    columns = np.flatnonzero(inside.any(axis=0))
-    x0, x1 = float(columns[0]), float(columns[-1])
-    xs = np.linspace(x0, x1, cols + 1)
-    col = inside[:, np.round(xs).astype(int)]
-    top = np.stack([xs, col.argmax(axis=0).astype(np.float64)], 1)
-    bottom = np.stack([xs, (len(col) - 1 - col[::-1].argmax(axis=0)).astype(np.float64)], 1)
+    h, w = inside.shape
+    ys_in, xs_in = np.nonzero(inside)
+    # corners: the content pixel nearest each canvas corner, distances in units of the canvas's sides (so a
+    # wedge that touches the frame at mid-height is an edge, not a corner)
+    pts = np.stack([xs_in / max(w - 1, 1), ys_in / max(h - 1, 1)], 1)
+    tl, tr, br, bl = (np.array([xs_in[k], ys_in[k]], np.float64) for k in (
+        int(np.argmin(((pts - c) ** 2).sum(axis=1))) for c in ((0, 0), (1, 0), (1, 1), (0, 1))))
 
-    def side(x_end: np.ndarray, y0: float, y1: float, last: bool) -> np.ndarray:
-        ys = np.linspace(y0, y1, rows + 1)
-        row = inside[np.round(ys).astype(int)]
-        x = (row.shape[1] - 1 - row[:, ::-1].argmax(axis=1)) if last else row.argmax(axis=1)
-        edge = np.stack([x.astype(np.float64), ys], 1)
-        edge[0], edge[-1] = x_end[0], x_end[1]  # the corners are the top and bottom edges' ends
+    def profile(start: np.ndarray, end: np.ndarray, count: int, along_x: bool, last: bool) -> np.ndarray:
+        """Points from ``start`` to ``end`` (ends kept): evenly spaced along one axis, the first
+        (``last``: the final) content pixel along the other."""
+        t = np.linspace(0.0, 1.0, count + 1)
+        ax = 0 if along_x else 1
+        pos = start[ax] + t * (end[ax] - start[ax])
+        lines = inside[:, np.round(pos).astype(int)].T if along_x else inside[np.round(pos).astype(int)]
+        size = lines.shape[1]
+        other = (size - 1 - lines[:, ::-1].argmax(axis=1)) if last else lines.argmax(axis=1)
+        edge = np.stack([pos, other], 1) if along_x else np.stack([other, pos], 1)
+        edge = edge.astype(np.float64)
+        edge[0], edge[-1] = start, end
         return edge
 
-    left = side(np.stack([top[0], bottom[0]]), top[0, 1], bottom[0, 1], last=False)
-    right = side(np.stack([top[-1], bottom[-1]]), top[-1, 1], bottom[-1, 1], last=True)
+    top = profile(tl, tr, cols, along_x=True, last=False)
+    bottom = profile(bl, br, cols, along_x=True, last=True)
+    left = profile(tl, bl, rows, along_x=False, last=False)
+    right = profile(tr, br, rows, along_x=False, last=True)
     return top, bottom, left, right
 
 
