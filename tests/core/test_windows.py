@@ -88,3 +88,36 @@ def test_rectify_takes_the_aspect_mode(tmp_path) -> None:
     assert inference_kwargs(p.parse_args(["--aspect-mode", "squeeze"]))["aspect_mode"] == "squeeze"
     with pytest.raises(SystemExit):
         p.parse_args(["--aspect-mode", "stretch"])
+
+
+def test_windows_with_mesh_keep_the_frame_on_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One mesh over the whole frame, snapped onto the content: the output's border samples content even
+    where the blend of the windows would not reach into a deep notch at a panorama's end."""
+    from stablemotion.core.flow import warp
+
+    pipe = tiny_pipeline("sir")
+    rng = np.random.default_rng(1)
+    h, w = 32, 192
+    image = rng.random((h, w, 3)).astype(np.float32)
+    mask = np.full((h, w), 255, np.uint8)
+    mask[:4, :] = 0
+    mask[-3:, 60:150] = 0
+    mask[h // 2:, 170:] = 0  # a deep notch at the right end
+    image[mask == 0] = 0
+
+    def still(images, conds, size, settings, *args, **kwargs):  # windows that ask for no motion at all
+        return torch.zeros(images.shape[0], settings["ensemble_size"], 2, *size)
+
+    monkeypatch.setattr(pipe, "estimate_flows", still)
+    out = pipe(image, mask=mask, output_type="pt", generator=torch.Generator().manual_seed(0),
+               show_progress_bar=False, processing_resolution=32, flow_regularization="mesh")
+    assert out.settings["windows"] > 1
+    valid = torch.from_numpy((mask > 0).astype(np.float32))[None, None]
+
+    def frame_on_content(flow: torch.Tensor) -> float:
+        seen = warp(valid, flow.float(), padding="zeros")[0, 0]
+        frame = torch.cat([seen[0], seen[-1], seen[:, 0], seen[:, -1]])
+        return float((frame > 0.5).float().mean())
+
+    assert frame_on_content(torch.zeros_like(out.flow)) < 0.6  # the blend alone: the notches stay in the frame
+    assert frame_on_content(out.flow) > 0.95

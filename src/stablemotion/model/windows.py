@@ -4,7 +4,8 @@
 resizes any image to the processing resolution (a 4:1 panorama seen at 3:4), ``"windows"``
 cuts an image whose aspect ratio is far from the network's into overlapping windows of the
 network's own aspect ratio (:mod:`stablemotion.core.windows`), runs them as one batch and blends
-their member flows into one flow of the whole image, and ``"auto"`` (the default) uses windows
+their member flows into one flow of the whole image (with ``flow_regularization="mesh"`` then
+projected onto one mesh over the whole frame, its boundary snapped onto the content), and ``"auto"`` (the default) uses windows
 for tasks whose flow is local (no global motion family: SIR) and squeezes the others (a
 rolling-shutter, rotation or lens flow is one motion of the whole frame).
 
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from ..core.constants import ASPECT_MODES
+from ..core.mesh import mesh_regularize
 from ..core.windows import WindowLayout, blend_window_flows, crop_windows, window_layout
 from ..tasks import TaskSpec
 
@@ -104,4 +106,12 @@ def estimate_in_windows(
     else:
         out = (max(1, round(height * w / width)), w)
     ordered = flows.unflatten(0, (n, count)).transpose(1, 2).flatten(0, 2)  # (B x E' x N, 2, h', w')
-    return blend_window_flows(ordered, layout, out).unflatten(0, (n, members)).to(flows.dtype)
+    blended = blend_window_flows(ordered, layout, out)  # (B x E', 2, h', W')
+    if settings["flow_regularization"] == "mesh":
+        # one mesh over the whole frame, its boundary snapped onto the content: where the windows' blend
+        # leaves the frame's border short of the content (a deep notch at a panorama's end), it reaches it
+        rows, cols = pipe.config.mesh_cells
+        cells = (rows, max(1, round(cols * out[1] / w))) if layout.axis == 1 else (max(1, round(rows * out[0] / h)), cols)
+        region = pipe.content_region(conds, out, n, members, False, task)
+        blended = mesh_regularize(blended, cells, valid=region)
+    return blended.unflatten(0, (n, members)).to(flows.dtype)
