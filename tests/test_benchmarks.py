@@ -207,3 +207,14 @@ def test_wide_panoramas_benchmark_measures_and_quick_run(tmp_path: Path) -> None
     assert gt["kept"] > 0.97 and gt["psnr"] > rows[("4:1", "squeeze", "derived")]["psnr"]
     assert len(doc["targets"]) == 1 and doc["targets"][0].startswith("- 4:1: content kept")
     assert len(list((tmp_path / "pics").glob("*.jpg"))) == 2
+
+
+def test_full_resolution_benchmark_measures_a_small_panorama() -> None:
+    """The per-file path on a made panorama in a fresh process: peak memory and the 16-bit output."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import full_resolution
+
+    rec = full_resolution.measure(96, 384, 16, None, 1)
+    assert rec["dtype"] == "uint16" and not rec["unchanged"]
+    assert rec["peak"] >= rec["base"] > 0 and rec["seconds"] > 0
+    assert rec["work"] == [96, 384]
