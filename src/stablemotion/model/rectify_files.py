@@ -208,6 +208,8 @@ def rectify_decoded(pipe: Any, spec: Any, decoded: DecodedInput, outputs: dict[s
         if log is not None:
             log(f"{stem}: {text}")
 
+    if decoded.original is not None and outputs["image"].suffix.lower() in (".jpg", ".jpeg"):  # before the model runs
+        raise ValueError(f"{decoded.name} is a 16-bit image and JPEG holds 8 bits: use --image-ext png or tif")
     if decoded.note:
         say(decoded.note)
     alpha_mask = options.mask == "alpha"
@@ -236,8 +238,6 @@ def rectify_decoded(pipe: Any, spec: Any, decoded: DecodedInput, outputs: dict[s
     if res.work_size != image.shape[:2]:
         say(f"{image.shape[1]}x{image.shape[0]} px, over --max-work-pixels: the model ran at "
             f"{res.work_size[1]}x{res.work_size[0]}, the flow was applied at full size")
-    if decoded.original is not None and outputs["image"].suffix.lower() in (".jpg", ".jpeg"):
-        raise ValueError(f"{decoded.name} is a 16-bit image and JPEG holds 8 bits: use --image-ext png or tif")
     del image, request
     write_results(res, outputs, metadata=decoded.metadata, jpeg_quality=options.jpeg_quality)
     return res

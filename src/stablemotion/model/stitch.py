@@ -176,7 +176,7 @@ def rectangle_stitch(
         ((48, 96, 3), (48, 96, 2), False)
     """
     t0 = time.perf_counter()
-    request = prepare_request(result.stitched, np.where(result.mask, 255, 0).astype(np.uint8), task="sir",
+    request = prepare_request(result.stitched, _mask_image(result.mask), task="sir",
                               source="the stitcher's mask")
     if result.mask.all():
         rectified = unchanged_result(request, "the stitch fills its frame: nothing to rectangle")
@@ -186,6 +186,12 @@ def rectangle_stitch(
     result.rectangle_seconds = time.perf_counter() - t0
     result.image, result.flow, result.rectified = rectified.image, rectified.flow, rectified
     return result
+
+
+def _mask_image(mask: np.ndarray) -> np.ndarray:
+    """The stitcher's bool (H, W) mask as a uint8 image, white = a photo landed (uint8 scalars: no
+    8-byte-a-pixel temporary for a large stitch)."""
+    return np.where(mask, np.uint8(255), np.uint8(0))
 
 
 def stitched_path(out: PathLike) -> Path:
@@ -232,5 +238,5 @@ def write_stitch(
     else:
         written.append(save_image(result.stitched, out))
     if mask is not None:
-        written.append(save_image(np.where(result.mask, 255, 0).astype(np.uint8), mask))
+        written.append(save_image(_mask_image(result.mask), mask))
     return written
