@@ -139,6 +139,7 @@ def blend_window_flows(flows: torch.Tensor, layout: WindowLayout, size: tuple[in
     acc = flows.new_zeros((b, flows.shape[1], *size), dtype=torch.float32)
     total = flows.new_zeros(size[layout.axis], dtype=torch.float32)
     windows = flows.float().unflatten(0, (b, n))
+    shape = (1, 1, 1, -1) if layout.axis == 1 else (1, 1, -1, 1)  # weights along the long side
     for k, start in enumerate(layout.starts):
         lo = round(start * scale)
         hi = min(size[layout.axis], max(lo + 1, round((start + layout.length) * scale)))
@@ -146,8 +147,6 @@ def blend_window_flows(flows: torch.Tensor, layout: WindowLayout, size: tuple[in
         part = resize_flow(windows[:, k], span) if tuple(windows.shape[-2:]) != span else windows[:, k]
         weight = torch.nn.functional.interpolate(window_weights(layout, k)[None, None], size=hi - lo,
                                                  mode="linear", align_corners=False)[0, 0]
-        shape = (1, 1, 1, -1) if layout.axis == 1 else (1, 1, -1, 1)
         acc.narrow(layout.axis + 2, lo, hi - lo).add_(part * weight.view(shape))
         total[lo:hi] += weight
-    shape = (1, 1, 1, -1) if layout.axis == 1 else (1, 1, -1, 1)
     return acc / total.clamp_min(1e-6).view(shape)
